@@ -1,0 +1,1 @@
+"""Drift statistics and reference profiles, shared by the trainer, the model server and the operator."""
