@@ -1,0 +1,56 @@
+"""The operator's configuration: read once at start-up from ``KUBELOOP_*`` variables, then passed down."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class OperatorConfig(BaseSettings):
+    """Settings of ``kubeloop operator`` (the Helm chart sets them as env variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBELOOP_", extra="ignore", frozen=True)
+
+    runtime_image: str = Field(
+        "kubeloop:dev",
+        description="Image that runs `kubeloop train`, `kubeloop serve` and `kubeloop drift`.",
+    )
+    image_pull_policy: str = Field("IfNotPresent", description="Pull policy for the runtime image.")
+    default_storage_uri: str = Field(
+        "file:///var/lib/kubeloop/models",
+        description="Artifact root used when a TrainingRun sets no output.storageUri.",
+    )
+    models_pvc: str = Field(
+        "",
+        description="PersistentVolumeClaim mounted at the file:// storage root in runtime pods, if any.",
+    )
+    allowed_estimator_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["sklearn."],
+        description="Module prefixes a TrainingRun's estimator import path must start with.",
+    )
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Namespaces to watch; empty means the whole cluster."
+    )
+    metrics_port: int = Field(8080, description="Port of the operator's /metrics endpoint (0 = off).")
+    health_port: int = Field(8081, description="Port of the operator's liveness endpoint (0 = off).")
+    job_ttl_seconds: int = Field(
+        86400, description="ttlSecondsAfterFinished of training Jobs (the result is kept in status)."
+    )
+    resync_seconds: float = Field(
+        30.0, description="Level-based safety net: every object is reconciled at least this often."
+    )
+    peering: str = Field("", description="kopf peering name for HA; empty disables peering.")
+
+    # NoDecode hands comma-separated env strings to this validator untouched.
+    @field_validator("allowed_estimator_prefixes", "namespaces", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)

@@ -1,0 +1,232 @@
+"""The operator's only door to the Kubernetes API: plain JSON objects in and out.
+
+Builders and decisions speak in plain dicts (the wire form); this module turns them into REST
+calls with the official client's transport, auth and TLS. Keeping every call here makes the
+RBAC the operator needs readable in one place (``KINDS`` and the verbs used below), which the
+chart's least-privilege test checks.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+FIELD_MANAGER = "kubeloop"
+
+JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a kind lives in the REST API."""
+
+    group: str  # "" for the core group
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None, sub: str = "") -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace is not None:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name is not None:
+            base += f"/{name}"
+        if sub:
+            base += f"/{sub}"
+        return base
+
+
+# Every kind the operator touches. The Helm chart's RBAC is derived from this table.
+KINDS: dict[str, Kind] = {
+    "TrainingRun": Kind("kubeloop.io", "v1alpha1", "trainingruns"),
+    "ModelDeployment": Kind("kubeloop.io", "v1alpha1", "modeldeployments"),
+    "DriftPolicy": Kind("kubeloop.io", "v1alpha1", "driftpolicies"),
+    "Job": Kind("batch", "v1", "jobs"),
+    "Pod": Kind("", "v1", "pods"),
+    "Service": Kind("", "v1", "services"),
+    "Event": Kind("", "v1", "events"),
+    "Deployment": Kind("apps", "v1", "deployments"),
+    "HorizontalPodAutoscaler": Kind("autoscaling", "v2", "horizontalpodautoscalers"),
+    "HTTPRoute": Kind("gateway.networking.k8s.io", "v1", "httproutes"),
+    "VirtualService": Kind("networking.istio.io", "v1", "virtualservices"),
+}
+
+
+class NotFound(LookupError):
+    """The object does not exist (HTTP 404)."""
+
+
+class Conflict(RuntimeError):
+    """The object exists already or changed under us (HTTP 409)."""
+
+
+class Kube:
+    """A thin JSON client over the official client's transport."""
+
+    def __init__(self, api_client: k8s_client.ApiClient) -> None:
+        self.api_client = api_client
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> Kube:
+        """In-cluster credentials when running in a pod, else the kubeconfig."""
+        configuration = k8s_client.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, client_configuration=configuration
+            )
+        return cls(k8s_client.ApiClient(configuration))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> JsonObject:
+        method_, url, headers, body_, _ = self.api_client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()),
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api_client.call_api(method_, url, headers, body_, _request_timeout=30)
+            response.read()  # type: ignore[no-untyped-call]
+        except ApiException as error:
+            if error.status == 404:
+                raise NotFound(path) from error
+            if error.status == 409:
+                raise Conflict(_reason(error)) from error
+            raise
+        if not response.data:
+            return {}
+        parsed: JsonObject = orjson.loads(response.data)
+        return parsed
+
+    # --- verbs -------------------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str, name: str) -> JsonObject:
+        return self.request("GET", KINDS[kind].path(namespace, name))
+
+    def get_or_none(self, kind: str, namespace: str, name: str) -> JsonObject | None:
+        try:
+            return self.get(kind, namespace, name)
+        except NotFound:
+            return None
+
+    def list(self, kind: str, namespace: str, labels: Mapping[str, str] | None = None) -> list[JsonObject]:
+        query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else {}
+        items: list[JsonObject] = self.request("GET", KINDS[kind].path(namespace), query=query).get("items", [])
+        return items
+
+    def create(self, obj: JsonObject) -> JsonObject:
+        kind = KINDS[obj["kind"]]
+        return self.request("POST", kind.path(obj["metadata"].get("namespace")), body=obj)
+
+    def apply(self, obj: JsonObject) -> JsonObject:
+        """Server-side apply with our field manager: idempotent, and safe to repeat after a crash."""
+        kind = KINDS[obj["kind"]]
+        meta = obj["metadata"]
+        return self.request(
+            "PATCH",
+            kind.path(meta.get("namespace"), meta["name"]),
+            body=obj,
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
+
+    def patch(self, kind: str, namespace: str, name: str, patch: JsonObject, sub: str = "") -> JsonObject:
+        """JSON merge patch (lists are replaced whole, which is what status writes want)."""
+        return self.request(
+            "PATCH",
+            KINDS[kind].path(namespace, name, sub),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: JsonObject) -> JsonObject:
+        return self.patch(kind, namespace, name, {"status": status}, sub="status")
+
+    def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> None:
+        with suppress(NotFound):
+            self.request(
+                "DELETE",
+                KINDS[kind].path(namespace, name),
+                body={"propagationPolicy": propagation},
+            )
+
+
+def _reason(error: ApiException) -> str:
+    try:
+        message: str = orjson.loads(error.body or b"{}").get("message", str(error))
+    except orjson.JSONDecodeError:
+        message = str(error)
+    return message
+
+
+class KeyedLocks:
+    """One lock per object key, so two triggers never reconcile the same object at once."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str, str], threading.Lock] = {}
+
+    @contextmanager
+    def hold(self, kind: str, namespace: str, name: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault((kind, namespace, name), threading.Lock())
+        with lock:
+            yield
+
+
+def post_event(
+    kube: Kube, obj: JsonObject, type_: str, reason: str, message: str, now_text: str
+) -> None:
+    """Record an Event on ``obj`` (what `kubectl describe` shows under Events)."""
+    meta = obj["metadata"]
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "namespace": meta["namespace"],
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+            },
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "kubeloop-operator"},
+            "reportingComponent": "kubeloop.io/operator",
+            "reportingInstance": socket.gethostname()[:128],
+            "firstTimestamp": now_text,
+            "lastTimestamp": now_text,
+            "count": 1,
+        }
+    )

@@ -1,0 +1,82 @@
+"""``kubeloop operator``: configure kopf as a good citizen, wire the controllers, run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from kubeloop import API_GROUP
+from kubeloop.config import OperatorConfig
+from kubeloop.controllers import metrics, trainingrun
+from kubeloop.controllers.kube import Kube
+
+FINALIZER = f"{API_GROUP}/finalizer"
+
+
+def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """Our own finalizer and annotation prefix; nothing written into our status schema."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    # Watches are re-established before load balancers cut idle connections.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.posting.level = logging.WARNING  # our own Events are written by the controllers
+    settings.execution.max_workers = 16
+    settings.batching.worker_limit = 64
+    if config.peering:
+        settings.peering.name = config.peering
+        settings.peering.standalone = False
+    else:
+        settings.peering.standalone = True
+
+
+def build_registry(kube: Kube, config: OperatorConfig) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings, config)
+
+    trainingrun.register(registry, trainingrun.TrainingRunController(kube, config), config)
+    return registry
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="kubeloop operator", description=__doc__)
+    parser.add_argument("--kubeconfig", help="kubeconfig to use outside a cluster (default: $KUBECONFIG)")
+    parser.add_argument(
+        "--namespace", action="append", default=None,
+        help="watch only this namespace (repeatable); default: KUBELOOP_NAMESPACES or all",
+    )
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(list(argv))
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+    config = OperatorConfig()
+    namespaces = args.namespace or config.namespaces
+    kube = Kube.from_environment(args.kubeconfig)
+    registry = build_registry(kube, config)
+    if config.metrics_port:
+        start_http_server(config.metrics_port, registry=metrics.REGISTRY)
+    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    kopf.run(
+        registry=registry,
+        clusterwide=not namespaces,
+        namespaces=namespaces or (),
+        standalone=not config.peering,
+        peering_name=config.peering or None,
+        liveness_endpoint=liveness,
+    )
+    return 0

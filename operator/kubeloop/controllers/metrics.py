@@ -1,0 +1,91 @@
+"""The operator's Prometheus metrics (its own registry, served on ``metrics_port``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECONCILES = Counter(
+    "kubeloop_reconcile_total",
+    "Reconciles by kind and result (ok, error).",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
+RECONCILE_SECONDS = Histogram(
+    "kubeloop_reconcile_duration_seconds",
+    "Time one reconcile took, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RESOURCES_BY_PHASE = Gauge(
+    "kubeloop_resources",
+    "Resources the operator has seen, by kind and phase.",
+    ["kind", "phase"],
+    registry=REGISTRY,
+)
+TRAINING_SECONDS = Histogram(
+    "kubeloop_training_duration_seconds",
+    "Wall time of finished TrainingRuns (Job start to completion), by outcome.",
+    ["phase"],
+    registry=REGISTRY,
+    buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
+)
+CANARY_WEIGHT = Gauge(
+    "kubeloop_canary_weight",
+    "Share of traffic (percent) the canary of a ModelDeployment receives.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+DRIFT_SCORE = Gauge(
+    "kubeloop_drift_score",
+    "Last drift score of a feature, by DriftPolicy.",
+    ["namespace", "policy", "feature", "test"],
+    registry=REGISTRY,
+)
+RETRAINS = Counter(
+    "kubeloop_retrains_total",
+    "TrainingRuns created by DriftPolicies, by reason (drift, schedule, manual).",
+    ["namespace", "policy", "reason"],
+    registry=REGISTRY,
+)
+
+
+class PhaseTracker:
+    """Keeps ``kubeloop_resources{kind,phase}`` equal to the phases last seen per object."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._phase: dict[tuple[str, str], str] = {}
+
+    def observe(self, namespace: str, name: str, phase: str | None) -> None:
+        key = (namespace, name)
+        previous = self._phase.get(key)
+        if previous == phase:
+            return
+        if previous is not None:
+            RESOURCES_BY_PHASE.labels(self.kind, previous).dec()
+        if phase is None:
+            self._phase.pop(key, None)
+            return
+        self._phase[key] = phase
+        RESOURCES_BY_PHASE.labels(self.kind, phase).inc()
+
+
+@contextmanager
+def reconcile_timer(kind: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        RECONCILES.labels(kind, "error").inc()
+        raise
+    else:
+        RECONCILES.labels(kind, "ok").inc()
+    finally:
+        RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - start)

@@ -1,0 +1,141 @@
+"""TrainingRun controller: read the run and its Job, ask :mod:`kubeloop.decide.trainingrun`, apply."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from kubeloop import API_GROUP, API_VERSION
+from kubeloop.config import OperatorConfig
+from kubeloop.controllers import metrics
+from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, post_event
+from kubeloop.decide.common import parse_wire_time, wire_time
+from kubeloop.decide.trainingrun import (
+    TERMINAL_PHASES,
+    Observed,
+    champion_from_candidates,
+    decide,
+    job_name,
+)
+from kubeloop.resources.trainingjob import Champion, TrainerSettings
+
+log = logging.getLogger("kubeloop.trainingrun")
+KIND = "TrainingRun"
+RUN_LABEL = "kubeloop.io/trainingrun"
+
+
+def trainer_settings(config: OperatorConfig) -> TrainerSettings:
+    return TrainerSettings(
+        image=config.runtime_image,
+        image_pull_policy=config.image_pull_policy,
+        default_storage_uri=config.default_storage_uri,
+        allowed_estimator_prefixes=tuple(config.allowed_estimator_prefixes),
+        job_ttl_seconds=config.job_ttl_seconds,
+        models_pvc=config.models_pvc,
+    )
+
+
+class TrainingRunController:
+    """The I/O around :func:`decide`: one reconcile per call, safe to repeat at any time."""
+
+    def __init__(self, kube: Kube, config: OperatorConfig) -> None:
+        self.kube = kube
+        self.settings = trainer_settings(config)
+        self.locks = KeyedLocks()
+        self.phases = metrics.PhaseTracker(KIND)
+
+    def find_champion(self, run: Mapping[str, Any]) -> tuple[Champion | None, str | None]:
+        spec = run["spec"]
+        evaluation = spec.get("evaluation") or {}
+        if evaluation.get("compareTo") != "champion":
+            return None, None
+        namespace = run["metadata"]["namespace"]
+        deployment = None
+        if evaluation.get("championRef"):
+            deployment = self.kube.get_or_none("ModelDeployment", namespace, evaluation["championRef"])
+        runs = self.kube.list(KIND, namespace, labels=None)
+        champion = champion_from_candidates(spec["model"]["name"], deployment, runs, run["metadata"]["name"])
+        if champion is None:
+            return None, (
+                f"no champion found for model {spec['model']['name']!r} (no stable model in "
+                f"ModelDeployment {evaluation.get('championRef')!r} and no earlier Succeeded run): "
+                "the run is judged by its absolute threshold only"
+            )
+        return champion, None
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        with self.locks.hold(KIND, namespace, name), metrics.reconcile_timer(KIND):
+            run = self.kube.get_or_none(KIND, namespace, name)
+            if run is None or run["metadata"].get("deletionTimestamp"):
+                self.phases.observe(namespace, name, None)
+                return
+            old_status = run.get("status") or {}
+            if old_status.get("phase") in TERMINAL_PHASES:
+                self.phases.observe(namespace, name, old_status["phase"])
+                return
+            job = self.kube.get_or_none("Job", namespace, job_name(name))
+            pods = self.kube.list("Pod", namespace, labels={RUN_LABEL: name}) if job else []
+            champion, champion_missing = (None, None)
+            if job is None:
+                champion, champion_missing = self.find_champion(run)
+            now = datetime.now(UTC)
+            decision = decide(run, Observed(job=job, pods=pods), self.settings, now, champion, champion_missing)
+
+            if decision.create_job is not None:
+                try:
+                    self.kube.create(decision.create_job)
+                except Conflict:
+                    # Created by an earlier attempt that died before writing status: the
+                    # deterministic name is what keeps this from becoming a second Job.
+                    log.info("job %s/%s exists already", namespace, decision.create_job["metadata"]["name"])
+            if decision.status != old_status:
+                self.kube.patch_status(KIND, namespace, name, decision.status)
+            now_text = wire_time(now)
+            for event in decision.events:
+                post_event(self.kube, run, event.type, event.reason, event.message, now_text)
+            phase = decision.status.get("phase")
+            self.phases.observe(namespace, name, phase)
+            if phase in TERMINAL_PHASES and old_status.get("phase") != phase:
+                _observe_training_time(decision.status, str(phase))
+
+
+def _observe_training_time(status: Mapping[str, Any], phase: str) -> None:
+    start, end = status.get("startTime"), status.get("completionTime")
+    if not start or not end:
+        return
+    elapsed = parse_wire_time(end) - parse_wire_time(start)
+    metrics.TRAINING_SECONDS.labels(phase).observe(elapsed.total_seconds())
+
+
+def register(registry: kopf.OperatorRegistry, controller: TrainingRunController, config: OperatorConfig) -> None:
+    """Wire the triggers: the run's own events, its Job's and pods' events, and a resync timer."""
+
+    def not_finished(status: Mapping[str, Any], **_: Any) -> bool:
+        return status.get("phase") not in TERMINAL_PHASES
+
+    @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", registry=registry)
+    def on_run_event(name: str, namespace: str | None, type: str, **_: Any) -> None:
+        if type != "DELETED" and namespace:
+            controller.reconcile(namespace, name)
+
+    @kopf.timer(
+        API_GROUP, API_VERSION, "trainingruns",
+        interval=config.resync_seconds, when=not_finished, registry=registry,
+    )
+    def resync(name: str, namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, name)
+
+    @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
+    def on_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, labels[RUN_LABEL])
+
+    @kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
+    def on_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, labels[RUN_LABEL])

@@ -1,0 +1,375 @@
+"""What a TrainingRun should look like next, given its Job and pods. Pure: no I/O, no clock.
+
+The controller reads the run, its Job and the Job's pods, calls :func:`decide`, then applies
+what comes back. Everything here is a function of its arguments, so the whole life of a run
+is covered by table tests without a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubeloop.api.conditions import ConditionType, Reason
+from kubeloop.decide.common import Event, set_wire_condition, wire_time
+from kubeloop.resources.trainingjob import (
+    EXIT_DATA_VALIDATION,
+    EXIT_GATE,
+    TRAINER_CONTAINER,
+    Champion,
+    TrainerSettings,
+    build_training_job,
+    job_name,
+)
+from kubeloop.training.result import TrainingResult, parse_result
+
+PENDING, TRAINING, SUCCEEDED, FAILED = "Pending", "Training", "Succeeded", "Failed"
+TERMINAL_PHASES = {SUCCEEDED, FAILED}
+MAX_TRIALS_IN_STATUS = 100
+
+REASON_ESTIMATOR_NOT_ALLOWED = "EstimatorNotAllowed"
+REASON_CHAMPION_NOT_FOUND = "ChampionNotFound"
+
+LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
+
+
+@dataclass
+class Decision:
+    """What the controller must do: create the Job (if any), write status, post events."""
+
+    status: dict[str, Any]
+    create_job: dict[str, Any] | None = None
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The run's children as last read from the API server."""
+
+    job: Mapping[str, Any] | None = None
+    pods: Sequence[Mapping[str, Any]] = ()
+
+
+# --- reading the children ---------------------------------------------------------------------
+
+
+def trainer_result(pod: Mapping[str, Any]) -> TrainingResult | None:
+    """The result `kubeloop train` left in its termination message, if any.
+
+    With ``FallbackToLogsOnError`` a crashed trainer's message is its log tail, not JSON:
+    that reads as "no result", and the failure is then explained from the exit code.
+    """
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") != TRAINER_CONTAINER:
+            continue
+        terminated = (status.get("state") or {}).get("terminated") or {}
+        message = (terminated.get("message") or "").strip()
+        if not message.startswith("{"):
+            return None
+        try:
+            return parse_result(message)
+        except ValidationError:
+            return None
+    return None
+
+
+def terminated_exit_code(pod: Mapping[str, Any]) -> int | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == TRAINER_CONTAINER:
+            terminated = (status.get("state") or {}).get("terminated")
+            if terminated is not None:
+                return int(terminated.get("exitCode", 0))
+    return None
+
+
+def job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_ and condition.get("status") == "True":
+            found: Mapping[str, Any] = condition
+            return found
+    return None
+
+
+def pending_problem(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """Why the trainer pod cannot start, in words that say what to do."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        for condition in status.get("conditions") or []:
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"
+            ):
+                return (
+                    Reason.UNSCHEDULABLE,
+                    "the training pod cannot be scheduled: "
+                    f"{condition.get('message', 'no node fits')}; lower spec.resources or check "
+                    "spec.nodeSelector / spec.tolerations",
+                )
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}:
+                return (
+                    Reason.IMAGE_PULL_FAILED,
+                    f"image {container.get('image')!r} cannot be pulled ({waiting['reason']}): "
+                    "check spec.image or the operator's runtime image and pull secrets",
+                )
+    return None
+
+
+def trial_index(pod: Mapping[str, Any]) -> int | None:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    index = annotations.get("batch.kubernetes.io/job-completion-index")
+    return int(index) if index is not None else None
+
+
+def latest_results(pods: Sequence[Mapping[str, Any]]) -> dict[int, TrainingResult]:
+    """The newest trainer result per trial index (index 0 for a run without a sweep)."""
+    def created(pod: Mapping[str, Any]) -> str:
+        return str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+
+    results: dict[int, TrainingResult] = {}
+    for pod in sorted(pods, key=created):
+        result = trainer_result(pod)
+        if result is None:
+            continue
+        index = trial_index(pod)
+        results[index if index is not None else 0] = result
+    return results
+
+
+def metric_is_better(metric: str, candidate: float, incumbent: float) -> bool:
+    return candidate < incumbent if metric in LOWER_IS_BETTER else candidate > incumbent
+
+
+def best_trial(metric: str, trials: Mapping[int, TrainingResult]) -> int | None:
+    """The trial with the best value of the evaluation metric among those that made a model."""
+    best: int | None = None
+    best_value = 0.0
+    for index in sorted(trials):
+        value = trials[index].metrics.get(metric)
+        if value is None or not trials[index].sha256:
+            continue
+        if best is None or metric_is_better(metric, value, best_value):
+            best, best_value = index, value
+    return best
+
+
+# --- the decision -----------------------------------------------------------------------------
+
+
+def model_block(result: TrainingResult) -> dict[str, Any]:
+    """``status.model`` from a trainer result: the lineage from data to artifact."""
+    block: dict[str, Any] = {
+        "uri": result.uri or "",
+        "sha256": result.sha256 or "",
+        "metrics": result.metrics,
+        "dataFingerprint": result.data_fingerprint or "",
+        "profileUri": result.profile_uri or "",
+        "reportUri": result.report_uri or "",
+        "gates": [gate.model_dump(mode="json", by_alias=True, exclude_none=True) for gate in result.gates],
+    }
+    if result.champion_metrics is not None:
+        block["championMetrics"] = result.champion_metrics
+    return block
+
+
+def _format_metric(metric: str, metrics: Mapping[str, Any]) -> str:
+    value = metrics.get(metric)
+    return f"{metric}={value:.4g}" if isinstance(value, int | float) else ""
+
+
+def estimator_allowed(estimator: str, prefixes: Sequence[str]) -> bool:
+    return any(estimator.startswith(prefix) for prefix in prefixes)
+
+
+def decide(
+    run: Mapping[str, Any],
+    observed: Observed,
+    settings: TrainerSettings,
+    now: datetime,
+    champion: Champion | None = None,
+    champion_missing: str | None = None,
+) -> Decision:
+    """Next status of a run (and the Job to create, if it has none yet)."""
+    spec: Mapping[str, Any] = run["spec"]
+    generation = int(run["metadata"].get("generation") or 1)
+    old: dict[str, Any] = dict(run.get("status") or {})
+    status: dict[str, Any] = {**old, "observedGeneration": generation}
+    conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
+    events: list[Event] = []
+    now_text = wire_time(now)
+    metric = (spec.get("evaluation") or {}).get("metric") or "accuracy"
+
+    def transition(phase: str, ready: str, reason: str, message: str, warning: bool = False) -> None:
+        nonlocal conditions
+        if old.get("phase") != phase or (status.get("message") != message and warning):
+            events.append(Event("Warning" if warning else "Normal", reason, message))
+        status["phase"] = phase
+        status["message"] = message
+        conditions = set_wire_condition(conditions, ConditionType.READY, ready, reason, message, now, generation)
+        progressing = "True" if phase not in TERMINAL_PHASES else "False"
+        conditions = set_wire_condition(
+            conditions, ConditionType.PROGRESSING, progressing, reason, message, now, generation
+        )
+        if warning:
+            status["lastFailure"] = {"reason": reason, "message": message, "time": now_text}
+
+    if old.get("phase") in TERMINAL_PHASES:
+        # A finished run is a record: nothing moves it any more (its Job may be gone by TTL).
+        return Decision(status=old)
+
+    if observed.job is None:
+        estimator = spec["model"]["estimator"]
+        if not estimator_allowed(estimator, settings.allowed_estimator_prefixes):
+            transition(
+                FAILED, "False", REASON_ESTIMATOR_NOT_ALLOWED,
+                f"spec.model.estimator {estimator!r} is not allowed: it must start with one of "
+                f"{', '.join(settings.allowed_estimator_prefixes)} (operator setting "
+                "allowedEstimatorPrefixes)",
+                warning=True,
+            )
+            status["completionTime"] = now_text
+            status["conditions"] = conditions
+            return Decision(status=status, events=events)
+        if champion_missing:
+            events.append(Event("Normal", REASON_CHAMPION_NOT_FOUND, champion_missing))
+        job = build_training_job(run, settings, champion)
+        status["jobName"] = job["metadata"]["name"]
+        if champion is not None:
+            status["champion"] = {"uri": champion.uri, "sha256": champion.sha256, "source": champion.source}
+        transition(PENDING, "False", Reason.JOB_CREATED, f"training Job {job['metadata']['name']} created")
+        status["conditions"] = conditions
+        return Decision(status=status, create_job=job, events=events, requeue_after=5.0)
+
+    existing_job: Mapping[str, Any] = observed.job
+    status["jobName"] = existing_job["metadata"]["name"]
+    job_status = existing_job.get("status") or {}
+    if job_status.get("startTime"):
+        status.setdefault("startTime", job_status["startTime"])
+
+    results = latest_results(observed.pods)
+    sweep = spec.get("sweep")
+    if sweep:
+        status["trials"] = [
+            {
+                "index": index,
+                "phase": result.status,
+                "params": result.params,
+                "metrics": result.metrics,
+                "uri": result.uri or "",
+                "sha256": result.sha256 or "",
+            }
+            for index, result in sorted(results.items())
+        ][:MAX_TRIALS_IN_STATUS]
+
+    complete = job_condition(existing_job, "Complete")
+    failed = job_condition(existing_job, "Failed")
+    if complete is None and failed is None:
+        problem = pending_problem(observed.pods)
+        if problem is not None:
+            transition(PENDING, "False", problem[0], problem[1], warning=True)
+        elif job_status.get("active") or job_status.get("ready"):
+            done = len(results)
+            progress = f" ({done}/{existing_job['spec'].get('completions', 1)} trials done)" if sweep else ""
+            transition(TRAINING, "False", Reason.TRAINING, f"training{progress}")
+        else:
+            transition(PENDING, "False", Reason.JOB_CREATED, f"waiting for the pod of Job {existing_job['metadata']['name']}")
+        status["conditions"] = conditions
+        return Decision(status=status, events=events, requeue_after=None)
+
+    chosen_index = best_trial(metric, results) if sweep else (0 if 0 in results else None)
+    result = results.get(chosen_index) if chosen_index is not None else None
+    if sweep and chosen_index is not None:
+        status["bestTrial"] = chosen_index
+    completion = (complete or failed or {}).get("lastTransitionTime") or now_text
+    status["completionTime"] = job_status.get("completionTime") or completion
+
+    if result is not None and result.sha256:
+        status["model"] = model_block(result)
+        status["primaryMetric"] = _format_metric(metric, result.metrics)
+
+    if complete is not None and result is not None and result.status == "Succeeded":
+        summary = status.get("primaryMetric") or "model stored"
+        trial = f" (best of {len(results)} trials: #{chosen_index})" if sweep else ""
+        transition(SUCCEEDED, "True", Reason.SUCCEEDED, f"{summary}{trial}; sha256 {(result.sha256 or '')[:12]}")
+    elif complete is not None and result is None:
+        transition(
+            FAILED, "False", Reason.TRAINER_FAILED,
+            "the training Job completed but left no result in its termination message; "
+            "check `kubectl logs job/" + existing_job["metadata"]["name"] + "`",
+            warning=True,
+        )
+    else:
+        reason, message = _failure(existing_job, failed, result, observed.pods)
+        transition(FAILED, "False", reason, message, warning=True)
+    status["conditions"] = conditions
+    return Decision(status=status, events=events)
+
+
+def _failure(
+    job: Mapping[str, Any],
+    failed: Mapping[str, Any] | None,
+    result: TrainingResult | None,
+    pods: Sequence[Mapping[str, Any]],
+) -> tuple[str, str]:
+    """The most specific reason a run failed, with what the user should do about it."""
+    exit_codes = [code for code in (terminated_exit_code(p) for p in pods) if code]
+    trainer_says = result.message if result is not None else ""
+    result_status = result.status if result is not None else None
+    if result_status == "GateFailed" or EXIT_GATE in exit_codes:
+        return Reason.GATE_FAILED, (
+            f"the model did not pass its evaluation gate: {trainer_says or 'see status.model.gates'}; "
+            "the champion stays"
+        )
+    if result_status == "DataValidationFailed" or EXIT_DATA_VALIDATION in exit_codes:
+        return Reason.DATA_VALIDATION_FAILED, (
+            f"data validation failed: {trainer_says or 'see the Job logs'}; fix the data or spec.validation"
+        )
+    job_reason = (failed or {}).get("reason", "")
+    if job_reason == "DeadlineExceeded":
+        return Reason.DEADLINE_EXCEEDED, (
+            f"training ran longer than spec.activeDeadlineSeconds={job['spec'].get('activeDeadlineSeconds')}; "
+            "raise it or train on less data"
+        )
+    code = f" (exit code {exit_codes[-1]})" if exit_codes else ""
+    detail = trainer_says or (failed or {}).get("message") or "the trainer failed"
+    if job_reason in {"BackoffLimitExceeded", "FailedIndexes"}:
+        return Reason.BACKOFF_LIMIT_EXCEEDED, (
+            f"training failed after all retries{code}: {detail}; see `kubectl logs job/{job['metadata']['name']}`"
+        )
+    return Reason.TRAINER_FAILED, f"training failed{code}: {detail}"
+
+
+def champion_from_candidates(
+    model_name: str,
+    deployment: Mapping[str, Any] | None,
+    runs: Sequence[Mapping[str, Any]],
+    exclude: str,
+) -> Champion | None:
+    """The model a new run must beat: what the named deployment serves as stable, else the
+    latest Succeeded run of the same model name."""
+    if deployment is not None:
+        stable = (deployment.get("status") or {}).get("stable") or {}
+        if stable.get("uri") and stable.get("sha256"):
+            return Champion(stable["uri"], stable["sha256"], f"ModelDeployment/{deployment['metadata']['name']}")
+    succeeded = [
+        r for r in runs
+        if r["metadata"]["name"] != exclude
+        and (r.get("spec") or {}).get("model", {}).get("name") == model_name
+        and (r.get("status") or {}).get("phase") == SUCCEEDED
+        and ((r.get("status") or {}).get("model") or {}).get("sha256")
+    ]
+    if not succeeded:
+        return None
+    latest = max(succeeded, key=lambda r: str((r.get("status") or {}).get("completionTime") or ""))
+    model = latest["status"]["model"]
+    return Champion(model["uri"], model["sha256"], f"TrainingRun/{latest['metadata']['name']}")
+
+
+__all__ = ["Decision", "Event", "Observed", "champion_from_candidates", "decide", "job_name"]

@@ -1,0 +1,48 @@
+"""How storage URIs become what a runtime pod sees: volumes, mounts and rewritten URIs.
+
+``pvc://<claim>/<path>`` is not a scheme fsspec knows; the claim is mounted into the pod and
+the URI becomes a local path. ``file://`` roots are shared through ``models_pvc`` when the
+operator is configured with one (otherwise they are node-local, which only suits one node).
+Object-store URIs (``s3://``, ``gs://``, ``https://``) pass through untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PVC_MOUNT_ROOT = "/mnt/pvc"
+
+
+@dataclass
+class PodStorage:
+    """Volumes and mounts a pod needs to reach a set of storage URIs."""
+
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+
+    def _add_claim(self, claim: str, mount_path: str, read_only: bool) -> None:
+        volume_name = f"pvc-{claim}"[:63]
+        existing = next((m for m in self.mounts if m["name"] == volume_name), None)
+        if existing is not None:
+            # One mount per claim; it stays writable if any user of it needs to write.
+            existing["readOnly"] = existing["readOnly"] and read_only
+            return
+        self.volumes.append(
+            {"name": volume_name, "persistentVolumeClaim": {"claimName": claim}}
+        )
+        self.mounts.append({"name": volume_name, "mountPath": mount_path, "readOnly": read_only})
+
+    def resolve(
+        self, uri: str, *, read_only: bool, models_pvc: str = "", models_root: str = ""
+    ) -> str:
+        """The URI as the pod should use it, adding what the pod must mount to reach it."""
+        if uri.startswith("pvc://"):
+            claim, _, path = uri.removeprefix("pvc://").partition("/")
+            mount_path = f"{PVC_MOUNT_ROOT}/{claim}"
+            self._add_claim(claim, mount_path, read_only)
+            return f"{mount_path}/{path}" if path else mount_path
+        root = models_root.removeprefix("file://").rstrip("/")
+        if models_pvc and root and uri.removeprefix("file://").startswith(root + "/"):
+            self._add_claim(models_pvc, root, read_only)
+        return uri

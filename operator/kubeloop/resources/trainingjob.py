@@ -1,0 +1,198 @@
+"""The training Job of a TrainingRun: one pod (or one Indexed pod per sweep trial) running ``kubeloop train``."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from kubeloop.resources.meta import child_name, labels_for, owner_reference
+from kubeloop.resources.storage import PodStorage
+
+TRAINER_CONTAINER = "trainer"
+TERMINATION_LOG = "/dev/termination-log"
+SCRATCH_DIR = "/tmp"
+RUNTIME_UID = 10001
+
+# Exit codes of `kubeloop train` that no retry can fix (the data or the gate said no).
+EXIT_DATA_VALIDATION = 2
+EXIT_GATE = 3
+EXIT_TRAINING = 4
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """What the operator's configuration contributes to every training Job."""
+
+    image: str
+    image_pull_policy: str
+    default_storage_uri: str
+    allowed_estimator_prefixes: tuple[str, ...]
+    job_ttl_seconds: int
+    models_pvc: str = ""
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The model a challenger must beat, as the trainer needs it."""
+
+    uri: str
+    sha256: str
+    source: str  # human-readable: where it was found (ModelDeployment or TrainingRun)
+
+
+def job_name(run_name: str) -> str:
+    return child_name(run_name, "train")
+
+
+def sweep_combinations(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every parameter combination, in the order the trainer's JOB_COMPLETION_INDEX uses."""
+    keys = sorted(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def restricted_container_security() -> dict[str, Any]:
+    """A container security context that passes the `restricted` Pod Security level."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_UID,
+        "runAsGroup": RUNTIME_UID,
+        "fsGroup": RUNTIME_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def scratch_volume() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A writable /tmp on an otherwise read-only root filesystem."""
+    return (
+        {"name": "scratch", "emptyDir": {"sizeLimit": "2Gi"}},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+    )
+
+
+def build_training_job(
+    run: Mapping[str, Any], settings: TrainerSettings, champion: Champion | None = None
+) -> dict[str, Any]:
+    """The Job for a TrainingRun (wire form in, wire form out)."""
+    name = run["metadata"]["name"]
+    namespace = run["metadata"]["namespace"]
+    spec: dict[str, Any] = dict(run["spec"])
+    model_name = spec["model"]["name"]
+
+    storage = PodStorage()
+    data = dict(spec["data"])
+    data["source"] = storage.resolve(data["source"], read_only=True, models_pvc=settings.models_pvc, models_root=settings.default_storage_uri)
+    output_uri = (spec.get("output") or {}).get("storageUri") or settings.default_storage_uri
+    output_uri = storage.resolve(output_uri, read_only=False, models_pvc=settings.models_pvc, models_root=settings.default_storage_uri)
+    trainer_spec = {**spec, "data": data, "output": {**(spec.get("output") or {}), "storageUri": output_uri}}
+
+    args = [
+        "train",
+        "--run-name", name,
+        "--termination-log", TERMINATION_LOG,
+    ]
+    if champion is not None:
+        champion_uri = storage.resolve(champion.uri, read_only=True, models_pvc=settings.models_pvc, models_root=settings.default_storage_uri)
+        args += ["--champion-uri", champion_uri, "--champion-sha256", champion.sha256]
+
+    env = [
+        {"name": "KUBELOOP_TRAININGRUN_SPEC", "value": orjson.dumps(trainer_spec).decode()},
+        {"name": "KUBELOOP_ALLOWED_ESTIMATOR_PREFIXES", "value": ",".join(settings.allowed_estimator_prefixes)},
+        {"name": "HOME", "value": SCRATCH_DIR},
+        {"name": "JOBLIB_TEMP_FOLDER", "value": SCRATCH_DIR},
+    ]
+    env_from = []
+    secret = ((spec.get("credentials") or {}).get("secretRef") or {}).get("name")
+    if secret:
+        # Credentials travel by reference only; their values never enter the spec or status.
+        env_from.append({"secretRef": {"name": secret}})
+
+    scratch, scratch_mount = scratch_volume()
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": spec.get("image") or settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["kubeloop"],
+        "args": args,
+        "env": env,
+        "resources": spec.get("resources") or {},
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [scratch_mount, *storage.mounts],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if env_from:
+        container["envFrom"] = env_from
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": [scratch, *storage.volumes],
+    }
+    if spec.get("nodeSelector"):
+        pod_spec["nodeSelector"] = spec["nodeSelector"]
+    if spec.get("tolerations"):
+        pod_spec["tolerations"] = spec["tolerations"]
+
+    labels = labels_for("trainingrun", name, "training", model=model_name)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.get("backoffLimit", 2),
+        "ttlSecondsAfterFinished": spec.get("ttlSecondsAfterFinished", settings.job_ttl_seconds),
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        # A data or gate failure is final: retrying the same data cannot change the answer.
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailIndex" if spec.get("sweep") else "FailJob",
+                    "onExitCodes": {
+                        "containerName": TRAINER_CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_DATA_VALIDATION, EXIT_GATE],
+                    },
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+    }
+    if spec.get("activeDeadlineSeconds"):
+        job_spec["activeDeadlineSeconds"] = spec["activeDeadlineSeconds"]
+    sweep = spec.get("sweep")
+    if sweep:
+        trials = len(sweep_combinations(sweep["grid"]))
+        max_trials = sweep.get("maxTrials")
+        if max_trials:
+            trials = min(trials, max_trials)
+        job_spec.update(
+            completionMode="Indexed",
+            completions=trials,
+            parallelism=min(sweep.get("parallelism", 1), trials),
+            backoffLimitPerIndex=job_spec.pop("backoffLimit"),
+        )
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(run)],
+        },
+        "spec": job_spec,
+    }
