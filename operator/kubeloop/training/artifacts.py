@@ -1,0 +1,190 @@
+"""Model artifacts: atomic writes through fsspec, sha256, and skops save / verified load.
+
+Layout of one run under the output root ``<storageUri>/<model>/<run>/`` (a sweep trial
+writes the same files under ``<storageUri>/<model>/<run>/trials/<index>/``)::
+
+    model.skops    the fitted model, skops format (no pickle)
+    model.sha256   "<hex>  model.skops" (sha256sum format)
+    profile.json   the drift reference profile (kubeloop.drift.profile)
+    report.json    everything about the run; written LAST, as the completion marker
+
+Every file is written to a temporary name in the same directory and then renamed. On a local
+or mounted file system the rename is atomic (and the data is fsynced first), so a reader sees
+the old file or the whole new one. Object stores (S3) have no rename: fsspec's ``mv`` is a
+copy and a delete, and each single PUT is atomic for the object, but the *set* of files is
+not. Hence the rule for readers: **a run directory without ``report.json`` is incomplete**
+and must be ignored; ``report.json`` is written only after every other file is complete.
+
+Loading (:func:`load_model`) verifies the sha256 first, then asks skops which types in the
+file are not trusted by default (``skops.io.get_untrusted_types``) and refuses the file
+unless every one lies under an allowed module prefix; only then is it loaded with exactly
+those types trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+MODEL_FILE = "model.skops"
+CHECKSUM_FILE = "model.sha256"
+PROFILE_FILE = "profile.json"
+REPORT_FILE = "report.json"
+DEFAULT_TRUSTED_TYPE_PREFIXES: tuple[str, ...] = ("sklearn.", "numpy.", "scipy.")
+
+
+class ArtifactIntegrityError(ValueError):
+    """The artifact's bytes do not match the expected sha256."""
+
+
+class UntrustedArtifactError(ValueError):
+    """The artifact holds types outside the allowed module prefixes."""
+
+
+class StorageError(OSError):
+    """Reading or writing the storage failed; the message names the URI."""
+
+
+def sha256_hex(payload: bytes) -> str:
+    """Lower-case hex sha256 of ``payload``."""
+    return hashlib.sha256(payload).hexdigest()
+
+
+def join_uri(root: str, *parts: str) -> str:
+    """``root`` and path parts joined with single slashes (works for URIs and paths)."""
+    joined = root.rstrip("/")
+    for part in parts:
+        joined += "/" + part.strip("/")
+    return joined
+
+
+def _filesystem(uri: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]:
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(uri, **dict(storage_options))
+    return fs, str(path)
+
+
+def write_atomic(uri: str, payload: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write ``payload`` to ``uri`` via a temporary sibling and a rename (see module doc)."""
+    options = storage_options or {}
+    try:
+        fs, path = _filesystem(uri, options)
+        directory, _, name = path.rpartition("/")
+        temporary = f"{directory}/.{name}.tmp-{uuid.uuid4().hex}" if directory else f".{name}.tmp"
+        if _is_local(fs):
+            os.makedirs(directory or ".", exist_ok=True)
+            _write_local_atomic(temporary, path, payload)
+            return
+        fs.makedirs(directory, exist_ok=True)
+        fs.pipe_file(temporary, payload)
+        try:
+            fs.mv(temporary, path)
+        finally:
+            if fs.exists(temporary):
+                fs.rm_file(temporary)
+    except OSError as exc:
+        raise StorageError(f"cannot write {uri}: {exc}") from exc
+
+
+def _is_local(fs: Any) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def _write_local_atomic(temporary: str, final: str, payload: bytes) -> None:
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)  # atomic on POSIX within one file system
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    directory = os.path.dirname(final) or "."
+    # Persist the rename itself (the directory entry) before anything points at the file.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
+    """The whole content of ``uri``."""
+    try:
+        fs, path = _filesystem(uri, storage_options or {})
+        content: bytes = fs.cat_file(path)
+    except FileNotFoundError:
+        raise StorageError(f"{uri} does not exist") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
+    return content
+
+
+def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``uri`` exists."""
+    fs, path = _filesystem(uri, storage_options or {})
+    return bool(fs.exists(path))
+
+
+def dump_model(model: Any) -> bytes:
+    """The skops serialisation of ``model`` (no pickle)."""
+    import skops.io as sio
+
+    payload: bytes = sio.dumps(model)
+    return payload
+
+
+def trusted_types_for(payload: bytes, allowed_prefixes: Sequence[str]) -> list[str]:
+    """The types ``payload`` needs trusted, refused if any lies outside ``allowed_prefixes``."""
+    import skops.io as sio
+
+    from kubeloop.training.estimators import is_allowed
+
+    untrusted = sio.get_untrusted_types(data=payload)
+    refused = [name for name in untrusted if not is_allowed(name, allowed_prefixes)]
+    if refused:
+        raise UntrustedArtifactError(
+            f"the artifact contains types outside the allowed prefixes "
+            f"{', '.join(allowed_prefixes)}: {', '.join(refused)}; refusing to load it"
+        )
+    return list(untrusted)
+
+
+def load_model_bytes(
+    payload: bytes,
+    expected_sha256: str | None,
+    allowed_prefixes: Sequence[str] = DEFAULT_TRUSTED_TYPE_PREFIXES,
+    source: str = "artifact",
+) -> Any:
+    """A model from skops bytes: sha256 verified (when given), then only allowed types trusted."""
+    import skops.io as sio
+
+    if expected_sha256 is not None:
+        expected = expected_sha256.removeprefix("sha256:").strip().lower()
+        actual = sha256_hex(payload)
+        if actual != expected:
+            raise ArtifactIntegrityError(
+                f"{source}: sha256 is {actual}, expected {expected}; the file was changed or "
+                "the wrong one was given"
+            )
+    trusted = trusted_types_for(payload, allowed_prefixes)
+    return sio.loads(payload, trusted=trusted)
+
+
+def load_model(
+    uri: str,
+    expected_sha256: str | None,
+    allowed_prefixes: Sequence[str] = DEFAULT_TRUSTED_TYPE_PREFIXES,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """Read and load the model at ``uri`` (a ``model.skops`` file or a run directory)."""
+    if not uri.endswith(".skops"):
+        uri = join_uri(uri, MODEL_FILE)
+    return load_model_bytes(read_bytes(uri, storage_options), expected_sha256, allowed_prefixes, uri)
