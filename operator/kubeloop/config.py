@@ -39,6 +39,10 @@ class OperatorConfig(BaseSettings):
     namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Namespaces to watch; empty means the whole cluster."
     )
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra labels on every runtime pod (JSON object), e.g. for cost allocation or policies.",
+    )
     metrics_port: int = Field(8080, description="Port of the operator's /metrics endpoint (0 = off).")
     health_port: int = Field(8081, description="Port of the operator's liveness endpoint (0 = off).")
     job_ttl_seconds: int = Field(

@@ -36,6 +36,7 @@ def trainer_settings(config: OperatorConfig) -> TrainerSettings:
         allowed_estimator_prefixes=tuple(config.allowed_estimator_prefixes),
         job_ttl_seconds=config.job_ttl_seconds,
         models_pvc=config.models_pvc,
+        pod_labels=tuple(sorted(config.pod_labels.items())),
     )
 
 
@@ -55,14 +56,15 @@ class TrainingRunController:
             return None, None
         namespace = run["metadata"]["namespace"]
         deployment = None
-        if evaluation.get("championRef"):
-            deployment = self.kube.get_or_none("ModelDeployment", namespace, evaluation["championRef"])
+        deployment_name = (evaluation.get("championRef") or {}).get("name")
+        if deployment_name:
+            deployment = self.kube.get_or_none("ModelDeployment", namespace, deployment_name)
         runs = self.kube.list(KIND, namespace, labels=None)
         champion = champion_from_candidates(spec["model"]["name"], deployment, runs, run["metadata"]["name"])
         if champion is None:
             return None, (
                 f"no champion found for model {spec['model']['name']!r} (no stable model in "
-                f"ModelDeployment {evaluation.get('championRef')!r} and no earlier Succeeded run): "
+                f"ModelDeployment {deployment_name!r} and no earlier Succeeded run): "
                 "the run is judged by its absolute threshold only"
             )
         return champion, None

@@ -172,7 +172,16 @@ def model_block(result: TrainingResult) -> dict[str, Any]:
         "dataFingerprint": result.data_fingerprint or "",
         "profileUri": result.profile_uri or "",
         "reportUri": result.report_uri or "",
-        "gates": [gate.model_dump(mode="json", by_alias=True, exclude_none=True) for gate in result.gates],
+        "gates": [
+            {
+                "name": gate.name,
+                "passed": gate.passed,
+                "message": gate.message or f"{gate.metric}={gate.value} (required {gate.required})",
+                **({"value": gate.value} if gate.value is not None else {}),
+                **({"threshold": gate.required} if gate.required is not None else {}),
+            }
+            for gate in result.gates
+        ],
     }
     if result.champion_metrics is not None:
         block["championMetrics"] = result.champion_metrics
@@ -259,11 +268,10 @@ def decide(
         status["trials"] = [
             {
                 "index": index,
-                "phase": result.status,
+                "phase": "Succeeded" if result.status == "Succeeded" else "Failed",
                 "params": result.params,
                 "metrics": result.metrics,
                 "uri": result.uri or "",
-                "sha256": result.sha256 or "",
             }
             for index, result in sorted(results.items())
         ][:MAX_TRIALS_IN_STATUS]

@@ -33,6 +33,7 @@ class TrainerSettings:
     allowed_estimator_prefixes: tuple[str, ...]
     job_ttl_seconds: int
     models_pvc: str = ""
+    pod_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def build_training_job(
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.get("backoffLimit", 2),
         "ttlSecondsAfterFinished": spec.get("ttlSecondsAfterFinished", settings.job_ttl_seconds),
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": {**dict(settings.pod_labels), **labels}}, "spec": pod_spec},
         # A data or gate failure is final: retrying the same data cannot change the answer.
         "podFailurePolicy": {
             "rules": [

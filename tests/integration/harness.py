@@ -1,0 +1,153 @@
+"""Helpers shared by the controller integration tests: the operator as a real process, the
+generated CRDs installed on the real API server, and the kubelet's part that kwok cannot play
+(writing a trainer's termination message)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = REPO / "crds"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2, what: str = "") -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check} (last: {last!r})")
+
+
+def install_crds(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """Server-side apply the generated CRDs and wait until the API server serves them."""
+    kubectl("apply", "--server-side", "--field-manager=kubeloop-tests", "--force-conflicts", "-f", str(CRDS))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
+
+
+class OperatorProcess:
+    """``kubeloop operator`` as a subprocess, so tests can SIGKILL and restart it."""
+
+    def __init__(self, kubeconfig: str, namespace: str, log_path: Path, env: Mapping[str, str] | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.log_path = log_path
+        self.extra_env = dict(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()
+        self.peak_rss_kib = 0
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": self.kubeconfig,
+            "KUBELOOP_METRICS_PORT": str(self.metrics_port),
+            "KUBELOOP_HEALTH_PORT": "0",
+            "KUBELOOP_RESYNC_SECONDS": "2",
+            **self.extra_env,
+        }
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kubeloop.cli", "operator", "--namespace", self.namespace],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        log.close()
+
+    def _sample_rss(self) -> None:
+        if self.process is None:
+            return
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye — what a node failure looks like to the operator."""
+        if self.process is not None and self.process.poll() is None:
+            self._sample_rss()
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self._sample_rss()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def play_kubelet_terminate(
+    core: Any, namespace: str, pod: Mapping[str, Any], message: str, exit_code: int, container: str = "trainer"
+) -> None:
+    """Write what the kubelet writes when a container ends: its state and termination message."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    phase = "Succeeded" if exit_code == 0 else "Failed"
+    image = pod["spec"]["containers"][0]["image"]
+    body = {
+        "status": {
+            "phase": phase,
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            ],
+            "containerStatuses": [
+                {
+                    "name": container,
+                    "image": image,
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "started": False,
+                    "state": {
+                        "terminated": {
+                            "exitCode": exit_code,
+                            "reason": "Completed" if exit_code == 0 else "Error",
+                            "message": message,
+                            "startedAt": pod["metadata"]["creationTimestamp"],
+                            "finishedAt": now,
+                        }
+                    },
+                }
+            ],
+        }
+    }
+    core.patch_namespaced_pod_status(pod["metadata"]["name"], namespace, body)

@@ -1,0 +1,275 @@
+"""TrainingRun controller on a real API server with kwok nodes.
+
+Given the generated CRDs and a running ``kubeloop operator``, when a TrainingRun is applied,
+then exactly one Job appears, its pod is scheduled by the real scheduler onto a kwok node,
+and the run follows the pod to its end. The test plays the kubelet only where kwok cannot:
+it writes the termination message that ``kubeloop train`` really produced on the same spec,
+run locally here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import OperatorProcess, install_crds, play_kubelet_terminate, wait_for
+from kubernetes import client
+
+GROUP, VERSION, PLURAL = "kubeloop.io", "v1alpha1", "trainingruns"
+# kwok leaves pods with this label alone, so the test can finish them like a kubelet would.
+MANUAL_KUBELET = {"kwok.kubeloop.io/manual": "true"}
+# kwok's chaos stage fails pods with this label (exit code set in the container status).
+CHAOS = {"kwok.kubeloop.io/fail": "true"}
+
+
+@pytest.fixture(scope="module")
+def crds(kubectl: Any) -> None:
+    install_crds(kubectl)
+
+
+@pytest.fixture
+def operator(kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(
+        kubeconfig_path,
+        namespace,
+        tmp_path / "operator.log",
+        env={"KUBELOOP_POD_LABELS": json.dumps(MANUAL_KUBELET), "KUBELOOP_RUNTIME_IMAGE": "kubeloop:test"},
+    )
+    process.start()
+    yield process
+    process.stop()
+    print(process.log_tail(30))
+
+
+def trainingrun(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"name": "cancer", "estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}, "task": "classification"},
+        "data": {"source": "sklearn://breast_cancer", "target": "target", "split": {"testFraction": 0.25, "seed": 7}},
+        "evaluation": {"metric": "accuracy", "threshold": 0.8},
+    }
+    body.update(spec)
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": name}, "spec": body}
+
+
+def run_trainer_locally(run: dict[str, Any], out: Path, index: int | None = None) -> tuple[str, int]:
+    """Really run `kubeloop train` on the run's spec; return its termination message and exit code."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec_file = out / f"spec-{index}.json"
+    spec_file.write_text(json.dumps(run["spec"]))
+    message_file = out / f"message-{index}.json"
+    env = {**os.environ}
+    if index is not None:
+        env["JOB_COMPLETION_INDEX"] = str(index)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubeloop.cli", "train", "--spec", str(spec_file), "--run-name", run["metadata"]["name"],
+         "--storage-uri", f"file://{out}/models", "--termination-log", str(message_file)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    return message_file.read_text(), proc.returncode
+
+
+def get_run(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)  # type: ignore[no-any-return]
+
+
+def run_phase(custom: client.CustomObjectsApi, namespace: str, name: str) -> str | None:
+    return (get_run(custom, namespace, name).get("status") or {}).get("phase")
+
+
+def trainer_pods(core: client.CoreV1Api, namespace: str, run_name: str) -> list[dict[str, Any]]:
+    pods = core.list_namespaced_pod(namespace, label_selector=f"kubeloop.io/trainingrun={run_name}")
+    return [core.api_client.sanitize_for_serialization(p) for p in pods.items]
+
+
+def test_run_succeeds_with_metrics_in_columns(kube_api: Any, kubectl: Any, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
+    core, custom, batch = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api), client.BatchV1Api(kube_api)
+    run = trainingrun("cancer-1")
+    message, code = run_trainer_locally(run, tmp_path / "trainer")
+    assert code == 0, message
+
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, run)
+    pod = wait_for(lambda: next(iter(trainer_pods(core, namespace, "cancer-1")), None), 60, what="trainer pod")
+    # Scheduled by the real scheduler onto a kwok node.
+    wait_for(lambda: core.read_namespaced_pod(pod["metadata"]["name"], namespace).spec.node_name, 30, what="pod scheduled")
+    wait_for(lambda: run_phase(custom, namespace, "cancer-1") in {"Pending", "Training"}, 30, what="run pending")
+
+    play_kubelet_terminate(core, namespace, pod, message, 0)
+    wait_for(lambda: run_phase(custom, namespace, "cancer-1") == "Succeeded", 60, what="run Succeeded")
+
+    jobs = batch.list_namespaced_job(namespace, label_selector="kubeloop.io/trainingrun=cancer-1").items
+    assert len(jobs) == 1
+    status = get_run(custom, namespace, "cancer-1")["status"]
+    expected = json.loads(message)
+    assert status["model"]["sha256"] == expected["sha256"]
+    assert status["model"]["metrics"]["accuracy"] == pytest.approx(expected["metrics"]["accuracy"])
+    assert status["model"]["dataFingerprint"] == expected["dataFingerprint"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+
+    table = kubectl("get", "tr", "-n", namespace).stdout
+    assert "cancer-1" in table and "Succeeded" in table and "accuracy=" in table
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=cancer-1", "-o", "json").stdout
+    assert {"JobCreated", "Succeeded"} <= {e["reason"] for e in json.loads(events)["items"]}
+
+
+def test_validation_failure_ends_the_run_with_its_reason(kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
+    core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    run = trainingrun("cancer-bad", validation={"minRows": 100000})
+    message, code = run_trainer_locally(run, tmp_path / "trainer")
+    assert code == 2, message
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, run)
+    pod = wait_for(lambda: next(iter(trainer_pods(core, namespace, "cancer-bad")), None), 60, what="trainer pod")
+    play_kubelet_terminate(core, namespace, pod, message, code)
+    wait_for(lambda: run_phase(custom, namespace, "cancer-bad") == "Failed", 60, what="run Failed")
+    status = get_run(custom, namespace, "cancer-bad")["status"]
+    assert status["lastFailure"]["reason"] == "DataValidationFailed"
+    assert "rows" in status["message"]
+
+
+def test_sweep_of_six_yields_six_trials_and_the_best(kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
+    core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    run = trainingrun("cancer-sweep", sweep={"grid": {"C": [0.001, 0.1, 10.0], "fit_intercept": [True, False]}, "parallelism": 6})
+    messages = {i: run_trainer_locally(run, tmp_path / "trainer", index=i) for i in range(6)}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, run)
+
+    pods = wait_for(lambda: (p := trainer_pods(core, namespace, "cancer-sweep")) and len(p) == 6 and p, 90, what="6 trial pods")
+    for pod in pods:
+        index = int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+        message, code = messages[index]
+        play_kubelet_terminate(core, namespace, pod, message, code)
+    wait_for(lambda: run_phase(custom, namespace, "cancer-sweep") in {"Succeeded", "Failed"}, 90, what="sweep finished")
+
+    status = get_run(custom, namespace, "cancer-sweep")["status"]
+    assert len(status["trials"]) == 6
+    accuracies = {i: json.loads(m)["metrics"]["accuracy"] for i, (m, _) in messages.items()}
+    best = max(accuracies, key=lambda i: (accuracies[i], -i))
+    assert status["bestTrial"] == best
+    assert status["model"]["metrics"]["accuracy"] == pytest.approx(accuracies[best])
+
+
+def test_job_is_admitted_in_a_restricted_namespace(kube_api: Any, namespace: str, operator: OperatorProcess) -> None:
+    core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    core.patch_namespace(namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, trainingrun("cancer-restricted"))
+    # The Job controller creates the pod only if Pod Security admission lets it in.
+    wait_for(lambda: trainer_pods(core, namespace, "cancer-restricted"), 60, what="pod admitted under restricted")
+
+
+@pytest.fixture
+def chaos_operator(kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kubeconfig_path, namespace, tmp_path / "operator.log", env={"KUBELOOP_POD_LABELS": json.dumps(CHAOS)})
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_pod_failed_by_kwok_chaos_fails_the_run(kube_api: Any, namespace: str, chaos_operator: OperatorProcess) -> None:
+    custom = client.CustomObjectsApi(kube_api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, trainingrun("cancer-chaos", backoffLimit=0))
+    wait_for(lambda: run_phase(custom, namespace, "cancer-chaos") == "Failed", 90, what="run Failed")
+    status = get_run(custom, namespace, "cancer-chaos")["status"]
+    assert status["lastFailure"]["reason"] in {"BackoffLimitExceeded", "TrainerFailed"}
+    assert "exit code" in status["message"]
+
+
+# --- scale and crash safety ------------------------------------------------------------------
+
+
+class Kubelet(threading.Thread):
+    """Finishes every trainer pod it sees with a real trainer result, like a kubelet would."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, message: str) -> None:
+        super().__init__(daemon=True)
+        self.core, self.namespace, self.message = core, namespace, message
+        self.stop = threading.Event()
+        self.finished: set[str] = set()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                for pod in self.core.list_namespaced_pod(self.namespace, label_selector="kubeloop.io/trainingrun").items:
+                    name = pod.metadata.name
+                    if name in self.finished or not pod.spec.node_name:
+                        continue
+                    play_kubelet_terminate(self.core, self.namespace, self.core.api_client.sanitize_for_serialization(pod), self.message, 0)
+                    self.finished.add(name)
+            except client.ApiException:
+                pass
+            self.stop.wait(0.5)
+
+
+def _jobs_per_run(batch: client.BatchV1Api, namespace: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for job in batch.list_namespaced_job(namespace).items:
+        run = (job.metadata.labels or {}).get("kubeloop.io/trainingrun", "")
+        counts[run] = counts.get(run, 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_duplicates_a_job(kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
+    core, custom, batch = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api), client.BatchV1Api(kube_api)
+    message, code = run_trainer_locally(trainingrun("template"), tmp_path / "trainer")
+    assert code == 0
+    kubelet = Kubelet(core, namespace, message)
+    kubelet.start()
+    names = [f"crash-{i}" for i in range(30)]
+    rng = random.Random(20261123)
+    try:
+        for name in names:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, trainingrun(name))
+        for _ in range(5):
+            time.sleep(rng.uniform(0.2, 2.0))
+            operator.kill()
+            assert max(_jobs_per_run(batch, namespace).values(), default=0) <= 1
+            operator.start()
+        wait_for(
+            lambda: all(run_phase(custom, namespace, n) == "Succeeded" for n in names), 180, interval=1, what="all 30 runs Succeeded"
+        )
+    finally:
+        kubelet.stop.set()
+    counts = _jobs_per_run(batch, namespace)
+    assert sorted(counts) == sorted(names)
+    assert set(counts.values()) == {1}
+
+
+@pytest.mark.slow
+def test_hundred_runs_at_once(kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
+    core, custom, batch = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api), client.BatchV1Api(kube_api)
+    message, code = run_trainer_locally(trainingrun("template"), tmp_path / "trainer")
+    assert code == 0
+    kubelet = Kubelet(core, namespace, message)
+    kubelet.start()
+    names = [f"load-{i:03d}" for i in range(100)]
+    applied: dict[str, float] = {}
+    try:
+        for name in names:
+            applied[name] = time.time()
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, trainingrun(name))
+        wait_for(lambda: all(run_phase(custom, namespace, n) == "Succeeded" for n in names), 300, interval=1, what="100 runs Succeeded")
+    finally:
+        kubelet.stop.set()
+    operator._sample_rss()
+    latencies = []
+    for job in batch.list_namespaced_job(namespace).items:
+        run = job.metadata.labels["kubeloop.io/trainingrun"]
+        created: datetime = job.metadata.creation_timestamp
+        latencies.append(max(0.0, created.timestamp() - applied[run]))
+    assert len(latencies) == 100
+    latencies.sort()
+    p50, p99 = statistics.median(latencies), latencies[98]
+    report = {"runs": 100, "apply_to_job_p50_s": round(p50, 3), "apply_to_job_p99_s": round(p99, 3), "operator_peak_rss_mib": round(operator.peak_rss_kib / 1024, 1)}
+    print("TRAININGRUN-SCALE", json.dumps(report))
+    out = Path(os.environ.get("KUBELOOP_BENCH_OUT", "/tmp")) / "trainingrun-scale.json"
+    out.write_text(json.dumps(report))
