@@ -1,0 +1,391 @@
+"""``kubeloop serve``: verify, load and serve a model; supervise worker processes.
+
+Start-up order: parse settings (CLI over ``KUBELOOP_SERVE_*`` env) -> fetch the artifact and
+check its sha256 *before* deserialising anything -> check its types against the allowlist ->
+serve. With one worker the server runs in this process. With N workers this process becomes
+a small supervisor: it stages the verified bytes in a private directory, sets up the shared
+metrics directory, starts N workers that each bind the port with SO_REUSEPORT (the kernel
+spreads connections across them), forwards SIGTERM to them and restarts any that crash.
+
+Shutdown (SIGTERM): readiness answers 503 at once, requests keep being served for
+``--shutdown-delay-seconds`` so load balancers stop sending, then the listener closes and
+in-flight requests (including queued batches) are answered before the process exits 0.
+
+Exit codes: 0 clean shutdown, 2 bad settings, 3 sha256 mismatch, 4 model unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from kubeloop.serving.app import ServeApp
+    from kubeloop.serving.model import ModelArtifact
+    from kubeloop.serving.settings import ServeSettings
+
+log = logging.getLogger("kubeloop.serve")
+
+EXIT_OK = 0
+EXIT_BAD_SETTINGS = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of ``kubeloop serve``; every one also reads ``KUBELOOP_SERVE_<NAME>``."""
+    parser = argparse.ArgumentParser(
+        prog="kubeloop serve",
+        description="Serve a scikit-learn model stored by `kubeloop train` (Open Inference "
+        "Protocol v2, /predict, /feedback, /metrics). Every option can also be set with "
+        "the environment variable KUBELOOP_SERVE_<OPTION> (e.g. KUBELOOP_SERVE_SHA256).",
+        epilog="exit codes: 0 clean shutdown, 2 bad settings, 3 sha256 mismatch, "
+        "4 model unusable (missing, unreadable, untrusted types)",
+        argument_default=argparse.SUPPRESS,
+    )
+    add = parser.add_argument
+    add("--model-uri", help="run directory or model.skops (path, file://, s3://, ...)")
+    add("--sha256", help="expected sha256 of model.skops (the content of model.sha256)")
+    add("--insecure-skip-verify", action="store_true", help="serve without checking sha256")
+    add("--model-name", help="name in the v2 API and in metrics (default: model)")
+    add("--profile-uri", help="reference profile (default: profile.json next to the model)")
+    add("--host", help="address to listen on (default: 0.0.0.0)")
+    add("--port", type=int, help="port to listen on (default: 8080)")
+    add("--workers", type=int, help="worker processes (default: CPU count)")
+    add("--max-batch-size", type=int, help="most rows merged into one model call (64)")
+    add("--max-batch-latency-ms", type=float, help="longest wait to fill a batch (2)")
+    add("--track", choices=["stable", "canary"], help="metrics label of this deployment")
+    add("--shadow-url", help="challenger server to mirror requests to")
+    add("--shadow-percent", type=float, help="share of requests to mirror, 0-100")
+    add("--feedback-capacity", type=int, help="recent predictions kept for /feedback")
+    add("--shutdown-delay-seconds", type=float, help="seconds of 503 readiness after SIGTERM")
+    add("--drain-timeout-seconds", type=float, help="longest wait for in-flight requests")
+    add("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def load_settings(argv: Sequence[str]) -> ServeSettings:
+    """Settings from the command line, falling back to the environment."""
+    from kubeloop.serving.settings import ServeSettings
+
+    given = vars(build_parser().parse_args(list(argv)))
+    return ServeSettings(**given)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "settings"
+        option = "--" + field.replace("_", "-") if item["loc"] else ""
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {field} ({option}): {message}" if option else f"  {message}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of ``kubeloop serve``; returns the process exit code."""
+    try:
+        settings = load_settings(argv)
+    except ValidationError as exc:
+        print(f"kubeloop serve: {_describe(exc)}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    except SystemExit as exc:  # argparse already printed the problem
+        return int(exc.code or 0)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    )
+    from kubeloop.serving.model import ModelArtifactError, fetch_artifact, trusted_types
+
+    try:
+        artifact = fetch_artifact(
+            settings.model_uri,
+            None if settings.insecure_skip_verify else settings.sha256,
+            settings.profile_uri,
+        )
+        trusted_types(artifact.model_bytes)
+    except ModelArtifactError as exc:
+        log.error("refusing to serve: %s", exc)
+        return exc.exit_code
+    if settings.insecure_skip_verify:
+        log.warning(
+            "serving %s WITHOUT sha256 verification (sha256 %s)",
+            artifact.model_uri,
+            artifact.sha256,
+        )
+    else:
+        log.info("verified %s (sha256 %s)", artifact.model_uri, artifact.sha256)
+    if settings.workers == 1:
+        return _serve_in_process(settings, artifact)
+    return _supervise(settings, artifact)
+
+
+# --------------------------------------------------------------------------------------------
+# One server process
+
+
+def _version() -> str:
+    from kubeloop import __version__
+
+    return __version__
+
+
+def _limit_threads() -> None:
+    # Parallelism comes from worker processes; BLAS/OpenMP threads would only compete.
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        pass
+
+
+def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _unix_listener(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _run_server(app: ServeApp, settings: ServeSettings, sockets: list[socket.socket]) -> int:
+    import gc
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn, with readiness flipped first and the listener kept open for a delay."""
+
+        drain_started: float | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Not calling super(): it re-raises the signal after shutdown, which would turn a
+            # clean drain into death by SIGTERM (exit code -15).
+            if self.drain_started is None:
+                self.drain_started = time.monotonic()
+                app.begin_drain()
+                log.info(
+                    "signal %s: readiness is now 503; closing in %.1fs, then draining",
+                    signal.Signals(sig).name,
+                    settings.shutdown_delay_seconds,
+                )
+            elif self.should_exit:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+
+        async def on_tick(self, counter: int) -> bool:
+            if (
+                self.drain_started is not None
+                and time.monotonic() - self.drain_started >= settings.shutdown_delay_seconds
+            ):
+                self.should_exit = True
+            return await super().on_tick(counter)
+
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_timeout_seconds),
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=30,
+    )
+    server = DrainingServer(config)
+    # The model and its arrays live for the whole process: keep them out of GC passes.
+    gc.collect()
+    gc.freeze()
+    server.run(sockets=sockets)
+    return EXIT_OK if server.started else 4
+
+
+def _build_app(
+    settings: ServeSettings, artifact: ModelArtifact, siblings: list[str] | None = None
+) -> ServeApp:
+    from kubeloop.serving.app import ServeApp, build_state
+
+    return ServeApp(build_state(settings, artifact, _version(), siblings))
+
+
+def _serve_in_process(settings: ServeSettings, artifact: ModelArtifact) -> int:
+    from kubeloop.serving.model import ModelArtifactError
+
+    _limit_threads()
+    try:
+        app = _build_app(settings, artifact)
+    except ModelArtifactError as exc:
+        log.error("refusing to serve: %s", exc)
+        return exc.exit_code
+    sock = _listen(settings.host, settings.port, reuse_port=False)
+    log.info("serving %r on %s:%d (1 worker)", settings.model_name, settings.host, settings.port)
+    return _run_server(app, settings, [sock])
+
+
+# --------------------------------------------------------------------------------------------
+# Several worker processes
+
+
+def _worker_main(
+    env: dict[str, str], index: int, sockets_dir: str, workers: int, log_level: str
+) -> None:
+    """Body of one worker process (spawned, so it starts from a clean interpreter)."""
+    os.environ.update(env)
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    )
+    from kubeloop.serving.model import ModelArtifactError, fetch_artifact
+    from kubeloop.serving.settings import ServeSettings
+
+    settings = ServeSettings()
+    _limit_threads()
+    siblings = [str(Path(sockets_dir) / f"worker-{i}.sock") for i in range(workers) if i != index]
+    try:
+        artifact = fetch_artifact(settings.model_uri, settings.sha256, settings.profile_uri)
+        app = _build_app(settings, artifact, siblings)
+    except ModelArtifactError as exc:
+        log.error("worker %d refusing to serve: %s", index, exc)
+        sys.exit(exc.exit_code)
+    own = Path(sockets_dir) / f"worker-{index}.sock"
+    own.unlink(missing_ok=True)
+    sockets = [
+        _listen(settings.host, settings.port, reuse_port=True),
+        _unix_listener(str(own)),
+    ]
+    sys.exit(_run_server(app, settings, sockets))
+
+
+def _stage(artifact: ModelArtifact, directory: Path) -> tuple[str, str | None]:
+    """Write the verified bytes where workers load them, so a remote store is read once."""
+    from kubeloop.serving.model import MODEL_FILE, PROFILE_FILE
+
+    model_path = directory / MODEL_FILE
+    model_path.write_bytes(artifact.model_bytes)
+    profile_path = None
+    if artifact.profile is not None:
+        profile_path = directory / PROFILE_FILE
+        profile_path.write_bytes(artifact.profile.to_json_bytes())
+    return str(model_path), str(profile_path) if profile_path else None
+
+
+def _supervise(settings: ServeSettings, artifact: ModelArtifact) -> int:
+    import multiprocessing
+
+    from kubeloop.serving.metrics import MULTIPROC_ENV
+
+    workdir = Path(tempfile.mkdtemp(prefix="kubeloop-serve-"))
+    own_metrics_dir = MULTIPROC_ENV not in os.environ
+    metrics_dir = os.environ.get(MULTIPROC_ENV) or str(workdir / "metrics")
+    Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+    for stale in Path(metrics_dir).glob("*.db"):
+        stale.unlink()
+    model_path, profile_path = _stage(artifact, workdir)
+    staged = settings.model_copy(
+        update={
+            "model_uri": model_path,
+            "profile_uri": profile_path,
+            "sha256": artifact.sha256,
+            "insecure_skip_verify": False,
+        }
+    )
+    env = {**staged.to_env(), MULTIPROC_ENV: metrics_dir}
+    if profile_path is None:
+        env.pop("KUBELOOP_SERVE_PROFILE_URI", None)
+    os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the spawned workers
+    context = multiprocessing.get_context("spawn")
+
+    def start(index: int) -> Any:
+        process = context.Process(
+            target=_worker_main,
+            args=(env, index, str(workdir), settings.workers, settings.log_level),
+            name=f"kubeloop-serve-worker-{index}",
+        )
+        process.start()
+        return process
+
+    stopping = False
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, sig)
+
+    processes = [start(i) for i in range(settings.workers)]
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    log.info(
+        "serving %r on %s:%d (%d workers, metrics in %s)",
+        settings.model_name,
+        settings.host,
+        settings.port,
+        settings.workers,
+        metrics_dir,
+    )
+    exit_code = EXIT_OK
+    started_at = time.monotonic()
+    try:
+        while True:
+            alive = [p for p in processes if p.is_alive()]
+            if stopping and not alive:
+                break
+            for index, process in enumerate(processes):
+                if process.is_alive() or stopping:
+                    continue
+                code = process.exitcode
+                _forget_worker_metrics(process.pid)
+                if code in (3, 4) and time.monotonic() - started_at < 60:
+                    log.error("worker %d could not start (exit %s); stopping", index, code)
+                    exit_code = int(code or 4)
+                    on_signal(signal.SIGTERM, None)
+                    break
+                log.warning("worker %d exited with %s; restarting it", index, code)
+                processes[index] = start(index)
+            time.sleep(0.1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for process in processes:
+            process.join(timeout=settings.drain_timeout_seconds + 5)
+        if exit_code == EXIT_OK and any(p.exitcode not in (0, None) for p in processes):
+            exit_code = next(int(p.exitcode) for p in processes if p.exitcode not in (0, None))
+        shutil.rmtree(workdir, ignore_errors=True)
+        if own_metrics_dir:
+            os.environ.pop(MULTIPROC_ENV, None)
+    return exit_code
+
+
+def _forget_worker_metrics(pid: int | None) -> None:
+    """Drop a dead worker's live-gauge files (its counters stay, as they must)."""
+    if pid is None:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,1 @@
+"""The model server behind `kubeloop serve`: model runtime, data plane, batching, metrics."""

@@ -1,0 +1,553 @@
+"""The data plane: Open Inference Protocol v2 and plain JSON, with no transport in sight.
+
+Every function takes decoded request data (or raw body bytes) and returns the response
+document; every refusal is a ``ProtocolError`` carrying its HTTP status and a message that
+names the field and the fix. The HTTP adapter (``app.py``) only moves bytes. Anything a
+client can send that the model cannot take is a 4xx here, never a 5xx.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from kubeloop.serving.batching import MicroBatcher, ModelInputError, Prediction
+from kubeloop.serving.feedback import FeedbackError, FeedbackScore, RecentPredictions, score
+from kubeloop.serving.metrics import ServeMetrics
+from kubeloop.serving.model import ServedModel
+
+Array = npt.NDArray[Any]
+
+PREDICT_OUTPUT = "predict"
+PROBA_OUTPUT = "predict_proba"
+FLOAT_TYPES = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+SUPPORTED_DATATYPES = sorted([*FLOAT_TYPES, *INT_TYPES, "BOOL", "BYTES"])
+SERVER_NAME = "kubeloop"
+
+
+class ProtocolError(Exception):
+    """A request the server refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def bad_request(message: str) -> ProtocolError:
+    return ProtocolError(400, message)
+
+
+# --------------------------------------------------------------------------------------------
+# Request ids
+
+
+class RequestIds:
+    """Unique, cheap ids: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}-{next(self._counter):x}"
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON document of a request body, or a 400 saying what is wrong with it."""
+    if not body:
+        raise bad_request("request body is empty: send a JSON document")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}") from exc
+
+
+def _shape_of(raw: Any, where: str) -> list[int]:
+    if not isinstance(raw, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
+    ):
+        raise bad_request(f"{where}.shape must be a list of non-negative integers, got {raw!r}")
+    return raw
+
+
+def _numbers(data: Any, where: str, allow_null: bool) -> Array:
+    """Any JSON (nested) list as a float64 array; refuses text, booleans and ragged lists."""
+    try:
+        array = np.asarray(data)
+    except (ValueError, OverflowError) as exc:
+        raise bad_request(f"{where} is not a regular (non-ragged) list of numbers: {exc}") from exc
+    if array.dtype.kind in "iuf":
+        return array.astype(np.float64, copy=False)
+    if array.dtype.kind == "O":
+        flat = array.ravel().tolist()
+        for v in flat:
+            if v is None and allow_null:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise bad_request(f"{where} holds {v!r}, which is not a number")
+        try:
+            return np.asarray(
+                [math.nan if v is None else v for v in flat], dtype=np.float64
+            ).reshape(array.shape)
+        except OverflowError as exc:
+            raise bad_request(f"{where} holds a number too large for float64") from exc
+    sample = array.ravel()[0] if array.size else None
+    raise bad_request(f"{where} holds {sample!r}, which is not a number")
+
+
+def decode_tensor(tensor: Any, index: int) -> tuple[str, Array]:
+    """One v2 input tensor as (name, float64 array of its declared shape)."""
+    where = f"inputs[{index}]"
+    if not isinstance(tensor, dict):
+        raise bad_request(f"{where} must be an object with name, shape, datatype and data")
+    name = tensor.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad_request(f"{where}.name must be a non-empty string")
+    where = f"input {name!r}"
+    shape = _shape_of(tensor.get("shape"), where)
+    datatype = tensor.get("datatype")
+    if datatype not in SUPPORTED_DATATYPES:
+        raise bad_request(
+            f"{where}.datatype {datatype!r} is not supported; use one of {SUPPORTED_DATATYPES}"
+        )
+    if "data" not in tensor:
+        raise bad_request(
+            f"{where} has no 'data' (binary tensor data is not supported; send JSON data)"
+        )
+    data = tensor["data"]
+    if not isinstance(data, list):
+        data = [data]
+    if datatype == "BYTES":
+        values = _bytes_as_numbers(data, where)
+    elif datatype == "BOOL":
+        values = _bools(data, where)
+    else:
+        values = _numbers(data, f"{where}.data", allow_null=datatype in FLOAT_TYPES)
+        if datatype in INT_TYPES:
+            finite = values[np.isfinite(values)]
+            if finite.size != values.size or not np.all(finite == np.round(finite)):
+                raise bad_request(f"{where} is {datatype} but its data holds non-integer values")
+        elif datatype != "FP64":
+            # The client declared lower precision: the values are what that type can hold.
+            with np.errstate(over="ignore"):
+                values = values.astype(FLOAT_TYPES[datatype]).astype(np.float64)
+    expected = math.prod(shape)
+    if values.size != expected:
+        raise bad_request(
+            f"{where} declares shape {shape} ({expected} values) but its data holds "
+            f"{values.size} values"
+        )
+    return name, values.reshape(shape)
+
+
+def _bytes_as_numbers(data: list[Any], where: str) -> Array:
+    flat = np.asarray(data, dtype=object).ravel().tolist()
+    out = np.empty(len(flat), dtype=np.float64)
+    for i, v in enumerate(flat):
+        try:
+            if isinstance(v, bool) or not isinstance(v, str | int | float):
+                raise ValueError(v)
+            out[i] = float(v)
+        except (ValueError, OverflowError) as exc:
+            raise bad_request(
+                f"{where} (BYTES) holds {v!r}, which is not a number; this model takes numeric "
+                "features"
+            ) from exc
+    return out
+
+
+def _bools(data: list[Any], where: str) -> Array:
+    flat = np.asarray(data, dtype=object).ravel().tolist()
+    if not all(isinstance(v, bool) for v in flat):
+        raise bad_request(f"{where} is BOOL but its data holds non-boolean values")
+    return np.asarray(flat, dtype=np.float64)
+
+
+def _feature_list(model: ServedModel) -> str:
+    names = model.feature_names
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f"{len(names)} features: {shown}"
+
+
+def rows_from_inputs(inputs: Any, model: ServedModel) -> Array:
+    """The (rows x features) matrix a v2 request describes.
+
+    Either one input holding a [rows, features] matrix (or [features] for one row), or one
+    input per feature, named after it, each [rows] or [rows, 1].
+    """
+    if not isinstance(inputs, list) or not inputs:
+        raise bad_request("inputs must be a non-empty list of tensors")
+    tensors = [decode_tensor(t, i) for i, t in enumerate(inputs)]
+    n_features = model.n_features
+    single_matrix = len(tensors) == 1 and (
+        n_features == 1 or model.column_of(tensors[0][0]) is None
+    )
+    if single_matrix:
+        name, values = tensors[0]
+        if values.ndim == 1:
+            if n_features == 1:
+                values = values.reshape(-1, 1)
+            elif values.shape[0] == n_features:
+                values = values.reshape(1, -1)
+        if values.ndim != 2 or values.shape[1] != n_features:
+            raise bad_request(
+                f"input {name!r} has shape {list(values.shape)}; expected [rows, {n_features}] "
+                f"({_feature_list(model)})"
+            )
+        rows = values
+    else:
+        rows = _columns_to_rows(tensors, model)
+    if rows.shape[0] == 0:
+        raise bad_request("the request has no rows (shape has 0 rows)")
+    return rows
+
+
+def _columns_to_rows(tensors: list[tuple[str, Array]], model: ServedModel) -> Array:
+    columns: dict[int, Array] = {}
+    for name, values in tensors:
+        column = model.column_of(name)
+        if column is None:
+            raise bad_request(
+                f"input {name!r} is not a feature of this model; send one input per feature "
+                f"named after it, or one [rows, {model.n_features}] input ({_feature_list(model)})"
+            )
+        if values.ndim == 2 and values.shape[1] == 1:
+            values = values[:, 0]
+        if values.ndim != 1:
+            raise bad_request(f"input {name!r} has shape {list(values.shape)}; expected [rows]")
+        columns[column] = values
+    missing = [model.feature_names[i] for i in range(model.n_features) if i not in columns]
+    if missing:
+        raise bad_request(f"inputs are missing features {missing[:10]}; send all of them")
+    lengths = {v.shape[0] for v in columns.values()}
+    if len(lengths) != 1:
+        raise bad_request(f"feature inputs have different row counts {sorted(lengths)}")
+    return np.column_stack([columns[i] for i in range(model.n_features)])
+
+
+def rows_from_instances(instances: Any, model: ServedModel) -> Array:
+    """The matrix of a /predict request: lists of values, or objects keyed by feature name."""
+    if not isinstance(instances, list) or not instances:
+        raise bad_request("instances must be a non-empty list of rows")
+    n_features = model.n_features
+    if all(isinstance(row, dict) for row in instances):
+        rows = np.full((len(instances), n_features), np.nan)
+        for r, row in enumerate(instances):
+            for key, value in row.items():
+                column = model.column_of(key)
+                if column is None:
+                    raise bad_request(
+                        f"instances[{r}] has unknown feature {key!r}; the model takes "
+                        f"{_feature_list(model)}"
+                    )
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise bad_request(f"instances[{r}].{key} is {value!r}, not a number")
+                rows[r, column] = value
+        return rows
+    if any(isinstance(row, dict) for row in instances):
+        raise bad_request("instances mixes lists and objects; use one form for every row")
+    for r, row in enumerate(instances):
+        if not isinstance(row, list):
+            raise bad_request(f"instances[{r}] must be a list of {n_features} numbers")
+        if len(row) != n_features:
+            raise bad_request(
+                f"instances[{r}] has {len(row)} values; the model takes {_feature_list(model)}"
+            )
+    return _numbers(instances, "instances", allow_null=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+
+
+def output_datatype(values: Array) -> str:
+    """The v2 datatype of a numpy array."""
+    kind = values.dtype.kind
+    if kind == "b":
+        return "BOOL"
+    if kind in "iu":
+        return "INT64"
+    if kind == "f":
+        return "FP64"
+    return "BYTES"
+
+
+def _json_values(values: Array) -> Any:
+    if values.dtype.kind in "iufb":
+        return values.ravel()  # orjson writes numpy arrays natively
+    return [str(v) for v in values.ravel().tolist()]
+
+
+def encode_output(name: str, values: Array) -> dict[str, Any]:
+    """One v2 output tensor (data flattened in row-major order, as the protocol says)."""
+    return {
+        "name": name,
+        "shape": list(values.shape),
+        "datatype": output_datatype(values),
+        "data": _json_values(values),
+    }
+
+
+def dumps(document: Any) -> bytes:
+    """Serialise a response document (numpy arrays included)."""
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# --------------------------------------------------------------------------------------------
+# The data plane
+
+
+@dataclass
+class FeedbackOutcome:
+    """What one /feedback call did, and the ids this worker did not know."""
+
+    matched: list[str] = field(default_factory=list)
+    unknown: list[dict[str, Any]] = field(default_factory=list)
+
+
+class DataPlane:
+    """Protocol handling for one served model; transport-free and testable on its own."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        batcher: MicroBatcher,
+        metrics: ServeMetrics,
+        recent: RecentPredictions,
+        mirror: Callable[[Array, Array], None] | None = None,
+        version: str = "0",
+    ) -> None:
+        self.model = model
+        self.batcher = batcher
+        self.metrics = metrics
+        self.recent = recent
+        self.mirror = mirror
+        self.version = version
+        self.ids = RequestIds()
+        self.draining = False
+        self._versions = {model.short_sha, model.sha256}
+        self._output_names = [PREDICT_OUTPUT, *([PROBA_OUTPUT] if model.has_proba else [])]
+
+    # -- health and metadata ----------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": self.version, "extensions": []}
+
+    def check_model(self, name: str, version: str | None = None) -> None:
+        """404 unless ``name`` (and ``version``, when given) is the served model."""
+        if name != self.model.name:
+            raise ProtocolError(
+                404, f"model {name!r} not found; this server serves {self.model.name!r}"
+            )
+        if version is not None and version not in self._versions:
+            raise ProtocolError(
+                404,
+                f"version {version!r} of model {name!r} not found; this server serves version "
+                f"{self.model.short_sha!r}",
+            )
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        self.check_model(name, version)
+        model = self.model
+        outputs = [{"name": PREDICT_OUTPUT, "datatype": self._predict_datatype(), "shape": [-1]}]
+        if model.has_proba and model.classes is not None:
+            outputs.append(
+                {"name": PROBA_OUTPUT, "datatype": "FP64", "shape": [-1, len(model.classes)]}
+            )
+        parameters: dict[str, Any] = {
+            "task": model.task,
+            "sha256": model.sha256,
+            "feature_names": model.feature_names,
+            "content_type": "np",
+        }
+        if model.classes is not None:
+            parameters["classes"] = _json_values(model.classes)
+        return {
+            "name": model.name,
+            "versions": [model.short_sha],
+            "platform": "sklearn",
+            "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, model.n_features]}],
+            "outputs": outputs,
+            "parameters": parameters,
+        }
+
+    def _predict_datatype(self) -> str:
+        if self.model.classes is not None:
+            return output_datatype(self.model.classes)
+        return "FP64"
+
+    # -- inference --------------------------------------------------------------------------
+
+    def _requested_outputs(self, outputs: Any) -> list[str]:
+        if outputs is None:
+            return [PREDICT_OUTPUT]
+        if not isinstance(outputs, list) or not outputs:
+            raise bad_request('outputs must be a non-empty list of {"name": ...} objects')
+        names = []
+        for i, output in enumerate(outputs):
+            name = output.get("name") if isinstance(output, dict) else None
+            if name not in self._output_names:
+                raise bad_request(
+                    f"outputs[{i}].name {name!r} is not an output of this model; "
+                    f"choose from {self._output_names}"
+                )
+            names.append(name)
+        return names
+
+    async def _predict(self, rows: Array, want_proba: bool) -> Prediction:
+        try:
+            return await self.batcher.predict(rows, want_proba)
+        except ModelInputError as exc:
+            raise bad_request(f"the model rejected the input: {exc}") from exc
+
+    def request_id(self, document: dict[str, Any], header_id: str | None) -> str:
+        """The id a response carries: the client's (body, then header) or a new one."""
+        given = document.get("id")
+        if given is not None:
+            if not isinstance(given, str) or not given or len(given) > 256:
+                raise bad_request("id must be a non-empty string of at most 256 characters")
+            return given
+        if header_id:
+            return header_id[:256]
+        return self.ids.new()
+
+    async def infer(
+        self, name: str, body: bytes, header_id: str | None = None, version: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Open Inference Protocol v2 inference; returns (request id, response document)."""
+        self.check_model(name, version)
+        document = parse_json(body)
+        if not isinstance(document, dict):
+            raise bad_request("request body must be a JSON object with 'inputs'")
+        request_id = self.request_id(document, header_id)
+        parameters = document.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise bad_request("parameters must be a JSON object")
+        wanted = self._requested_outputs(document.get("outputs"))
+        rows = rows_from_inputs(document.get("inputs"), self.model)
+        want_proba = PROBA_OUTPUT in wanted
+        result = await self._predict(rows, want_proba)
+        self._after_prediction(request_id, rows, result.predictions)
+        outputs = []
+        for output in wanted:
+            if output == PREDICT_OUTPUT:
+                outputs.append(encode_output(PREDICT_OUTPUT, result.predictions))
+            elif result.probabilities is not None:
+                outputs.append(encode_output(PROBA_OUTPUT, result.probabilities))
+        response: dict[str, Any] = {
+            "model_name": self.model.name,
+            "model_version": self.model.short_sha,
+            "id": request_id,
+            "outputs": outputs,
+        }
+        if parameters:
+            response["parameters"] = parameters
+        return request_id, response
+
+    async def predict(
+        self, body: bytes, header_id: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Plain JSON prediction: ``{"instances": [...]}`` -> ``{"predictions": [...]}``."""
+        document = parse_json(body)
+        if isinstance(document, list):
+            document = {"instances": document}
+        if not isinstance(document, dict) or "instances" not in document:
+            raise bad_request(
+                'request body must be {"instances": [[...], ...]} or '
+                '{"instances": [{"feature": value, ...}, ...]}'
+            )
+        request_id = self.request_id(document, header_id)
+        want_proba = bool(document.get("probabilities", False))
+        if want_proba and not self.model.has_proba:
+            raise bad_request("probabilities: this model is not a classifier with predict_proba")
+        rows = rows_from_instances(document["instances"], self.model)
+        result = await self._predict(rows, want_proba)
+        self._after_prediction(request_id, rows, result.predictions)
+        response: dict[str, Any] = {
+            "predictions": _json_values(result.predictions),
+            "id": request_id,
+        }
+        if result.probabilities is not None:
+            response["probabilities"] = result.probabilities
+        return request_id, response
+
+    def _after_prediction(self, request_id: str, rows: Array, predictions: Array) -> None:
+        self.recent.remember(request_id, predictions)
+        if self.mirror is not None:
+            self.mirror(rows, predictions)
+
+    # -- feedback ---------------------------------------------------------------------------
+
+    def parse_feedback(self, body: bytes) -> list[dict[str, Any]]:
+        """Feedback items ``{"id": ..., "labels": [...]}`` (or ``"label"`` for one row)."""
+        document = parse_json(body)
+        items = document if isinstance(document, list) else [document]
+        parsed = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                raise bad_request(
+                    f'feedback[{i}] must be {{"id": "<request id>", "labels": [...]}}'
+                )
+            if "labels" in item:
+                labels = item["labels"]
+                if not isinstance(labels, list):
+                    raise bad_request(f"feedback[{i}].labels must be a list, one label per row")
+            elif "label" in item:
+                labels = [item["label"]]
+            else:
+                raise bad_request(f"feedback[{i}] needs 'labels' (a list) or 'label'")
+            parsed.append({"id": item["id"], "labels": labels})
+        return parsed
+
+    def feedback(self, items: list[dict[str, Any]], count_unknown: bool = True) -> FeedbackOutcome:
+        """Score labels against remembered predictions and update the live metrics.
+
+        All items are checked before any is counted, so a 400 has no side effects.
+        """
+        scored: list[tuple[str, FeedbackScore]] = []
+        outcome = FeedbackOutcome()
+        for item in items:
+            predictions = self.recent.peek(item["id"])
+            if predictions is None:
+                outcome.unknown.append(item)
+                continue
+            try:
+                scored.append((item["id"], score(predictions, item["labels"], self.model.task)))
+            except FeedbackError as exc:
+                raise bad_request(f"feedback for id {item['id']!r}: {exc}") from exc
+        base = self.metrics.labels.values()
+        for request_id, result in scored:
+            self.recent.pop(request_id)
+            outcome.matched.append(request_id)
+            self.metrics.feedback.labels(*base, "matched").inc()
+            self.metrics.feedback_rows.inc(result.rows)
+            self.metrics.feedback_correct.inc(result.correct)
+            self.metrics.feedback_abs_error_sum.inc(result.abs_error_sum)
+            self.metrics.feedback_squared_error_sum.inc(result.squared_error_sum)
+        if count_unknown:
+            self.count_unknown_feedback(len(outcome.unknown))
+        return outcome
+
+    def count_unknown_feedback(self, count: int) -> None:
+        if count:
+            self.metrics.feedback.labels(*self.metrics.labels.values(), "unknown").inc(count)

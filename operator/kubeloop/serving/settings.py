@@ -1,0 +1,101 @@
+"""Settings of ``kubeloop serve``: one pydantic-settings model, env prefix ``KUBELOOP_SERVE_``.
+
+The command line overrides the environment; worker processes receive the parent's final
+settings through the same environment variables, so there is exactly one way in.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "KUBELOOP_SERVE_"
+
+
+def _default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class ServeSettings(BaseSettings):
+    """Everything the model server needs to know, read once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    model_uri: str = Field(
+        description="Directory holding model.skops, or the model.skops file itself "
+        "(plain path, file://, s3://, any fsspec URI)."
+    )
+    sha256: str | None = Field(
+        default=None, description="Expected sha256 of model.skops; required unless insecure."
+    )
+    insecure_skip_verify: bool = False
+    model_name: str = "model"
+    profile_uri: str | None = Field(
+        default=None, description="Reference profile; default: profile.json next to the model."
+    )
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default_factory=_default_workers, ge=1, le=256)
+    max_batch_size: int = Field(default=64, ge=1, le=65536)
+    max_batch_latency_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+    track: Literal["stable", "canary"] = "stable"
+    shadow_url: str | None = None
+    shadow_percent: float = Field(default=0.0, ge=0.0, le=100.0)
+    shadow_queue_size: int = Field(default=1024, ge=1)
+    shadow_concurrency: int = Field(default=8, ge=1, le=1024)
+    shadow_timeout_seconds: float = Field(default=5.0, gt=0.0)
+    shadow_tolerance: float = Field(
+        default=1e-9, ge=0.0, description="Relative tolerance for regression agreement."
+    )
+    feedback_capacity: int = Field(
+        default=100_000, ge=0, description="Recent predictions kept for /feedback (per worker)."
+    )
+    metrics_flush_seconds: float = Field(
+        default=1.0, gt=0.0, description="How often drift counts reach the shared metric files."
+    )
+    shutdown_delay_seconds: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="After SIGTERM: seconds of 503 readiness while still serving, so load "
+        "balancers stop sending before the listener closes.",
+    )
+    drain_timeout_seconds: float = Field(default=30.0, gt=0.0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256_is_hex(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        digest = value.strip().lower().removeprefix("sha256:")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(
+                "sha256 must be 64 hexadecimal characters (the content of model.sha256)"
+            )
+        return digest
+
+    @model_validator(mode="after")
+    def _verification_is_explicit(self) -> ServeSettings:
+        if self.sha256 is None and not self.insecure_skip_verify:
+            raise ValueError(
+                "sha256: the model's expected sha256 is required "
+                "(--sha256 / KUBELOOP_SERVE_SHA256); pass --insecure-skip-verify to serve "
+                "an unverified model"
+            )
+        if self.shadow_percent > 0 and not self.shadow_url:
+            raise ValueError("shadow_percent is set but shadow_url is empty: give --shadow-url")
+        return self
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, to hand to worker processes."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            env[ENV_PREFIX + name.upper()] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+        return env
