@@ -1,0 +1,192 @@
+"""DriftPolicy controller: measure drift when due, then let :mod:`kubeloop.decide.driftpolicy` decide."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import kopf
+import orjson
+
+from kubeloop import API_GROUP, API_VERSION
+from kubeloop.api.common import parse_duration
+from kubeloop.api.conditions import Reason
+from kubeloop.config import OperatorConfig
+from kubeloop.controllers import metrics
+from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, post_event
+from kubeloop.decide.common import wire_time
+from kubeloop.decide.driftpolicy import (
+    DriftMeasurement,
+    check_due,
+    decide,
+    drift_config,
+    labelled_counts,
+    live_counts_query,
+)
+from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
+from kubeloop.drift.report import counts_from_bin_labels, drift_report
+
+log = logging.getLogger("kubeloop.driftpolicy")
+KIND = "DriftPolicy"
+POLICY_LABEL = "kubeloop.io/driftpolicy"
+
+
+class MeasurementError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def prometheus_query(base_url: str, query: str, timeout: float = 10.0) -> list[tuple[dict[str, str], float]]:
+    """An instant PromQL query: (labels, value) per series."""
+    url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        payload = orjson.loads(response.read())
+    if payload.get("status") != "success":
+        raise MeasurementError(Reason.SOURCE_UNAVAILABLE, f"Prometheus query failed: {payload.get('error', payload)}")
+    return [(series["metric"], float(series["value"][1])) for series in payload["data"]["result"]]
+
+
+class DriftPolicyController:
+    def __init__(self, kube: Kube, config: OperatorConfig, clock: Callable[[], datetime] | None = None) -> None:
+        self.kube = kube
+        self.config = config
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.locks = KeyedLocks()
+        self._profiles: dict[str, Profile] = {}
+
+    # --- measuring ----------------------------------------------------------------------------
+
+    def profile_uri(self, namespace: str, stable: Mapping[str, Any]) -> str:
+        run_name = stable.get("trainingRun")
+        if run_name:
+            run = self.kube.get_or_none("TrainingRun", namespace, run_name)
+            uri = (((run or {}).get("status") or {}).get("model") or {}).get("profileUri")
+            if uri:
+                return str(uri)
+        model_uri = str(stable["uri"])
+        directory = model_uri if not model_uri.endswith(".skops") else posixpath.dirname(model_uri)
+        return f"{directory.rstrip('/')}/profile.json"
+
+    def load_profile(self, uri: str) -> Profile:
+        if uri not in self._profiles:
+            try:
+                with fsspec.open(uri, "rb") as handle:
+                    self._profiles[uri] = Profile.from_json_bytes(handle.read())
+            except (OSError, ValueError) as error:
+                raise MeasurementError(Reason.PROFILE_NOT_FOUND, f"cannot read the reference profile {uri}: {error}") from error
+        return self._profiles[uri]
+
+    def measure(self, policy: Mapping[str, Any]) -> DriftMeasurement:
+        try:
+            return self._measure(policy)
+        except MeasurementError as error:
+            return DriftMeasurement(error=error.message, error_reason=error.reason)
+
+    def _measure(self, policy: Mapping[str, Any]) -> DriftMeasurement:
+        namespace = policy["metadata"]["namespace"]
+        spec = policy["spec"]
+        target_name = spec["targetRef"]["name"]
+        target = self.kube.get_or_none("ModelDeployment", namespace, target_name)
+        if target is None:
+            raise MeasurementError(Reason.TARGET_NOT_FOUND, f"spec.targetRef: ModelDeployment {target_name!r} does not exist")
+        stable = (target.get("status") or {}).get("stable") or {}
+        if not stable.get("uri") or not stable.get("sha256"):
+            raise MeasurementError(Reason.MODEL_NOT_READY, f"ModelDeployment {target_name!r} serves no stable model yet")
+        profile = self.load_profile(self.profile_uri(namespace, stable))
+
+        source = spec["source"]
+        live = source.get("live")
+        if live is None:
+            raise MeasurementError(
+                Reason.SOURCE_UNAVAILABLE,
+                "spec.source.dataset is not supported by this operator version yet; use spec.source.live",
+            )
+        url = live.get("prometheusUrl")
+        if not url:
+            raise MeasurementError(
+                Reason.SOURCE_UNAVAILABLE,
+                "spec.source.live.prometheusUrl is required by this operator version (direct scraping is not implemented yet)",
+            )
+        window = parse_duration(spec.get("window", "1h"))
+        model_label = target["metadata"]["name"]
+        try:
+            samples = prometheus_query(url, live_counts_query(model_label, stable["sha256"][:12], window))
+        except OSError as error:
+            raise MeasurementError(Reason.SOURCE_UNAVAILABLE, f"Prometheus at {url} did not answer: {error}") from error
+        grouped = labelled_counts(samples)
+        wanted = set(spec.get("features") or [f.name for f in profile.features]) | {PREDICTION_FEATURE}
+        grouped = {name: bins for name, bins in grouped.items() if name in wanted}
+        if not grouped:
+            return DriftMeasurement(samples=0)
+        try:
+            counts = counts_from_bin_labels(profile, grouped)
+            report = drift_report(profile, counts, drift_config(spec))
+        except ValueError as error:
+            raise MeasurementError(Reason.PROFILE_NOT_FOUND, str(error)) from error
+        return DriftMeasurement(report=report, samples=report.sample_size)
+
+    # --- reconciling --------------------------------------------------------------------------
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        with self.locks.hold(KIND, namespace, name), metrics.reconcile_timer(KIND):
+            policy = self.kube.get_or_none(KIND, namespace, name)
+            if policy is None or policy["metadata"].get("deletionTimestamp"):
+                return
+            now = self.clock()
+            runs = {
+                run["metadata"]["name"]: run
+                for run in self.kube.list("TrainingRun", namespace, labels={POLICY_LABEL: name})
+            }
+            source_run_spec = None
+            source_ref = ((policy["spec"].get("retrain") or {}).get("fromTrainingRun") or {}).get("name")
+            if source_ref:
+                source_run = self.kube.get_or_none("TrainingRun", namespace, source_ref)
+                source_run_spec = source_run["spec"] if source_run else None
+            measurement = self.measure(policy) if check_due(policy, now) else None
+            decision = decide(policy, now, measurement, runs, source_run_spec)
+
+            if decision.create_run is not None:
+                try:
+                    self.kube.create(decision.create_run)
+                except Conflict:
+                    log.info("retrain run %s exists already", decision.create_run["metadata"]["name"])
+                else:
+                    reason = decision.status["lastRetrain"]["reason"].lower()
+                    metrics.RETRAINS.labels(namespace, name, reason).inc()
+            if decision.promote is not None:
+                target = policy["spec"]["targetRef"]["name"]
+                patch = decision.promote
+                # The run replaces any directly pinned artifact (the two sources exclude each other).
+                patch["spec"]["model"].update({"storageUri": None, "sha256": None})
+                self.kube.patch("ModelDeployment", namespace, target, patch)
+            if decision.status != (policy.get("status") or {}):
+                self.kube.patch_status(KIND, namespace, name, decision.status)
+            for event in decision.events:
+                post_event(self.kube, policy, event.type, event.reason, event.message, wire_time(now))
+            for score in decision.status.get("scores") or []:
+                metrics.DRIFT_SCORE.labels(namespace, name, score["feature"], score["test"]).set(score["score"])
+
+
+def register(registry: kopf.OperatorRegistry, controller: DriftPolicyController, config: OperatorConfig) -> None:
+    @kopf.on.event(API_GROUP, API_VERSION, "driftpolicies", registry=registry)
+    def on_policy_event(name: str, namespace: str | None, type: str, **_: Any) -> None:
+        if type != "DELETED" and namespace:
+            controller.reconcile(namespace, name)
+
+    @kopf.timer(API_GROUP, API_VERSION, "driftpolicies", interval=config.resync_seconds, registry=registry)
+    def resync(name: str, namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, name)
+
+    @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", labels={POLICY_LABEL: kopf.PRESENT}, registry=registry)
+    def on_retrain_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, labels[POLICY_LABEL])

@@ -1,0 +1,385 @@
+"""What a DriftPolicy should do next: check, retrain, promote. Pure: no I/O, the clock is an argument.
+
+The controller asks :func:`check_due` whether to measure drift now, measures it (I/O), then
+hands everything to :func:`decide`, which returns the next status, the TrainingRun to create
+(if any), the ModelDeployment patch that promotes a winning run (if any), and Events.
+
+Rules, in the order they apply:
+
+* a retrain is wanted on drift, when the schedule fires, or on a manual request (the
+  ``kubeloop.io/retrain`` annotation set to a new value);
+* at most one retrain is in flight per policy; drift and schedule also respect ``cooldown``
+  and ``maxRetrainsPerDay`` (a manual request skips the cooldown but not the daily limit);
+* a finished retrain is judged from its TrainingRun: Succeeded means it passed its gates
+  against the champion; with ``autoPromote`` the ModelDeployment is pointed at it (its canary
+  does the rest), otherwise it waits for a person; a run refused by its gate leaves the
+  champion in place, and both metrics are recorded.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from croniter import croniter
+
+from kubeloop.api.common import parse_duration
+from kubeloop.api.conditions import ConditionType, Reason
+from kubeloop.api.driftpolicy import MAX_HISTORY, RETRAIN_ANNOTATION
+from kubeloop.decide.common import Event, parse_wire_time, set_wire_condition, wire_time
+from kubeloop.drift.report import DriftConfig, DriftReport, FeatureSettings
+from kubeloop.resources.meta import child_name, labels_for, owner_reference
+
+RetrainReason = Literal["Drift", "Schedule", "Manual"]
+IN_FLIGHT = {"Pending", "Running"}
+
+
+@dataclass(frozen=True)
+class DriftMeasurement:
+    """The outcome of one drift check, as the controller measured it."""
+
+    report: DriftReport | None = None
+    samples: int = 0
+    error: str | None = None  # why no measurement could be made (target, profile, source)
+    error_reason: str = Reason.SOURCE_UNAVAILABLE
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any]
+    create_run: dict[str, Any] | None = None
+    promote: dict[str, Any] | None = None  # merge patch for the target ModelDeployment
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+# --- configuration from the spec ------------------------------------------------------------
+
+
+def drift_config(spec: Mapping[str, Any]) -> DriftConfig:
+    """The statistics' configuration the policy's spec asks for.
+
+    Without ``spec.tests`` the test is chosen by sample size (p-value tests for small
+    samples, distances for large), which is the safer default for live traffic.
+    """
+    tests = spec.get("tests") or {}
+    thresholds = spec.get("thresholds") or {}
+    numerical = tests.get("numerical", "auto")
+    categorical = tests.get("categorical", "auto")
+    default = thresholds.get("default")
+    per_test: dict[str, float] = {}
+    if default is not None:
+        for test in {numerical, categorical} - {"auto"}:
+            per_test[test] = default
+    features = {
+        name: FeatureSettings(threshold=value) for name, value in (thresholds.get("features") or {}).items()
+    }
+    return DriftConfig(
+        numerical_test=numerical,
+        categorical_test=categorical,
+        thresholds=per_test,
+        features=features,
+        drift_share=max(spec.get("driftShare", 0.5), 1e-9),
+    )
+
+
+def next_schedule_time(schedule: str, after: datetime) -> datetime:
+    result: datetime = croniter(schedule, after).get_next(datetime)
+    return result
+
+
+def check_due(policy: Mapping[str, Any], now: datetime) -> bool:
+    """Whether a drift check is due: never checked, or ``interval`` has passed since the last."""
+    status = policy.get("status") or {}
+    if not status.get("lastCheckTime"):
+        return True
+    interval = parse_duration(policy["spec"].get("interval", "5m"))
+    return now >= parse_wire_time(status["lastCheckTime"]) + interval
+
+
+# --- the retrain run ------------------------------------------------------------------------
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def retrain_run(
+    policy: Mapping[str, Any],
+    number: int,
+    reason: RetrainReason,
+    source_run_spec: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The TrainingRun a retrain creates: named by its number, so a repeat after a crash
+    finds the same name and never makes a second run."""
+    meta = policy["metadata"]
+    spec = policy["spec"]
+    retrain = spec["retrain"]
+    template = retrain.get("template") or {}
+    if template:
+        run_spec = copy.deepcopy(template["spec"])
+    else:
+        if source_run_spec is None:
+            raise ValueError("spec.retrain.fromTrainingRun names a TrainingRun that does not exist")
+        run_spec = deep_merge(source_run_spec, retrain.get("overrides") or {})
+    # A retrain is always judged against what is served now, on the same fresh holdout.
+    evaluation = dict(run_spec.get("evaluation") or {})
+    evaluation["compareTo"] = "champion"
+    evaluation["championRef"] = {"name": spec["targetRef"]["name"]}
+    evaluation.setdefault("metric", "accuracy" if run_spec["model"].get("task") == "classification" else "rmse")
+    run_spec["evaluation"] = evaluation
+    template_meta = template.get("metadata") or {}
+    labels = {
+        **(template_meta.get("labels") or {}),
+        **labels_for("driftpolicy", meta["name"], "retrain", retrain_reason=reason.lower()),
+    }
+    return {
+        "apiVersion": "kubeloop.io/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {
+            "name": child_name(meta["name"], f"r{number}"),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": dict(template_meta.get("annotations") or {}),
+            "ownerReferences": [owner_reference(policy)],
+        },
+        "spec": run_spec,
+    }
+
+
+# --- the decision ---------------------------------------------------------------------------
+
+
+def _scores(report: DriftReport) -> list[dict[str, Any]]:
+    features = [*report.features, *([report.prediction] if report.prediction else [])]
+    return [
+        {
+            "feature": f.feature,
+            "test": f.test,
+            "score": round(f.score, 6),
+            "threshold": f.threshold,
+            "drifted": f.drifted,
+            **({"pValue": f.p_value_adjusted if f.p_value_adjusted is not None else f.p_value} if f.p_value is not None else {}),
+            "samples": f.sample_size,
+        }
+        for f in features
+    ]
+
+
+def _run_outcome(run: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(outcome, message) of a retrain run from its status."""
+    if run is None:
+        return "Failed", "the retrain TrainingRun was deleted before it finished"
+    status = run.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    model = status.get("model") or {}
+    metrics = model.get("metrics") or {}
+    champion = model.get("championMetrics") or {}
+    metric = (run["spec"].get("evaluation") or {}).get("metric", "")
+    if phase == "Succeeded":
+        return "Succeeded", f"{metric}={metrics.get(metric)} beats the champion's {champion.get(metric)}"
+    if phase == "Failed":
+        reason = (status.get("lastFailure") or {}).get("reason", "")
+        if reason == Reason.GATE_FAILED:
+            return "Rejected", (
+                f"the champion stays: challenger {metric}={metrics.get(metric)}, "
+                f"champion {metric}={champion.get(metric)}"
+            )
+        return "Failed", status.get("message") or "the retrain failed"
+    return ("Running" if phase in {"Training", "Validating"} else "Pending"), f"retrain {run['metadata']['name']} is {phase}"
+
+
+def decide(
+    policy: Mapping[str, Any],
+    now: datetime,
+    measurement: DriftMeasurement | None,
+    runs: Mapping[str, Mapping[str, Any]],
+    source_run_spec: Mapping[str, Any] | None = None,
+) -> Decision:
+    """Next status of a DriftPolicy. ``runs`` are its retrain TrainingRuns by name."""
+    meta, spec = policy["metadata"], policy["spec"]
+    generation = int(meta.get("generation") or 1)
+    old: dict[str, Any] = dict(policy.get("status") or {})
+    status: dict[str, Any] = {**old, "observedGeneration": generation}
+    conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
+    events: list[Event] = []
+    promote: dict[str, Any] | None = None
+    create: dict[str, Any] | None = None
+    retrain = spec.get("retrain") or {}
+
+    def condition(type_: str, value: bool, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_wire_condition(conditions, type_, value, reason, message, now, generation)
+
+    def fail(reason: str, message: str) -> None:
+        status["lastFailure"] = {"reason": reason, "message": message, "time": wire_time(now)}
+
+    # 1. Follow the retrain in flight to its end.
+    last = dict(old.get("lastRetrain") or {})
+    if last and last.get("outcome") in IN_FLIGHT:
+        outcome, message = _run_outcome(runs.get(last["name"]))
+        if outcome != last["outcome"]:
+            last["outcome"] = outcome
+            if outcome == "Succeeded" and retrain.get("autoPromote"):
+                promote = {"spec": {"model": {"trainingRunRef": {"name": last["name"]}}}}
+                last["outcome"] = "Promoted"
+                message = f"{message}; ModelDeployment {spec['targetRef']['name']} now rolls it out as a canary"
+                events.append(Event("Normal", Reason.RETRAIN_SUCCEEDED, f"retrain {last['name']} promoted: {message}"))
+            elif outcome == "Succeeded":
+                events.append(Event("Normal", Reason.RETRAIN_SUCCEEDED, f"retrain {last['name']} succeeded: {message}; promote it by hand (autoPromote is off)"))
+            elif outcome == "Rejected":
+                events.append(Event("Normal", Reason.RETRAIN_REJECTED, f"retrain {last['name']}: {message}"))
+            elif outcome == "Failed":
+                events.append(Event("Warning", Reason.RETRAIN_FAILED, f"retrain {last['name']} failed: {message}"))
+                fail(Reason.RETRAIN_FAILED, message)
+            last["message"] = message[:1024]
+        status["lastRetrain"] = last
+    in_flight = bool(last) and last.get("outcome") in IN_FLIGHT
+    condition(
+        ConditionType.RETRAIN_IN_FLIGHT, in_flight,
+        Reason.RETRAIN_CREATED if in_flight else Reason.NO_DRIFT,
+        f"retrain {last.get('name')} is {last.get('outcome')}" if in_flight else "no retrain running",
+    )
+
+    # 2. Record the drift check.
+    wanted: RetrainReason | None = None
+    if measurement is not None:
+        interval = parse_duration(spec.get("interval", "5m"))
+        status["lastCheckTime"] = wire_time(now)
+        status["nextCheckTime"] = wire_time(now + interval)
+        status["samples"] = measurement.samples
+        min_samples = int(spec.get("minSamples", 500))
+        if measurement.error is not None:
+            condition(ConditionType.READY, False, measurement.error_reason, measurement.error)
+            if old.get("message") != measurement.error:
+                events.append(Event("Warning", measurement.error_reason, measurement.error))
+            fail(measurement.error_reason, measurement.error)
+            status["message"] = measurement.error
+        elif measurement.report is None or measurement.samples < min_samples:
+            message = f"{measurement.samples} samples in the window, fewer than minSamples={min_samples}: no verdict"
+            condition(ConditionType.READY, True, Reason.NOT_ENOUGH_SAMPLES, message)
+            condition(ConditionType.NOT_ENOUGH_DATA, True, Reason.NOT_ENOUGH_SAMPLES, message)
+            status["message"] = message
+        else:
+            report = measurement.report
+            condition(ConditionType.NOT_ENOUGH_DATA, False, Reason.NO_DRIFT, f"{measurement.samples} samples")
+            status["scores"] = _scores(report)
+            status["drifted"] = report.drifted
+            status["driftedFeatures"] = report.drifted_features
+            status["driftedShare"] = round(report.share, 4)
+            moved = ", ".join(report.drifted_features) or "none"
+            prediction = " (prediction drifted too)" if report.prediction_drifted else ""
+            if report.drifted:
+                message = f"drift: {len(report.drifted_features)}/{len(report.features)} features moved ({moved}){prediction}"
+                condition(ConditionType.DRIFTED, True, Reason.DRIFT_DETECTED, message)
+                if not old.get("drifted"):
+                    events.append(Event("Warning", Reason.DRIFT_DETECTED, message))
+                wanted = "Drift"
+            else:
+                message = f"no drift: {len(report.drifted_features)}/{len(report.features)} features moved ({moved}){prediction}"
+                condition(ConditionType.DRIFTED, False, Reason.NO_DRIFT, message)
+            condition(ConditionType.READY, True, Reason.DRIFT_DETECTED if report.drifted else Reason.NO_DRIFT, message)
+            status["message"] = message
+            history = list(old.get("history") or [])
+            history.append({
+                "time": wire_time(now), "drifted": report.drifted,
+                "driftedShare": round(report.share, 4), "samples": measurement.samples,
+            })
+            status["history"] = history[-MAX_HISTORY:]
+
+    # 3. The schedule.
+    schedule = spec.get("schedule")
+    if schedule:
+        base = parse_wire_time(old.get("nextScheduleTime") or meta.get("creationTimestamp") or wire_time(now))
+        if not old.get("nextScheduleTime"):
+            base = next_schedule_time(schedule, base)
+        if now >= base:
+            wanted = wanted or "Schedule"
+            base = next_schedule_time(schedule, now)
+        status["nextScheduleTime"] = wire_time(base)
+
+    # 4. A manual request.
+    requested = (meta.get("annotations") or {}).get(RETRAIN_ANNOTATION)
+    handled = (old.get("handledRequests") or {}).get("retrain")
+    if requested and requested != handled:
+        wanted = "Manual"
+        status["handledRequests"] = {**(old.get("handledRequests") or {}), "retrain": requested}
+
+    # 5. Retrain, within the limits.
+    if wanted is not None and retrain:
+        day = now.strftime("%Y-%m-%d")
+        today = int(old.get("retrainsToday") or 0) if old.get("retrainsDay") == day else 0
+        cooldown = parse_duration(retrain.get("cooldown", "1h"))
+        last_time = parse_wire_time(last["time"]) if last.get("time") else None
+        blocked: tuple[str, str] | None = None
+        if in_flight:
+            blocked = (Reason.RETRAIN_CREATED, f"{wanted.lower()} retrain skipped: {last['name']} is still {last['outcome']}")
+        elif today >= int(retrain.get("maxRetrainsPerDay", 3)):
+            blocked = (Reason.RETRAIN_LIMIT_REACHED, f"{wanted.lower()} retrain skipped: maxRetrainsPerDay={retrain.get('maxRetrainsPerDay', 3)} reached today")
+        elif wanted != "Manual" and last_time is not None and now < last_time + cooldown:
+            blocked = (Reason.COOLDOWN_ACTIVE, f"{wanted.lower()} retrain skipped: cooldown until {wire_time(last_time + cooldown)}")
+        if blocked is not None:
+            events.append(Event("Normal", blocked[0], blocked[1]))
+            status["message"] = f"{status.get('message', '')}; {blocked[1]}".lstrip("; ")
+        else:
+            number = int(old.get("retrainCount") or 0) + 1
+            try:
+                create = retrain_run(policy, number, wanted, source_run_spec)
+            except ValueError as error:
+                fail(Reason.INVALID_SPEC, str(error))
+                condition(ConditionType.READY, False, Reason.INVALID_SPEC, str(error))
+                events.append(Event("Warning", Reason.INVALID_SPEC, str(error)))
+            else:
+                name = create["metadata"]["name"]
+                status["lastRetrain"] = {"name": name, "reason": wanted, "time": wire_time(now), "outcome": "Pending"}
+                status["retrainCount"] = number
+                status["retrainsToday"] = today + 1
+                status["retrainsDay"] = day
+                reason = {"Drift": Reason.RETRAIN_CREATED, "Schedule": Reason.SCHEDULED_RETRAIN, "Manual": Reason.MANUAL_RETRAIN}[wanted]
+                events.append(Event("Normal", reason, f"created TrainingRun {name} ({wanted.lower()})"))
+                condition(ConditionType.RETRAIN_IN_FLIGHT, True, Reason.RETRAIN_CREATED, f"retrain {name} is Pending")
+                if status.get("history") and measurement is not None and measurement.report is not None:
+                    status["history"][-1]["retrain"] = name
+
+    status["conditions"] = conditions
+    return Decision(
+        status=status, create_run=create, promote=promote, events=events,
+        requeue_after=_requeue_after(status, now),
+    )
+
+
+def _requeue_after(status: Mapping[str, Any], now: datetime) -> float | None:
+    moments = [parse_wire_time(status[k]) for k in ("nextCheckTime", "nextScheduleTime") if status.get(k)]
+    if not moments:
+        return None
+    return max(1.0, (min(moments) - now).total_seconds())
+
+
+def live_counts_query(model: str, sha: str, window: timedelta) -> str:
+    """PromQL: per-feature, per-bin counts the stable servers saw over the window, summed
+    over replicas."""
+    seconds = max(int(window.total_seconds()), 1)
+    return (
+        "sum by (feature, bin) (increase(kubeloop_serve_feature_bin_total"
+        f'{{model="{model}",sha="{sha}"}}[{seconds}s]))'
+    )
+
+
+def labelled_counts(samples: Sequence[tuple[Mapping[str, str], float]]) -> dict[str, dict[str, float]]:
+    """Group (labels, value) samples into ``{feature: {bin: count}}``; missing values have no bin."""
+    grouped: dict[str, dict[str, float]] = {}
+    for labels, value in samples:
+        if labels.get("bin") == "missing":
+            continue
+        feature_bins = grouped.setdefault(labels["feature"], {})
+        feature_bins[labels["bin"]] = feature_bins.get(labels["bin"], 0.0) + value
+    return grouped
