@@ -62,6 +62,8 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "jensenshannon": 0.1,
 }
 SMALL_SAMPLE_MAX = 1000
+MISSING_BIN_LABEL = "missing"
+"""The model server's extra bin for missing values; drift compares present values only."""
 DEFAULT_DRIFT_SHARE = 0.5
 
 
@@ -434,9 +436,10 @@ def counts_from_bin_labels(
 ) -> dict[str, list[int]]:
     """Counts keyed by bin label (as the model servers export them) in profile bin order.
 
-    ``labelled[feature][bin_label]`` is a count, e.g. PromQL
-    ``sum by (feature, bin) (increase(kubeloop_drift_bin_total[1h]))``. ``increase()``
-    extrapolates to non-integers, so counts are rounded; a bin with no series counts 0.
+    ``labelled[feature][bin_label]`` is a count, e.g. from PromQL
+    ``sum by (feature, bin) (increase(kubeloop_serve_feature_bin_total{model="m",
+    track="stable"}[1h]))``. ``increase()`` extrapolates to non-integers, so counts are
+    rounded; a bin with no series counts 0; the ``missing`` bin is left out.
     """
     counts: dict[str, list[int]] = {}
     for name, by_label in labelled.items():
@@ -445,6 +448,8 @@ def counts_from_bin_labels(
         position = {label: i for i, label in enumerate(labels)}
         row = [0] * len(labels)
         for label, value in by_label.items():
+            if label == MISSING_BIN_LABEL and label not in position:
+                continue
             if label not in position:
                 raise ValueError(
                     f"feature {name!r}: bin {label!r} is not one of the profile's bins "
