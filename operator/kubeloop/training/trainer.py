@@ -338,24 +338,26 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
         "startedAt": started.isoformat(),
     }
 
-    with _timed(timings, "write"):
-        try:
-            artifacts.write_atomic(model_uri, model_bytes, _options(root, request))
+    options = _options(root, request)
+    try:
+        with _timed(timings, "write"):
+            artifacts.write_atomic(model_uri, model_bytes, options)
             artifacts.write_atomic(
                 artifacts.join_uri(root, artifacts.CHECKSUM_FILE),
-                f"{model_sha256}  {artifacts.MODEL_FILE}\n".encode(), _options(root, request),
+                f"{model_sha256}  {artifacts.MODEL_FILE}\n".encode(), options,
             )
-            artifacts.write_atomic(profile_uri, profile_bytes, _options(root, request))
-            report["timings"] = dict(timings)
-            report["finishedAt"] = datetime.now(UTC).isoformat()
+            artifacts.write_atomic(profile_uri, profile_bytes, options)
+        report["timings"] = dict(timings)  # every phase but writing the report itself
+        report["finishedAt"] = datetime.now(UTC).isoformat()
+        with _timed(timings, "writeReport"):
             # The completion marker: only now is the directory a finished run.
             artifacts.write_atomic(
-                report_uri, orjson.dumps(report, option=orjson.OPT_INDENT_2), _options(root, request)
+                report_uri, orjson.dumps(report, option=orjson.OPT_INDENT_2), options
             )
-        except artifacts.StorageError as exc:
-            raise _failed(request, "TrainingFailed", REASON_STORAGE_FAILED, str(exc),
-                          params=params, data_fingerprint=data_fingerprint,
-                          metrics=metrics) from None
+    except artifacts.StorageError as exc:
+        raise _failed(request, "TrainingFailed", REASON_STORAGE_FAILED, str(exc),
+                      params=params, data_fingerprint=data_fingerprint,
+                      metrics=metrics) from None
     return TrainingOutcome(result=result, report=report, model=model, timings=timings)
 
 
