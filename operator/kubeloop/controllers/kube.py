@@ -93,19 +93,20 @@ class Kube:
             )
         return cls(k8s_client.ApiClient(configuration))
 
-    def request(
+    def _call(
         self,
         method: str,
         path: str,
-        body: Any = None,
-        query: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> JsonObject:
+        body: Any,
+        query: Mapping[str, str] | None,
+        content_type: str,
+        accept: str,
+    ) -> bytes:
         method_, url, headers, body_, _ = self.api_client.param_serialize(
             method=method,
             resource_path=path,
             query_params=list((query or {}).items()),
-            header_params={"Accept": "application/json", "Content-Type": content_type},
+            header_params={"Accept": accept, "Content-Type": content_type},
             body=body,
             auth_settings=["BearerToken"],
         )
@@ -118,10 +119,26 @@ class Kube:
             if error.status == 409:
                 raise Conflict(_reason(error)) from error
             raise
-        if not response.data:
+        data: bytes = response.data or b""
+        return data
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> JsonObject:
+        data = self._call(method, path, body, query, content_type, "application/json")
+        if not data:
             return {}
-        parsed: JsonObject = orjson.loads(response.data)
+        parsed: JsonObject = orjson.loads(data)
         return parsed
+
+    def request_text(self, method: str, path: str, query: Mapping[str, str] | None = None) -> str:
+        """A call whose answer is text (pod logs, a pod's /metrics through the proxy)."""
+        return self._call(method, path, None, query, "application/json", "*/*").decode(errors="replace")
 
     # --- verbs -------------------------------------------------------------------------------
 
