@@ -399,10 +399,11 @@ class DataPlane:
     # -- inference --------------------------------------------------------------------------
 
     def _requested_outputs(self, outputs: Any) -> list[str]:
-        if outputs is None:
+        # No selection means the model's main output, as MLServer's scikit-learn runtime does.
+        if outputs is None or outputs == []:
             return [PREDICT_OUTPUT]
-        if not isinstance(outputs, list) or not outputs:
-            raise bad_request('outputs must be a non-empty list of {"name": ...} objects')
+        if not isinstance(outputs, list):
+            raise bad_request('outputs must be a list of {"name": ...} objects')
         names = []
         for i, output in enumerate(outputs):
             name = output.get("name") if isinstance(output, dict) else None
