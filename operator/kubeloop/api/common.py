@@ -10,6 +10,7 @@ the API server (CEL) and by a pydantic validator with the same message.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -19,10 +20,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     StringConstraints,
     WithJsonSchema,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 GROUP = "kubeloop.io"
 VERSION = "v1alpha1"
@@ -73,16 +78,57 @@ def cel_rules(*rules: dict[str, str]) -> ConfigDict:
 
 # -- scalar types -------------------------------------------------------------------------------
 
+
+@dataclass(frozen=True)
+class Matches:
+    """A regular expression a string must match: ``pattern`` in the CRD schema, and in Python a
+    message that says what was expected instead of quoting the expression."""
+
+    pattern: str
+    hint: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        compiled = re.compile(self.pattern)
+
+        def check(value: str) -> str:
+            if not compiled.fullmatch(value):
+                raise ValueError(f"{value!r} {self.hint}")
+            return value
+
+        return core_schema.no_info_after_validator_function(check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler.resolve_ref_schema(handler(schema))
+        json_schema["pattern"] = self.pattern
+        return json_schema
+
+
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 ResourceName = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+    str,
+    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH),
+    Matches(
+        NAME_PATTERN,
+        "is not a valid object name: use lowercase letters, digits, '-' and '.', starting and "
+        "ending with a letter or digit",
+    ),
 ]
 """The name of a Kubernetes object in the same namespace (a DNS subdomain)."""
 
 LabelValue = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_LABEL_LENGTH, pattern=LABEL_PATTERN)
+    str,
+    StringConstraints(min_length=1, max_length=MAX_LABEL_LENGTH),
+    Matches(
+        LABEL_PATTERN,
+        "is not a valid name: use lowercase letters, digits and '-', starting and ending with a "
+        "letter or digit",
+    ),
 ]
 """A short lowercase name that can be used as a label value (a DNS label)."""
 
@@ -93,7 +139,14 @@ DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 
-Duration = Annotated[str, StringConstraints(max_length=64, pattern=DURATION_PATTERN)]
+Duration = Annotated[
+    str,
+    StringConstraints(max_length=64),
+    Matches(
+        DURATION_PATTERN,
+        "is not a duration: write a number and a unit (ms, s, m, h), e.g. '30s', '5m', '1h30m'",
+    ),
+]
 """A span of time written like Go durations: ``30s``, ``5m``, ``1h30m``, ``500ms``."""
 
 
@@ -139,28 +192,39 @@ def uri_pattern(schemes: tuple[str, ...]) -> str:
     return rf"^({'|'.join(schemes)})://\S+$"
 
 
+def _uri_hint(schemes: tuple[str, ...]) -> str:
+    return "is not a supported URI: it must start with " + ", ".join(f"{s}://" for s in schemes)
+
+
 StorageUri = Annotated[
     str,
-    StringConstraints(max_length=MAX_URI_LENGTH, pattern=uri_pattern(STORAGE_SCHEMES)),
+    StringConstraints(max_length=MAX_URI_LENGTH),
+    Matches(uri_pattern(STORAGE_SCHEMES), _uri_hint(STORAGE_SCHEMES)),
 ]
 """Where a model artifact is read from: ``file://``, ``pvc://<claim>/<path>``, ``s3://``,
 ``gs://``, ``https://`` or ``http://``."""
 
 OutputUri = Annotated[
     str,
-    StringConstraints(max_length=MAX_URI_LENGTH, pattern=uri_pattern(OUTPUT_SCHEMES)),
+    StringConstraints(max_length=MAX_URI_LENGTH),
+    Matches(uri_pattern(OUTPUT_SCHEMES), _uri_hint(OUTPUT_SCHEMES)),
 ]
 """Where artifacts are written: ``file://``, ``pvc://<claim>/<path>``, ``s3://`` or ``gs://``."""
 
 DataUri = Annotated[
     str,
-    StringConstraints(max_length=MAX_URI_LENGTH, pattern=uri_pattern(DATA_SCHEMES)),
+    StringConstraints(max_length=MAX_URI_LENGTH),
+    Matches(uri_pattern(DATA_SCHEMES), _uri_hint(DATA_SCHEMES)),
 ]
 """Where a dataset is read from: ``sklearn://<bundled dataset>`` (e.g. ``sklearn://breast_cancer``),
 ``file://``, ``pvc://<claim>/<path>``, ``s3://``, ``gs://``, ``https://`` or ``http://``."""
 
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
-Sha256 = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=SHA256_PATTERN)]
+Sha256 = Annotated[
+    str,
+    StringConstraints(min_length=64, max_length=64),
+    Matches(SHA256_PATTERN, "is not a SHA-256 digest: write 64 lowercase hexadecimal digits"),
+]
 """A lowercase hexadecimal SHA-256 digest (64 characters)."""
 
 QUANTITY_PATTERN = (
@@ -244,7 +308,9 @@ class Toleration(KubeModel):
     """How long a NoExecute taint is tolerated before eviction; empty means forever."""
 
 
-NodeSelector = Annotated[dict[str, Annotated[str, StringConstraints(max_length=63)]], Field(max_length=32)]
+NodeSelector = Annotated[
+    dict[str, Annotated[str, StringConstraints(max_length=63)]], Field(max_length=32)
+]
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
@@ -253,15 +319,22 @@ CONDITION_TYPE_PATTERN = (
     r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
 )
 
+REASON = Matches(REASON_PATTERN, "is not a reason: write one CamelCase word, e.g. JobCreated")
+HTTP_URL = Matches(r"^https?://\S+$", "is not a URL: it must start with http:// or https://")
+
 
 class Condition(KubeModel):
     """One aspect of an object's state, following the Kubernetes API conventions."""
 
-    type: Annotated[str, StringConstraints(max_length=316, pattern=CONDITION_TYPE_PATTERN)]
+    type: Annotated[
+        str,
+        StringConstraints(max_length=316),
+        Matches(CONDITION_TYPE_PATTERN, "is not a condition type: write one CamelCase word"),
+    ]
     """Which aspect this is, in CamelCase: Ready, Progressing, Degraded, Drifted, ..."""
     status: ConditionStatus
     """True, False or Unknown."""
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=REASON_PATTERN)]
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024), REASON]
     """Why the condition has this status, as one CamelCase word a program can match on."""
     message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_LENGTH)] = ""
     """A sentence for people: what happened and, when something is wrong, how to fix it."""
@@ -286,7 +359,7 @@ Conditions = Annotated[
 class LastFailure(KubeModel):
     """The most recent failure, kept after the conditions have moved on."""
 
-    reason: Annotated[str, StringConstraints(max_length=1024, pattern=REASON_PATTERN)]
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024), REASON]
     """CamelCase reason, e.g. DataValidationFailed, AnalysisFailed, ImagePullFailed."""
     message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_LENGTH)] = ""
     """What failed, naming the field, column or metric, and how to fix it."""

@@ -143,9 +143,7 @@ def set_condition(
 
     previous = find_condition(conditions, type_)
     transition_time = (
-        previous.last_transition_time
-        if previous is not None and previous.status == status
-        else now
+        previous.last_transition_time if previous is not None and previous.status == status else now
     )
     updated = Condition(
         type=type_,
@@ -159,8 +157,6 @@ def set_condition(
         return [updated if c.type == type_ else c for c in conditions]
     result = [*conditions, updated]
     while len(result) > MAX_CONDITIONS:
-        oldest = min(
-            (c for c in result if c.type != type_), key=lambda c: c.last_transition_time
-        )
+        oldest = min((c for c in result if c.type != type_), key=lambda c: c.last_transition_time)
         result.remove(oldest)
     return result

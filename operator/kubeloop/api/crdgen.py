@@ -162,7 +162,9 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             PrinterColumn("Stable", ".status.stable.revision", description="Stable model."),
             PrinterColumn("Canary", ".status.canary.revision", description="Canary model."),
             PrinterColumn(
-                "Weight", ".status.canaryWeight", type="integer",
+                "Weight",
+                ".status.canaryWeight",
+                type="integer",
                 description="Percent of traffic on the canary.",
             ),
             PrinterColumn(
@@ -172,23 +174,36 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             _message(),
             _age(),
             PrinterColumn(
-                "Replicas", ".status.replicas", type="integer", priority=1,
+                "Replicas",
+                ".status.replicas",
+                type="integer",
+                priority=1,
                 description="Stable pods.",
             ),
             PrinterColumn(
-                "Available", ".status.readyReplicas", type="integer", priority=1,
+                "Available",
+                ".status.readyReplicas",
+                type="integer",
+                priority=1,
                 description="Ready stable pods.",
             ),
             PrinterColumn(
-                "Paused", ".spec.paused", type="boolean", priority=1,
+                "Paused",
+                ".spec.paused",
+                type="boolean",
+                priority=1,
                 description="Rollout paused.",
             ),
             PrinterColumn(
-                "Stable-Sha256", ".status.stable.sha256", priority=1,
+                "Stable-Sha256",
+                ".status.stable.sha256",
+                priority=1,
                 description="Stable model file digest.",
             ),
             PrinterColumn(
-                "Previous", ".status.previous.trainingRun", priority=1,
+                "Previous",
+                ".status.previous.trainingRun",
+                priority=1,
                 description="Model before the last promotion (for undo).",
             ),
         ),
@@ -206,7 +221,9 @@ KIND_INFOS: tuple[KindInfo, ...] = (
                 "Drifted", ".status.drifted", type="boolean", description="Last verdict."
             ),
             PrinterColumn(
-                "Retrains", ".status.retrainCount", type="integer",
+                "Retrains",
+                ".status.retrainCount",
+                type="integer",
                 description="TrainingRuns created.",
             ),
             PrinterColumn(
@@ -216,11 +233,16 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             _message(),
             _age(),
             PrinterColumn(
-                "Share", ".status.driftedShare", type="number", priority=1,
+                "Share",
+                ".status.driftedShare",
+                type="number",
+                priority=1,
                 description="Share of drifted features.",
             ),
             PrinterColumn(
-                "LastRetrain", ".status.lastRetrain.name", priority=1,
+                "LastRetrain",
+                ".status.lastRetrain.name",
+                priority=1,
                 description="Latest TrainingRun created.",
             ),
             PrinterColumn(
@@ -339,8 +361,14 @@ def _structural(
             out["x-kubernetes-preserve-unknown-fields"] = True
         else:
             raise SchemaError(f"{path}: schema node has no type: {sorted(out)}")
-    if "type" in out and out["type"] not in {"object", "array", "string", "integer", "number",
-                                             "boolean"}:
+    if "type" in out and out["type"] not in {
+        "object",
+        "array",
+        "string",
+        "integer",
+        "number",
+        "boolean",
+    }:
         raise SchemaError(f"{path}: unsupported type {out['type']!r}")
     if out.get("type") == "object" and "additionalProperties" in out and "properties" in out:
         raise SchemaError(f"{path}: an object cannot have both properties and a value schema")
@@ -499,9 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = differences(directory, generated)
         if problems:
             print("\n".join(problems), file=sys.stderr)
-            print(
-                f"kubeloop crds: {directory} is out of date; run `make crds`", file=sys.stderr
-            )
+            print(f"kubeloop crds: {directory} is out of date; run `make crds`", file=sys.stderr)
             return 1
         print(f"{directory}: up to date ({len(generated)} CRDs)")
         return 0

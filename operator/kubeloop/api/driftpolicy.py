@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AwareDatetime, Field, StringConstraints, field_validator, model_validator
 
 from kubeloop.api.common import (
+    HTTP_URL,
     MAX_COLUMN_NAME_LENGTH,
     MAX_COLUMNS,
     MAX_MESSAGE_LENGTH,
@@ -52,20 +53,20 @@ CRON_PATTERN = (
     rf"^(@(yearly|annually|monthly|weekly|daily|hourly)|({_CRON_FIELD} +){{4}}{_CRON_FIELD})$"
 )
 CRON_MESSAGE = (
-    "spec.schedule must be a cron expression with 5 fields (minute hour day-of-month month "
+    "schedule must be a cron expression with 5 fields (minute hour day-of-month month "
     "day-of-week), e.g. '0 3 * * *', or one of @hourly, @daily, @weekly, @monthly, @yearly"
 )
-SOURCE_MESSAGE = "spec.source: set exactly one of live or dataset"
-RETRAIN_SOURCE_MESSAGE = "spec.retrain: set exactly one of template or fromTrainingRun"
-OVERRIDES_MESSAGE = "spec.retrain.overrides is only allowed with fromTrainingRun"
+SOURCE_MESSAGE = "set exactly one of live or dataset"
+RETRAIN_SOURCE_MESSAGE = "set exactly one of template or fromTrainingRun"
+OVERRIDES_MESSAGE = "overrides is only allowed with fromTrainingRun"
 
 
 class LiveSource(KubeModel):
     """Live traffic: the bin counters the model servers export at /metrics."""
 
-    prometheus_url: Annotated[
-        str, StringConstraints(max_length=MAX_URI_LENGTH, pattern=r"^https?://\S+$")
-    ] | None = None
+    prometheus_url: (
+        Annotated[str, StringConstraints(max_length=MAX_URI_LENGTH), HTTP_URL] | None
+    ) = None
     """Read the counters from this Prometheus (aggregated across replicas); empty: the
     operator scrapes the stable pods' /metrics directly."""
 
@@ -116,9 +117,9 @@ class DriftThresholds(KubeModel):
     default: Annotated[float, Field(ge=0)] | None = None
     """Threshold for every feature without its own; default per test: psi 0.2,
     jensenshannon 0.1, wasserstein 0.1, ks and chi2 p < 0.05."""
-    features: Annotated[
-        dict[str, Annotated[float, Field(ge=0)]], Field(max_length=MAX_COLUMNS)
-    ] | None = None
+    features: (
+        Annotated[dict[str, Annotated[float, Field(ge=0)]], Field(max_length=MAX_COLUMNS)] | None
+    ) = None
     """Per-feature thresholds, e.g. ``{mean radius: 0.3, __prediction__: 0.1}``."""
 
 
@@ -145,8 +146,7 @@ class RetrainSpec(KubeModel):
 
     model_config = cel_rules(
         cel("has(self.template) != has(self.fromTrainingRun)", RETRAIN_SOURCE_MESSAGE),
-        cel("!has(self.overrides) || has(self.fromTrainingRun)", OVERRIDES_MESSAGE,
-            ".overrides"),
+        cel("!has(self.overrides) || has(self.fromTrainingRun)", OVERRIDES_MESSAGE, ".overrides"),
     )
 
     template: TrainingRunTemplate | None = None
@@ -176,9 +176,11 @@ class RetrainSpec(KubeModel):
 Schedule = Annotated[
     str,
     StringConstraints(max_length=128),
-    Field(json_schema_extra={"x-kubernetes-validations": [cel(
-        f"self.matches('{CRON_PATTERN}')", CRON_MESSAGE
-    )]}),
+    Field(
+        json_schema_extra={
+            "x-kubernetes-validations": [cel(f"self.matches('{CRON_PATTERN}')", CRON_MESSAGE)]
+        }
+    ),
 ]
 
 
@@ -296,10 +298,13 @@ class DriftPolicyStatus(KubeModel):
     """Per-feature scores of the last check."""
     drifted: bool | None = None
     """The last verdict: is the model drifted?"""
-    drifted_features: Annotated[
-        list[Annotated[str, StringConstraints(max_length=MAX_COLUMN_NAME_LENGTH)]],
-        Field(max_length=2 * MAX_COLUMNS),
-    ] | None = None
+    drifted_features: (
+        Annotated[
+            list[Annotated[str, StringConstraints(max_length=MAX_COLUMN_NAME_LENGTH)]],
+            Field(max_length=2 * MAX_COLUMNS),
+        ]
+        | None
+    ) = None
     """Features that drifted in the last check."""
     drifted_share: Annotated[float, Field(ge=0, le=1)] | None = None
     """Share of checked features that drifted in the last check."""

@@ -30,6 +30,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
 from kubeloop.api.common import (
+    HTTP_URL,
     MAX_MESSAGE_LENGTH,
     MAX_URI_LENGTH,
     Conditions,
@@ -63,19 +64,17 @@ Phase = Literal["Progressing", "Healthy", "Paused", "Degraded"]
 Provider = Literal["prometheus", "builtin", "scrape"]
 BuiltinMetric = Literal["errorRate", "latencyP99", "predictionShift", "shadowAgreement"]
 
-MODEL_SOURCE_MESSAGE = (
-    "spec.model: set exactly one of trainingRunRef or storageUri (storageUri needs sha256)"
-)
-SHA256_MESSAGE = "spec.model.sha256 is required with storageUri and only allowed with it"
+MODEL_SOURCE_MESSAGE = "set exactly one of trainingRunRef or storageUri (storageUri needs sha256)"
+SHA256_MESSAGE = "sha256 is required with storageUri and only allowed with it"
 STEP_KIND_MESSAGE = (
     "each rollout step must have exactly one of shadow, setWeight, pause or analysis"
 )
-ROUTER_MESSAGE = "trafficRouting: set at most one of replicas, gatewayAPI or istio"
-AUTOSCALING_MESSAGE = "autoscaling.minReplicas must not be greater than maxReplicas"
-METRIC_QUERY_MESSAGE = "analysis metric: provider prometheus or scrape needs query"
-METRIC_BUILTIN_MESSAGE = "analysis metric: provider builtin needs builtin"
-METRIC_BOUNDS_MESSAGE = "analysis metric: set min, max or both"
-METRIC_ORDER_MESSAGE = "analysis metric: min must not be greater than max"
+ROUTER_MESSAGE = "set at most one of replicas, gatewayAPI or istio"
+AUTOSCALING_MESSAGE = "minReplicas must not be greater than maxReplicas"
+METRIC_QUERY_MESSAGE = "provider prometheus or scrape needs query"
+METRIC_BUILTIN_MESSAGE = "provider builtin needs builtin"
+METRIC_BOUNDS_MESSAGE = "set min, max or both"
+METRIC_ORDER_MESSAGE = "min must not be greater than max"
 
 
 class ModelSource(KubeModel):
@@ -156,11 +155,11 @@ class AnalysisMetric(KubeModel):
 
     model_config = cel_rules(
         cel("self.provider == 'builtin' || has(self.query)", METRIC_QUERY_MESSAGE, ".query"),
-        cel("self.provider != 'builtin' || has(self.builtin)", METRIC_BUILTIN_MESSAGE,
-            ".builtin"),
+        cel("self.provider != 'builtin' || has(self.builtin)", METRIC_BUILTIN_MESSAGE, ".builtin"),
         cel("has(self.min) || has(self.max)", METRIC_BOUNDS_MESSAGE),
-        cel("!has(self.min) || !has(self.max) || self.min <= self.max", METRIC_ORDER_MESSAGE,
-            ".min"),
+        cel(
+            "!has(self.min) || !has(self.max) || self.min <= self.max", METRIC_ORDER_MESSAGE, ".min"
+        ),
     )
 
     name: LabelValue
@@ -176,9 +175,9 @@ class AnalysisMetric(KubeModel):
     query: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
     """For prometheus: a PromQL query returning one number; ``{{namespace}}``, ``{{name}}`` and
     ``{{track}}`` (stable or canary) are filled in. For scrape: a metric name on /metrics."""
-    prometheus_url: Annotated[
-        str, StringConstraints(max_length=MAX_URI_LENGTH, pattern=r"^https?://\S+$")
-    ] | None = None
+    prometheus_url: (
+        Annotated[str, StringConstraints(max_length=MAX_URI_LENGTH), HTTP_URL] | None
+    ) = None
     """Prometheus base URL for this metric; default: the operator's configured Prometheus."""
     min: float | None = None
     """The measurement fails below this value."""
@@ -299,9 +298,10 @@ class IstioRouting(KubeModel):
 
     virtual_service: ResourceName
     """Name of the VirtualService."""
-    routes: Annotated[
-        list[Annotated[str, StringConstraints(max_length=253)]], Field(max_length=16)
-    ] | None = None
+    routes: (
+        Annotated[list[Annotated[str, StringConstraints(max_length=253)]], Field(max_length=16)]
+        | None
+    ) = None
     """Names of the HTTP routes to weight; default: all of them."""
 
 

@@ -23,6 +23,7 @@ from kubeloop.api.common import (
     LabelValue,
     LastFailure,
     LocalObjectReference,
+    Matches,
     NodeSelector,
     OutputUri,
     ResourceRequirements,
@@ -49,19 +50,19 @@ MetricMap = Annotated[dict[str, float], Field(max_length=64)]
 
 IMMUTABLE_MESSAGE = "spec is immutable: a TrainingRun is a record; create a new run instead"
 METRIC_TASK_MESSAGE = (
-    "spec.evaluation.metric does not suit spec.model.task: accuracy, f1, roc_auc and log_loss "
+    "evaluation.metric does not suit model.task: accuracy, f1, roc_auc and log_loss "
     "are for classification; rmse, mae and r2 for regression"
 )
 CLASS_BALANCE_MESSAGE = (
-    "spec.validation.classBalance only applies to classification: remove it or set "
-    "spec.model.task to classification"
+    "validation.classBalance only applies to classification: remove it or set "
+    "model.task to classification"
 )
 TARGET_MESSAGE = (
-    "spec.data.target is required: name the column to predict (only sklearn:// datasets "
+    "target is required: name the column to predict (only sklearn:// datasets "
     "imply it: their target column is 'target')"
 )
 TARGET_IN_FEATURES_MESSAGE = (
-    "spec.data.features must not list the target column: the target is what the model predicts"
+    "features must not list the target column: the target is what the model predicts"
 )
 RANGE_ORDER_MESSAGE = "min must not be greater than max"
 RANGE_EMPTY_MESSAGE = "a range needs min, max or both"
@@ -75,8 +76,11 @@ class ModelSpec(KubeModel):
     the champion found (a DNS label, e.g. ``churn``)."""
     estimator: Annotated[
         str,
-        StringConstraints(
-            max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
+        StringConstraints(max_length=256),
+        Matches(
+            r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+            "is not an import path: write module and class, e.g. "
+            "sklearn.ensemble.RandomForestClassifier",
         ),
     ]
     """Import path of a scikit-learn estimator or Pipeline class, e.g.
@@ -102,10 +106,12 @@ class DataSpec(KubeModel):
     """Where the training data comes from and which columns matter."""
 
     model_config = cel_rules(
-        cel("has(self.target) || self.source.startsWith('sklearn://')", TARGET_MESSAGE,
-            ".target"),
-        cel("!has(self.features) || !has(self.target) || !(self.target in self.features)",
-            TARGET_IN_FEATURES_MESSAGE, ".features"),
+        cel("has(self.target) || self.source.startsWith('sklearn://')", TARGET_MESSAGE, ".target"),
+        cel(
+            "!has(self.features) || !has(self.target) || !(self.target in self.features)",
+            TARGET_IN_FEATURES_MESSAGE,
+            ".features",
+        ),
     )
 
     source: DataUri
@@ -205,7 +211,9 @@ GridValues = Annotated[
     Field(
         min_length=1,
         max_length=MAX_GRID_VALUES,
-        json_schema_extra={"items": {"x-kubernetes-preserve-unknown-fields": True, "nullable": True}},
+        json_schema_extra={
+            "items": {"x-kubernetes-preserve-unknown-fields": True, "nullable": True}
+        },
     ),
 ]
 
@@ -214,9 +222,7 @@ class SweepSpec(KubeModel):
     """A parameter grid, run as one Indexed Job: one index per combination; the best trial by
     the evaluation metric becomes the run's model."""
 
-    grid: Annotated[
-        dict[str, GridValues], Field(min_length=1, max_length=16)
-    ]
+    grid: Annotated[dict[str, GridValues], Field(min_length=1, max_length=16)]
     """Estimator parameter -> values to try, e.g. ``{max_depth: [4, 8, null]}``. At least one
     parameter, each with at least one value; combined with model.params (the grid wins)."""
     parallelism: Annotated[int, Field(ge=1, le=64)] = 1

@@ -63,6 +63,7 @@ def from_wire(kind: str, payload: Mapping[str, Any]) -> Resource:
         return model.model_validate(dict(payload))
     except ValidationError as error:
         problems = [
-            f"{_field_path(detail['loc'])}: {detail['msg']}" for detail in error.errors()
+            f"{_field_path(detail['loc'])}: {detail['msg'].removeprefix('Value error, ')}"
+            for detail in error.errors()
         ]
         raise InvalidResource(kind, problems) from None
