@@ -1,0 +1,349 @@
+"""``kubeloop drift``: check a dataset for drift against a model's reference (a Job's entry point).
+
+Two modes, one report (see :mod:`kubeloop.drift.report`):
+
+* ``--profile URI`` only (binned): the data's columns are counted over the ``profile.json``
+  bins the trainer wrote, exactly as the model servers count live traffic.
+* ``--reference URI`` (exact): the reference *data* itself is compared value by value, e.g.
+  the training set; with ``--profile`` as well, the profile says which columns to check and
+  which are categorical.
+
+Data is read like the trainer reads it (``file://``, plain paths, ``pvc://``, ``s3://``,
+``https://``, ``sklearn://``; CSV or Parquet). Prints a table to stdout and writes the compact
+JSON result (:mod:`kubeloop.drift.result`, which documents it and the exit codes) to the
+termination message. Exit 0 whenever the check ran, drift or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from kubeloop.drift import result as drift_result
+from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
+from kubeloop.drift.report import (
+    DriftConfig,
+    DriftReport,
+    counts_from_samples,
+    drift_report,
+    drift_report_from_samples,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+ENV_PVC_ROOT = "KUBELOOP_PVC_MOUNT_ROOT"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _InputError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse exits 2 on bad usage, which is our "input invalid" code.
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``kubeloop drift``."""
+    parser = _Parser(
+        prog="kubeloop drift",
+        description="Check a dataset for drift against a model's reference profile or data.",
+    )
+    parser.add_argument("--data", required=True, metavar="URI", help="the current dataset")
+    parser.add_argument("--format", choices=["csv", "parquet"], help="of --data and --reference")
+    parser.add_argument("--profile", metavar="URI", help="the model's profile.json")
+    parser.add_argument(
+        "--reference", metavar="URI", help="the reference dataset (exact mode), e.g. training data"
+    )
+    parser.add_argument(
+        "--features", metavar="A,B", help="columns to check (default: the profile's, else all)"
+    )
+    parser.add_argument(
+        "--categorical",
+        metavar="A,B",
+        help="columns to treat as categories in exact mode without a profile",
+    )
+    parser.add_argument(
+        "--prediction-column", metavar="COL", help="column holding the model's predictions"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE|JSON",
+        help="DriftConfig as a JSON/YAML file or inline JSON (tests, thresholds, driftShare)",
+    )
+    parser.add_argument("--report", metavar="PATH", help="also write the full report as JSON here")
+    parser.add_argument(
+        "--termination-log",
+        metavar="PATH",
+        help=f"where to write the JSON result (default: {DEFAULT_TERMINATION_LOG} when writable)",
+    )
+    parser.add_argument(
+        "--fail-on-drift",
+        action="store_true",
+        help=f"exit {drift_result.EXIT_DRIFTED} when the model drifted (for pipelines)",
+    )
+    parser.add_argument(
+        "--pvc-mount-root", help=f"where pvc://<claim>/ is mounted (default: env {ENV_PVC_ROOT})"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Entry point of ``kubeloop drift``; returns the exit code."""
+    environment = dict(os.environ if env is None else env)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        if not args.profile and not args.reference:
+            raise _UsageError("give --profile (binned mode) and/or --reference (exact mode)")
+    except _UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"kubeloop drift: error: {exc}", file=sys.stderr)
+        return drift_result.EXIT_USAGE
+
+    termination_log = _termination_log_path(args.termination_log)
+    pvc_root = args.pvc_mount_root or environment.get(ENV_PVC_ROOT) or "/mnt/pvc"
+    try:
+        config = _load_config(args.config)
+        report = run_check(
+            data_uri=args.data,
+            profile_uri=args.profile,
+            reference_uri=args.reference,
+            data_format=args.format,
+            features=_split(args.features),
+            categorical=_split(args.categorical) or [],
+            prediction_column=args.prediction_column,
+            config=config,
+            env=environment,
+            pvc_mount_root=pvc_root,
+        )
+    except _InputError as exc:
+        failed = drift_result.failure(exc.reason, str(exc))
+        _write(termination_log, drift_result.render_result(failed))
+        print(f"kubeloop drift: {exc.reason}: {exc}", file=sys.stderr)
+        return drift_result.EXIT_INPUT_INVALID
+
+    _write(termination_log, drift_result.render_result(drift_result.result_from_report(report)))
+    if args.report:
+        _write(Path(args.report), report.model_dump_json(by_alias=True, indent=2).encode())
+    print(format_table(report), flush=True)
+    if args.fail_on_drift and report.drifted:
+        return drift_result.EXIT_DRIFTED
+    return drift_result.EXIT_CHECKED
+
+
+def run_check(
+    *,
+    data_uri: str,
+    profile_uri: str | None,
+    reference_uri: str | None,
+    data_format: str | None,
+    features: list[str] | None,
+    categorical: list[str],
+    prediction_column: str | None,
+    config: DriftConfig,
+    env: Mapping[str, str],
+    pvc_mount_root: str,
+) -> DriftReport:
+    """Load the inputs and compute the report (raises _InputError naming what is wrong)."""
+    profile = _load_profile(profile_uri, env, pvc_mount_root) if profile_uri else None
+    current = _load_frame(data_uri, data_format, env, pvc_mount_root, "--data")
+    if profile is not None:
+        names = features or [f.name for f in profile.features]
+        categorical = [f.name for f in profile.features if f.kind == "categorical"]
+        unknown = [n for n in names if n not in {f.name for f in profile.features}]
+        if unknown:
+            raise _InputError(
+                drift_result.REASON_DATA_MISMATCH,
+                f"--features {', '.join(unknown)} not in the profile; "
+                f"it has {', '.join(f.name for f in profile.features)}",
+            )
+    else:
+        names = features or [str(c) for c in current.columns]
+    _require_columns(
+        current, [*names, *([prediction_column] if prediction_column else [])], "--data"
+    )
+
+    try:
+        if reference_uri:
+            reference = _load_frame(reference_uri, data_format, env, pvc_mount_root, "--reference")
+            _require_columns(
+                reference,
+                [*names, *([prediction_column] if prediction_column else [])],
+                "--reference",
+            )
+            reference_columns = {n: _column(reference, n, n in categorical) for n in names}
+            current_columns = {n: _column(current, n, n in categorical) for n in names}
+            if prediction_column:
+                reference_columns[PREDICTION_FEATURE] = _column(reference, prediction_column, False)
+                current_columns[PREDICTION_FEATURE] = _column(current, prediction_column, False)
+            return drift_report_from_samples(
+                reference_columns, current_columns, config, categorical=categorical
+            )
+        assert profile is not None
+        columns = {n: _column(current, n, n in categorical) for n in names}
+        if prediction_column:
+            if profile.prediction is None:
+                raise _InputError(
+                    drift_result.REASON_DATA_MISMATCH,
+                    "--prediction-column was given but the profile has no prediction profile",
+                )
+            columns[PREDICTION_FEATURE] = _column(current, prediction_column, False)
+        return drift_report(profile, counts_from_samples(profile, columns), config)
+    except ValueError as exc:
+        raise _InputError(drift_result.REASON_DATA_MISMATCH, str(exc)) from None
+
+
+def _require_columns(frame: pd.DataFrame, names: Sequence[str], flag: str) -> None:
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise _InputError(
+            drift_result.REASON_DATA_MISMATCH,
+            f"{flag} lacks column(s) {', '.join(missing)}; it has {', '.join(map(str, frame.columns))}",
+        )
+
+
+def _column(frame: pd.DataFrame, name: str, categorical: bool) -> npt.NDArray[Any]:
+    import pandas as pd
+
+    series = frame[name]
+    if (
+        not categorical
+        and pd.api.types.is_numeric_dtype(series)
+        and not pd.api.types.is_bool_dtype(series)
+    ):
+        values: npt.NDArray[Any] = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        return values
+    # Categories travel as Python objects with None for missing, the profile's convention.
+    objects: npt.NDArray[Any] = series.astype(object).where(series.notna(), None).to_numpy()
+    return objects
+
+
+def _load_frame(
+    uri: str, data_format: str | None, env: Mapping[str, str], pvc_mount_root: str, flag: str
+) -> pd.DataFrame:
+    from kubeloop.training.data import DataError, load_table
+
+    try:
+        return load_table(uri, data_format, env=env, pvc_mount_root=pvc_mount_root).frame
+    except DataError as exc:
+        raise _InputError(drift_result.REASON_DATA_UNAVAILABLE, f"{flag}: {exc}") from None
+
+
+def _load_profile(uri: str, env: Mapping[str, str], pvc_mount_root: str) -> Profile:
+    import fsspec
+    from pydantic import ValidationError
+
+    from kubeloop.training.data import resolve_uri, storage_options_for
+
+    location = resolve_uri(uri, pvc_mount_root)
+    try:
+        with fsspec.open(location, "rb", **storage_options_for(location, env)) as handle:
+            payload = handle.read()
+    except (OSError, ValueError) as exc:
+        raise _InputError(
+            drift_result.REASON_PROFILE_UNAVAILABLE, f"--profile {uri!r} cannot be read: {exc}"
+        ) from None
+    try:
+        return Profile.from_json_bytes(payload)
+    except ValidationError as exc:
+        raise _InputError(
+            drift_result.REASON_PROFILE_UNAVAILABLE,
+            f"--profile {uri!r} is not a kubeloop profile.json: {exc.errors()[0]['msg']} "
+            f"at {'.'.join(map(str, exc.errors()[0]['loc']))}",
+        ) from None
+
+
+def _load_config(raw: str | None) -> DriftConfig:
+    import yaml
+    from pydantic import ValidationError
+
+    if not raw:
+        return DriftConfig()
+    try:
+        text = raw if raw.lstrip().startswith("{") else Path(raw).read_text()
+        return DriftConfig.model_validate(yaml.safe_load(text) or {})
+    except OSError as exc:
+        raise _InputError(drift_result.REASON_CONFIG_INVALID, f"--config: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise _InputError(
+            drift_result.REASON_CONFIG_INVALID, f"--config is not JSON/YAML: {exc}"
+        ) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise _InputError(drift_result.REASON_CONFIG_INVALID, f"--config: {problems}") from None
+
+
+def _split(raw: str | None) -> list[str] | None:
+    if not raw:
+        return None
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def format_table(report: DriftReport) -> str:
+    """The report as a table a person reads in ``kubectl logs``."""
+    rows = [*report.features, *([report.prediction] if report.prediction else [])]
+    header = ("FEATURE", "KIND", "TEST", "SCORE", "P(ADJ)", "THRESHOLD", "DRIFTED")
+    table = [header]
+    for f in rows:
+        p_value = f.p_value_adjusted if f.p_value_adjusted is not None else f.p_value
+        table.append(
+            (
+                f.feature,
+                f.kind,
+                f.test,
+                f"{f.score:.4g}",
+                "-" if p_value is None else f"{p_value:.3g}",
+                f"{f.threshold:g}",
+                "yes" if f.drifted else "no",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
+    verdict = "DRIFTED" if report.drifted else "no drift"
+    lines.append("")
+    lines.append(
+        f"{verdict}: {len(report.drifted_features)}/{len(report.features)} features drifted "
+        f"(share {report.share:.2f}, driftShare {report.drift_share:g}; {report.mode} mode, "
+        f"{report.sample_size} rows)"
+        + ("; prediction drifted" if report.prediction_drifted else "")
+    )
+    for skipped in report.skipped:
+        lines.append(f"skipped {skipped.feature}: {skipped.reason}")
+    return "\n".join(lines)
+
+
+def _termination_log_path(flag: str | None) -> Path | None:
+    """The explicit path, else Kubernetes' default when it is there and writable, else none."""
+    if flag:
+        return Path(flag)
+    default = Path(DEFAULT_TERMINATION_LOG)
+    if default.exists() and os.access(default, os.W_OK):
+        return default
+    return None
+
+
+def _write(path: Path | None, payload: bytes) -> None:
+    if path is None:
+        return
+    try:
+        path.write_bytes(payload)
+    except OSError as exc:
+        # The result still reaches the logs; a missing message must not hide the exit code.
+        print(f"kubeloop drift: cannot write {path}: {exc}", file=sys.stderr)
