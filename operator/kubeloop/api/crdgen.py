@@ -6,8 +6,9 @@ The models are the single source of truth; this module turns their JSON schemas 
 explicitly free-form, OpenAPI 3.0 spellings of the JSON Schema keywords pydantic writes.
 
     python -m kubeloop.api.crdgen            print all CRDs (multi-document YAML)
-    python -m kubeloop.api.crdgen --write    write crds/<group>_<plural>.yaml
-    python -m kubeloop.api.crdgen --check    exit 1 when crds/ differs from the models
+    python -m kubeloop.api.crdgen --write    write crds/<group>_<plural>.yaml and the Helm
+                                             chart's copy (charts/kubeloop/templates/crds/)
+    python -m kubeloop.api.crdgen --check    exit 1 when either differs from the models
 """
 
 from __future__ import annotations
@@ -480,6 +481,35 @@ def default_directory() -> Path:
     return Path.cwd() / "crds"
 
 
+# -- the Helm chart's copy ------------------------------------------------------------------------
+
+CHART_HEADER = (
+    "# Generated from operator/kubeloop/api by `make crds` "
+    "(python -m kubeloop.api.crdgen --write). Do not edit.\n"
+    "# The chart's copy of crds/: behind `crds.install`, and kept on `helm uninstall` so deleting\n"
+    "# a release never deletes every TrainingRun, ModelDeployment and DriftPolicy with it.\n"
+)
+
+
+def chart_template(document: Mapping[str, Any]) -> str:
+    """One CRD as a Helm template: switched by ``crds.install``, annotated
+    ``helm.sh/resource-policy: keep``, and with ``{{`` escaped so Helm prints it literally."""
+    document = copy.deepcopy(dict(document))
+    document["metadata"].setdefault("annotations", {})["helm.sh/resource-policy"] = "keep"
+    body = render(document).removeprefix(HEADER).replace("{{", '{{ "{{" }}')
+    return "{{- if .Values.crds.install }}\n" + CHART_HEADER + body + "{{- end }}\n"
+
+
+def generate_chart() -> dict[str, str]:
+    """File name -> Helm template text of every CRD (the chart's ``templates/crds/``)."""
+    return {info.file_name: chart_template(crd(info)) for info in KIND_INFOS}
+
+
+def default_chart_directory() -> Path:
+    """charts/kubeloop/templates/crds of the source checkout this module lives in."""
+    return Path(__file__).resolve().parents[3] / "charts" / "kubeloop" / "templates" / "crds"
+
+
 def differences(directory: Path, generated: Mapping[str, str]) -> list[str]:
     """Human-readable differences between ``directory`` and freshly generated files."""
     problems = []
@@ -509,28 +539,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="write the files into --dir")
     mode.add_argument("--check", action="store_true", help="exit 1 if --dir is out of date")
     parser.add_argument("--dir", type=Path, default=None, help="default: the checkout's crds/")
+    parser.add_argument(
+        "--chart-dir", type=Path, default=None,
+        help="the chart's CRD templates (default: the checkout's charts/kubeloop/templates/crds "
+        "when --dir is not given; with --dir only, the chart is left alone)",
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
 
     try:
         generated = generate()
+        chart = generate_chart()
     except SchemaError as error:
         print(f"kubeloop crds: {error}", file=sys.stderr)
         return 1
     directory: Path = args.dir or default_directory()
+    targets = [(directory, generated)]
+    chart_directory = args.chart_dir or (None if args.dir else default_chart_directory())
+    if chart_directory is not None:
+        targets.append((chart_directory, chart))
     if args.write:
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, text in generated.items():
-            (directory / name).write_text(text)
-            print(f"wrote {directory / name}")
+        for target, files in targets:
+            target.mkdir(parents=True, exist_ok=True)
+            for name, text in files.items():
+                (target / name).write_text(text)
+                print(f"wrote {target / name}")
         return 0
     if args.check:
-        problems = differences(directory, generated)
-        if problems:
-            print("\n".join(problems), file=sys.stderr)
-            print(f"kubeloop crds: {directory} is out of date; run `make crds`", file=sys.stderr)
-            return 1
-        print(f"{directory}: up to date ({len(generated)} CRDs)")
-        return 0
+        stale = False
+        for target, files in targets:
+            problems = differences(target, files)
+            if problems:
+                stale = True
+                print("\n".join(problems), file=sys.stderr)
+                print(f"kubeloop crds: {target} is out of date; run `make crds`", file=sys.stderr)
+            else:
+                print(f"{target}: up to date ({len(files)} CRDs)")
+        return 1 if stale else 0
     sys.stdout.write("---\n".join(text.removeprefix(HEADER) for text in generated.values()))
     return 0
 
