@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from threadpoolctl import threadpool_limits
 
 from kubeloop.training.artifacts import (
     ArtifactIntegrityError,
@@ -24,6 +26,14 @@ from kubeloop.training.artifacts import (
     write_atomic,
 )
 from kubeloop.training.data import load_table
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_per_native_pool() -> Iterator[None]:
+    # Two shared cores: OpenMP/BLAS pools spinning against other jobs make small fits crawl.
+    with threadpool_limits(limits=1):
+        yield
+
 
 
 def test_atomic_write_leaves_only_the_final_file(tmp_path: Path) -> None:

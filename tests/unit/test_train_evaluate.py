@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from scipy import stats
 from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from kubeloop.training.data import load_table
 from kubeloop.training.evaluate import compute_metrics, evaluate_gates, predict, split_holdout
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_per_native_pool() -> Iterator[None]:
+    # Two shared cores: OpenMP/BLAS pools spinning against other jobs make small fits crawl.
+    with threadpool_limits(limits=1):
+        yield
+
 
 
 def test_holdout_is_seeded_and_stratified() -> None:
@@ -30,7 +42,8 @@ def test_binary_classification_metrics_match_independent_formulas() -> None:
     frame = load_table("sklearn://breast_cancer").frame
     holdout = split_holdout(frame, "target", 0.3, seed=0, stratify=True)
     features = [c for c in frame.columns if c != "target"]
-    model = LogisticRegression(max_iter=5000).fit(holdout.train[features], holdout.train["target"])
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(
+        holdout.train[features], holdout.train["target"])
     predictions = predict(model, holdout.test[features], "classification", need_probabilities=True)
     truth = holdout.test["target"].to_numpy()
     metrics = compute_metrics("classification", truth, predictions)
@@ -127,3 +140,30 @@ def test_without_a_champion_the_improvement_gate_passes_and_says_why() -> None:
 def test_a_missing_metric_fails_its_gates() -> None:
     gates = evaluate_gates("roc_auc", {"accuracy": 0.9}, 0.8, True, {"accuracy": 0.8}, 0.0)
     assert [gate.passed for gate in gates] == [False, False]
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        "sklearn.ensemble.RandomForestClassifier",
+        "sklearn.ensemble.ExtraTreesClassifier",
+        "sklearn.ensemble.HistGradientBoostingClassifier",
+        "sklearn.tree.DecisionTreeClassifier",
+        "sklearn.tree.ExtraTreeClassifier",
+    ],
+)
+@pytest.mark.parametrize("dataset", ["iris", "breast_cancer", "digits"])
+def test_labels_taken_from_probabilities_equal_predict(estimator: str, dataset: str) -> None:
+    from kubeloop.training.estimators import build_estimator
+    from kubeloop.training.evaluate import PREDICT_IS_ARGMAX_OF_PROBA
+
+    params = {"random_state": 0, **({"max_iter": 20} if "HistGradient" in estimator else {})}
+    model = build_estimator(estimator, params, ("sklearn.",))
+    kind = type(model)
+    assert f"{kind.__module__}.{kind.__qualname__}" in PREDICT_IS_ARGMAX_OF_PROBA
+    frame = load_table(f"sklearn://{dataset}").frame
+    holdout = split_holdout(frame, "target", 0.3, seed=0, stratify=True)
+    features = [c for c in frame.columns if c != "target"]
+    model.fit(holdout.train[features], holdout.train["target"])
+    predictions = predict(model, holdout.test[features], "classification", need_probabilities=True)
+    np.testing.assert_array_equal(predictions.labels, model.predict(holdout.test[features]))

@@ -7,6 +7,7 @@ import itertools
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 
 from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 from kubeloop.runtime.train import main
@@ -23,6 +25,14 @@ from kubeloop.training.evaluate import split_holdout
 from kubeloop.training.result import parse_result
 from kubeloop.training.spec import parse_spec
 from kubeloop.training.trainer import TrainingRequest, run_training
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_per_native_pool() -> Iterator[None]:
+    # Two shared cores: OpenMP/BLAS pools spinning against other jobs make small fits crawl.
+    with threadpool_limits(limits=1):
+        yield
+
 
 
 def _spec(**overrides: Any) -> dict[str, Any]:

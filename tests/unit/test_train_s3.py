@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from threadpoolctl import threadpool_limits
 
 from kubeloop.runtime.train import main
 from kubeloop.training.artifacts import load_model
@@ -16,6 +17,13 @@ from kubeloop.training.result import parse_result
 
 moto_server = pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
+
+@pytest.fixture(autouse=True)
+def _one_thread_per_native_pool() -> Iterator[None]:
+    # Two shared cores: OpenMP/BLAS pools spinning against other jobs make small fits crawl.
+    with threadpool_limits(limits=1):
+        yield
+
 
 
 @pytest.fixture

@@ -72,19 +72,45 @@ def split_holdout(
     return Holdout(train=train, test=test)
 
 
+# Classifiers whose ``predict`` is, in scikit-learn's own code, ``classes_[argmax(predict_proba)]``
+# (exact types only: a subclass may override either). For them the labels are taken from the
+# probabilities instead of running the model a second time over the holdout.
+PREDICT_IS_ARGMAX_OF_PROBA = frozenset(
+    {
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.ensemble._forest.ExtraTreesClassifier",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+        "sklearn.tree._classes.DecisionTreeClassifier",
+        "sklearn.tree._classes.ExtraTreeClassifier",
+    }
+)
+
+
 def predict(model: Any, features: pd.DataFrame, task: str, need_probabilities: bool) -> Predictions:
     """Labels (and class probabilities when the model has them and they are needed)."""
-    labels = np.asarray(model.predict(features))
     if task != "classification" or not need_probabilities or not hasattr(model, "predict_proba"):
-        return Predictions(labels=labels)
+        return Predictions(labels=np.asarray(model.predict(features)))
     probabilities = np.asarray(model.predict_proba(features), dtype=np.float64)
-    return Predictions(
-        labels=labels, probabilities=probabilities, classes=np.asarray(model.classes_)
-    )
+    classes = np.asarray(model.classes_)
+    if _predict_is_argmax_of_proba(model) and probabilities.ndim == 2:
+        labels = classes.take(np.argmax(probabilities, axis=1))
+    else:
+        labels = np.asarray(model.predict(features))
+    return Predictions(labels=labels, probabilities=probabilities, classes=classes)
 
 
-def compute_metrics(task: str, truth: Sequence[Any] | np.ndarray[Any, Any],
-                    predictions: Predictions) -> dict[str, float]:
+def _predict_is_argmax_of_proba(model: Any) -> bool:
+    from sklearn.pipeline import Pipeline
+
+    # A Pipeline's predict and predict_proba run the same transforms before its last step.
+    final = model.steps[-1][1] if isinstance(model, Pipeline) else model
+    kind = type(final)
+    return f"{kind.__module__}.{kind.__qualname__}" in PREDICT_IS_ARGMAX_OF_PROBA
+
+
+def compute_metrics(
+    task: str, truth: Sequence[Any] | np.ndarray[Any, Any], predictions: Predictions
+) -> dict[str, float]:
     """Every metric of the task that the predictions allow, as plain floats.
 
     Classification: ``accuracy``; ``f1`` (of the second of the sorted classes when there are
@@ -100,8 +126,9 @@ def compute_metrics(task: str, truth: Sequence[Any] | np.ndarray[Any, Any],
     }
 
 
-def _all_metrics(task: str, truth: Sequence[Any] | np.ndarray[Any, Any],
-                 predictions: Predictions) -> dict[str, float]:
+def _all_metrics(
+    task: str, truth: Sequence[Any] | np.ndarray[Any, Any], predictions: Predictions
+) -> dict[str, float]:
     from sklearn import metrics as skm
 
     y_true = np.asarray(truth)
@@ -115,12 +142,14 @@ def _all_metrics(task: str, truth: Sequence[Any] | np.ndarray[Any, Any],
         }
     result = {"accuracy": float(skm.accuracy_score(y_true, y_pred))}
     classes = (
-        predictions.classes if predictions.classes is not None
+        predictions.classes
+        if predictions.classes is not None
         else np.unique(np.concatenate([y_true, y_pred]))
     )
     if len(classes) == 2:
-        result["f1"] = float(skm.f1_score(y_true, y_pred, pos_label=classes[1], average="binary",
-                                          zero_division=0.0))
+        result["f1"] = float(
+            skm.f1_score(y_true, y_pred, pos_label=classes[1], average="binary", zero_division=0.0)
+        )
     else:
         result["f1"] = float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0.0))
     proba = predictions.probabilities
@@ -129,8 +158,9 @@ def _all_metrics(task: str, truth: Sequence[Any] | np.ndarray[Any, Any],
             if len(classes) == 2:
                 result["roc_auc"] = float(skm.roc_auc_score(y_true == classes[1], proba[:, 1]))
             else:
-                result["roc_auc"] = float(skm.roc_auc_score(
-                    y_true, proba, multi_class="ovr", labels=classes))
+                result["roc_auc"] = float(
+                    skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes)
+                )
         except ValueError:
             pass  # one class missing from the holdout: no honest AUC
         with contextlib.suppress(ValueError):
@@ -153,36 +183,60 @@ def evaluate_gates(
     comparison = ">=" if better else "<="
     if threshold is not None:
         passed = _reaches(value, threshold, better)
-        gates.append(Gate(
-            name="threshold", passed=passed, metric=metric, value=value, required=threshold,
-            message=(
-                f"{metric} {_fmt(value)} {'meets' if passed else 'misses'} the threshold "
-                f"({comparison} {threshold:g})"
-            ),
-        ))
+        gates.append(
+            Gate(
+                name="threshold",
+                passed=passed,
+                metric=metric,
+                value=value,
+                required=threshold,
+                message=(
+                    f"{metric} {_fmt(value)} {'meets' if passed else 'misses'} the threshold "
+                    f"({comparison} {threshold:g})"
+                ),
+            )
+        )
     if compare_to_champion:
         champion_value = None if champion_metrics is None else champion_metrics.get(metric)
         if champion_metrics is None:
-            gates.append(Gate(
-                name="minImprovement", passed=True, metric=metric, value=value,
-                message="no champion given: the first model of a lineage has nothing to beat",
-            ))
+            gates.append(
+                Gate(
+                    name="minImprovement",
+                    passed=True,
+                    metric=metric,
+                    value=value,
+                    message="no champion given: the first model of a lineage has nothing to beat",
+                )
+            )
         elif champion_value is None or math.isnan(champion_value):
-            gates.append(Gate(
-                name="minImprovement", passed=False, metric=metric, value=value,
-                message=f"the champion has no {metric} on this holdout, so it cannot be compared",
-            ))
+            gates.append(
+                Gate(
+                    name="minImprovement",
+                    passed=False,
+                    metric=metric,
+                    value=value,
+                    message=f"the champion has no {metric} on this holdout, so it cannot be compared",
+                )
+            )
         else:
-            required = champion_value + min_improvement if better else champion_value - min_improvement
+            required = (
+                champion_value + min_improvement if better else champion_value - min_improvement
+            )
             passed = _reaches(value, required, better)
-            gates.append(Gate(
-                name="minImprovement", passed=passed, metric=metric, value=value, required=required,
-                message=(
-                    f"{metric} {_fmt(value)} vs champion {champion_value:.6g}: needs "
-                    f"{comparison} {required:.6g} (minImprovement {min_improvement:g}); "
-                    f"{'passed' if passed else 'not enough'}"
-                ),
-            ))
+            gates.append(
+                Gate(
+                    name="minImprovement",
+                    passed=passed,
+                    metric=metric,
+                    value=value,
+                    required=required,
+                    message=(
+                        f"{metric} {_fmt(value)} vs champion {champion_value:.6g}: needs "
+                        f"{comparison} {required:.6g} (minImprovement {min_improvement:g}); "
+                        f"{'passed' if passed else 'not enough'}"
+                    ),
+                )
+            )
     return gates
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -46,7 +47,14 @@ REPORT_FORMAT_VERSION = 1
 # Probability-based metrics: a model without predict_proba cannot be gated on them.
 PROBABILITY_METRICS = frozenset({"roc_auc", "log_loss"})
 _VERSIONED_LIBRARIES = (
-    "kubeloop", "scikit-learn", "numpy", "scipy", "pandas", "pyarrow", "skops", "fsspec",
+    "kubeloop",
+    "scikit-learn",
+    "numpy",
+    "scipy",
+    "pandas",
+    "pyarrow",
+    "skops",
+    "fsspec",
 )
 
 
@@ -124,12 +132,19 @@ def run_training(request: TrainingRequest) -> TrainingOutcome:
         return TrainingOutcome(result=stop.result, timings=timings)
 
 
-def _failed(request: TrainingRequest, status: Status, reason: str, message: str,
-            **fields: Any) -> _Stop:
-    return _Stop(TrainingResult(
-        status=status, exit_code=EXIT_CODES[status], reason=reason, message=message,
-        trial=request.trial_index, **fields,
-    ))
+def _failed(
+    request: TrainingRequest, status: Status, reason: str, message: str, **fields: Any
+) -> _Stop:
+    return _Stop(
+        TrainingResult(
+            status=status,
+            exit_code=EXIT_CODES[status],
+            reason=reason,
+            message=message,
+            trial=request.trial_index,
+            **fields,
+        )
+    )
 
 
 @contextmanager
@@ -160,32 +175,51 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
     try:
         estimators.check_spec_paths(spec.model.estimator, params, request.allowed_prefixes)
     except estimators.EstimatorNotAllowedError as exc:
-        raise _failed(request, "TrainingFailed", REASON_ESTIMATOR_NOT_ALLOWED, str(exc),
-                      params=params) from None
+        raise _failed(
+            request, "TrainingFailed", REASON_ESTIMATOR_NOT_ALLOWED, str(exc), params=params
+        ) from None
     except estimators.EstimatorSpecError as exc:
-        raise _failed(request, "TrainingFailed", REASON_SPEC_INVALID, str(exc),
-                      params=params) from None
+        raise _failed(
+            request, "TrainingFailed", REASON_SPEC_INVALID, str(exc), params=params
+        ) from None
     if request.champion_uri and not request.champion_sha256:
-        raise _failed(request, "TrainingFailed", REASON_SPEC_INVALID,
-                      "--champion-uri needs --champion-sha256: a champion is only loaded when "
-                      "its checksum is pinned")
+        raise _failed(
+            request,
+            "TrainingFailed",
+            REASON_SPEC_INVALID,
+            "--champion-uri needs --champion-sha256: a champion is only loaded when "
+            "its checksum is pinned",
+        )
+
+    # skops builds its table of trusted types at import (it imports every scikit-learn
+    # estimator: ~0.5-1 s). Import it on a side thread so that cost overlaps with loading
+    # and fitting (which release the GIL) instead of adding to the run.
+    warm_up = None if request.validate_only else _start_serialiser_warm_up()
 
     # --- data ---------------------------------------------------------------------------
     log.info("loading data from %s", spec.data.source)
     with _timed(timings, "load"):
         try:
-            loaded = data.load_table(spec.data.source, spec.data.format, request.env,
-                                     request.pvc_mount_root)
+            loaded = data.load_table(
+                spec.data.source, spec.data.format, request.env, request.pvc_mount_root
+            )
         except data.DataError as exc:
-            raise _failed(request, "TrainingFailed", REASON_DATA_UNAVAILABLE, str(exc),
-                          params=params) from None
+            raise _failed(
+                request, "TrainingFailed", REASON_DATA_UNAVAILABLE, str(exc), params=params
+            ) from None
     frame = loaded.frame
     with _timed(timings, "validate"):
         columns = validate.choose_columns(frame, spec, loaded.default_target)
         failures = validate.validate(frame, spec, columns)
     if failures:
-        raise _failed(request, "DataValidationFailed", REASON_VALIDATION_FAILED,
-                      validate.summarise(failures), failures=failures, params=params)
+        raise _failed(
+            request,
+            "DataValidationFailed",
+            REASON_VALIDATION_FAILED,
+            validate.summarise(failures),
+            failures=failures,
+            params=params,
+        )
     with _timed(timings, "fingerprint"):
         data_fingerprint = fingerprint.data_fingerprint(frame)
 
@@ -193,26 +227,40 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
     try:
         model = estimators.build_estimator(spec.model.estimator, params, request.allowed_prefixes)
     except estimators.EstimatorNotAllowedError as exc:
-        raise _failed(request, "TrainingFailed", REASON_ESTIMATOR_NOT_ALLOWED, str(exc),
-                      params=params) from None
+        raise _failed(
+            request, "TrainingFailed", REASON_ESTIMATOR_NOT_ALLOWED, str(exc), params=params
+        ) from None
     except estimators.EstimatorSpecError as exc:
-        raise _failed(request, "TrainingFailed", REASON_SPEC_INVALID, str(exc),
-                      params=params) from None
+        raise _failed(
+            request, "TrainingFailed", REASON_SPEC_INVALID, str(exc), params=params
+        ) from None
     model = estimators.wrap_for_categorical(model, columns.categorical)
     metric = spec.primary_metric
     task = spec.model.task
     if metric in PROBABILITY_METRICS and not hasattr(model, "predict_proba"):
-        raise _failed(request, "TrainingFailed", REASON_SPEC_INVALID,
-                      f"evaluation.metric {metric} needs class probabilities, but "
-                      f"{spec.model.estimator} has no predict_proba with these params",
-                      params=params)
+        raise _failed(
+            request,
+            "TrainingFailed",
+            REASON_SPEC_INVALID,
+            f"evaluation.metric {metric} needs class probabilities, but "
+            f"{spec.model.estimator} has no predict_proba with these params",
+            params=params,
+        )
     if request.validate_only:
-        message = (f"validation only: {len(frame)} rows passed every rule; "
-                   f"{spec.model.estimator} can be built; nothing trained or written")
+        message = (
+            f"validation only: {len(frame)} rows passed every rule; "
+            f"{spec.model.estimator} can be built; nothing trained or written"
+        )
         return TrainingOutcome(
-            result=TrainingResult(status="Succeeded", exit_code=0, reason="ValidatedOnly",
-                                  data_fingerprint=data_fingerprint, params=params,
-                                  trial=request.trial_index, message=message),
+            result=TrainingResult(
+                status="Succeeded",
+                exit_code=0,
+                reason="ValidatedOnly",
+                data_fingerprint=data_fingerprint,
+                params=params,
+                trial=request.trial_index,
+                message=message,
+            ),
             timings=timings,
         )
     assert root is not None
@@ -220,8 +268,10 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
     # --- fit and evaluate ---------------------------------------------------------------
     with _timed(timings, "split"):
         holdout = evaluate.split_holdout(
-            frame[[*columns.features, columns.target]], columns.target,
-            spec.data.split.test_fraction, spec.data.split.seed,
+            frame[[*columns.features, columns.target]],
+            columns.target,
+            spec.data.split.test_fraction,
+            spec.data.split.seed,
             stratify=task == "classification",
         )
         x_train, y_train = holdout.train[columns.features], holdout.train[columns.target]
@@ -232,26 +282,41 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             model.fit(x_train, y_train)
         except Exception as exc:  # whatever the estimator raises is the run's failure
             log.error("fit failed:\n%s", traceback.format_exc())
-            raise _failed(request, "TrainingFailed", REASON_FIT_FAILED,
-                          f"fitting {spec.model.estimator} failed: {type(exc).__name__}: {exc}",
-                          params=params, data_fingerprint=data_fingerprint) from None
+            raise _failed(
+                request,
+                "TrainingFailed",
+                REASON_FIT_FAILED,
+                f"fitting {spec.model.estimator} failed: {type(exc).__name__}: {exc}",
+                params=params,
+                data_fingerprint=data_fingerprint,
+            ) from None
     with _timed(timings, "evaluate"):
         try:
             predictions = evaluate.predict(model, x_test, task, need_probabilities=True)
             metrics = evaluate.compute_metrics(task, y_test.to_numpy(), predictions)
         except Exception as exc:
-            raise _failed(request, "TrainingFailed", REASON_FIT_FAILED,
-                          f"evaluating the model failed: {type(exc).__name__}: {exc}",
-                          params=params, data_fingerprint=data_fingerprint) from None
+            raise _failed(
+                request,
+                "TrainingFailed",
+                REASON_FIT_FAILED,
+                f"evaluating the model failed: {type(exc).__name__}: {exc}",
+                params=params,
+                data_fingerprint=data_fingerprint,
+            ) from None
 
     champion_metrics: dict[str, float] | None = None
     if request.champion_uri:
         with _timed(timings, "champion"):
-            champion_metrics = _champion_metrics(request, x_test, y_test, task, params,
-                                                 data_fingerprint)
+            champion_metrics = _champion_metrics(
+                request, x_test, y_test, task, params, data_fingerprint
+            )
     gates = evaluate.evaluate_gates(
-        metric, metrics, spec.evaluation.threshold, spec.evaluation.compare_to == "champion",
-        champion_metrics, spec.evaluation.min_improvement,
+        metric,
+        metrics,
+        spec.evaluation.threshold,
+        spec.evaluation.compare_to == "champion",
+        champion_metrics,
+        spec.evaluation.min_improvement,
     )
     failed_gates = [gate for gate in gates if not gate.passed]
 
@@ -265,6 +330,8 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
         )
         profile_bytes = profile.to_json_bytes()
     with _timed(timings, "serialise"):
+        if warm_up is not None:
+            warm_up.join()
         model_bytes = artifacts.dump_model(model)
         model_sha256 = artifacts.sha256_hex(model_bytes)
 
@@ -279,10 +346,21 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
         else f"{metric} {metrics.get(metric, float('nan')):.6g}; every gate passed"
     )
     result = TrainingResult(
-        status=status, exit_code=EXIT_CODES[status], reason=reason, uri=model_uri,
-        sha256=model_sha256, metric=metric, metrics=metrics, champion_metrics=champion_metrics,
-        gates=gates, data_fingerprint=data_fingerprint, profile_uri=profile_uri,
-        report_uri=report_uri, trial=request.trial_index, params=params, message=message,
+        status=status,
+        exit_code=EXIT_CODES[status],
+        reason=reason,
+        uri=model_uri,
+        sha256=model_sha256,
+        metric=metric,
+        metrics=metrics,
+        champion_metrics=champion_metrics,
+        gates=gates,
+        data_fingerprint=data_fingerprint,
+        profile_uri=profile_uri,
+        report_uri=report_uri,
+        trial=request.trial_index,
+        params=params,
+        message=message,
     )
     classes = getattr(model, "classes_", None)
     report: dict[str, Any] = {
@@ -292,14 +370,18 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
         "message": message,
         "runName": request.run_name,
         "model": {
-            "name": spec.model.name, "task": task, "estimator": spec.model.estimator,
+            "name": spec.model.name,
+            "task": task,
+            "estimator": spec.model.estimator,
             "params": params,
             "pipeline": type(model).__name__ if model is not None else None,
             "categoricalEncoding": "one-hot (added by the trainer)"
             if columns.categorical and spec.model.estimator != "sklearn.pipeline.Pipeline"
             else None,
         },
-        "trial": None if request.trial_index is None else {
+        "trial": None
+        if request.trial_index is None
+        else {
             "index": request.trial_index,
             "of": len(spec.sweep.combinations()) if spec.sweep else 0,
             "params": spec.sweep.combinations()[request.trial_index] if spec.sweep else {},
@@ -315,24 +397,36 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             "categoricalFeatures": columns.categorical,
             "featureDtypes": {name: str(frame[name].dtype) for name in columns.features},
             "targetClasses": None if classes is None else [_plain(c) for c in classes],
-            "split": {"testFraction": spec.data.split.test_fraction,
-                      "seed": spec.data.split.seed,
-                      "stratified": task == "classification"},
+            "split": {
+                "testFraction": spec.data.split.test_fraction,
+                "seed": spec.data.split.seed,
+                "stratified": task == "classification",
+            },
         },
         "evaluation": {
             "metric": metric,
             "metrics": metrics,
-            "champion": None if not request.champion_uri else {
-                "uri": request.champion_uri, "sha256": request.champion_sha256,
+            "champion": None
+            if not request.champion_uri
+            else {
+                "uri": request.champion_uri,
+                "sha256": request.champion_sha256,
                 "metrics": champion_metrics,
             },
             "gates": [gate.model_dump(mode="json", by_alias=True) for gate in gates],
         },
         "artifacts": {
-            "model": {"uri": model_uri, "sha256": model_sha256, "bytes": len(model_bytes),
-                      "format": "skops"},
-            "profile": {"uri": profile_uri, "predictionFrom": "holdout",
-                        "featuresFrom": "training rows"},
+            "model": {
+                "uri": model_uri,
+                "sha256": model_sha256,
+                "bytes": len(model_bytes),
+                "format": "skops",
+            },
+            "profile": {
+                "uri": profile_uri,
+                "predictionFrom": "holdout",
+                "featuresFrom": "training rows",
+            },
         },
         "versions": {"python": platform.python_version(), **_versions()},
         "startedAt": started.isoformat(),
@@ -344,7 +438,8 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             artifacts.write_atomic(model_uri, model_bytes, options)
             artifacts.write_atomic(
                 artifacts.join_uri(root, artifacts.CHECKSUM_FILE),
-                f"{model_sha256}  {artifacts.MODEL_FILE}\n".encode(), options,
+                f"{model_sha256}  {artifacts.MODEL_FILE}\n".encode(),
+                options,
             )
             artifacts.write_atomic(profile_uri, profile_bytes, options)
         report["timings"] = dict(timings)  # every phase but writing the report itself
@@ -355,14 +450,38 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
                 report_uri, orjson.dumps(report, option=orjson.OPT_INDENT_2), options
             )
     except artifacts.StorageError as exc:
-        raise _failed(request, "TrainingFailed", REASON_STORAGE_FAILED, str(exc),
-                      params=params, data_fingerprint=data_fingerprint,
-                      metrics=metrics) from None
+        raise _failed(
+            request,
+            "TrainingFailed",
+            REASON_STORAGE_FAILED,
+            str(exc),
+            params=params,
+            data_fingerprint=data_fingerprint,
+            metrics=metrics,
+        ) from None
     return TrainingOutcome(result=result, report=report, model=model, timings=timings)
 
 
-def _champion_metrics(request: TrainingRequest, x_test: Any, y_test: Any, task: str,
-                      params: dict[str, Any], data_fingerprint: str) -> dict[str, float]:
+def _start_serialiser_warm_up() -> threading.Thread:
+    def warm_up() -> None:
+        try:
+            import skops.io  # noqa: F401
+        except Exception:  # the real import in dump_model reports any problem properly
+            log.debug("warming up skops failed", exc_info=True)
+
+    thread = threading.Thread(target=warm_up, name="skops-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _champion_metrics(
+    request: TrainingRequest,
+    x_test: Any,
+    y_test: Any,
+    task: str,
+    params: dict[str, Any],
+    data_fingerprint: str,
+) -> dict[str, float]:
     from kubeloop.training import data, evaluate
 
     assert request.champion_uri is not None
@@ -370,22 +489,38 @@ def _champion_metrics(request: TrainingRequest, x_test: Any, y_test: Any, task: 
     trusted = (*artifacts.DEFAULT_TRUSTED_TYPE_PREFIXES, *request.allowed_prefixes)
     try:
         champion = artifacts.load_model(
-            champion_uri, request.champion_sha256, trusted,
+            champion_uri,
+            request.champion_sha256,
+            trusted,
             data.storage_options_for(champion_uri, request.env),
         )
         names = getattr(champion, "feature_names_in_", None)
         features = x_test if names is None else x_test[[str(n) for n in names]]
         predictions = evaluate.predict(champion, features, task, need_probabilities=True)
         return evaluate.compute_metrics(task, y_test.to_numpy(), predictions)
-    except (artifacts.ArtifactIntegrityError, artifacts.UntrustedArtifactError,
-            artifacts.StorageError) as exc:
-        raise _failed(request, "TrainingFailed", REASON_CHAMPION_UNAVAILABLE, str(exc),
-                      params=params, data_fingerprint=data_fingerprint) from None
+    except (
+        artifacts.ArtifactIntegrityError,
+        artifacts.UntrustedArtifactError,
+        artifacts.StorageError,
+    ) as exc:
+        raise _failed(
+            request,
+            "TrainingFailed",
+            REASON_CHAMPION_UNAVAILABLE,
+            str(exc),
+            params=params,
+            data_fingerprint=data_fingerprint,
+        ) from None
     except (KeyError, ValueError) as exc:
-        raise _failed(request, "TrainingFailed", REASON_CHAMPION_UNAVAILABLE,
-                      f"the champion cannot score this holdout ({type(exc).__name__}: {exc}); "
-                      "was it trained on other features?",
-                      params=params, data_fingerprint=data_fingerprint) from None
+        raise _failed(
+            request,
+            "TrainingFailed",
+            REASON_CHAMPION_UNAVAILABLE,
+            f"the champion cannot score this holdout ({type(exc).__name__}: {exc}); "
+            "was it trained on other features?",
+            params=params,
+            data_fingerprint=data_fingerprint,
+        ) from None
 
 
 def _options(uri: str, request: TrainingRequest) -> dict[str, Any]:
@@ -422,7 +557,9 @@ def summary(outcome: TrainingOutcome) -> str:
         shown = ", ".join(f"{k}={v:.6g}" for k, v in sorted(result.champion_metrics.items()))
         lines.append(f"  champion   {shown}")
     for gate in result.gates:
-        lines.append(f"  gate       {gate.name}: {'PASS' if gate.passed else 'FAIL'} - {gate.message}")
+        lines.append(
+            f"  gate       {gate.name}: {'PASS' if gate.passed else 'FAIL'} - {gate.message}"
+        )
     for failure in result.failures:
         lines.append(f"  invalid    [{failure.rule}] {failure.message}")
     if result.uri:
