@@ -1,0 +1,333 @@
+"""The serving children of a ModelDeployment: a Deployment per track, three Services, an HPA.
+
+* ``<name>-stable`` and ``<name>-canary`` Deployments run ``kubeloop serve`` with the model's
+  URI and sha256 pinned (the server refuses any other file), ``--track`` set so every metric
+  series says which side it came from, and the restricted pod security of every runtime pod.
+* ``<name>-stable`` / ``<name>-canary`` Services select one track each: gateways and meshes
+  weight between them, and the stable server mirrors shadow traffic to the canary Service.
+* ``<name>`` selects what the canary's weight says: only stable pods at 0 %, both tracks in
+  between (the replicas router: traffic follows the pod ratio), only canary pods at 100 %.
+  Changing a Service's selector is instant and restarts no pod, which is why it, not a pod
+  label, decides whether the canary answers users (a shadowing canary must answer no one).
+* an optional HorizontalPodAutoscaler scales the ModelDeployment itself through its scale
+  subresource, so spec.replicas stays the one number every other rule reads.
+
+Everything here is a pure function of its arguments (wire form in, wire form out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kubeloop.resources.meta import child_name, labels_for, owner_reference
+from kubeloop.resources.storage import PodStorage
+from kubeloop.resources.trainingjob import (
+    SCRATCH_DIR,
+    restricted_container_security,
+    restricted_pod_security,
+    scratch_volume,
+)
+
+Track = Literal["stable", "canary"]
+TRACKS: tuple[Track, Track] = ("stable", "canary")
+KIND_LABEL = "modeldeployment"
+OWNER_LABEL = "kubeloop.io/modeldeployment"
+TRACK_LABEL = "kubeloop.io/track"
+COMPONENT = "serving"
+SERVER_CONTAINER = "server"
+PORT_NAME = "http"
+DEFAULT_PORT = 8080
+READY_PATH = "/v2/health/ready"
+LIVE_PATH = "/v2/health/live"
+SHA_ANNOTATION = "kubeloop.io/model-sha256"
+# Seconds a stopping server keeps answering (readiness already failing) so endpoints and load
+# balancers stop sending before it closes: no request is cut during a roll or a scale-down.
+SHUTDOWN_DELAY_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """What the operator's configuration contributes to every server pod."""
+
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    default_storage_uri: str = ""
+    models_pvc: str = ""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as a server pod needs it: where it is and the checksum it must have."""
+
+    uri: str
+    sha256: str
+    training_run: str | None = None
+
+    @property
+    def revision(self) -> str:
+        """Short name for columns and events: the TrainingRun, else ``sha256:`` + 12 hex."""
+        return self.training_run or f"sha256:{self.sha256[:12]}"
+
+    def same_artifact(self, other: ModelRef | None) -> bool:
+        """Whether ``other`` is the same file: the checksum decides, not where it came from."""
+        return other is not None and other.uri == self.uri and other.sha256 == self.sha256
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """Mirroring from the stable server to the canary Service."""
+
+    url: str
+    percent: int
+
+
+def deployment_name(md_name: str, track: Track) -> str:
+    return child_name(md_name, track)
+
+
+def track_service_name(md_name: str, track: Track) -> str:
+    return child_name(md_name, track)
+
+
+def main_service_name(md_name: str) -> str:
+    return child_name(md_name, "")
+
+
+def hpa_name(md_name: str) -> str:
+    return child_name(md_name, "")
+
+
+def server_port(md: Mapping[str, Any]) -> int:
+    return int(((md["spec"].get("server") or {}).get("port")) or DEFAULT_PORT)
+
+
+def track_selector(md_name: str, track: Track | None) -> dict[str, str]:
+    """Pod selector of one track (or of both when ``track`` is None)."""
+    selector = {OWNER_LABEL: md_name}
+    if track is not None:
+        selector[TRACK_LABEL] = track
+    return selector
+
+
+def selector_string(selector: Mapping[str, str]) -> str:
+    """A label selector as the scale subresource and ``kubectl get -l`` write it."""
+    return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+
+
+def main_service_selector(md_name: str, canary_weight: int) -> dict[str, str]:
+    """Who answers users through the main Service at this canary weight."""
+    if canary_weight <= 0:
+        return track_selector(md_name, "stable")
+    if canary_weight >= 100:
+        return track_selector(md_name, "canary")
+    return track_selector(md_name, None)
+
+
+def shadow_url(md: Mapping[str, Any]) -> str:
+    """Where the stable server mirrors requests: the canary Service's in-cluster address."""
+    meta = md["metadata"]
+    service = track_service_name(meta["name"], "canary")
+    return f"http://{service}.{meta['namespace']}.svc:{server_port(md)}"
+
+
+def _meta(md: Mapping[str, Any], name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": md["metadata"]["namespace"],
+        "labels": dict(labels),
+        "ownerReferences": [owner_reference(md)],
+    }
+
+
+def server_args(
+    md: Mapping[str, Any], track: Track, model_uri: str, model: ModelRef, shadow: Shadow | None
+) -> list[str]:
+    """The ``kubeloop serve`` command line of a track's pods."""
+    server = md["spec"].get("server") or {}
+    args = [
+        "serve",
+        "--model-uri",
+        model_uri,
+        "--sha256",
+        model.sha256,
+        "--model-name",
+        md["metadata"]["name"],
+        "--port",
+        str(server_port(md)),
+        "--track",
+        track,
+        "--workers",
+        str(server.get("workers", 1)),
+    ]
+    batching = server.get("batching")
+    if batching:
+        args += [
+            "--max-batch-size",
+            str(batching.get("maxBatchSize", 32)),
+            "--max-batch-latency-ms",
+            str(batching.get("maxLatencyMs", 5)),
+        ]
+    if shadow is not None and shadow.percent > 0:
+        args += ["--shadow-url", shadow.url, "--shadow-percent", str(shadow.percent)]
+    return args
+
+
+def build_track_deployment(
+    md: Mapping[str, Any],
+    track: Track,
+    model: ModelRef,
+    replicas: int,
+    settings: ServingSettings,
+    shadow: Shadow | None = None,
+) -> dict[str, Any]:
+    """The Deployment of one track serving ``model`` on ``replicas`` pods."""
+    name = md["metadata"]["name"]
+    spec = md["spec"]
+    server = spec.get("server") or {}
+    port = server_port(md)
+    storage = PodStorage()
+    model_uri = storage.resolve(
+        model.uri,
+        read_only=True,
+        models_pvc=settings.models_pvc,
+        models_root=settings.default_storage_uri,
+    )
+    labels = labels_for(KIND_LABEL, name, COMPONENT, track=track)
+    scratch, scratch_mount = scratch_volume()
+    container: dict[str, Any] = {
+        "name": SERVER_CONTAINER,
+        "image": server.get("image") or settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["kubeloop"],
+        "args": server_args(md, track, model_uri, model, shadow),
+        "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        "env": [
+            {"name": "HOME", "value": SCRATCH_DIR},
+            {"name": "KUBELOOP_SERVE_SHUTDOWN_DELAY_SECONDS", "value": str(SHUTDOWN_DELAY_SECONDS)},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": READY_PATH, "port": PORT_NAME},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": LIVE_PATH, "port": PORT_NAME},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": server.get("resources") or {},
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [scratch_mount, *storage.mounts],
+    }
+    secret = (((spec.get("model") or {}).get("credentials") or {}).get("secretRef") or {}).get(
+        "name"
+    )
+    if secret:
+        # Credentials travel by reference only; their values never enter the spec or status.
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
+    template_annotations = {
+        SHA_ANNOTATION: model.sha256,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(md, deployment_name(name, track), labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": track_selector(name, track)},
+            "revisionHistoryLimit": 3,
+            # A new model or new flags roll pods one surge at a time and never take a ready
+            # pod away first, so a roll (e.g. the promotion) never leaves a traffic gap.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {"labels": labels, "annotations": template_annotations},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": restricted_pod_security(),
+                    "terminationGracePeriodSeconds": SHUTDOWN_DELAY_SECONDS + 30,
+                    "containers": [container],
+                    "volumes": [scratch, *storage.volumes],
+                },
+            },
+        },
+    }
+
+
+def build_service(
+    md: Mapping[str, Any], name: str, selector: Mapping[str, str], component_track: str
+) -> dict[str, Any]:
+    """A ClusterIP Service on the server port selecting ``selector``."""
+    port = server_port(md)
+    labels = labels_for(KIND_LABEL, md["metadata"]["name"], COMPONENT, service=component_track)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(md, name, labels),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": dict(selector),
+            "ports": [
+                {"name": PORT_NAME, "port": port, "targetPort": PORT_NAME, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def build_services(md: Mapping[str, Any], canary_weight: int) -> list[dict[str, Any]]:
+    """The main Service (selector by weight) and one Service per track."""
+    name = md["metadata"]["name"]
+    return [
+        build_service(
+            md, main_service_name(name), main_service_selector(name, canary_weight), "main"
+        ),
+        *(
+            build_service(md, track_service_name(name, track), track_selector(name, track), track)
+            for track in TRACKS
+        ),
+    ]
+
+
+def build_hpa(md: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The HorizontalPodAutoscaler from spec.autoscaling, targeting the ModelDeployment's scale
+    subresource (None when autoscaling is not set)."""
+    autoscaling = md["spec"].get("autoscaling")
+    if not autoscaling:
+        return None
+    name = md["metadata"]["name"]
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(md, hpa_name(name), labels_for(KIND_LABEL, name, "autoscaling")),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": md["apiVersion"],
+                "kind": md["kind"],
+                "name": name,
+            },
+            "minReplicas": autoscaling.get("minReplicas", 1),
+            "maxReplicas": autoscaling["maxReplicas"],
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": autoscaling.get(
+                                "targetCPUUtilizationPercentage", 80
+                            ),
+                        },
+                    },
+                }
+            ],
+        },
+    }
