@@ -334,7 +334,8 @@ class RolloutSpec(KubeModel):
     """How a new model replaces the stable one."""
 
     steps: Annotated[list[RolloutStep], Field(max_length=MAX_STEPS)] | None = None
-    """Steps run in order; empty: the new model replaces the old one once it is ready."""
+    """Steps run in order, each exactly one of shadow, setWeight, pause or analysis; empty:
+    the new model replaces the old one once it is ready."""
     analysis: AnalysisSpec | None = None
     """Background analysis for the whole rollout, and default metrics of analysis steps."""
     traffic_routing: TrafficRouting | None = None
