@@ -12,7 +12,7 @@ from prometheus_client import start_http_server
 
 from kubeloop import API_GROUP
 from kubeloop.config import OperatorConfig
-from kubeloop.controllers import driftpolicy, metrics, trainingrun
+from kubeloop.controllers import driftpolicy, metrics, modeldeployment, trainingrun
 from kubeloop.controllers.kube import Kube
 
 FINALIZER = f"{API_GROUP}/finalizer"
@@ -48,6 +48,7 @@ def build_registry(kube: Kube, config: OperatorConfig) -> kopf.OperatorRegistry:
 
     trainingrun.register(registry, trainingrun.TrainingRunController(kube, config), config)
     driftpolicy.register(registry, driftpolicy.DriftPolicyController(kube, config), config)
+    modeldeployment.register(registry, modeldeployment.ModelDeploymentController(kube, config), config)
     return registry
 
 

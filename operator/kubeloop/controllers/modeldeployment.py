@@ -1,0 +1,324 @@
+"""ModelDeployment controller: read, measure, ask :mod:`kubeloop.decide.modeldeployment`, apply.
+
+One reconcile, safe to repeat at any moment (and after a crash):
+
+1. read the ModelDeployment, its two Deployments, its HPA, the router's object (HTTPRoute or
+   VirtualService) and the TrainingRun ``spec.model`` names;
+2. if :func:`analysis_plan` says metrics are due, measure them (Prometheus over HTTP, or the
+   pods' /metrics through the API server's pod proxy) - the only slow I/O, done here so the
+   decision gets plain values;
+3. :func:`decide` with ``now``;
+4. apply in an order that never drops traffic: Services and router weights first (an abort
+   moves users back to stable before any canary pod goes), then the Deployments, then the
+   autoscaler; then the status (as a merge patch that also removes what the decision dropped)
+   and the Events.
+
+Time-based progress (pause and shadow durations, analysis intervals) is driven by a kopf timer
+on every ModelDeployment with a rollout under way, plus a one-shot wake-up at the moment the
+decision said the next thing happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from kubeloop import API_GROUP, API_VERSION
+from kubeloop.analysis.base import AnalysisTarget, Measurement
+from kubeloop.analysis.builtin import BuiltinProvider
+from kubeloop.analysis.prometheus import PrometheusProvider
+from kubeloop.analysis.scrape import PodTarget, ScrapeProvider, ScrapeRound
+from kubeloop.config import OperatorConfig
+from kubeloop.controllers import metrics
+from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, NotFound, post_event
+from kubeloop.decide.common import wire_time
+from kubeloop.decide.modeldeployment import AnalysisPlan, Decision, Observed, analysis_plan, decide
+from kubeloop.resources.serving import (
+    OWNER_LABEL,
+    TRACK_LABEL,
+    ServingSettings,
+    deployment_name,
+    hpa_name,
+    server_port,
+)
+from kubeloop.traffic import router_for
+
+log = logging.getLogger("kubeloop.modeldeployment")
+KIND = "ModelDeployment"
+DEFAULT_TICK_SECONDS = 5.0
+
+
+def serving_settings(config: OperatorConfig) -> ServingSettings:
+    return ServingSettings(
+        image=config.runtime_image,
+        image_pull_policy=config.image_pull_policy,
+        default_storage_uri=config.default_storage_uri,
+        models_pvc=config.models_pvc,
+    )
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning ``old`` into ``new``: changed keys, and None for every key
+    the new status no longer has (a plain merge would keep them), at any depth of objects."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            nested = status_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif before != value or key not in old:
+            patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    conditions = status.get("conditions") or []
+    return status.get("phase") == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+    )
+
+
+class ModelDeploymentController:
+    """The I/O around :func:`decide`: one reconcile per call, safe to repeat at any time."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        prometheus_url: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.kube = kube
+        self.settings = serving_settings(config)
+        self.locks = KeyedLocks()
+        self.phases = metrics.PhaseTracker(KIND)
+        self.clock = clock
+        url = prometheus_url or getattr(config, "prometheus_url", "") or None
+        self.prometheus = PrometheusProvider(url)
+        self.builtin = BuiltinProvider(url)
+        self.scrape = ScrapeProvider()
+        self._wakeups: dict[tuple[str, str], threading.Timer] = {}
+        self._wakeup_guard = threading.Lock()
+        self.stopped = False
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def observe(self, md: Mapping[str, Any]) -> Observed:
+        namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
+        spec = md["spec"]
+        router = router_for((spec.get("rollout") or {}).get("trafficRouting"))
+        route = None
+        if router.object_kind is not None and router.object_name is not None:
+            route = self._get_tolerant(router.object_kind, namespace, router.object_name)
+        run_name = ((spec.get("model") or {}).get("trainingRunRef") or {}).get("name")
+        return Observed(
+            stable=self.kube.get_or_none("Deployment", namespace, deployment_name(name, "stable")),
+            canary=self.kube.get_or_none("Deployment", namespace, deployment_name(name, "canary")),
+            hpa=self.kube.get_or_none("HorizontalPodAutoscaler", namespace, hpa_name(name)),
+            route=route,
+            training_run=self.kube.get_or_none("TrainingRun", namespace, run_name) if run_name else None,
+        )
+
+    def _get_tolerant(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        # A cluster without the Gateway API or Istio CRDs answers 404 for the whole kind: for
+        # the rollout that is the same as a missing object, which its status explains.
+        try:
+            return self.kube.get_or_none(kind, namespace, name)
+        except Exception as error:
+            log.warning("cannot read %s %s/%s: %s", kind, namespace, name, error)
+            return None
+
+    # --- measuring ------------------------------------------------------------------------------
+
+    def measure(self, md: Mapping[str, Any], plan: AnalysisPlan) -> dict[str, Measurement]:
+        """Measure every metric of the plan; a provider failure becomes an inconclusive value."""
+        results: dict[str, Measurement] = {}
+        scrape_round: ScrapeRound | None = None
+        for metric in plan.metrics:
+            name = str(metric["name"])
+            provider = metric.get("provider") or "builtin"
+            try:
+                if provider == "prometheus":
+                    results[name] = self.prometheus.measure(metric, plan.target)
+                elif provider == "builtin" and self.builtin.uses_prometheus(metric):
+                    results[name] = self.builtin.measure(metric, plan.target)
+                else:
+                    if scrape_round is None:
+                        scrape_round = self.scrape_round(md, plan.target)
+                    results[name] = scrape_round.measure(metric, plan.target)
+            except Exception as error:
+                log.exception("measuring %s failed", name)
+                results[name] = Measurement(name, None, f"measurement failed: {error}")
+        return results
+
+    def scrape_round(self, md: Mapping[str, Any], target: AnalysisTarget) -> ScrapeRound:
+        namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
+        port = server_port(md)
+        pods = [
+            PodTarget(pod["metadata"]["name"], port, pod["metadata"]["labels"].get(TRACK_LABEL, ""))
+            for pod in self.kube.list("Pod", namespace, labels={OWNER_LABEL: name})
+            if _pod_ready(pod)
+        ]
+
+        def fetch(pod: str, pod_port: int) -> str:
+            return self.kube.request_text(
+                "GET", f"/api/v1/namespaces/{namespace}/pods/{pod}:{pod_port}/proxy/metrics"
+            )
+
+        return self.scrape.round(target, pods, fetch)
+
+    # --- the reconcile ------------------------------------------------------------------------
+
+    def reconcile(self, namespace: str, name: str) -> Decision | None:
+        with self.locks.hold(KIND, namespace, name), metrics.reconcile_timer(KIND):
+            md = self.kube.get_or_none(KIND, namespace, name)
+            if md is None or md["metadata"].get("deletionTimestamp"):
+                self.forget(namespace, name)
+                return None
+            observed = self.observe(md)
+            now = self.clock()
+            plan = analysis_plan(md, observed, now)
+            measurements = self.measure(md, plan) if plan is not None else None
+            decision = decide(md, observed, self.settings, now, measurements)
+            self.apply(md, observed, decision)
+            old_status = md.get("status") or {}
+            patch = status_patch(old_status, decision.status)
+            if patch:
+                self.kube.patch_status(KIND, namespace, name, patch)
+            now_text = wire_time(now)
+            for event in decision.events:
+                post_event(self.kube, md, event.type, event.reason, event.message, now_text)
+            metrics.CANARY_WEIGHT.labels(namespace, name).set(int(decision.status.get("canaryWeight") or 0))
+            self.phases.observe(namespace, name, decision.status.get("phase"))
+            if decision.requeue_after is not None:
+                self.wake_up(namespace, name, decision.requeue_after)
+            return decision
+
+    def apply(self, md: Mapping[str, Any], observed: Observed, decision: Decision) -> None:
+        namespace = md["metadata"]["namespace"]
+        for service in decision.services:
+            self.kube.apply(service)
+        route = decision.route
+        if route is not None and route.patch is not None:
+            try:
+                self.kube.patch(route.kind, namespace, route.name, route.patch)
+            except Conflict:
+                # Someone edited the route since we read it: retry on the fresh object soon.
+                log.info("%s %s/%s changed under us; retrying", route.kind, namespace, route.name)
+                self.wake_up(namespace, md["metadata"]["name"], 1.0)
+        for deployment in decision.deployments:
+            self.kube.apply(deployment)
+        for name in decision.scale_to_zero:
+            with contextlib.suppress(NotFound):
+                self.kube.patch("Deployment", namespace, name, {"spec": {"replicas": 0}})
+        if decision.hpa is not None:
+            self.kube.apply(decision.hpa)
+        if decision.delete_hpa is not None:
+            self.kube.delete("HorizontalPodAutoscaler", namespace, decision.delete_hpa)
+
+    # --- time -------------------------------------------------------------------------------------
+
+    def wake_up(self, namespace: str, name: str, seconds: float) -> None:
+        """Reconcile again in ``seconds`` (one pending wake-up per object; the earlier wins)."""
+        key = (namespace, name)
+
+        def fire() -> None:
+            with self._wakeup_guard:
+                self._wakeups.pop(key, None)
+            if self.stopped:
+                return
+            try:
+                self.reconcile(namespace, name)
+            except Exception:
+                log.exception("scheduled reconcile of %s/%s failed", namespace, name)
+
+        with self._wakeup_guard:
+            pending = self._wakeups.get(key)
+            due = threading.Timer(max(0.1, seconds), fire)
+            due.daemon = True
+            if pending is not None and pending.is_alive():
+                pending.cancel()
+            self._wakeups[key] = due
+            due.start()
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The ModelDeployment is gone: drop its scrape memory, metrics and wake-up."""
+        self.scrape.forget(namespace, name)
+        self.phases.observe(namespace, name, None)
+        with contextlib.suppress(KeyError):
+            metrics.CANARY_WEIGHT.remove(namespace, name)
+        with self._wakeup_guard:
+            pending = self._wakeups.pop((namespace, name), None)
+        if pending is not None:
+            pending.cancel()
+
+    def stop(self) -> None:
+        self.stopped = True
+        with self._wakeup_guard:
+            for pending in self._wakeups.values():
+                pending.cancel()
+            self._wakeups.clear()
+
+
+def _rolling_out(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -> bool:
+    rolling = bool(status.get("canary")) and not status.get("aborted")
+    return rolling or status.get("phase") in (None, "Progressing")
+
+
+def register(
+    registry: kopf.OperatorRegistry, controller: ModelDeploymentController, config: OperatorConfig
+) -> None:
+    """Wire the triggers: the resource's own events, its Deployments' and the TrainingRuns'
+    events, a fast timer while a rollout runs and a slow resync for all."""
+    tick = float(getattr(config, "rollout_tick_seconds", DEFAULT_TICK_SECONDS))
+
+    @kopf.on.event(API_GROUP, API_VERSION, "modeldeployments", registry=registry)
+    def on_modeldeployment_event(name: str, namespace: str | None, type: str, **_: Any) -> None:
+        if not namespace:
+            return
+        if type == "DELETED":
+            controller.forget(namespace, name)
+            return
+        controller.reconcile(namespace, name)
+
+    @kopf.timer(
+        API_GROUP, API_VERSION, "modeldeployments",
+        interval=tick, when=_rolling_out, registry=registry,
+    )
+    def rollout_tick(name: str, namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, name)
+
+    @kopf.timer(
+        API_GROUP, API_VERSION, "modeldeployments",
+        interval=config.resync_seconds, registry=registry,
+    )
+    def resync(name: str, namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, name)
+
+    @kopf.on.event("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT}, registry=registry)
+    def on_deployment_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, labels[OWNER_LABEL])
+
+    @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", registry=registry)
+    def on_trainingrun_event(name: str, namespace: str | None, **_: Any) -> None:
+        # A run a ModelDeployment waits for may just have succeeded.
+        if not namespace:
+            return
+        for md in controller.kube.list(KIND, namespace):
+            ref = ((md.get("spec") or {}).get("model") or {}).get("trainingRunRef") or {}
+            if ref.get("name") == name:
+                controller.reconcile(namespace, md["metadata"]["name"])
