@@ -3,7 +3,7 @@
 
 kwok gives a real API server fake nodes; its pods never run. For the demo (and for tests that
 want the trainer's real output) this watches trainer pods that kwok was told to leave alone
-(label ``kwok.kubeloop.io/manual=true``), runs the pod's own command with the pod's own
+(label ``kubeloop.io/test-kubelet=manual``), runs the pod's own command with the pod's own
 environment as a local process, and writes back what a kubelet would: the container's exit
 code and termination message. It is a development aid, not part of the product: a real node
 (or kind) runs the same image for real.
@@ -25,7 +25,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-MANUAL_LABEL = "kwok.kubeloop.io/manual=true"
+MANUAL_LABEL = "kubeloop.io/test-kubelet=manual"
 log = logging.getLogger("local-kubelet")
 
 

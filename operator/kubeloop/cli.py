@@ -47,3 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def kubectl_plugin(argv: Sequence[str] | None = None) -> None:
     module = importlib.import_module("kubeloop.plugin")
     sys.exit(module.main(sys.argv[1:] if argv is None else list(argv)))
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m kubeloop.cli`
+    main()

@@ -28,9 +28,9 @@ from kubernetes import client
 
 GROUP, VERSION, PLURAL = "kubeloop.io", "v1alpha1", "trainingruns"
 # kwok leaves pods with this label alone, so the test can finish them like a kubelet would.
-MANUAL_KUBELET = {"kwok.kubeloop.io/manual": "true"}
+MANUAL_KUBELET = {"kubeloop.io/test-kubelet": "manual"}
 # kwok's chaos stage fails pods with this label (exit code set in the container status).
-CHAOS = {"kwok.kubeloop.io/fail": "true"}
+CHAOS = {"pod-container-running-failed.stage.kwok.x-k8s.io": "true"}
 
 
 @pytest.fixture(scope="module")
