@@ -83,3 +83,12 @@ def test_benchmark_tests_agree_too(rows: int) -> None:
     # PSI is computed over the same bins in both modes, so it is the same number.
     for exact_feature, binned_feature in zip(exact.features, binned.features, strict=True):
         assert exact_feature.scores["psi"] == pytest.approx(binned_feature.scores["psi"])
+
+
+def test_threads_give_the_same_report() -> None:
+    reference = synthetic_table(50_000, seed=3, shifted=False)
+    current = synthetic_table(50_000, seed=4, shifted=True)
+    config = DriftConfig(numerical_test="ks", extra_scores=["psi", "wasserstein"])
+    one = drift_report_from_samples(reference, current, config, categorical=CATEGORICAL)
+    two = drift_report_from_samples(reference, current, config, categorical=CATEGORICAL, workers=2)
+    assert one == two

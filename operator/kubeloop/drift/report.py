@@ -31,7 +31,9 @@ Everything here is pure: no files, no network, so the operator and the server im
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -239,6 +241,7 @@ class _FeatureData:
     current_counts: npt.NDArray[np.int64] | None = None
     edges: npt.NDArray[np.float64] | None = None
     reference_std: float | None = None
+    workspace: stats.Workspace | None = None
     _cache: dict[str, stats.StatResult] = field(default_factory=dict)
 
     def counts(self, n_bins: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -249,6 +252,21 @@ class _FeatureData:
             self.current_counts = stats.binned_counts_sorted(self.current_sorted, self.edges)
         return self.reference_counts, self.current_counts
 
+    def settle(self, config: DriftConfig) -> None:
+        """Compute every statistic the report will ask for, then let go of the samples.
+
+        Exact mode sorts each column into the shared workspace; the next column reuses it, so
+        the sorted views are only valid until then.
+        """
+        for test in self.tests(config):
+            self.statistic(test, config)
+        self.reference_sorted = self.current_sorted = None
+
+    def tests(self, config: DriftConfig) -> list[str]:
+        applicable = NUMERICAL_TESTS if self.kind == "numerical" else CATEGORICAL_TESTS
+        chosen = config.test_for(self.name, self.kind, self.sample_size)
+        return [chosen, *(t for t in config.extra_scores if t in applicable and t != chosen)]
+
     def statistic(self, test: str, config: DriftConfig) -> stats.StatResult:
         if test not in self._cache:
             self._cache[test] = self._compute(test, config)
@@ -258,7 +276,9 @@ class _FeatureData:
         ref_sorted, cur_sorted = self.reference_sorted, self.current_sorted
         if test == "ks":
             if ref_sorted is not None and cur_sorted is not None:
-                return stats.ks_from_samples(ref_sorted, cur_sorted, assume_sorted=True)
+                return stats.ks_from_samples(
+                    ref_sorted, cur_sorted, assume_sorted=True, workspace=self.workspace
+                )
             return stats.ks_from_counts(*self.counts(config.n_bins))
         if test == "wasserstein":
             if ref_sorted is not None and cur_sorted is not None:
@@ -466,19 +486,66 @@ def counts_from_bin_labels(
 # Exact mode
 
 
+def _exact_feature(
+    name: str,
+    reference_values: npt.ArrayLike,
+    current_values: npt.ArrayLike,
+    is_named_categorical: bool,
+    config: DriftConfig,
+    workspace: stats.Workspace,
+) -> _FeatureData | SkippedFeature:
+    """One column of the exact mode, with its statistics computed."""
+    ref = np.asarray(reference_values)
+    cur = np.asarray(current_values)
+    if is_named_categorical or ref.dtype.kind not in "fiu":
+        _labels, ref_counts, cur_counts = stats.category_counts(ref, cur)
+        feature = _FeatureData(
+            name=name,
+            kind="categorical",
+            reference_size=int(ref_counts.sum()),
+            sample_size=int(cur_counts.sum()),
+            reference_counts=ref_counts,
+            current_counts=cur_counts,
+        )
+    else:
+        if cur.dtype.kind not in "fiub":
+            raise ValueError(
+                f"column {name!r} is numerical in the reference but not in the current data "
+                f"(dtype {cur.dtype}); fix the data or list it as categorical"
+            )
+        ref_sorted = stats.sorted_sample(ref, workspace=workspace, slot="reference")
+        cur_sorted = stats.sorted_sample(cur, workspace=workspace, slot="current")
+        feature = _FeatureData(
+            name=name,
+            kind="numerical",
+            reference_size=ref_sorted.size,
+            sample_size=cur_sorted.size,
+            reference_sorted=ref_sorted,
+            current_sorted=cur_sorted,
+            workspace=workspace,
+        )
+    if feature.reference_size == 0 or feature.sample_size == 0:
+        side = "reference" if feature.reference_size == 0 else "current"
+        return SkippedFeature(feature=name, reason=f"no {side} values")
+    feature.settle(config)
+    return feature
+
+
 def drift_report_from_samples(
     reference: Mapping[str, npt.ArrayLike],
     current: Mapping[str, npt.ArrayLike],
     config: DriftConfig | None = None,
     *,
     categorical: Collection[str] = (),
+    workers: int = 1,
 ) -> DriftReport:
     """Drift of current values against reference values, column by column.
 
     Both mappings must have the same column names (``__prediction__`` for the predictions).
     A column is categorical when named in ``categorical`` or when its values are not numbers;
     numerical columns are binned by the reference's quantiles for PSI and Jensen-Shannon (the
-    profile's rule, so both modes give the same PSI).
+    profile's rule, so both modes give the same PSI). ``workers`` > 1 checks columns on that
+    many threads (same results, more memory: two sorted columns per thread).
     """
     config = config or DriftConfig()
     only_reference = sorted(set(reference) - set(current))
@@ -495,43 +562,29 @@ def drift_report_from_samples(
                 if part
             )
         )
-    data: list[_FeatureData] = []
-    skipped: list[SkippedFeature] = []
-    for name, reference_values in reference.items():
-        ref = np.asarray(reference_values)
-        cur = np.asarray(current[name])
-        is_categorical = name in categorical or ref.dtype.kind not in "fiu"
-        if is_categorical:
-            _labels, ref_counts, cur_counts = stats.category_counts(ref, cur)
-            ref_n, cur_n = int(ref_counts.sum()), int(cur_counts.sum())
-            feature = _FeatureData(
-                name=name,
-                kind="categorical",
-                reference_size=ref_n,
-                sample_size=cur_n,
-                reference_counts=ref_counts,
-                current_counts=cur_counts,
+    names = list(reference)
+    if workers <= 1 or len(names) < 2:
+        workspace = stats.Workspace()
+        outcomes = [
+            _exact_feature(
+                name, reference[name], current[name], name in categorical, config, workspace
             )
-        else:
-            if cur.dtype.kind not in "fiub":
-                raise ValueError(
-                    f"column {name!r} is numerical in the reference but not in the current data "
-                    f"(dtype {cur.dtype}); fix the data or list it as categorical"
-                )
-            ref_sorted = stats.sorted_sample(ref)
-            cur_sorted = stats.sorted_sample(cur)
-            ref_n, cur_n = ref_sorted.size, cur_sorted.size
-            feature = _FeatureData(
-                name=name,
-                kind="numerical",
-                reference_size=ref_n,
-                sample_size=cur_n,
-                reference_sorted=ref_sorted,
-                current_sorted=cur_sorted,
+            for name in names
+        ]
+    else:
+        # numpy releases the GIL while sorting and searching, so columns run in parallel; each
+        # thread keeps its own workspace.
+        local = threading.local()
+
+        def one(name: str) -> _FeatureData | SkippedFeature:
+            if not hasattr(local, "workspace"):
+                local.workspace = stats.Workspace()
+            return _exact_feature(
+                name, reference[name], current[name], name in categorical, config, local.workspace
             )
-        if ref_n == 0 or cur_n == 0:
-            side = "reference" if ref_n == 0 else "current"
-            skipped.append(SkippedFeature(feature=name, reason=f"no {side} values"))
-            continue
-        data.append(feature)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            outcomes = list(pool.map(one, names))
+    data = [o for o in outcomes if isinstance(o, _FeatureData)]
+    skipped = [o for o in outcomes if isinstance(o, SkippedFeature)]
     return _evaluate("exact", data, skipped, config)

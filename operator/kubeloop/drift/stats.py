@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -69,19 +69,58 @@ class StatResult:
 # Preparing inputs
 
 
-def sorted_sample(values: npt.ArrayLike) -> FloatArray:
+class Workspace:
+    """Scratch arrays reused from one column to the next.
+
+    A report over many large columns would otherwise allocate (and page-fault in) fresh
+    megabytes for every sort and every intermediate; with a workspace each buffer is allocated
+    once, at the largest size seen. Not thread-safe: one workspace per thread.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, npt.NDArray[Any]] = {}
+        self._shares: dict[tuple[int, int], FloatArray] = {}
+
+    def buffer(self, name: str, size: int, dtype: type[np.generic]) -> npt.NDArray[Any]:
+        """A scratch array of ``size`` elements (contents undefined)."""
+        current = self._buffers.get(name)
+        if current is None or current.size < size or current.dtype != dtype:
+            current = np.empty(max(size, 1), dtype=dtype)
+            self._buffers[name] = current
+        return current[:size]
+
+    def shares(self, n: int, start: int) -> FloatArray:
+        """``arange(start, start + n) / n``: the CDF steps of ``n`` distinct sorted values."""
+        key = (n, start)
+        if key not in self._shares:
+            if len(self._shares) > 8:
+                self._shares.clear()
+            self._shares[key] = np.arange(start, start + n) / n
+        return self._shares[key]
+
+
+def sorted_sample(
+    values: npt.ArrayLike, *, workspace: Workspace | None = None, slot: str = "sorted"
+) -> FloatArray:
     """Numerical values as sorted float64 with missing values (NaN) removed.
 
     Sorting is the one O(n log n) step of every numerical test; sort once, then pass the result
-    with ``assume_sorted=True`` to as many tests as needed.
+    with ``assume_sorted=True`` to as many tests as needed. With a ``workspace`` the result is a
+    view of its ``slot`` buffer, valid until that slot is used again.
     """
-    x = np.asarray(values, dtype=np.float64)
+    x = np.asarray(values)
     if x.ndim != 1:
         raise ValueError(f"expected a 1-dimensional array of values, got shape {x.shape}")
-    ordered = np.sort(x)
+    if workspace is None:
+        ordered = np.sort(x.astype(np.float64, copy=False))
+    else:
+        ordered = workspace.buffer(slot, x.size, np.float64)
+        np.copyto(ordered, x, casting="unsafe")
+        ordered.sort()
     # np.sort puts NaN last, so the present values are a prefix found by one binary search.
     present = int(np.searchsorted(ordered, np.nan, side="left"))
-    return ordered[:present]
+    result: FloatArray = ordered[:present]
+    return result
 
 
 def _prepared(values: npt.ArrayLike, assume_sorted: bool, role: str) -> FloatArray:
@@ -134,7 +173,11 @@ def _ks_p_value(statistic: float, n1: int, n2: int) -> float:
 
 
 def ks_from_samples(
-    reference: npt.ArrayLike, current: npt.ArrayLike, *, assume_sorted: bool = False
+    reference: npt.ArrayLike,
+    current: npt.ArrayLike,
+    *,
+    assume_sorted: bool = False,
+    workspace: Workspace | None = None,
 ) -> StatResult:
     """Two-sample two-sided Kolmogorov-Smirnov test from raw values.
 
@@ -142,13 +185,47 @@ def ks_from_samples(
     asymptotic one (see the module docstring). With ``assume_sorted`` the inputs must come
     from :func:`sorted_sample`.
 
-    Cost after sorting: one binary search of the current sample's distinct values into the
-    reference (scipy does four searches of both samples into each other).
+    Cost after sorting: one binary search of the current sample into the reference (scipy does
+    two searches of both samples into each other) and a few passes without allocation when a
+    ``workspace`` is given.
     """
     a = _prepared(reference, assume_sorted, "reference")
     b = _prepared(current, assume_sorted, "current")
+    ws = workspace or Workspace()
     n1, n2 = a.size, b.size
-    # Evaluate at the last copy of each distinct current value: there F_b = (index+1)/n2.
+    distinct = ws.buffer("ks_distinct", n2 - 1, np.bool_)
+    np.not_equal(b[1:], b[:-1], out=distinct)
+    if not distinct.all():
+        return _ks_with_ties_in_current(a, b)
+    # Every current value is distinct: at b[j], F_b = (j+1)/n2 and just below it j/n2.
+    left = np.searchsorted(a, b, side="left")
+    reference_share = ws.buffer("ks_reference_share", n2, np.float64)
+    np.divide(left, n1, out=reference_share)
+    probe = ws.buffer("ks_probe", n2, np.float64)
+    np.take(a, left, mode="clip", out=probe)
+    tied = ws.buffer("ks_tied", n2, np.bool_)
+    np.equal(probe, b, out=tied)
+    # F_a - F_b just below each current value, where F_a has taken in every smaller reference
+    # value while F_b is still at the previous current value.
+    difference = ws.buffer("ks_difference", n2, np.float64)
+    np.subtract(reference_share, ws.shares(n2, 0), out=difference)
+    max_s = float(difference.max())
+    if tied.any():
+        # A value also in the reference: at it, F_a includes the equal reference values.
+        where = np.flatnonzero(tied)
+        reference_share[where] = np.searchsorted(a, b[where], side="right") / n1
+    # F_a - F_b at each current value. Between two current values F_b is flat, so these two
+    # sets hold the extremes over all data points.
+    np.subtract(reference_share, ws.shares(n2, 1), out=difference)
+    max_s = max(max_s, float(difference.max()))
+    min_s = min(max(-float(difference.min()), 0.0), 1.0)
+    statistic = min_s if min_s > max_s else max_s
+    return StatResult(statistic, _ks_p_value(statistic, n1, n2))
+
+
+def _ks_with_ties_in_current(a: FloatArray, b: FloatArray) -> StatResult:
+    """KS when the current sample repeats values: evaluate at the last copy of each value."""
+    n1, n2 = a.size, b.size
     last_of_run = np.flatnonzero(b[1:] != b[:-1])
     ends = np.append(last_of_run, n2 - 1)
     values = b[ends]
@@ -160,9 +237,6 @@ def ks_from_samples(
     tied = (left < n1) & (a[probe] == values)
     if tied.any():
         right[tied] = np.searchsorted(a, values[tied], side="right")
-    # F_a - F_b at each current value, and just below it, where F_a has taken in every reference
-    # value smaller than it while F_b is still at the previous current value. Between two
-    # current values F_b is flat, so these two sets hold the extremes over all data points.
     at_values = right / n1 - current_cum / n2
     previous_cum = np.concatenate(([0], current_cum[:-1]))
     below_values = left / n1 - previous_cum / n2
