@@ -1,0 +1,427 @@
+"""Canary analysis against a real Prometheus scraping real ``kubeloop serve`` processes.
+
+Given models trained here on scikit-learn's breast-cancer data (saved with skops, with a
+reference profile), two real servers on 127.0.0.1 labelled ``track=stable`` and
+``track=canary``, and Debian's Prometheus scraping both every second:
+
+* a healthy canary passes the built-in checks (error rate, p99 latency, prediction shift,
+  shadow agreement);
+* a canary whose model fails every request, or whose predictions shift, fails them;
+* (with the operator) a ModelDeployment whose analysis points at that Prometheus completes
+  its rollout with the healthy canary, and aborts within one analysis interval with the
+  failing one, sending traffic back to stable.
+
+kwok's pods serve nothing, so the test sends the traffic to the local servers itself, and the
+local Prometheus labels their series with the test namespace as Kubernetes discovery would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import skops.io
+from harness import OperatorProcess, free_port, install_crds, wait_for
+from kubernetes import client
+from sklearn.datasets import load_breast_cancer
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from kubeloop.analysis.base import AnalysisTarget, judge
+from kubeloop.analysis.builtin import BuiltinProvider
+from kubeloop.decide.common import parse_wire_time
+from kubeloop.drift.profile import build_profile
+
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = pytest.mark.skipif(
+    PROMETHEUS is None, reason="needs Debian's prometheus package (apt-get install -y prometheus)"
+)
+GROUP, VERSION, PLURAL = "kubeloop.io", "v1alpha1", "modeldeployments"
+BOUNDS = {
+    "errorRate": {"max": 0.05},
+    "latencyP99": {"max": 1.0},
+    "predictionShift": {"max": 0.2},
+    "shadowAgreement": {"min": 0.9},
+}
+
+
+@dataclass
+class Stored:
+    directory: Path
+    sha256: str
+
+
+def store(directory: Path, estimator: Any, features: np.ndarray, reference: Any) -> Stored:
+    """A run directory as the trainer leaves it: model.skops, its sha256, profile.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    skops.io.dump(estimator, directory / "model.skops")
+    digest = hashlib.sha256((directory / "model.skops").read_bytes()).hexdigest()
+    (directory / "model.sha256").write_text(digest)
+    names = [f"f{i}" for i in range(features.shape[1])]
+    profile = build_profile(
+        {name: features[:, i] for i, name in enumerate(names)},
+        prediction=reference.predict(features),
+        prediction_kind="categorical",
+    )
+    (directory / "profile.json").write_bytes(profile.to_json_bytes())
+    return Stored(directory, digest)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    cancer = load_breast_cancer()
+    return cancer.data, cancer.target
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, data: tuple[np.ndarray, np.ndarray]) -> dict[str, Stored]:
+    features, target = data
+    root = tmp_path_factory.mktemp("models")
+    stable = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(features, target)
+    # A challenger retrained with slightly different regularisation: nearly the same answers.
+    healthy = make_pipeline(StandardScaler(), LogisticRegression(C=0.8, max_iter=1000)).fit(features, target)
+    # A challenger that answers "malignant" for everyone: its predictions have shifted.
+    shifted = DummyClassifier(strategy="constant", constant=0).fit(features, target)
+    # A challenger that fails every request: its first step raises an AssertionError (not a
+    # ValueError, which the server would blame on the input with a 400), so the server
+    # answers 500. Only trusted numpy/scikit-learn types, so skops loads it.
+    boom = FunctionTransformer(np.testing.assert_array_equal, kw_args={"desired": -1.0}).fit(features)
+    failing = Pipeline([("boom", boom), ("model", stable[-1])])
+    return {
+        "stable": store(root / "stable", stable, features, stable),
+        "healthy": store(root / "healthy", healthy, features, stable),
+        "shifted": store(root / "shifted", shifted, features, stable),
+        "failing": store(root / "failing", failing, features, stable),
+    }
+
+
+class Server:
+    """``kubeloop serve`` as a real process on a free port."""
+
+    def __init__(self, stored: Stored, track: str, log: Path, shadow_url: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [
+            sys.executable, "-c", "from kubeloop.cli import main; main()", "serve",
+            "--model-uri", str(stored.directory), "--sha256", stored.sha256,
+            "--model-name", "churn", "--host", "127.0.0.1", "--port", str(self.port),
+            "--track", track, "--workers", "1",
+        ]
+        if shadow_url:
+            args += ["--shadow-url", shadow_url, "--shadow-percent", "100"]
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            assert self.process.poll() is None, self.log.read_text()[-2000:]
+            try:
+                return httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=90, interval=0.3, what=f"server on {self.url}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Prometheus:
+    """Debian's Prometheus on a free loopback port, scraping the servers every second."""
+
+    def __init__(self, root: Path, targets: dict[str, str], namespace: str) -> None:
+        assert PROMETHEUS is not None
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        root.mkdir(parents=True, exist_ok=True)
+        jobs = "".join(
+            f"""
+  - job_name: {track}
+    scrape_interval: 1s
+    static_configs:
+      - targets: ['{address}']
+        labels:
+          namespace: {namespace}
+"""
+            for track, address in targets.items()
+        )
+        config = root / "prometheus.yml"
+        config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:{jobs}")
+        self.log = root / "prometheus.log"
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+
+        def ready() -> bool:
+            assert self.process.poll() is None, self.log.read_text()[-2000:]
+            try:
+                return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=60, interval=0.3, what="prometheus ready")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+class Traffic:
+    """Requests to both servers from a background thread, like users and the router would."""
+
+    def __init__(self, urls: list[str], rows: np.ndarray) -> None:
+        self.urls = urls
+        self.rows = rows
+        self.stopped = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        rng = np.random.default_rng(0)
+        with httpx.Client(timeout=5) as http:
+            deadline = time.monotonic() + 600  # bounded, whatever happens to the test
+            while not self.stopped.is_set() and time.monotonic() < deadline:
+                for url in self.urls:
+                    batch = self.rows[rng.integers(0, len(self.rows), size=5)]
+                    try:
+                        http.post(f"{url}/predict", json={"instances": batch.tolist()})
+                        self.sent += 1
+                    except httpx.HTTPError:
+                        pass
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+
+
+@contextmanager
+def stack(tmp: Path, models: dict[str, Stored], canary: str, features: np.ndarray, namespace: str,
+          shadow: bool = False) -> Iterator[tuple[str, Traffic]]:
+    """Stable + canary servers, a Prometheus scraping them, traffic flowing; yields its URL."""
+    canary_server = Server(models[canary], "canary", tmp / f"{canary}.log")
+    stable_server = Server(models["stable"], "stable", tmp / "stable.log",
+                           shadow_url=canary_server.url if shadow else None)
+    prometheus = None
+    traffic = None
+    try:
+        canary_server.wait_ready()
+        stable_server.wait_ready()
+        prometheus = Prometheus(
+            tmp / "prometheus",
+            {"stable": f"127.0.0.1:{stable_server.port}", "canary": f"127.0.0.1:{canary_server.port}"},
+            namespace,
+        )
+        traffic = Traffic([stable_server.url] if shadow else [stable_server.url, canary_server.url], features)
+        yield prometheus.url, traffic
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        if prometheus is not None:
+            prometheus.stop()
+        stable_server.stop()
+        canary_server.stop()
+
+
+def measure_all(url: str, namespace: str, builtins: list[str]) -> dict[str, Any]:
+    provider = BuiltinProvider(url)
+    target = AnalysisTarget(namespace, "churn", timedelta(seconds=10))
+    return {
+        name: judge({"name": name, **BOUNDS[name]},
+                    provider.measure({"name": name, "provider": "builtin", "builtin": name}, target))
+        for name in builtins
+    }
+
+
+def settled(url: str, namespace: str, builtins: list[str]) -> dict[str, Any]:
+    """Measure until every check has a value (Prometheus needs a few scrapes of traffic)."""
+    return wait_for(
+        lambda: (lambda found: found if all(not v.inconclusive for v in found.values()) else None)(
+            measure_all(url, namespace, builtins)
+        ),
+        timeout=60, interval=1.0, what="conclusive measurements",
+    )
+
+
+# --- providers against the real Prometheus ---------------------------------------------------
+
+
+def test_healthy_canary_passes_the_builtin_checks(tmp_path: Path, models: dict[str, Stored], data: Any) -> None:
+    with stack(tmp_path, models, "healthy", data[0], "ml") as (url, _):
+        verdicts = settled(url, "ml", ["errorRate", "latencyP99", "predictionShift"])
+    for name, verdict in verdicts.items():
+        assert verdict.passed, f"{name}: {verdict}"
+    assert verdicts["errorRate"].value == 0.0
+    assert verdicts["predictionShift"].value < 0.05
+
+
+def test_shadow_agreement_of_a_healthy_challenger_is_high(tmp_path: Path, models: dict[str, Stored], data: Any) -> None:
+    with stack(tmp_path, models, "healthy", data[0], "ml", shadow=True) as (url, _):
+        verdicts = settled(url, "ml", ["shadowAgreement", "predictionShift"])
+    assert verdicts["shadowAgreement"].passed and verdicts["shadowAgreement"].value >= 0.9
+    assert verdicts["predictionShift"].passed
+
+
+def test_shifted_predictions_fail_prediction_shift_and_shadow_agreement(
+    tmp_path: Path, models: dict[str, Stored], data: Any
+) -> None:
+    with stack(tmp_path, models, "shifted", data[0], "ml", shadow=True) as (url, _):
+        verdicts = settled(url, "ml", ["predictionShift", "shadowAgreement"])
+    assert not verdicts["predictionShift"].passed and verdicts["predictionShift"].value > 0.2
+    assert not verdicts["shadowAgreement"].passed
+
+
+def test_failing_model_fails_the_error_rate(tmp_path: Path, models: dict[str, Stored], data: Any) -> None:
+    with stack(tmp_path, models, "failing", data[0], "ml") as (url, _):
+        verdicts = settled(url, "ml", ["errorRate"])
+    assert not verdicts["errorRate"].passed
+    assert verdicts["errorRate"].value == pytest.approx(1.0)
+
+
+# --- the operator, the real Prometheus, the rollout ---------------------------------------------
+
+
+class Operator(OperatorProcess):
+    """The harness' operator process, started through the console entry point's function
+    (``python -m kubeloop.cli`` has no ``__main__`` guard to run)."""
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": self.kubeconfig,
+            "KUBELOOP_METRICS_PORT": str(self.metrics_port),
+            "KUBELOOP_HEALTH_PORT": "0",
+            "KUBELOOP_RESYNC_SECONDS": "2",
+            **self.extra_env,
+        }
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from kubeloop.cli import main; main()", "operator",
+                 "--namespace", self.namespace],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+
+@pytest.fixture(scope="module")
+def crds(kubectl: Any) -> None:
+    install_crds(kubectl)
+
+
+@pytest.fixture
+def operator(kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None) -> Iterator[OperatorProcess]:
+    process = Operator(
+        kubeconfig_path, namespace, tmp_path / "operator.log",
+        env={"KUBELOOP_RUNTIME_IMAGE": "kubeloop:test", "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
+    )
+    process.start()
+    yield process
+    process.stop()
+    print(process.log_tail(40))
+
+
+def rollout_md(stable: Stored, steps: list[dict[str, Any]], prometheus_url: str) -> dict[str, Any]:
+    metrics = [
+        {"name": "error-rate", "provider": "builtin", "builtin": "errorRate", "max": 0.05,
+         "prometheusUrl": prometheus_url},
+        {"name": "prediction-shift", "provider": "builtin", "builtin": "predictionShift", "max": 0.2,
+         "prometheusUrl": prometheus_url},
+    ]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "churn"},
+        "spec": {
+            "model": {"storageUri": f"file://{stable.directory}", "sha256": stable.sha256},
+            "replicas": 2,
+            "rollout": {"steps": steps, "analysis": {"interval": "5s", "failureLimit": 0, "metrics": metrics}},
+        },
+    }
+
+
+@pytest.mark.parametrize("canary", ["failing", "shifted"])
+def test_bad_canary_is_aborted_within_one_interval_and_traffic_goes_back_to_stable(
+    tmp_path: Path, models: dict[str, Stored], data: Any, kube_api: Any, namespace: str,
+    operator: OperatorProcess, canary: str,
+) -> None:
+    custom = client.CustomObjectsApi(kube_api)
+    core = client.CoreV1Api(kube_api)
+    with stack(tmp_path, models, canary, data[0], namespace) as (url, _):
+        md = rollout_md(models["stable"], [{"setWeight": 50}, {"pause": {}}], url)
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, md)
+
+        def status() -> dict[str, Any]:
+            return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "churn").get("status") or {}
+
+        wait_for(lambda: status().get("phase") == "Healthy", timeout=90, what="Healthy")
+        bad = models[canary]
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "churn", {
+            "spec": {"model": {"storageUri": f"file://{bad.directory}", "sha256": bad.sha256}}})
+        wait_for(lambda: status().get("canaryWeight") == 50, timeout=90, what="canary at 50%")
+        final = wait_for(lambda: (lambda s: s if s.get("aborted") else None)(status()), timeout=60, what="abort")
+
+    canary_ready = next(c for c in final["conditions"] if c["type"] == "CanaryReady")
+    failing_run = next(r for r in final["analysis"]["runs"] if not r["passed"] and "value" in r)
+    took = parse_wire_time(failing_run["time"]) - parse_wire_time(canary_ready["lastTransitionTime"])
+    # The first measurement is due one interval (5 s) after the canary became ready; the
+    # operator's 1 s tick adds at most a second or two.
+    assert took <= timedelta(seconds=5 + 3), took
+    degraded = next(c for c in final["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "AnalysisFailed"
+    expected = "error-rate=" if canary == "failing" else "prediction-shift="
+    assert expected in degraded["message"]
+    assert final["canaryWeight"] == 0
+    selector = core.read_namespaced_service("churn", namespace).spec.selector
+    assert selector == {"kubeloop.io/modeldeployment": "churn", "kubeloop.io/track": "stable"}
+
+
+def test_healthy_canary_rollout_completes_through_analysis(
+    tmp_path: Path, models: dict[str, Stored], data: Any, kube_api: Any, namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    custom = client.CustomObjectsApi(kube_api)
+    with stack(tmp_path, models, "healthy", data[0], namespace) as (url, _):
+        steps = [{"setWeight": 50}, {"analysis": {"count": 2, "interval": "3s"}}]
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, rollout_md(models["stable"], steps, url))
+
+        def status() -> dict[str, Any]:
+            return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "churn").get("status") or {}
+
+        wait_for(lambda: status().get("phase") == "Healthy", timeout=90, what="Healthy")
+        good = models["healthy"]
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "churn", {
+            "spec": {"model": {"storageUri": f"file://{good.directory}", "sha256": good.sha256}}})
+        final = wait_for(
+            lambda: (lambda s: s if s.get("phase") == "Healthy" and s["stable"]["sha256"] == good.sha256 else None)(status()),
+            timeout=120, what="promoted after passing analysis",
+        )
+    assert final["previous"]["sha256"] == models["stable"].sha256
+    assert not final.get("aborted")
