@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -191,11 +190,6 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             "its checksum is pinned",
         )
 
-    # skops builds its table of trusted types at import (it imports every scikit-learn
-    # estimator: ~0.5-1 s). Import it on a side thread so that cost overlaps with loading
-    # and fitting (which release the GIL) instead of adding to the run.
-    warm_up = None if request.validate_only else _start_serialiser_warm_up()
-
     # --- data ---------------------------------------------------------------------------
     log.info("loading data from %s", spec.data.source)
     with _timed(timings, "load"):
@@ -322,16 +316,22 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
 
     # --- profile and artifacts ----------------------------------------------------------
     with _timed(timings, "profile"):
+        # A profile does not depend on row order; numerical columns are sorted first because
+        # quantiles and bin counting over sorted values are ~2x faster than over shuffled ones
+        # (np.sort is a SIMD radix/quick sort: ~2 ms per 160k floats).
         profile = build_profile(
-            {name: x_train[name].to_numpy() for name in columns.features},
+            {
+                name: x_train[name].to_numpy()
+                if name in columns.categorical
+                else np.sort(x_train[name].to_numpy(dtype=np.float64, na_value=np.nan))
+                for name in columns.features
+            },
             categorical=columns.categorical,
             prediction=predictions.labels,
             prediction_kind="categorical" if task == "classification" else "numerical",
         )
         profile_bytes = profile.to_json_bytes()
     with _timed(timings, "serialise"):
-        if warm_up is not None:
-            warm_up.join()
         model_bytes = artifacts.dump_model(model)
         model_sha256 = artifacts.sha256_hex(model_bytes)
 
@@ -460,18 +460,6 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             metrics=metrics,
         ) from None
     return TrainingOutcome(result=result, report=report, model=model, timings=timings)
-
-
-def _start_serialiser_warm_up() -> threading.Thread:
-    def warm_up() -> None:
-        try:
-            import skops.io  # noqa: F401
-        except Exception:  # the real import in dump_model reports any problem properly
-            log.debug("warming up skops failed", exc_info=True)
-
-    thread = threading.Thread(target=warm_up, name="skops-warm-up", daemon=True)
-    thread.start()
-    return thread
 
 
 def _champion_metrics(

@@ -1,0 +1,238 @@
+"""Benchmark: `kubeloop train` against a bare fit+predict script on the same data.
+
+Both run as subprocesses, interleaved (the order alternates every repetition so drift in the
+machine's load hits both alike), on one synthetic parquet table, with the same estimator and
+params and one native thread each. Reported: wall time of each, the ratio trainer/bare per
+repetition (median), the trainer's phase timings (from its report.json) and the bare
+script's, so the overhead is attributed to validation, fingerprint, profile, serialisation,
+writing and start-up.
+
+    python hack/bench/train/run.py                  # 200k rows, 5 repetitions, HGB
+    python hack/bench/train/run.py --reps 3 --rows 50000 --estimator rf
+
+Writes results.json and results.md next to this file (or --out DIR). Target: overhead <= 15 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TARGET_OVERHEAD = 0.15
+ESTIMATORS = {
+    "hgb": ("sklearn.ensemble.HistGradientBoostingClassifier",
+            {"max_iter": 100, "early_stopping": False, "random_state": 0}),
+    "rf": ("sklearn.ensemble.RandomForestClassifier",
+           {"n_estimators": 50, "n_jobs": 1, "random_state": 0}),
+}
+# Phases of the trainer that the bare script does too, the rest is overhead.
+SHARED_PHASES = ("load", "split", "fit")
+
+
+def _single_thread_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = "1"
+    env.pop("JOB_COMPLETION_INDEX", None)
+    return env
+
+
+def _trainer_command() -> list[str]:
+    kubeloop = shutil.which("kubeloop")
+    if kubeloop:
+        return [kubeloop, "train"]
+    return [sys.executable, "-c",
+            "import sys; from kubeloop.runtime.train import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def _timed_run(command: list[str], env: dict[str, str], timeout: float) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system of the child) and stdout of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if completed.returncode != 0:
+        raise SystemExit(f"{command[:3]} failed ({completed.returncode}):\n{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}")
+    return wall, cpu, completed.stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--features", type=int, default=20)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--estimator", choices=sorted(ESTIMATORS), default="hgb")
+    parser.add_argument("--timeout", type=float, default=600.0, help="per subprocess, seconds")
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+
+    from kubeloop.training.data import make_synthetic
+
+    estimator, params = ESTIMATORS[args.estimator]
+    env = _single_thread_env()
+    work = Path(tempfile.mkdtemp(prefix="kubeloop-bench-train-"))
+    try:
+        data_path = work / "data.parquet"
+        make_synthetic(rows=args.rows, features=args.features, seed=1).to_parquet(data_path)
+        spec = {
+            "model": {"name": "bench", "estimator": estimator, "params": params,
+                      "task": "classification"},
+            "data": {"source": str(data_path), "target": "target",
+                     "split": {"testFraction": 0.2, "seed": 42}},
+            "validation": {"minRows": 1000, "maxMissingFraction": 0.0, "minClassFraction": 0.05},
+            "evaluation": {"metric": "accuracy"},
+        }
+        spec_path = work / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        bare = [sys.executable, str(HERE / "bare_fit_predict.py"), str(data_path), args.estimator,
+                json.dumps(params)]
+
+        pairs: list[dict[str, Any]] = []
+        for rep in range(args.reps + 1):  # repetition 0 warms caches and is discarded
+            run_name = f"rep-{rep}"
+            trainer = [*_trainer_command(), "--spec", str(spec_path), "--run-name", run_name,
+                       "--storage-uri", str(work / "models"), "--quiet",
+                       "--termination-log", str(work / f"{run_name}.termination")]
+            order = ("bare", "trainer") if rep % 2 == 0 else ("trainer", "bare")
+            walls: dict[str, float] = {}
+            cpus: dict[str, float] = {}
+            bare_out = ""
+            for who in order:
+                wall, cpu, out = _timed_run(bare if who == "bare" else trainer, env, args.timeout)
+                walls[who] = wall
+                cpus[who] = cpu
+                if who == "bare":
+                    bare_out = out
+            report = json.loads((work / "models" / "bench" / run_name / "report.json").read_text())
+            bare_result = json.loads(bare_out.strip().splitlines()[-1])
+            pair = {
+                "rep": rep, "order": list(order), "trainerWall": walls["trainer"],
+                "bareWall": walls["bare"], "ratio": walls["trainer"] / walls["bare"],
+                "trainerCpu": cpus["trainer"], "bareCpu": cpus["bare"],
+                "cpuRatio": cpus["trainer"] / cpus["bare"],
+                "trainerTimings": report["timings"], "bareTimings": bare_result["timings"],
+                "trainerAccuracy": report["evaluation"]["metrics"]["accuracy"],
+                "bareAccuracy": bare_result["accuracy"],
+            }
+            print(f"rep {rep}{' (warm-up, discarded)' if rep == 0 else ''}: trainer "
+                  f"{walls['trainer']:.2f}s  bare {walls['bare']:.2f}s  ratio {pair['ratio']:.3f}"
+                  f"  (CPU {cpus['trainer']:.2f}s / {cpus['bare']:.2f}s = {pair['cpuRatio']:.3f})",
+                  flush=True)
+            if rep > 0:
+                pairs.append(pair)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    summary = _summarise(pairs, args, estimator, params)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "results.md").write_text(_markdown(summary))
+    print(_markdown(summary))
+    return 0
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def _summarise(pairs: list[dict[str, Any]], args: argparse.Namespace, estimator: str,
+               params: dict[str, Any]) -> dict[str, Any]:
+    trainer_phases = sorted({k for p in pairs for k in p["trainerTimings"]})
+    bare_phases = sorted({k for p in pairs for k in p["bareTimings"]})
+    trainer_median = {k: _median([p["trainerTimings"].get(k, 0.0) for p in pairs]) for k in trainer_phases}
+    bare_median = {k: _median([p["bareTimings"].get(k, 0.0) for p in pairs]) for k in bare_phases}
+    # Start-up: interpreter + imports + spec parsing, i.e. wall time outside the timed phases.
+    trainer_startup = _median([p["trainerWall"] - sum(p["trainerTimings"].values()) for p in pairs])
+    bare_startup = _median([p["bareWall"] - sum(p["bareTimings"].values()) + p["bareTimings"]["import"]
+                            for p in pairs])
+    ratios = [p["ratio"] for p in pairs]
+    median_ratio = _median(ratios)
+    return {
+        "benchmark": "kubeloop train vs bare fit+predict",
+        "rows": args.rows, "features": args.features, "repetitions": len(pairs),
+        "estimator": estimator, "params": params, "threads": 1,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "loadavg": list(os.getloadavg())},
+        "trainerWallMedian": _median([p["trainerWall"] for p in pairs]),
+        "bareWallMedian": _median([p["bareWall"] for p in pairs]),
+        "ratioMedian": median_ratio,
+        "ratioMin": min(ratios) if ratios else 0.0,
+        "ratioMax": max(ratios) if ratios else 0.0,
+        "ratioOfMedians": _median([p["trainerWall"] for p in pairs]) / max(_median([p["bareWall"] for p in pairs]), 1e-9),
+        "cpuRatioMedian": _median([p["cpuRatio"] for p in pairs]),
+        "trainerCpuMedian": _median([p["trainerCpu"] for p in pairs]),
+        "bareCpuMedian": _median([p["bareCpu"] for p in pairs]),
+        "overheadMedian": median_ratio - 1.0,
+        "targetOverhead": TARGET_OVERHEAD,
+        "meetsTarget": median_ratio - 1.0 <= TARGET_OVERHEAD,
+        "sameAccuracy": all(abs(p["trainerAccuracy"] - p["bareAccuracy"]) < 1e-12 for p in pairs),
+        "trainerPhasesMedian": {**trainer_median, "startup (outside phases)": trainer_startup},
+        "barePhasesMedian": {**bare_median, "startup (interpreter + imports)": bare_startup},
+        "pairs": pairs,
+    }
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        "# `kubeloop train` vs a bare fit+predict script",
+        "",
+        f"{summary['rows']:,} rows x {summary['features']} features (synthetic, parquet), "
+        f"`{summary['estimator']}` {json.dumps(summary['params'])}, one native thread each, "
+        f"{summary['repetitions']} interleaved repetitions after one discarded warm-up; "
+        f"{summary['machine']['cpus']} CPUs shared with other work (load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in summary['machine']['loadavg'])}).",
+        "",
+        "| | median wall (s) |",
+        "|---|---:|",
+        f"| kubeloop train | {summary['trainerWallMedian']:.2f} |",
+        f"| bare fit+predict | {summary['bareWallMedian']:.2f} |",
+        f"| **ratio trainer / bare (median of per-repetition ratios)** | **{summary['ratioMedian']:.3f}** |",
+        f"| ratio range | {summary['ratioMin']:.3f} - {summary['ratioMax']:.3f} |",
+        f"| ratio of medians | {summary['ratioOfMedians']:.3f} |",
+        f"| CPU seconds (user+sys), trainer / bare | {summary['trainerCpuMedian']:.2f} / "
+        f"{summary['bareCpuMedian']:.2f} |",
+        f"| CPU-time ratio (median per repetition; less sensitive to other load) | "
+        f"{summary['cpuRatioMedian']:.3f} |",
+        "",
+        f"Overhead {summary['overheadMedian']:+.1%} against a target of <= "
+        f"{summary['targetOverhead']:.0%}: **{'met' if summary['meetsTarget'] else 'NOT met'}**. "
+        f"Same holdout accuracy in both: {'yes' if summary['sameAccuracy'] else 'NO'}.",
+        "",
+        "## Where the time goes (medians, seconds)",
+        "",
+        "| phase | trainer | bare |",
+        "|---|---:|---:|",
+    ]
+    trainer = summary["trainerPhasesMedian"]
+    bare = summary["barePhasesMedian"]
+    pairs = [("startup (outside phases)", "startup (interpreter + imports)"), ("load", "load"),
+             ("validate", None), ("fingerprint", None), ("split", "split"), ("fit", "fit"),
+             ("evaluate", "predict"), ("profile", None), ("serialise", None), ("write", None),
+             ("writeReport", None)]
+    for trainer_key, bare_key in pairs:
+        t = trainer.get(trainer_key)
+        b = bare.get(bare_key) if bare_key else None
+        label = trainer_key if bare_key in (None, trainer_key) else f"{trainer_key} / {bare_key}"
+        lines.append(f"| {label} | {'' if t is None else f'{t:.3f}'} | {'' if b is None else f'{b:.3f}'} |")
+    lines += ["", "Trainer `evaluate` = predict_proba on the holdout, labels from it, all four metrics; "
+              "bare `predict` = predict only. Trainer `serialise` = import skops.io (it imports every "
+              "scikit-learn estimator to build its trusted-type table) + dump + sha256.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
