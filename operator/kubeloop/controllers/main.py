@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +47,11 @@ def build_registry(kube: Kube, config: OperatorConfig) -> kopf.OperatorRegistry:
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, config)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In a pod: the ServiceAccount token; elsewhere: $KUBECONFIG (kopf's own readers).
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     trainingrun.register(registry, trainingrun.TrainingRunController(kube, config), config)
     driftpolicy.register(registry, driftpolicy.DriftPolicyController(kube, config), config)
     modeldeployment.register(registry, modeldeployment.ModelDeploymentController(kube, config), config)
@@ -66,6 +72,8 @@ def main(argv: Sequence[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
 
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it from there
     config = OperatorConfig()
     namespaces = args.namespace or config.namespaces
     kube = Kube.from_environment(args.kubeconfig)
