@@ -4,6 +4,7 @@
 #   hack/controlplane/build.sh [TOOL...]      build what is missing (default: all tools)
 #   hack/controlplane/build.sh --regen TOOL   regenerate a wrapper module (go.mod/go.sum) from the pin
 #   hack/controlplane/build.sh --path TOOL    print the cache dir of TOOL (built or not)
+#   hack/controlplane/build.sh --force TOOL   rebuild TOOL even if cached (swapped in atomically)
 #
 # TOOL is one of: kubernetes etcd kwok helm kubeconform
 #
@@ -142,6 +143,8 @@ ldflags_for() {
         ld+=" -X ${pkg}.gitMajor=${major}"
         ld+=" -X ${pkg}.gitMinor=${minor}"
         ld+=" -X ${pkg}.gitTreeState=clean"
+        # The module proxy does not say which commit a tag is; leave it empty, not "$Format:%H$".
+        ld+=" -X ${pkg}.gitCommit="
         ld+=" -X ${pkg}.buildDate=${build_date}"
       done
       ;;
@@ -188,8 +191,20 @@ build_tool() {
   local tool="$1" ver dest tmp start pkg name t0
   ver="$(tool_version "${tool}")"
   dest="$(tool_dir "${tool}")"
-  if [[ -d "${dest}" ]]; then
+  if [[ -d "${dest}" && "${FORCE:-0}" != 1 ]]; then
     log "${tool} ${ver}: cached at ${dest}"
+    return 0
+  fi
+  # One build per tool at a time (several sessions may share the cache).
+  mkdir -p "${BIN_ROOT}"
+  exec 8>"${BIN_ROOT}/.${tool}-${ver}.lock"
+  if ! flock -n 8; then
+    log "${tool} ${ver}: another build is running; waiting for it"
+    flock -w 7200 8 || die "timed out waiting for the other ${tool} build"
+  fi
+  if [[ -d "${dest}" && "${FORCE:-0}" != 1 ]]; then
+    log "${tool} ${ver}: cached at ${dest} (built by the other build)"
+    exec 8>&-
     return 0
   fi
   module_is_current "${tool}" || regen_module "${tool}"
@@ -216,9 +231,16 @@ build_tool() {
     echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "seconds=$(( $(date +%s) - start ))"
   } > "${tmp}/BUILDINFO"
-  rm -rf "${dest}"
-  mv "${tmp}" "${dest}"
+  if [[ -d "${dest}" ]]; then
+    # Replace in two renames; running processes keep their (unlinked) binaries.
+    mv "${dest}" "${dest}.old.$$"
+    mv "${tmp}" "${dest}"
+    rm -rf "${dest}.old.$$"
+  else
+    mv "${tmp}" "${dest}"
+  fi
   log "${tool} ${ver}: done in $(( $(date +%s) - start ))s -> ${dest}"
+  exec 8>&-
 }
 
 main() {
@@ -234,6 +256,10 @@ main() {
     --path)
       tool_dir "$2"
       return 0
+      ;;
+    --force)
+      shift
+      FORCE=1
       ;;
   esac
   [[ $# -gt 0 ]] || set -- "${ALL_TOOLS[@]}"

@@ -147,7 +147,9 @@ def acquire_cluster() -> Cluster:
         )
         if not kubectl_bin:
             raise RuntimeError("no kubectl: run hack/cluster build or put kubectl on PATH")
-        return Cluster(kubeconfig=kubeconfig.split(os.pathsep)[0], kubectl_bin=kubectl_bin, local=False)
+        return Cluster(
+            kubeconfig=kubeconfig.split(os.pathsep)[0], kubectl_bin=kubectl_bin, local=False
+        )
     start = time.monotonic()
     proc = hack_cluster("up")
     print(f"[kubeloop] hack/cluster up took {time.monotonic() - start:.1f}s")
@@ -202,7 +204,9 @@ def finish_pod(
         statuses = []
         exit_codes = []
         for cname in spec_names:
-            cs = dict(old.get(cname) or {"name": cname, "image": "", "imageID": "", "restartCount": 0})
+            cs = dict(
+                old.get(cname) or {"name": cname, "image": "", "imageID": "", "restartCount": 0}
+            )
             if container is None or cname == container:
                 started = (((cs.get("state") or {}).get("running")) or {}).get("startedAt", now)
                 terminated: dict[str, Any] = {
@@ -220,9 +224,7 @@ def finish_pod(
                 exit_codes.append(state.get("terminated", {}).get("exitCode", 0))
             statuses.append(cs)
         status["containerStatuses"] = statuses
-        all_done = all(
-            "terminated" in (cs.get("state") or {}) for cs in statuses
-        )
+        all_done = all("terminated" in (cs.get("state") or {}) for cs in statuses)
         if all_done:
             status["phase"] = "Succeeded" if all(c == 0 for c in exit_codes) else "Failed"
             for cond in status.get("conditions") or []:

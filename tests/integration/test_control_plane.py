@@ -86,9 +86,7 @@ def job_manifest(
 
 def job_condition(batch: client.BatchV1Api, ns: str, name: str, cond_type: str) -> bool:
     job = batch.read_namespaced_job_status(name, ns)
-    return any(
-        c.type == cond_type and c.status == "True" for c in (job.status.conditions or [])
-    )
+    return any(c.type == cond_type and c.status == "True" for c in (job.status.conditions or []))
 
 
 def job_pods(core: client.CoreV1Api, ns: str, job: str) -> list[client.V1Pod]:
@@ -186,8 +184,9 @@ def test_manual_pods_wait_for_the_test_to_play_the_kubelet(
     for name in ("train-ok", "train-bad"):
         pods = wait_until(lambda n=name: job_pods(core, namespace, n), what=f"{name} pod")
         wait_until(
-            lambda p=pods[0].metadata.name: core.read_namespaced_pod(p, namespace).status.phase
-            == "Running",
+            lambda p=pods[0].metadata.name: (
+                core.read_namespaced_pod(p, namespace).status.phase == "Running"
+            ),
             what=f"{name} pod Running",
         )
         assert not job_condition(batch, namespace, name, "Complete")
@@ -201,7 +200,9 @@ def test_manual_pods_wait_for_the_test_to_play_the_kubelet(
     bad_pod = job_pods(core, namespace, "train-bad")[0].metadata.name
     finish_pod(core, namespace, bad_pod, exit_code=2, message="loss diverged")
     wait_until(lambda: job_condition(batch, namespace, "train-bad", "Failed"), timeout=120)
-    term = core.read_namespaced_pod(bad_pod, namespace).status.container_statuses[0].state.terminated
+    term = (
+        core.read_namespaced_pod(bad_pod, namespace).status.container_statuses[0].state.terminated
+    )
     assert (term.exit_code, term.message) == (2, "loss diverged")
 
 
@@ -231,8 +232,10 @@ def test_deployment_gets_ready_pods_and_owner_deletion_collects_them(
         ),
     )
     wait_until(
-        lambda: (apps.read_namespaced_deployment_status("web", namespace).status.ready_replicas or 0)
-        == 2,
+        lambda: (
+            (apps.read_namespaced_deployment_status("web", namespace).status.ready_replicas or 0)
+            == 2
+        ),
         timeout=120,
         what="2 ready replicas",
     )
@@ -269,9 +272,13 @@ def test_deployment_gets_ready_pods_and_owner_deletion_collects_them(
         "web", namespace, body=client.V1DeleteOptions(propagation_policy="Background")
     )
     wait_until(
-        lambda: not apps.list_namespaced_replica_set(namespace).items
-        and not core.list_namespaced_pod(namespace, label_selector="app=web").items
-        and not core.list_namespaced_config_map(namespace, field_selector="metadata.name=web-config").items,
+        lambda: (
+            not apps.list_namespaced_replica_set(namespace).items
+            and not core.list_namespaced_pod(namespace, label_selector="app=web").items
+            and not core.list_namespaced_config_map(
+                namespace, field_selector="metadata.name=web-config"
+            ).items
+        ),
         timeout=120,
         what="garbage collection of ReplicaSet, pods and ConfigMap",
     )
@@ -393,9 +400,11 @@ def test_legacy_service_account_token_secret_is_populated(kube_api: Any, namespa
         ),
     )
     secret = wait_until(
-        lambda: (s := core.read_namespaced_secret("default-token", namespace)).data
-        and "token" in s.data
-        and s,
+        lambda: (
+            (s := core.read_namespaced_secret("default-token", namespace)).data
+            and "token" in s.data
+            and s
+        ),
         timeout=60,
         what="token controller to fill the Secret",
     )
@@ -471,8 +480,7 @@ def test_second_cluster_down_leaves_no_processes(cluster: Cluster, tmp_path: Pat
         assert len(nodes) == 3
         # The first cluster's PIDs differ: down must not touch them.
         main_pids = {
-            int(p.read_text())
-            for p in (Path(cluster.kubeconfig).parent / "pids").glob("*.pid")
+            int(p.read_text()) for p in (Path(cluster.kubeconfig).parent / "pids").glob("*.pid")
         }
         assert main_pids.isdisjoint(pids.values())
     finally:
