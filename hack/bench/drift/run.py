@@ -41,6 +41,8 @@ SHIFTED_MIX = [0.25, 0.25, 0.25, 0.25]
 TOOLS: dict[str, tuple[str | None, list[str], list[str]]] = {
     "kubeloop": (None, ["kubeloop_peer.py", "1"], []),
     "kubeloop-2threads": (None, ["kubeloop_peer.py", "2"], []),
+    # Not a drift tool: sorting both samples of every numerical column, the floor of exact KS.
+    "sort-floor": (None, ["sort_floor_peer.py"], []),
     "scipy": ("drift-scipy", ["scipy_peer.py"], ["numpy", "scipy", "pyarrow"]),
     # alibi-detect 0.13 pins numpy<2; pyarrow 20+ needs numpy 2.
     "alibi-detect": ("drift-alibi", ["alibi_peer.py"], ["alibi-detect==0.13.0", "pyarrow<20"]),
@@ -51,7 +53,7 @@ TOOLS: dict[str, tuple[str | None, list[str], list[str]]] = {
         ["evidently==0.7.23", "pandas<3", "pyarrow"],
     ),
 }
-DEFAULT_TOOLS = ["kubeloop", "scipy", "alibi-detect", "evidently"]
+DEFAULT_TOOLS = ["kubeloop", "sort-floor", "scipy", "alibi-detect", "evidently"]
 DATA_FORMAT = 2  # bump to regenerate cached tables
 BASELINE = "kubeloop"
 
@@ -115,6 +117,7 @@ def versions(tool: str) -> dict[str, str]:
     packages = {
         "kubeloop": ["numpy", "scipy"],
         "kubeloop-2threads": ["numpy", "scipy"],
+        "sort-floor": ["numpy"],
         "scipy": ["numpy", "scipy"],
         "alibi-detect": ["alibi-detect", "numpy", "scipy"],
         "evidently": ["evidently", "pandas", "numpy", "scipy"],
@@ -198,8 +201,12 @@ def summarise(runs: dict[str, list[dict[str, Any]]], shifted: list[str]) -> dict
             "phases_s": {k: round(v, 3) for k, v in ok[-1]["phases"].items()},
             "drifted": ok[-1]["drifted"],
             "drifted_bh": ok[-1]["drifted_bh"],
-            "verdict_matches_truth": ok[-1]["drifted"] == sorted(shifted),
-            "bh_verdict_matches_truth": ok[-1]["drifted_bh"] == sorted(shifted),
+            "verdict_matches_truth": None
+            if ok[-1].get("floor")
+            else ok[-1]["drifted"] == sorted(shifted),
+            "bh_verdict_matches_truth": None
+            if ok[-1].get("floor")
+            else ok[-1]["drifted_bh"] == sorted(shifted),
             "runs": len(ok),
         }
     base = summary.get(BASELINE, {})
@@ -213,29 +220,36 @@ def summarise(runs: dict[str, list[dict[str, Any]]], shifted: list[str]) -> dict
 
 
 def agreement(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Largest differences of the per-feature numbers between kubeloop and each peer."""
+    """Largest differences of the per-feature numbers between kubeloop and each peer, per test."""
     last = {t: next((r for r in reversed(rs) if "error" not in r), None) for t, rs in runs.items()}
     ours = last.get(BASELINE)
     out: dict[str, Any] = {}
     if ours is None:
         return out
     for tool, theirs in last.items():
-        if tool == BASELINE or theirs is None:
+        if tool == BASELINE or theirs is None or theirs.get("floor"):
             continue
         row: dict[str, float] = {}
-        for key in ("statistic", "p", "psi"):
-            diffs = [
-                abs(ours["features"][n][key] - theirs["features"][n][key])
-                for n in ours["features"]
-                if n in theirs["features"]
-                and ours["features"][n].get(key) is not None
-                and theirs["features"][n].get(key) is not None
-                # alibi reports chi-squared without Yates (same here: 3 dof), Evidently no stat.
-            ]
-            if diffs:
-                row[f"max_abs_diff_{key}"] = max(diffs)
+        for name, mine in ours["features"].items():
+            other = theirs["features"].get(name)
+            if other is None:
+                continue
+            for key in ("statistic", "p", "psi"):
+                if mine.get(key) is None or other.get(key) is None:
+                    continue
+                label = f"{mine['test']} {key}"
+                absolute = abs(mine[key] - other[key])
+                relative = absolute / abs(other[key]) if other[key] else absolute
+                row[f"{label} abs"] = max(row.get(f"{label} abs", 0.0), absolute)
+                row[f"{label} rel"] = max(row.get(f"{label} rel", 0.0), relative)
         out[tool] = row
     return out
+
+
+def _verdict(matches: bool | None, drifted: list[str]) -> str:
+    if matches is None:
+        return "-"
+    return "yes" if matches else "no: " + ", ".join(drifted)
 
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
@@ -260,8 +274,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
             f"| {tool} | {row['compute_s']:.3f} | {row.get('compute_ratio', float('nan')):.1f}x "
             f"| {row['wall_s']:.2f} | {row.get('wall_ratio', float('nan')):.1f}x "
             f"| {row['peak_rss_mib']:.0f} | {row.get('memory_ratio', float('nan')):.2f}x "
-            f"| {'yes' if row['verdict_matches_truth'] else 'no: ' + ', '.join(row['drifted'])} "
-            f"| {'yes' if row['bh_verdict_matches_truth'] else 'no: ' + ', '.join(row['drifted_bh'])} |"
+            f"| {_verdict(row['verdict_matches_truth'], row['drifted'])} "
+            f"| {_verdict(row['bh_verdict_matches_truth'], row['drifted_bh'])} |"
         )
     lines += [
         "",
@@ -274,9 +288,11 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
             f"{t} {r.get('compute_runs_s')}" for t, r in s.items() if "compute_runs_s" in r
         ),
         "",
-        "Numbers against kubeloop (largest absolute difference over features): "
-        + "; ".join(
-            f"{tool}: " + ", ".join(f"{k} {v:.2e}" for k, v in row.items())
+        "Numbers against kubeloop, largest difference over the columns (abs = absolute, rel = "
+        "relative to the peer's value):",
+        "",
+        *(
+            f"- {tool}: " + ", ".join(f"{k} {v:.1e}" for k, v in row.items())
             for tool, row in report["agreement"].items()
         ),
         "",
