@@ -110,16 +110,16 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        try:
-            response = self.api_client.call_api(method_, url, headers, body_, _request_timeout=30)
-            response.read()  # type: ignore[no-untyped-call]
-        except ApiException as error:
-            if error.status == 404:
-                raise NotFound(path) from error
-            if error.status == 409:
-                raise Conflict(_reason(error)) from error
-            raise
+        response = self.api_client.call_api(method_, url, headers, body_, _request_timeout=30)
+        response.read()  # type: ignore[no-untyped-call]
         data: bytes = response.data or b""
+        # call_api hands back error responses as they are; turn them into exceptions here.
+        if response.status == 404:
+            raise NotFound(f"{path}: {_message(data)}")
+        if response.status == 409:
+            raise Conflict(_message(data))
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=_message(data))
         return data
 
     def request(
@@ -193,11 +193,12 @@ class Kube:
             )
 
 
-def _reason(error: ApiException) -> str:
+def _message(data: bytes) -> str:
+    """The human part of a Kubernetes Status answer."""
     try:
-        message: str = orjson.loads(error.body or b"{}").get("message", str(error))
-    except orjson.JSONDecodeError:
-        message = str(error)
+        message: str = orjson.loads(data or b"{}").get("message") or data.decode(errors="replace")
+    except (orjson.JSONDecodeError, AttributeError):
+        message = data.decode(errors="replace")
     return message
 
 

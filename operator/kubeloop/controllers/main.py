@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
