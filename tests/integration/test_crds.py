@@ -260,12 +260,19 @@ def test_trainingrun_spec_cannot_be_edited_but_status_and_labels_can(
 
     edited = copy.deepcopy(run)
     edited["spec"]["model"]["params"]["n_estimators"] = 500
-    refused = kubectl("apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-n",
-                      namespace, "-f", "-", input=json.dumps(edited), check=False)
-    assert refused.returncode != 0
-    assert "spec is immutable: a TrainingRun is a record; create a new run instead" in (
-        refused.stderr
-    )
+    attempts = [
+        kubectl("replace", "-n", namespace, "-f", "-", input=json.dumps(edited), check=False),
+        kubectl("patch", "-n", namespace, "tr", run["metadata"]["name"], "--type=merge",
+                "-p", '{"spec": {"data": {"split": {"seed": 7}}}}', check=False),
+        kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}",
+                "-n", namespace, "-f", "-", input=json.dumps(edited), check=False),
+    ]
+    for refused in attempts:
+        assert refused.returncode != 0
+        assert "spec: Invalid value" in refused.stderr
+        assert "spec is immutable: a TrainingRun is a record; create a new run instead" in (
+            refused.stderr
+        )
 
     # A record still gets its status, labels and annotations.
     kubectl("label", "-n", namespace, "tr", run["metadata"]["name"], "team=ml")

@@ -263,7 +263,8 @@ class TrainingRunSpec(KubeModel):
     model: ModelSpec
     """The estimator to train and its lineage name."""
     data: DataSpec
-    """The dataset, target and features."""
+    """Where the training data comes from (a dataset URI), which column is the target and which
+    columns are features, and how rows are split for evaluation."""
     validation: ValidationSpec | None = None
     """Data checks run before training; a failure names the column and the rule."""
     evaluation: EvaluationSpec | None = None
