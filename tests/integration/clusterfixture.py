@@ -86,6 +86,7 @@ class Cluster:
     kubeconfig: str
     kubectl_bin: str
     local: bool  # started by hack/cluster (True) or given by KUBECONFIG (False)
+    up_note: str = ""  # what `hack/cluster up` did and how long it took
 
     def kubectl(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
@@ -152,11 +153,13 @@ def acquire_cluster() -> Cluster:
         )
     start = time.monotonic()
     proc = hack_cluster("up")
-    print(f"[kubeloop] hack/cluster up took {time.monotonic() - start:.1f}s")
+    took = time.monotonic() - start
+    what = "reused the running cluster" if "reusing it" in proc.stderr else "started the cluster"
     return Cluster(
         kubeconfig=_exported_kubeconfig(proc.stdout),
         kubectl_bin=hack_cluster("which", "kubectl").stdout.strip(),
         local=True,
+        up_note=f"hack/cluster up {what} in {took:.1f}s",
     )
 
 

@@ -36,9 +36,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+_UP_NOTES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for note in _UP_NOTES:
+        terminalreporter.write_line(f"kubeloop test control plane: {note}")
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     c = acquire_cluster()
+    if c.up_note:
+        _UP_NOTES.append(c.up_note)
     os.environ["KUBECONFIG"] = c.kubeconfig
     yield c
     if c.local and os.environ.get("KUBELOOP_TEST_CLUSTER_TEARDOWN") == "1":
