@@ -19,7 +19,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
+# shellcheck source=hack/controlplane/versions.env
 source "${HERE}/versions.env"
 CACHE="${KUBELOOP_CACHE:-${HOME}/.cache/kubeloop}"
 BIN_ROOT="${CACHE}/bin"
@@ -263,7 +263,8 @@ main() {
       ;;
   esac
   [[ $# -gt 0 ]] || set -- "${ALL_TOOLS[@]}"
-  local total=$(date +%s) t
+  local total t
+  total=$(date +%s)
   for t in "$@"; do build_tool "${t}"; done
   log "all requested tools ready in $(( $(date +%s) - total ))s (cache: ${BIN_ROOT})"
 }
