@@ -70,15 +70,20 @@ def _filesystem(uri: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]
 
 def write_atomic(uri: str, payload: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
     """Write ``payload`` to ``uri`` via a temporary sibling and a rename (see module doc)."""
+    from kubeloop.training.data import local_path_of
+
     options = storage_options or {}
     try:
+        local = local_path_of(uri)
+        if local is not None:
+            directory, name = os.path.split(os.path.abspath(local))
+            os.makedirs(directory, exist_ok=True)
+            temporary = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
+            _write_local_atomic(temporary, os.path.join(directory, name), payload)
+            return
         fs, path = _filesystem(uri, options)
         directory, _, name = path.rpartition("/")
         temporary = f"{directory}/.{name}.tmp-{uuid.uuid4().hex}" if directory else f".{name}.tmp"
-        if _is_local(fs):
-            os.makedirs(directory or ".", exist_ok=True)
-            _write_local_atomic(temporary, path, payload)
-            return
         fs.makedirs(directory, exist_ok=True)
         fs.pipe_file(temporary, payload)
         try:
@@ -88,12 +93,6 @@ def write_atomic(uri: str, payload: bytes, storage_options: Mapping[str, Any] | 
                 fs.rm_file(temporary)
     except OSError as exc:
         raise StorageError(f"cannot write {uri}: {exc}") from exc
-
-
-def _is_local(fs: Any) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
 
 
 def _write_local_atomic(temporary: str, final: str, payload: bytes) -> None:
@@ -117,7 +116,13 @@ def _write_local_atomic(temporary: str, final: str, payload: bytes) -> None:
 
 def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
     """The whole content of ``uri``."""
+    from kubeloop.training.data import local_path_of
+
     try:
+        local = local_path_of(uri)
+        if local is not None:
+            with open(local, "rb") as handle:
+                return handle.read()
         fs, path = _filesystem(uri, storage_options or {})
         content: bytes = fs.cat_file(path)
     except FileNotFoundError:
@@ -129,6 +134,11 @@ def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> by
 
 def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     """Whether ``uri`` exists."""
+    from kubeloop.training.data import local_path_of
+
+    local = local_path_of(uri)
+    if local is not None:
+        return os.path.exists(local)
     fs, path = _filesystem(uri, storage_options or {})
     return bool(fs.exists(path))
 

@@ -177,11 +177,13 @@ def wrap_for_categorical(estimator: Any, categorical: Sequence[str]) -> Any:
     as the training data had them. A Pipeline the user built is left alone: it is assumed
     to encode its own inputs.
     """
+    if not categorical:
+        return estimator  # without importing the encoders: start-up time counts
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
-    if not categorical or isinstance(estimator, Pipeline):
+    if isinstance(estimator, Pipeline):
         return estimator
     encoder = ColumnTransformer(
         [("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False),
