@@ -74,6 +74,7 @@ from kubeloop.resources.serving import (
     build_services,
     build_track_deployment,
     deployment_name,
+    hpa_name,
     selector_string,
     server_port,
     shadow_url,
@@ -829,7 +830,7 @@ def _desired_children(
     decision.services = build_services(md, weight)
     decision.hpa = build_hpa(md)
     if decision.hpa is None and observed.hpa is not None:
-        decision.delete_hpa = observed.hpa["metadata"]["name"]
+        decision.delete_hpa = hpa_name(name)
     if router.object_kind is not None:
         decision.route = router.weight_patch(observed.route, _backends(md), weight)
         r.router_error = decision.route.error
