@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# Kubeloop: one image for the operator and its runtimes (kubeloop operator|train|serve|drift).
+#
+#   docker build -t kubeloop:dev .
+#   docker build --build-arg BASE=python:3.12-slim -t kubeloop:dev .
+#
+# Two stages: the build stage installs the package with its train and serve extras into a
+# virtualenv; the runtime stage copies only that virtualenv onto a fresh base, so no compiler,
+# pip cache or source tree ships. The base image is an argument so a mirror or a hardened base
+# can be used; both stages use the same one (the virtualenv links to its python).
+ARG BASE=python:3.11-slim
+
+FROM ${BASE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/kubeloop
+# Metadata first: the dependency layer is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+RUN /opt/kubeloop/bin/pip install ".[train,serve]" \
+    && find /opt/kubeloop -name '__pycache__' -type d -prune -exec rm -rf {} + \
+    && find /opt/kubeloop -name 'tests' -type d -path '*site-packages/*/tests' -prune -exec rm -rf {} +
+
+FROM ${BASE} AS runtime
+ARG BASE
+LABEL org.opencontainers.image.title="kubeloop" \
+      org.opencontainers.image.description="Kubeloop operator and runtimes: train, serve, drift" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${BASE}"
+# uid/gid 10001: the user the chart and every runtime pod run as
+# (operator/kubeloop/resources/trainingjob.py RUNTIME_UID), so files on shared volumes agree.
+RUN groupadd --system --gid 10001 kubeloop \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+       --shell /usr/sbin/nologin kubeloop
+COPY --from=build /opt/kubeloop /opt/kubeloop
+ENV PATH=/opt/kubeloop/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+# Numeric, so Kubernetes can verify runAsNonRoot without a passwd lookup.
+USER 10001:10001
+WORKDIR /tmp
+ENTRYPOINT ["kubeloop"]
+CMD ["--help"]
