@@ -59,6 +59,28 @@ def test_ks_from_samples_equals_scipy(n1: int, n2: int, decimals: int | None) ->
     assert _close(ours.statistic, scipy_stats.ks_2samp(reference, current).statistic)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_ks_block_search_equals_scipy_on_many_random_pairs(seed: int) -> None:
+    """Large distinct current samples take the block-pruned search; it must never miss the max."""
+    rng = np.random.default_rng(seed)
+    for _trial in range(10):
+        n1, n2 = (int(v) for v in rng.integers(1024, 40_000, 2))
+        shift = float(rng.choice([0.0, 0.0, 0.005, 0.05, 0.5]))
+        reference = rng.normal(size=n1)
+        current = rng.normal(shift, 1.0, n2)
+        if rng.uniform() < 0.4:
+            # Coarse reference values: many ties within it and with the current sample.
+            reference = np.round(reference, 2)
+            current = np.unique(np.round(current, 3))
+        if rng.uniform() < 0.2:
+            # The same values on both sides: every current value is tied with the reference.
+            current = np.unique(reference)
+        ours = stats.ks_from_samples(reference, current)
+        theirs = scipy_stats.ks_2samp(reference, current, method="asymp")
+        assert ours.statistic == theirs.statistic
+        assert ours.p_value is not None and _close(ours.p_value, theirs.pvalue)
+
+
 def test_ks_from_samples_accepts_presorted_input() -> None:
     reference, current = _samples(3000, 2000, 1, seed=7)
     presorted = stats.ks_from_samples(
