@@ -298,3 +298,20 @@ def test_the_real_command_line(tmp_path: Path) -> None:
                                text=True, timeout=120)
     assert usage_cli.returncode == 64, usage_cli.stderr
     assert "--no-such-flag" in usage_cli.stderr
+
+
+def test_same_spec_and_data_give_the_same_model(tmp_path: Path) -> None:
+    # No random_state in params: the trainer seeds it from data.split.seed, so a run repeats.
+    # (The skops bytes themselves differ between processes: its zip names entries by object id.)
+    spec = _spec(model={"estimator": "sklearn.ensemble.ExtraTreesClassifier", "params": {"n_estimators": 5}})
+    first_code, first = _train(tmp_path, spec, "again-1")
+    second_code, second = _train(tmp_path, spec, "again-2")
+    assert first_code == second_code == 0
+    assert first.metrics == second.metrics
+    assert first.data_fingerprint == second.data_fingerprint
+    report = orjson.loads((_run_dir(tmp_path, "cancer", "again-1") / "report.json").read_bytes())
+    assert report["model"]["seededFromSplit"] == ["random_state"]
+    one, other = load_model(first.uri, first.sha256), load_model(second.uri, second.sha256)
+    assert one.random_state == other.random_state == 11
+    features = load_table("sklearn://breast_cancer").frame.drop(columns="target")
+    np.testing.assert_array_equal(one.predict_proba(features), other.predict_proba(features))

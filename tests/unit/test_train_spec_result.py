@@ -149,3 +149,24 @@ def test_result_module_imports_nothing_heavy() -> None:
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_spec_reads_the_resource_spelling_and_nulls() -> None:
+    spec = parse_spec({
+        "model": {"name": "m", "estimator": "sklearn.tree.DecisionTreeClassifier", "params": None,
+                  "task": "classification"},
+        "data": {"source": "sklearn://iris", "split": None, "features": None, "categoricalFeatures": None},
+        "validation": {"classBalance": {"minFraction": 0.2}, "minClassFraction": 0.1, "ranges": None},
+        "evaluation": None,
+        "sweep": {"grid": {"max_depth": [2, None, 4], "criterion": ["gini", "entropy"]}, "maxTrials": 4},
+        "output": None,
+    })
+    assert spec.model.params == {}
+    assert spec.data.split.test_fraction == 0.2 and spec.data.features is None
+    assert spec.validation.smallest_class_fraction == 0.2  # the stricter of the two spellings
+    assert spec.evaluation.compare_to == "none"
+    assert spec.sweep is not None
+    assert spec.sweep.combinations() == [
+        {"criterion": "gini", "max_depth": 2}, {"criterion": "gini", "max_depth": None},
+        {"criterion": "gini", "max_depth": 4}, {"criterion": "entropy", "max_depth": 2},
+    ]

@@ -192,3 +192,22 @@ def wrap_for_categorical(estimator: Any, categorical: Sequence[str]) -> Any:
         verbose_feature_names_out=False,
     )
     return Pipeline([("encode", encoder), ("model", estimator)])
+
+
+def seed_unset_random_states(estimator: Any, params: Mapping[str, Any], seed: int) -> list[str]:
+    """Give every ``random_state`` the spec left unset the split's seed, so a run repeats exactly.
+
+    Only parameters that are ``None`` and were not written in ``model.params`` are set (a
+    Pipeline's ``model__random_state`` included). Returns the parameter names it set.
+    """
+    if not hasattr(estimator, "get_params"):
+        return []
+    unset = [
+        name for name, value in estimator.get_params(deep=True).items()
+        if (name == "random_state" or name.endswith("__random_state"))
+        and value is None
+        and name not in params
+    ]
+    if unset:
+        estimator.set_params(**dict.fromkeys(unset, seed))
+    return unset

@@ -33,6 +33,14 @@ class _Model(BaseModel):
     # Unknown keys are ignored (forward compatibility); both camelCase and snake_case accepted.
     model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, value: Any) -> Any:
+        # An explicit null (as serialisers of optional fields write) means "not given".
+        if isinstance(value, Mapping):
+            return {key: item for key, item in value.items() if item is not None}
+        return value
+
 
 class ModelSpec(_Model):
     name: str = Field(min_length=1)
@@ -68,12 +76,26 @@ class RangeSpec(_Model):
     max: float | None = None
 
 
+class ClassBalanceSpec(_Model):
+    min_fraction: float = Field(ge=0.0, le=1.0)
+
+
 class ValidationSpec(_Model):
     expected_columns: dict[str, ColumnKind] = Field(default_factory=dict)
     min_rows: int | None = Field(default=None, ge=0)
     max_missing_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
     ranges: dict[str, RangeSpec] = Field(default_factory=dict)
     min_class_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    # The resource spells it ``classBalance: {minFraction: ...}``; both forms are read.
+    class_balance: ClassBalanceSpec | None = None
+
+    @property
+    def smallest_class_fraction(self) -> float | None:
+        """The class-balance rule's minimum share, from either spelling (the stricter wins)."""
+        given = [f for f in (self.min_class_fraction,
+                             self.class_balance.min_fraction if self.class_balance else None)
+                 if f is not None]
+        return max(given) if given else None
 
 
 class EvaluationSpec(_Model):
@@ -86,6 +108,7 @@ class EvaluationSpec(_Model):
 class SweepSpec(_Model):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     parallelism: int = Field(default=1, ge=1)
+    max_trials: int | None = Field(default=None, ge=1)
 
     @field_validator("grid")
     @classmethod
@@ -99,11 +122,13 @@ class SweepSpec(_Model):
         """Every combination of the grid in the documented order.
 
         Order: ``itertools.product`` over the grid's keys sorted by name, each key's values in
-        the order written. Index ``i`` of a sweep's Indexed Job trains ``combinations()[i]``.
+        the order written; ``maxTrials`` keeps the first ones. Index ``i`` of a sweep's Indexed
+        Job trains ``combinations()[i]``.
         """
         keys = sorted(self.grid)
-        return [dict(zip(keys, values, strict=True)) for values in itertools.product(
+        combinations = [dict(zip(keys, values, strict=True)) for values in itertools.product(
             *(self.grid[k] for k in keys))]
+        return combinations if self.max_trials is None else combinations[: self.max_trials]
 
 
 class OutputSpec(_Model):

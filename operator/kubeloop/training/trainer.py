@@ -233,6 +233,7 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
         raise _failed(
             request, "TrainingFailed", REASON_SPEC_INVALID, str(exc), params=params
         ) from None
+    seeded = estimators.seed_unset_random_states(model, params, spec.data.split.seed)
     model = estimators.wrap_for_categorical(model, columns.categorical)
     metric = spec.primary_metric
     task = spec.model.task
@@ -379,6 +380,7 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             "task": task,
             "estimator": spec.model.estimator,
             "params": params,
+            "seededFromSplit": seeded,
             "pipeline": type(model).__name__ if model is not None else None,
             "categoricalEncoding": "one-hot (added by the trainer)"
             if columns.categorical and spec.model.estimator != "sklearn.pipeline.Pipeline"

@@ -17,7 +17,8 @@ rule                        fires when
 ``finite``                  a numerical feature holds +/-inf
 ``range``                   values fall outside ``validation.ranges[col]`` (min/max inclusive)
 ``min_classes``             a classification target has fewer than two classes
-``min_class_fraction``      the rarest class is rarer than ``validation.minClassFraction``
+``min_class_fraction``      the rarest class is rarer than ``validation.classBalance.
+                            minFraction`` (or ``validation.minClassFraction``)
 ``holdout_size``            the seeded holdout would hold no rows
 ==========================  ================================================================
 """
@@ -177,7 +178,9 @@ def validate(frame: pd.DataFrame, spec: TrainingRunSpec, columns: Columns) -> li
         failures.extend(_range_failures(frame, name, bounds.min, bounds.max, present))
 
     if spec.model.task == "classification" and target is not None:
-        failures.extend(_class_failures(target.dropna(), columns.target, rules.min_class_fraction))
+        failures.extend(
+            _class_failures(target.dropna(), columns.target, rules.smallest_class_fraction)
+        )
 
     test_rows = int(np.ceil(rows * spec.data.split.test_fraction))
     if rows > 0 and (test_rows < 1 or test_rows >= rows):
@@ -241,7 +244,7 @@ def _class_failures(
             target, "min_class_fraction", {"class": str(rarest_label), "fraction": round(rarest, 6)},
             min_fraction,
             f"class {rarest_label!r} of target {target!r} is {rarest:.2%} of the rows, below "
-            f"validation.minClassFraction={min_fraction}",
+            f"validation.classBalance.minFraction={min_fraction}",
         )]
     return []
 
