@@ -321,13 +321,32 @@ def run_trainer_locally(run_spec: dict[str, Any], name: str, out: Path) -> tuple
     return message_file.read_text(), proc.returncode
 
 
+@pytest.fixture(scope="module")
+def kopf_peering_crds(kubectl: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """kopf's peering CRDs as the chart renders them, applied once for the whole cluster.
+
+    CRDs outlive releases (resource-policy keep), so installs in these tests leave them to
+    this fixture (``peering.installCRDs: false``) instead of fighting over their ownership;
+    the dry-run test above shows the API server accepts the chart creating them.
+    """
+    manifest = render(tmp_path_factory.mktemp("peering"), "kubeloop", {"replicaCount": 2})
+    crds_only = [d for d in documents(manifest) if d["kind"] == "CustomResourceDefinition" and d["spec"]["group"] == "kopf.dev"]
+    assert len(crds_only) == 2
+    manifest.write_text(yaml.safe_dump_all(crds_only))
+    kubectl("apply", "--server-side", "--field-manager=kubeloop-tests", "--force-conflicts", "-f", str(manifest))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(manifest))
+
+
 @pytest.fixture
-def release(kubeconfig_path: str, kubectl: Any, namespace: str, crds: None) -> Iterator[str]:
-    """The chart installed into a namespace that enforces the restricted Pod Security level."""
+def release(kubeconfig_path: str, kubectl: Any, namespace: str, crds: None, kopf_peering_crds: None) -> Iterator[str]:
+    """The chart installed into a namespace that enforces the restricted Pod Security level,
+    with two replicas, so kopf peering is on."""
     kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite")
     name = unique_name("kl", max_len=20)
     values = {
         "watchNamespaces": [namespace],
+        "replicaCount": 2,
+        "peering": {"installCRDs": False},
         # The CRDs are shared by every test on this cluster (installed above from crds/, the
         # same files the chart's templates are generated from, see test_chart_render.py).
         "crds": {"install": False},
@@ -354,6 +373,10 @@ def test_operator_under_the_charts_service_account_reconciles_and_is_fenced(
     assert pods and pods[0].spec.security_context.run_as_non_root
     service_account = deployment.spec.template.spec.service_account_name
     chart_env = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env if e.value is not None}
+    # Peering is on (two replicas): the operator meets its peers in this KopfPeering, which
+    # the chart created after install.
+    assert chart_env["KUBELOOP_PEERING"] == "kubeloop"
+    custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", "kubeloop")
 
     # And a kubeconfig holding nothing but a token of the chart's ServiceAccount.
     token = kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
@@ -416,6 +439,9 @@ def test_operator_under_the_charts_service_account_reconciles_and_is_fenced(
         refused = [line for line in log.splitlines() if re.search(r"\b403\b|[Ff]orbidden", line)]
         assert not refused, "\n".join(refused[:20])
         assert operator.alive(), log[-3000:]
+        # It took part in peering: its keep-alive is in the peering object.
+        peering = custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", "kubeloop")
+        assert peering.get("status"), peering
     finally:
         operator.stop()
         print(operator.log_tail(40))
@@ -438,10 +464,12 @@ def test_operator_under_the_charts_service_account_reconciles_and_is_fenced(
         assert proc.stdout.strip() == "yes", allowed
 
 
-def test_cluster_wide_install_grants_its_rules_everywhere_and_nothing_more(kubeconfig_path: str, kubectl: Any, namespace: str, crds: None, tmp_path: Path) -> None:
+def test_cluster_wide_install_grants_its_rules_everywhere_and_nothing_more(
+    kubeconfig_path: str, kubectl: Any, namespace: str, crds: None, kopf_peering_crds: None, tmp_path: Path
+) -> None:
     name = unique_name("klcw", max_len=20)
     values_file = tmp_path / "values.json"
-    values_file.write_text(json.dumps({"crds": {"install": False}, "replicaCount": 2, "peering": {"installCRDs": True}}))
+    values_file.write_text(json.dumps({"crds": {"install": False}, "replicaCount": 2, "peering": {"installCRDs": False}}))
     helm(kubeconfig_path, "install", name, str(CHART), "--namespace", namespace, "--values", str(values_file))
     try:
         # The ServiceAccount is named after the release's full name: <release>-kubeloop.
