@@ -51,6 +51,13 @@ class OperatorConfig(BaseSettings):
     resync_seconds: float = Field(
         30.0, description="Level-based safety net: every object is reconciled at least this often."
     )
+    prometheus_url: str = Field(
+        "",
+        description="Prometheus for canary analysis (builtin checks); empty: scrape pods directly.",
+    )
+    rollout_tick_seconds: float = Field(
+        5.0, description="How often rollouts in progress are re-evaluated (pauses, analysis)."
+    )
     peering: str = Field("", description="kopf peering name for HA; empty disables peering.")
 
     # NoDecode hands comma-separated env strings to this validator untouched.

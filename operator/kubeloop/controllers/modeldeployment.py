@@ -51,7 +51,6 @@ from kubeloop.traffic import router_for
 
 log = logging.getLogger("kubeloop.modeldeployment")
 KIND = "ModelDeployment"
-DEFAULT_TICK_SECONDS = 5.0
 
 
 def serving_settings(config: OperatorConfig) -> ServingSettings:
@@ -104,7 +103,7 @@ class ModelDeploymentController:
         self.locks = KeyedLocks()
         self.phases = metrics.PhaseTracker(KIND)
         self.clock = clock
-        url = prometheus_url or getattr(config, "prometheus_url", "") or None
+        url = prometheus_url or config.prometheus_url or None
         self.prometheus = PrometheusProvider(url)
         self.builtin = BuiltinProvider(url)
         self.scrape = ScrapeProvider()
@@ -281,7 +280,7 @@ def register(
 ) -> None:
     """Wire the triggers: the resource's own events, its Deployments' and the TrainingRuns'
     events, a fast timer while a rollout runs and a slow resync for all."""
-    tick = float(getattr(config, "rollout_tick_seconds", DEFAULT_TICK_SECONDS))
+    tick = config.rollout_tick_seconds
 
     @kopf.on.event(API_GROUP, API_VERSION, "modeldeployments", registry=registry)
     def on_modeldeployment_event(name: str, namespace: str | None, type: str, **_: Any) -> None:
