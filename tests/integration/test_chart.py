@@ -338,7 +338,10 @@ def kopf_peering_crds(kubectl: Any, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
-def release(kubeconfig_path: str, kubectl: Any, namespace: str, crds: None, kopf_peering_crds: None) -> Iterator[str]:
+def release(
+    kubeconfig_path: str, kubectl: Any, namespace: str, crds: None, kopf_peering_crds: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
     """The chart installed into a namespace that enforces the restricted Pod Security level,
     with two replicas, so kopf peering is on."""
     kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite")
@@ -353,12 +356,11 @@ def release(kubeconfig_path: str, kubectl: Any, namespace: str, crds: None, kopf
         "runtime": {"podLabels": MANUAL_KUBELET},
         "storage": {"storageUri": "file:///var/lib/kubeloop/models"},
     }
-    values_file = Path(kubeconfig_path).parent / f"{name}-values.json"
+    values_file = tmp_path_factory.mktemp("release") / "values.json"
     values_file.write_text(json.dumps(values))
     helm(kubeconfig_path, "install", name, str(CHART), "--namespace", namespace, "--values", str(values_file), "--wait", "--timeout", "120s")
     yield name
     helm(kubeconfig_path, "uninstall", name, "--namespace", namespace, "--wait", check=False)
-    values_file.unlink(missing_ok=True)
 
 
 def test_operator_under_the_charts_service_account_reconciles_and_is_fenced(
