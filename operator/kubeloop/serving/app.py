@@ -299,26 +299,30 @@ class ServeApp:
         self.state.flush_drift()
         return Reply(200, self.state.metrics.render(), content_type=CONTENT_TYPE.encode())
 
-    async def _read_counted(self, receive: Receive) -> bytes:
-        # The batcher waits for requests being read, and only for those (see batching.py).
-        batcher = self.state.batcher
-        batcher.arriving += 1
-        try:
-            return await _read_body(receive)
-        finally:
-            batcher.arriving -= 1
-
     async def _infer(self, scope: Scope, receive: Receive, name: str, version: str | None) -> Reply:
-        body = await self._read_counted(receive)
-        request_id, document = await self.dataplane.infer(
-            name, body, _header(scope, b"x-request-id"), version
-        )
-        return Reply(200, dumps(document), request_id)
+        # The batcher sizes its waits by how many prediction requests are in flight.
+        batcher = self.state.batcher
+        batcher.request_started()
+        try:
+            body = await _read_body(receive)
+            request_id, document = await self.dataplane.infer(
+                name, body, _header(scope, b"x-request-id"), version
+            )
+            return Reply(200, dumps(document), request_id)
+        finally:
+            batcher.request_finished()
 
     async def _predict(self, scope: Scope, receive: Receive) -> Reply:
-        body = await self._read_counted(receive)
-        request_id, document = await self.dataplane.predict(body, _header(scope, b"x-request-id"))
-        return Reply(200, dumps(document), request_id)
+        batcher = self.state.batcher
+        batcher.request_started()
+        try:
+            body = await _read_body(receive)
+            request_id, document = await self.dataplane.predict(
+                body, _header(scope, b"x-request-id")
+            )
+            return Reply(200, dumps(document), request_id)
+        finally:
+            batcher.request_finished()
 
     async def _feedback(self, scope: Scope, receive: Receive) -> Reply:
         body = await _read_body(receive)

@@ -4,12 +4,16 @@ A tree ensemble pays most of its cost per call (one Python-level pass over 100 t
 not per row, so 64 rows cost little more than one. The batcher is one asyncio task per
 worker process:
 
-- It flushes **immediately** when nothing else is on its way: a lone request never waits.
-- Under load, requests pile up while the previous batch is being computed (the model runs on
-  the event loop, so sockets are read only between batches) and the next call takes all of
-  them, up to ``max_batch_size`` rows. No timer is involved in that case either.
-- Only when requests are known to be mid-read (the HTTP layer has started them but they have
-  not reached the queue) does it wait for them, at most ``max_latency`` after the first.
+- It flushes **immediately** when no other request is in flight: a lone client never waits.
+- Under load, requests pile up while the previous batch is computed (the model runs on the
+  event loop, so sockets are read between batches) and the next call takes all of them, up to
+  ``max_batch_size`` rows.
+- When other requests are in flight but have not reached the queue yet (their clients are
+  reading the previous answer and sending the next request), it waits for them, at most
+  ``max_latency`` after the first request of the batch, and never for more requests than
+  were recently in flight at once. "In flight" is counted by the HTTP layer
+  (``request_started`` / ``request_finished``); the recent peak decays within 0.2 s, so after
+  a burst a lone request is again answered at once.
 
 The model is called on the event loop thread on purpose: it is CPU-bound and holds the GIL
 for much of its time, so a thread hop would add latency without adding parallelism; the
@@ -72,7 +76,10 @@ class MicroBatcher:
         self._queue: deque[_Pending] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self.arriving = 0  # requests started by the HTTP layer, not yet queued
+        self.in_flight = 0  # prediction requests the HTTP layer has started, not yet answered
+        self._peak_now = 0
+        self._peak_before = 0
+        self._window_started = time.monotonic()
         self.batches = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -93,6 +100,24 @@ class MicroBatcher:
             self._task = None
 
     # -- the request side -------------------------------------------------------------------
+
+    def request_started(self) -> None:
+        """The HTTP layer began a prediction request (counts toward "in flight")."""
+        self.in_flight += 1
+        if self.in_flight > self._peak_now:
+            self._peak_now = self.in_flight
+
+    def request_finished(self) -> None:
+        """The HTTP layer answered a prediction request."""
+        self.in_flight -= 1
+
+    def recent_concurrency(self) -> int:
+        """Most requests in flight at once over the last 0.1-0.2 s."""
+        now = time.monotonic()
+        if now - self._window_started > 0.1:
+            self._peak_before, self._peak_now = self._peak_now, self.in_flight
+            self._window_started = now
+        return max(self._peak_before, self._peak_now, self.in_flight)
 
     async def predict(self, rows: Array, want_proba: bool = False) -> Prediction:
         """Predictions for ``rows`` (2-D float64), computed together with concurrent requests."""
@@ -133,8 +158,8 @@ class MicroBatcher:
             batch = [first]
             rows = self._take(batch, first.rows.shape[0])
             deadline = time.monotonic() + self.max_latency
-            # Wait only for requests already on their way; a lone request goes right now.
-            while rows < self.max_batch_size and self.arriving > 0:
+            # Wait only while other requests are in flight; a lone request goes right now.
+            while len(batch) < self.recent_concurrency() and rows < self.max_batch_size:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
