@@ -1,9 +1,11 @@
 """Live drift counters: every served row counted into the reference profile's bins.
 
-The counting is vectorised per batch: one comparison against a padded edge matrix gives
-every numerical feature's bin at once, one ``np.bincount`` turns all of them into counts.
-Counts accumulate in a NumPy array and reach Prometheus in ``flush()`` (at scrape time and on
-a timer), so a request never pays for hundreds of counter increments.
+The counting is vectorised: one comparison against a padded edge matrix gives every
+numerical feature's bin at once, one ``np.bincount`` turns all of them into counts. It is
+also deferred: ``observe`` only keeps a reference to the batch, and the rows are counted in
+bulk when the counts are read (at scrape time and on the flush timer) or when 1024 rows are
+pending. So the request path pays for a list append, and Prometheus sees one increment per
+bin per flush instead of hundreds per request.
 
 The bin of a value is exactly ``FeatureProfile.bin_index`` (tests hold the two equal); a
 missing value (NaN) is counted in the extra bin labelled ``missing``.
@@ -22,6 +24,7 @@ import numpy.typing as npt
 from kubeloop.drift.profile import PREDICTION_FEATURE, FeatureProfile, Profile
 
 MISSING_BIN = "missing"
+PENDING_ROWS_LIMIT = 1024
 Array = npt.NDArray[Any]
 
 
@@ -95,6 +98,8 @@ class DriftCounts:
             for i, f in enumerate(tracked)
             if f.kind == "categorical"
         ]
+        self._pending: list[tuple[Array, Array]] = []
+        self._pending_rows = 0
         self._count_prediction = self._prediction_counter(
             classes, int(offsets[-1]) if features else 0
         )
@@ -102,7 +107,24 @@ class DriftCounts:
     # -- counting ---------------------------------------------------------------------------
 
     def observe(self, rows: Array, predictions: Array) -> None:
-        """Count a batch: ``rows`` (n x features, float64) and its ``predictions``."""
+        """Remember a batch (``rows``: n x features, float64) and its ``predictions``."""
+        self._pending.append((rows, predictions))
+        self._pending_rows += rows.shape[0]
+        if self._pending_rows >= PENDING_ROWS_LIMIT:
+            self._count_pending()
+
+    def _count_pending(self) -> None:
+        if not self._pending:
+            return
+        if len(self._pending) == 1:
+            rows, predictions = self._pending[0]
+        else:
+            rows = np.concatenate([r for r, _ in self._pending])
+            predictions = np.concatenate([p for _, p in self._pending])
+        self._pending, self._pending_rows = [], 0
+        self._count(rows, predictions)
+
+    def _count(self, rows: Array, predictions: Array) -> None:
         if self._edges.shape[0]:
             values = rows[:, self._num_columns]
             idx = (self._edges[None, :, :] < values[:, :, None]).sum(axis=2)
@@ -159,6 +181,7 @@ class DriftCounts:
 
     def take(self) -> list[tuple[str, str, int]]:
         """(feature, bin, count) for every bin counted since the last call; resets them."""
+        self._count_pending()
         delta, self.counts = self.counts, np.zeros_like(self.counts)
         out: list[tuple[str, str, int]] = []
         for name, labels, offset in zip(
