@@ -95,6 +95,7 @@ def test_every_operator_setting_is_set_by_the_chart_and_parses(tmp_path: Path, m
         "watchNamespaces": ["ml-a", "ml-b"],
         "replicaCount": 2,
         "resyncSeconds": 12.5,
+        "rollout": {"tickSeconds": 2, "prometheusUrl": "http://prometheus.monitoring.svc:9090"},
     }
     env = env_of(operator_container(render(tmp_path, values)))
     # Every field of OperatorConfig has its variable in the chart (a new setting fails here
@@ -113,6 +114,8 @@ def test_every_operator_setting_is_set_by_the_chart_and_parses(tmp_path: Path, m
     assert config.pod_labels == {"team": "ml"}
     assert config.job_ttl_seconds == 600
     assert config.resync_seconds == 12.5
+    assert config.rollout_tick_seconds == 2
+    assert config.prometheus_url == "http://prometheus.monitoring.svc:9090"
     assert config.peering == "kubeloop"
     assert (config.metrics_port, config.health_port) == (8080, 8081)
 
@@ -232,6 +235,7 @@ BAD_VALUES = [
     ({"metrics": {"port": 70000}}, "/metrics/port"),
     ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
     ({"crds": {"install": "yes"}}, "/crds/install"),
+    ({"rollout": {"prometheusUrl": "prometheus:9090"}}, "/rollout/prometheusUrl"),
     ({"image": {"digest": "sha256:abc"}}, "/image/digest"),
     ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
 ]
