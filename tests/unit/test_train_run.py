@@ -82,6 +82,8 @@ def test_a_run_writes_a_complete_checksummed_record(tmp_path: Path) -> None:
     assert report["versions"]["scikit-learn"]
     assert {"load", "validate", "fingerprint", "fit", "evaluate", "profile", "serialise", "write"} <= set(report["timings"])
     assert [(g.name, g.passed) for g in result.gates] == [("threshold", True)]
+    assert report["model"]["categoricalEncoding"] is None
+    assert set(report["cpuTimings"]) >= {"load", "fit", "serialise", "process"}
 
 
 def test_reloaded_model_predicts_like_the_trained_one(tmp_path: Path) -> None:
@@ -254,6 +256,9 @@ def test_text_categories_are_encoded_and_served_raw(tmp_path: Path) -> None:
                  data={"source": f"file://{tmp_path}/data.csv", "target": "target"})
     code, result = _train(tmp_path, spec, "run-c")
     assert code == 0, result.message
+    report = orjson.loads((_run_dir(tmp_path, "cat", "run-c") / "report.json").read_bytes())
+    assert report["model"]["categoricalEncoding"] == "one-hot, added by the trainer"
+    assert report["data"]["categoricalFeatures"] == ["c0"]
     model = load_model(result.uri, result.sha256)
     raw = pd.read_csv(tmp_path / "data.csv").drop(columns="target")
     assert set(model.predict(raw.head(50))) <= {0, 1}

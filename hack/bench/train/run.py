@@ -75,74 +75,87 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--estimator", choices=sorted(ESTIMATORS), default="hgb")
+    parser.add_argument("--estimator", choices=sorted(ESTIMATORS), nargs="+", default=["hgb", "rf"],
+                        help="one or more; default: both")
     parser.add_argument("--timeout", type=float, default=600.0, help="per subprocess, seconds")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
 
     from kubeloop.training.data import make_synthetic
 
-    estimator, params = ESTIMATORS[args.estimator]
     env = _single_thread_env()
     work = Path(tempfile.mkdtemp(prefix="kubeloop-bench-train-"))
+    summaries = []
     try:
         data_path = work / "data.parquet"
         make_synthetic(rows=args.rows, features=args.features, seed=1).to_parquet(data_path)
-        spec = {
-            "model": {"name": "bench", "estimator": estimator, "params": params,
-                      "task": "classification"},
-            "data": {"source": str(data_path), "target": "target",
-                     "split": {"testFraction": 0.2, "seed": 42}},
-            "validation": {"minRows": 1000, "maxMissingFraction": 0.0, "minClassFraction": 0.05},
-            "evaluation": {"metric": "accuracy"},
-        }
-        spec_path = work / "spec.json"
-        spec_path.write_text(json.dumps(spec))
-        bare = [sys.executable, str(HERE / "bare_fit_predict.py"), str(data_path), args.estimator,
-                json.dumps(params)]
-
-        pairs: list[dict[str, Any]] = []
-        for rep in range(args.reps + 1):  # repetition 0 warms caches and is discarded
-            run_name = f"rep-{rep}"
-            trainer = [*_trainer_command(), "--spec", str(spec_path), "--run-name", run_name,
-                       "--storage-uri", str(work / "models"), "--quiet",
-                       "--termination-log", str(work / f"{run_name}.termination")]
-            order = ("bare", "trainer") if rep % 2 == 0 else ("trainer", "bare")
-            walls: dict[str, float] = {}
-            cpus: dict[str, float] = {}
-            bare_out = ""
-            for who in order:
-                wall, cpu, out = _timed_run(bare if who == "bare" else trainer, env, args.timeout)
-                walls[who] = wall
-                cpus[who] = cpu
-                if who == "bare":
-                    bare_out = out
-            report = json.loads((work / "models" / "bench" / run_name / "report.json").read_text())
-            bare_result = json.loads(bare_out.strip().splitlines()[-1])
-            pair = {
-                "rep": rep, "order": list(order), "trainerWall": walls["trainer"],
-                "bareWall": walls["bare"], "ratio": walls["trainer"] / walls["bare"],
-                "trainerCpu": cpus["trainer"], "bareCpu": cpus["bare"],
-                "cpuRatio": cpus["trainer"] / cpus["bare"],
-                "trainerTimings": report["timings"], "bareTimings": bare_result["timings"],
-                "trainerAccuracy": report["evaluation"]["metrics"]["accuracy"],
-                "bareAccuracy": bare_result["accuracy"],
-            }
-            print(f"rep {rep}{' (warm-up, discarded)' if rep == 0 else ''}: trainer "
-                  f"{walls['trainer']:.2f}s  bare {walls['bare']:.2f}s  ratio {pair['ratio']:.3f}"
-                  f"  (CPU {cpus['trainer']:.2f}s / {cpus['bare']:.2f}s = {pair['cpuRatio']:.3f})",
-                  flush=True)
-            if rep > 0:
-                pairs.append(pair)
+        for key in args.estimator:
+            print(f"== {key}: {ESTIMATORS[key][0]} {json.dumps(ESTIMATORS[key][1])}", flush=True)
+            pairs = _measure(key, data_path, work / key, env, args)
+            summaries.append(_summarise(pairs, args, *ESTIMATORS[key]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    summary = _summarise(pairs, args, estimator, params)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (args.out / "results.md").write_text(_markdown(summary))
-    print(_markdown(summary))
+    (args.out / "results.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    markdown = _markdown_all(summaries)
+    (args.out / "results.md").write_text(markdown)
+    print(markdown)
     return 0
+
+
+def _measure(key: str, data_path: Path, work: Path, env: dict[str, str],
+             args: argparse.Namespace) -> list[dict[str, Any]]:
+    estimator, params = ESTIMATORS[key]
+    work.mkdir(parents=True)
+    spec = {
+        "model": {"name": "bench", "estimator": estimator, "params": params,
+                  "task": "classification"},
+        "data": {"source": str(data_path), "target": "target",
+                 "split": {"testFraction": 0.2, "seed": 42}},
+        "validation": {"minRows": 1000, "maxMissingFraction": 0.0, "minClassFraction": 0.05},
+        "evaluation": {"metric": "accuracy"},
+    }
+    spec_path = work / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    bare = [sys.executable, str(HERE / "bare_fit_predict.py"), str(data_path), key,
+            json.dumps(params)]
+    pairs: list[dict[str, Any]] = []
+    for rep in range(args.reps + 1):  # repetition 0 warms caches and is discarded
+        run_name = f"rep-{rep}"
+        trainer = [*_trainer_command(), "--spec", str(spec_path), "--run-name", run_name,
+                   "--storage-uri", str(work / "models"), "--quiet",
+                   "--termination-log", str(work / f"{run_name}.termination")]
+        order = ("bare", "trainer") if rep % 2 == 0 else ("trainer", "bare")
+        walls: dict[str, float] = {}
+        cpus: dict[str, float] = {}
+        bare_out = ""
+        for who in order:
+            wall, cpu, out = _timed_run(bare if who == "bare" else trainer, env, args.timeout)
+            walls[who] = wall
+            cpus[who] = cpu
+            if who == "bare":
+                bare_out = out
+        report = json.loads((work / "models" / "bench" / run_name / "report.json").read_text())
+        bare_result = json.loads(bare_out.strip().splitlines()[-1])
+        pair = {
+            "rep": rep, "order": list(order), "trainerWall": walls["trainer"],
+            "bareWall": walls["bare"], "ratio": walls["trainer"] / walls["bare"],
+            "trainerCpu": cpus["trainer"], "bareCpu": cpus["bare"],
+            "cpuRatio": cpus["trainer"] / cpus["bare"],
+            "trainerTimings": report["timings"], "bareTimings": bare_result["timings"],
+            "trainerCpuTimings": report["cpuTimings"],
+            "bareCpuTimings": bare_result["cpuTimings"],
+            "trainerAccuracy": report["evaluation"]["metrics"]["accuracy"],
+            "bareAccuracy": bare_result["accuracy"],
+        }
+        print(f"rep {rep}{' (warm-up, discarded)' if rep == 0 else ''}: trainer "
+              f"{walls['trainer']:.2f}s  bare {walls['bare']:.2f}s  ratio {pair['ratio']:.3f}"
+              f"  (CPU {cpus['trainer']:.2f}s / {cpus['bare']:.2f}s = {pair['cpuRatio']:.3f})",
+              flush=True)
+        if rep > 0:
+            pairs.append(pair)
+    return pairs
 
 
 def _median(values: list[float]) -> float:
@@ -159,6 +172,17 @@ def _summarise(pairs: list[dict[str, Any]], args: argparse.Namespace, estimator:
     trainer_startup = _median([p["trainerWall"] - sum(p["trainerTimings"].values()) for p in pairs])
     bare_startup = _median([p["bareWall"] - sum(p["bareTimings"].values()) + p["bareTimings"]["import"]
                             for p in pairs])
+    trainer_cpu = {k: _median([p["trainerCpuTimings"].get(k, 0.0) for p in pairs])
+                   for k in sorted({k for p in pairs for k in p["trainerCpuTimings"]})}
+    bare_cpu = {k: _median([p["bareCpuTimings"].get(k, 0.0) for p in pairs])
+                for k in sorted({k for p in pairs for k in p["bareCpuTimings"]})}
+    # CPU outside the timed phases: interpreter start, imports, spec parsing.
+    trainer_cpu["startup (outside phases)"] = _median([
+        p["trainerCpu"] - sum(v for k, v in p["trainerCpuTimings"].items() if k != "process")
+        for p in pairs])
+    bare_cpu["startup (interpreter + imports)"] = _median([
+        p["bareCpu"] - sum(v for k, v in p["bareCpuTimings"].items() if k != "import")
+        for p in pairs])
     ratios = [p["ratio"] for p in pairs]
     median_ratio = _median(ratios)
     return {
@@ -182,13 +206,27 @@ def _summarise(pairs: list[dict[str, Any]], args: argparse.Namespace, estimator:
         "sameAccuracy": all(abs(p["trainerAccuracy"] - p["bareAccuracy"]) < 1e-12 for p in pairs),
         "trainerPhasesMedian": {**trainer_median, "startup (outside phases)": trainer_startup},
         "barePhasesMedian": {**bare_median, "startup (interpreter + imports)": bare_startup},
+        "trainerCpuPhasesMedian": trainer_cpu,
+        "bareCpuPhasesMedian": bare_cpu,
         "pairs": pairs,
     }
 
 
+def _markdown_all(summaries: list[dict[str, Any]]) -> str:
+    head = ["# `kubeloop train` vs a bare fit+predict script", "",
+            "| estimator | wall ratio (median) | CPU ratio (median) | overhead target 15 % |",
+            "|---|---:|---:|---|"]
+    for summary in summaries:
+        head.append(
+            f"| `{summary['estimator'].rsplit('.', 1)[1]}` | {summary['ratioMedian']:.3f} | "
+            f"{summary['cpuRatioMedian']:.3f} | {'met' if summary['meetsTarget'] else 'NOT met'} "
+            "(wall) |")
+    return "\n".join(head) + "\n\n" + "\n".join(_markdown(s) for s in summaries)
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     lines = [
-        "# `kubeloop train` vs a bare fit+predict script",
+        f"## {summary['estimator'].rsplit('.', 1)[1]}",
         "",
         f"{summary['rows']:,} rows x {summary['features']} features (synthetic, parquet), "
         f"`{summary['estimator']}` {json.dumps(summary['params'])}, one native thread each, "
@@ -212,22 +250,30 @@ def _markdown(summary: dict[str, Any]) -> str:
         f"{summary['targetOverhead']:.0%}: **{'met' if summary['meetsTarget'] else 'NOT met'}**. "
         f"Same holdout accuracy in both: {'yes' if summary['sameAccuracy'] else 'NO'}.",
         "",
-        "## Where the time goes (medians, seconds)",
+        "### Where the time goes (medians, seconds)",
         "",
-        "| phase | trainer | bare |",
-        "|---|---:|---:|",
+        "| phase | trainer wall | bare wall | trainer CPU | bare CPU |",
+        "|---|---:|---:|---:|---:|",
     ]
     trainer = summary["trainerPhasesMedian"]
     bare = summary["barePhasesMedian"]
+    trainer_cpu = summary["trainerCpuPhasesMedian"]
+    bare_cpu = summary["bareCpuPhasesMedian"]
     pairs = [("startup (outside phases)", "startup (interpreter + imports)"), ("load", "load"),
              ("validate", None), ("fingerprint", None), ("split", "split"), ("fit", "fit"),
              ("evaluate", "predict"), ("profile", None), ("serialise", None), ("write", None),
              ("writeReport", None)]
+    def cell(value: float | None) -> str:
+        return "" if value is None else f"{value:.3f}"
+
     for trainer_key, bare_key in pairs:
-        t = trainer.get(trainer_key)
-        b = bare.get(bare_key) if bare_key else None
         label = trainer_key if bare_key in (None, trainer_key) else f"{trainer_key} / {bare_key}"
-        lines.append(f"| {label} | {'' if t is None else f'{t:.3f}'} | {'' if b is None else f'{b:.3f}'} |")
+        lines.append(
+            f"| {label} | {cell(trainer.get(trainer_key))} | "
+            f"{cell(bare.get(bare_key) if bare_key else None)} | "
+            f"{cell(trainer_cpu.get(trainer_key))} | "
+            f"{cell(bare_cpu.get(bare_key) if bare_key else None)} |"
+        )
     lines += ["", "Trainer `evaluate` = predict_proba on the holdout, labels from it, all four metrics; "
               "bare `predict` = predict only. Trainer `serialise` = import skops.io (it imports every "
               "scikit-learn estimator to build its trusted-type table) + dump + sha256.", ""]

@@ -234,6 +234,7 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             request, "TrainingFailed", REASON_SPEC_INVALID, str(exc), params=params
         ) from None
     seeded = estimators.seed_unset_random_states(model, params, spec.data.split.seed)
+    bare_estimator = model
     model = estimators.wrap_for_categorical(model, columns.categorical)
     metric = spec.primary_metric
     task = spec.model.task
@@ -382,8 +383,8 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             "params": params,
             "seededFromSplit": seeded,
             "pipeline": type(model).__name__ if model is not None else None,
-            "categoricalEncoding": "one-hot (added by the trainer)"
-            if columns.categorical and spec.model.estimator != "sklearn.pipeline.Pipeline"
+            "categoricalEncoding": "one-hot, added by the trainer"
+            if model is not bare_estimator
             else None,
         },
         "trial": None
