@@ -5,6 +5,7 @@ generated CRDs installed on the real API server, and the kubelet's part that kwo
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+
 REPO = Path(__file__).resolve().parents[2]
+PROMETHEUS = shutil.which("prometheus")
 CRDS = REPO / "crds"
 
 T = TypeVar("T")
@@ -151,3 +155,87 @@ def play_kubelet_terminate(
         }
     }
     core.patch_namespaced_pod_status(pod["metadata"]["name"], namespace, body)
+
+
+class Server:
+    """``kubeloop serve`` as a real process on a free port."""
+
+    def __init__(self, model_uri: str, sha256: str, track: str, log: Path, model_name: str,
+                 shadow_url: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [
+            sys.executable, "-c", "from kubeloop.cli import main; main()", "serve",
+            "--model-uri", model_uri, "--sha256", sha256,
+            "--model-name", model_name, "--host", "127.0.0.1", "--port", str(self.port),
+            "--track", track, "--workers", "1",
+        ]
+        if shadow_url:
+            args += ["--shadow-url", shadow_url, "--shadow-percent", "100"]
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            assert self.process.poll() is None, self.log.read_text()[-2000:]
+            try:
+                return httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=90, interval=0.3, what=f"server on {self.url}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Prometheus:
+    """Debian's Prometheus on a free loopback port, scraping the servers every second."""
+
+    def __init__(self, root: Path, targets: dict[str, str], namespace: str) -> None:
+        assert PROMETHEUS is not None
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        root.mkdir(parents=True, exist_ok=True)
+        jobs = "".join(
+            f"""
+  - job_name: {track}
+    scrape_interval: 1s
+    static_configs:
+      - targets: ['{address}']
+        labels:
+          namespace: {namespace}
+"""
+            for track, address in targets.items()
+        )
+        config = root / "prometheus.yml"
+        config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:{jobs}")
+        self.log = root / "prometheus.log"
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+
+        def ready() -> bool:
+            assert self.process.poll() is None, self.log.read_text()[-2000:]
+            try:
+                return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=60, interval=0.3, what="prometheus ready")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -35,7 +34,7 @@ import httpx
 import numpy as np
 import pytest
 import skops.io
-from harness import OperatorProcess, free_port, install_crds, wait_for
+from harness import PROMETHEUS, OperatorProcess, Prometheus, Server, install_crds, wait_for
 from kubernetes import client
 from sklearn.datasets import load_breast_cancer
 from sklearn.dummy import DummyClassifier
@@ -48,7 +47,6 @@ from kubeloop.analysis.builtin import BuiltinProvider
 from kubeloop.decide.common import parse_wire_time
 from kubeloop.drift.profile import build_profile
 
-PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None, reason="needs Debian's prometheus package (apt-get install -y prometheus)"
 )
@@ -111,89 +109,6 @@ def models(tmp_path_factory: pytest.TempPathFactory, data: tuple[np.ndarray, np.
     }
 
 
-class Server:
-    """``kubeloop serve`` as a real process on a free port."""
-
-    def __init__(self, stored: Stored, track: str, log: Path, shadow_url: str | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [
-            sys.executable, "-c", "from kubeloop.cli import main; main()", "serve",
-            "--model-uri", str(stored.directory), "--sha256", stored.sha256,
-            "--model-name", "churn", "--host", "127.0.0.1", "--port", str(self.port),
-            "--track", track, "--workers", "1",
-        ]
-        if shadow_url:
-            args += ["--shadow-url", shadow_url, "--shadow-percent", "100"]
-        self.log = log
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_ready(self) -> None:
-        def ready() -> bool:
-            assert self.process.poll() is None, self.log.read_text()[-2000:]
-            try:
-                return httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=90, interval=0.3, what=f"server on {self.url}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-class Prometheus:
-    """Debian's Prometheus on a free loopback port, scraping the servers every second."""
-
-    def __init__(self, root: Path, targets: dict[str, str], namespace: str) -> None:
-        assert PROMETHEUS is not None
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        root.mkdir(parents=True, exist_ok=True)
-        jobs = "".join(
-            f"""
-  - job_name: {track}
-    scrape_interval: 1s
-    static_configs:
-      - targets: ['{address}']
-        labels:
-          namespace: {namespace}
-"""
-            for track, address in targets.items()
-        )
-        config = root / "prometheus.yml"
-        config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:{jobs}")
-        self.log = root / "prometheus.log"
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                ],
-                stdout=out, stderr=subprocess.STDOUT,
-            )
-
-        def ready() -> bool:
-            assert self.process.poll() is None, self.log.read_text()[-2000:]
-            try:
-                return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=60, interval=0.3, what="prometheus ready")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=20)
-
-
 class Traffic:
     """Requests to both servers from a background thread, like users and the router would."""
 
@@ -228,9 +143,9 @@ class Traffic:
 def stack(tmp: Path, models: dict[str, Stored], canary: str, features: np.ndarray, namespace: str,
           shadow: bool = False) -> Iterator[tuple[str, Traffic]]:
     """Stable + canary servers, a Prometheus scraping them, traffic flowing; yields its URL."""
-    canary_server = Server(models[canary], "canary", tmp / f"{canary}.log")
-    stable_server = Server(models["stable"], "stable", tmp / "stable.log",
-                           shadow_url=canary_server.url if shadow else None)
+    canary_server = Server(str(models[canary].directory), models[canary].sha256, "canary", tmp / f"{canary}.log", "churn")
+    stable_server = Server(str(models["stable"].directory), models["stable"].sha256, "stable", tmp / "stable.log",
+                           "churn", shadow_url=canary_server.url if shadow else None)
     prometheus = None
     traffic = None
     try:
