@@ -44,7 +44,6 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 from scipy import special
-from scipy import stats as scipy_stats
 
 from kubeloop.drift.profile import DEFAULT_NUMERIC_BINS
 
@@ -160,6 +159,14 @@ def _paired_counts(
 # Kolmogorov-Smirnov
 
 
+def _scipy_stats() -> Any:
+    """scipy.stats, imported on first use: it takes a second or more to import, and the model
+    server and the operator import this module whether or not they test p-values."""
+    from scipy import stats
+
+    return stats
+
+
 def _ks_p_value(statistic: float, n1: int, n2: int) -> float:
     """Smirnov's asymptotic two-sided p-value, exactly as ks_2samp(method='asymp')."""
     m, n = sorted([float(n1), float(n2)], reverse=True)
@@ -168,7 +175,7 @@ def _ks_p_value(statistic: float, n1: int, n2: int) -> float:
         # One value on each side: the distribution is undefined and there is no evidence at all
         # (scipy returns NaN here; the exact p-value is 1).
         return 1.0
-    p = float(scipy_stats.kstwo.sf(statistic, effective_n))
+    p = float(_scipy_stats().kstwo.sf(statistic, effective_n))
     return min(max(p, 0.0), 1.0)
 
 
@@ -521,7 +528,7 @@ def chi2_from_counts(
         )
     if dof == 0:
         return StatResult(statistic, 1.0 if statistic == 0.0 else 0.0)
-    p = float(scipy_stats.chi2.sf(statistic, dof))
+    p = float(_scipy_stats().chi2.sf(statistic, dof))
     return StatResult(statistic, p)
 
 

@@ -12,6 +12,8 @@ from common import Timer, emit, load_columns
 
 def main() -> None:
     timer = Timer()
+    import scipy.stats  # noqa: F401  (p-values; imported lazily by kubeloop, here as by the peers)
+
     from kubeloop.drift.report import DriftConfig, drift_report_from_samples
 
     timer.mark("import")
