@@ -83,7 +83,7 @@ def main() -> int:
     done: set[str] = set()
     workdir = Path(tempfile.mkdtemp(prefix="kubeloop-local-kubelet-"))
     while True:
-        pods = core.list_namespaced_pod(args.namespace, label_selector=f"kubeloop.io/trainingrun,{MANUAL_LABEL}").items
+        pods = core.list_namespaced_pod(args.namespace, label_selector=f"app.kubernetes.io/component in (training,drift-check),{MANUAL_LABEL}").items
         for pod in pods:
             if pod.metadata.uid in done or not pod.spec.node_name or pod.status.phase in {"Succeeded", "Failed"}:
                 continue

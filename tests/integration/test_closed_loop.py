@@ -69,7 +69,9 @@ class LocalKubelet(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            pods = self.core.list_namespaced_pod(self.namespace, label_selector="kubeloop.io/trainingrun").items
+            pods = self.core.list_namespaced_pod(
+                self.namespace, label_selector="app.kubernetes.io/component in (training,drift-check)"
+            ).items
             for pod in pods:
                 if pod.metadata.name in self.ran or not pod.spec.node_name or pod.status.phase in {"Succeeded", "Failed"}:
                     continue
@@ -192,6 +194,48 @@ def test_drift_retrains_beats_the_champion_and_starts_a_canary(
             prometheus.stop()
         if server is not None:
             server.stop()
+
+
+def test_dataset_source_is_checked_by_a_job_and_retrains(
+    kube_api: Any, namespace: str, loop_operator: OperatorProcess, tmp_path: Path
+) -> None:
+    core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    kubelet = LocalKubelet(core, namespace, tmp_path)
+    kubelet.start()
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": "loop-0"}, "spec": run_spec(synthetic(1)),
+        })
+        wait_for(lambda: status_of(custom, namespace, "trainingruns", "loop-0").get("phase") == "Succeeded", 180, 1, "champion trained")
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "loop"},
+            "spec": {"model": {"trainingRunRef": {"name": "loop-0"}}, "replicas": 1},
+        })
+        wait_for(lambda: status_of(custom, namespace, "modeldeployments", "loop").get("stable", {}).get("sha256"), 90, 1, "stable model served")
+        # Yesterday's requests, as a file: shifted on every feature.
+        current = tmp_path / "requests.csv"
+        make_synthetic(rows=2000, features=FEATURES, seed=11, shift=1.5).drop(columns=["target"]).to_csv(current, index=False)
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftPolicy", "metadata": {"name": "daily"},
+            "spec": {
+                "targetRef": {"name": "loop"}, "source": {"dataset": {"uri": f"file://{current}"}},
+                "interval": "1h", "minSamples": 100,
+                "retrain": {"template": {"spec": run_spec(synthetic(2, shift=1.5))}, "autoPromote": False},
+            },
+        })
+        status = wait_for(lambda: (s := status_of(custom, namespace, "driftpolicies", "daily")).get("lastCheckTime") and s, 120, 1, "dataset checked")
+        assert status["drifted"] is True, status.get("message")
+        assert status["samples"] == 2000
+        assert {s["feature"] for s in status["scores"] if s["drifted"]} >= {f"x{i}" for i in range(FEATURES)}
+        jobs = client.BatchV1Api(kube_api).list_namespaced_job(namespace, label_selector="app.kubernetes.io/component=drift-check").items
+        assert len(jobs) == 1 and jobs[0].spec.template.spec.containers[0].args[0] == "drift"
+        retrain = status["lastRetrain"]["name"]
+        wait_for(lambda: status_of(custom, namespace, "trainingruns", retrain).get("phase") == "Succeeded", 240, 1, "retrain trained")
+        wait_for(lambda: status_of(custom, namespace, "driftpolicies", "daily")["lastRetrain"]["outcome"] == "Succeeded", 60, 1, "outcome recorded")
+        # autoPromote is off: the deployment still serves the champion.
+        assert custom_get(custom, namespace, "modeldeployments", "loop")["spec"]["model"]["trainingRunRef"]["name"] == "loop-0"
+    finally:
+        kubelet.stop.set()
 
 
 def test_schedule_fires_at_the_expected_time_on_a_moved_clock(kubeconfig_path: str, kubectl: Any, kube_api: Any, namespace: str) -> None:

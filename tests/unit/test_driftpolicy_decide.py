@@ -17,6 +17,7 @@ from kubeloop.decide.driftpolicy import (
     labelled_counts,
     live_counts_query,
     retrain_run,
+    verdict_from_report,
 )
 from kubeloop.drift.profile import build_profile
 from kubeloop.drift.report import counts_from_samples, drift_report
@@ -58,7 +59,7 @@ def measured(shift: float, rows: int = 5000) -> DriftMeasurement:
     profile = build_profile(reference)
     current = {f"x{i}": rng.normal(size=rows) + (shift if i < 2 else 0.0) for i in range(4)}
     report = drift_report(profile, counts_from_samples(profile, current), drift_config({"driftShare": 0.5}))
-    return DriftMeasurement(report=report, samples=report.sample_size)
+    return DriftMeasurement(verdict=verdict_from_report(report), samples=report.sample_size)
 
 
 DRIFT = measured(1.0)
@@ -70,9 +71,9 @@ def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def test_the_fixture_reports_are_what_they_claim() -> None:
-    assert DRIFT.report is not None and DRIFT.report.drifted
-    assert sorted(DRIFT.report.drifted_features) == ["x0", "x1"]
-    assert CALM.report is not None and not CALM.report.drifted
+    assert DRIFT.verdict is not None and DRIFT.verdict.drifted
+    assert sorted(DRIFT.verdict.drifted_features) == ["x0", "x1"]
+    assert CALM.verdict is not None and not CALM.verdict.drifted
 
 
 def test_drift_creates_one_retrain_judged_against_the_champion() -> None:
@@ -105,7 +106,7 @@ def test_no_drift_no_retrain() -> None:
 
 
 def test_not_enough_samples_gives_no_verdict() -> None:
-    small = DriftMeasurement(report=DRIFT.report, samples=50)
+    small = DriftMeasurement(verdict=DRIFT.verdict, samples=50)
     decision = decide(policy(), NOW, small, {})
     assert decision.create_run is None
     assert cond(decision.status, "NotEnoughData")["status"] == "True"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import posixpath
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fsspec
@@ -15,26 +16,38 @@ import kopf
 import orjson
 
 from kubeloop import API_GROUP, API_VERSION
+from kubeloop.analysis.base import AnalysisTarget
+from kubeloop.analysis.scrape import ScrapeProvider
 from kubeloop.api.common import parse_duration
 from kubeloop.api.conditions import Reason
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
 from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, post_event
+from kubeloop.controllers.scraping import scrape_round
+from kubeloop.controllers.trainingrun import trainer_settings
 from kubeloop.decide.common import wire_time
 from kubeloop.decide.driftpolicy import (
     DriftMeasurement,
     check_due,
+    config_wire,
     decide,
     drift_config,
+    due_time,
     labelled_counts,
     live_counts_query,
+    verdict_from_check,
+    verdict_from_report,
 )
 from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 from kubeloop.drift.report import counts_from_bin_labels, drift_report
+from kubeloop.drift.result import parse_result as parse_drift_result
+from kubeloop.resources.driftjob import build_drift_job, drift_job_name
 
 log = logging.getLogger("kubeloop.driftpolicy")
 KIND = "DriftPolicy"
 POLICY_LABEL = "kubeloop.io/driftpolicy"
+# The sample name prometheus_client's parser gives the server's per-bin counter.
+FEATURE_BIN_SAMPLE = "kubeloop_serve_feature_bin_total"
 
 
 class MeasurementError(Exception):
@@ -61,6 +74,7 @@ class DriftPolicyController:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.locks = KeyedLocks()
         self._profiles: dict[str, Profile] = {}
+        self.scrape = ScrapeProvider()
 
     # --- measuring ----------------------------------------------------------------------------
 
@@ -84,13 +98,13 @@ class DriftPolicyController:
                 raise MeasurementError(Reason.PROFILE_NOT_FOUND, f"cannot read the reference profile {uri}: {error}") from error
         return self._profiles[uri]
 
-    def measure(self, policy: Mapping[str, Any]) -> DriftMeasurement:
+    def measure(self, policy: Mapping[str, Any]) -> DriftMeasurement | None:
         try:
             return self._measure(policy)
         except MeasurementError as error:
             return DriftMeasurement(error=error.message, error_reason=error.reason)
 
-    def _measure(self, policy: Mapping[str, Any]) -> DriftMeasurement:
+    def _measure(self, policy: Mapping[str, Any]) -> DriftMeasurement | None:
         namespace = policy["metadata"]["namespace"]
         spec = policy["spec"]
         target_name = spec["targetRef"]["name"]
@@ -105,22 +119,20 @@ class DriftPolicyController:
         source = spec["source"]
         live = source.get("live")
         if live is None:
-            raise MeasurementError(
-                Reason.SOURCE_UNAVAILABLE,
-                "spec.source.dataset is not supported by this operator version yet; use spec.source.live",
-            )
-        url = live.get("prometheusUrl")
-        if not url:
-            raise MeasurementError(
-                Reason.SOURCE_UNAVAILABLE,
-                "spec.source.live.prometheusUrl is required by this operator version (direct scraping is not implemented yet)",
-            )
+            return self.dataset_check(policy, self.profile_uri(namespace, stable))
         window = parse_duration(spec.get("window", "1h"))
-        model_label = target["metadata"]["name"]
-        try:
-            samples = prometheus_query(url, live_counts_query(model_label, stable["sha256"][:12], window))
-        except OSError as error:
-            raise MeasurementError(Reason.SOURCE_UNAVAILABLE, f"Prometheus at {url} did not answer: {error}") from error
+        short_sha = stable["sha256"][:12]
+        url = live.get("prometheusUrl")
+        if url:
+            try:
+                samples = prometheus_query(url, live_counts_query(target_name, short_sha, window))
+            except OSError as error:
+                raise MeasurementError(Reason.SOURCE_UNAVAILABLE, f"Prometheus at {url} did not answer: {error}") from error
+        else:
+            scraped = self.scraped_counts(target, short_sha, window)
+            if scraped is None:
+                return DriftMeasurement(samples=0)
+            samples = scraped
         grouped = labelled_counts(samples)
         wanted = set(spec.get("features") or [f.name for f in profile.features]) | {PREDICTION_FEATURE}
         grouped = {name: bins for name, bins in grouped.items() if name in wanted}
@@ -131,7 +143,59 @@ class DriftPolicyController:
             report = drift_report(profile, counts, drift_config(spec))
         except ValueError as error:
             raise MeasurementError(Reason.PROFILE_NOT_FOUND, str(error)) from error
-        return DriftMeasurement(report=report, samples=report.sample_size)
+        return DriftMeasurement(verdict=verdict_from_report(report), samples=report.sample_size)
+
+    def scraped_counts(
+        self, target: Mapping[str, Any], short_sha: str, window: timedelta
+    ) -> list[tuple[dict[str, str], float]] | None:
+        """Bin-counter increases of the stable pods since the previous check (direct scrape).
+
+        Without Prometheus the window is the time between two checks; the first check after a
+        start only records (None), like Prometheus' increase() needs two samples.
+        """
+        namespace, name = target["metadata"]["namespace"], target["metadata"]["name"]
+        found = scrape_round(self.kube, self.scrape, target, AnalysisTarget(namespace, name, window), track="stable")
+        if found.compared_pods == 0:
+            return None
+        return [
+            (dict(labels), value)
+            for (sample, labels), value in found.increases.values.items()
+            if sample == FEATURE_BIN_SAMPLE and dict(labels).get("sha") == short_sha
+        ]
+
+    def dataset_check(self, policy: Mapping[str, Any], profile_uri: str) -> DriftMeasurement | None:
+        """Run the due check as a Job (``kubeloop drift``); None while it runs."""
+        namespace, name = policy["metadata"]["namespace"], policy["metadata"]["name"]
+        due_epoch = int(due_time(policy).timestamp())
+        job_name = drift_job_name(name, due_epoch)
+        job = self.kube.get_or_none("Job", namespace, job_name)
+        if job is None:
+            config = drift_config(policy["spec"])
+            job = build_drift_job(policy, due_epoch, profile_uri, config_wire(config), trainer_settings(self.config))
+            with contextlib.suppress(Conflict):
+                self.kube.create(job)
+            return None
+        finished = {
+            c.get("type") for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"
+        } & {"Complete", "Failed"}
+        if not finished:
+            return None
+        pods = self.kube.list("Pod", namespace, labels={"job-name": job_name})
+        messages = [
+            ((s.get("state") or {}).get("terminated") or {}).get("message") or ""
+            for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
+            for s in (pod.get("status") or {}).get("containerStatuses") or []
+        ]
+        try:
+            check = parse_drift_result(next(m for m in reversed(messages) if m.strip().startswith("{")))
+        except (StopIteration, ValueError):
+            raise MeasurementError(
+                Reason.SOURCE_UNAVAILABLE,
+                f"drift check Job {job_name} ended without a result; see `kubectl logs job/{job_name}`",
+            ) from None
+        if check.status == "Failed":
+            raise MeasurementError(check.reason or Reason.SOURCE_UNAVAILABLE, check.message or "the drift check failed")
+        return DriftMeasurement(verdict=verdict_from_check(check, drift_config(policy["spec"])), samples=check.sample_size)
 
     # --- reconciling --------------------------------------------------------------------------
 
@@ -185,6 +249,11 @@ def register(registry: kopf.OperatorRegistry, controller: DriftPolicyController,
     def resync(name: str, namespace: str | None, **_: Any) -> None:
         if namespace:
             controller.reconcile(namespace, name)
+
+    @kopf.on.event("batch", "v1", "jobs", labels={POLICY_LABEL: kopf.PRESENT}, registry=registry)
+    def on_check_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, labels[POLICY_LABEL])
 
     @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", labels={POLICY_LABEL: kopf.PRESENT}, registry=registry)
     def on_retrain_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:

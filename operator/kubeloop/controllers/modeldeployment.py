@@ -33,19 +33,18 @@ from kubeloop import API_GROUP, API_VERSION
 from kubeloop.analysis.base import AnalysisTarget, Measurement
 from kubeloop.analysis.builtin import BuiltinProvider
 from kubeloop.analysis.prometheus import PrometheusProvider
-from kubeloop.analysis.scrape import PodTarget, ScrapeProvider, ScrapeRound
+from kubeloop.analysis.scrape import ScrapeProvider, ScrapeRound
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
 from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, NotFound, post_event
+from kubeloop.controllers.scraping import scrape_round
 from kubeloop.decide.common import wire_time
 from kubeloop.decide.modeldeployment import AnalysisPlan, Decision, Observed, analysis_plan, decide
 from kubeloop.resources.serving import (
     OWNER_LABEL,
-    TRACK_LABEL,
     ServingSettings,
     deployment_name,
     hpa_name,
-    server_port,
 )
 from kubeloop.traffic import router_for
 
@@ -78,14 +77,6 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
         if key not in new:
             patch[key] = None
     return patch
-
-
-def _pod_ready(pod: Mapping[str, Any]) -> bool:
-    status = pod.get("status") or {}
-    conditions = status.get("conditions") or []
-    return status.get("phase") == "Running" and any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
-    )
 
 
 class ModelDeploymentController:
@@ -162,20 +153,7 @@ class ModelDeploymentController:
         return results
 
     def scrape_round(self, md: Mapping[str, Any], target: AnalysisTarget) -> ScrapeRound:
-        namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
-        port = server_port(md)
-        pods = [
-            PodTarget(pod["metadata"]["name"], port, pod["metadata"]["labels"].get(TRACK_LABEL, ""))
-            for pod in self.kube.list("Pod", namespace, labels={OWNER_LABEL: name})
-            if _pod_ready(pod)
-        ]
-
-        def fetch(pod: str, pod_port: int) -> str:
-            return self.kube.request_text(
-                "GET", f"/api/v1/namespaces/{namespace}/pods/{pod}:{pod_port}/proxy/metrics"
-            )
-
-        return self.scrape.round(target, pods, fetch)
+        return scrape_round(self.kube, self.scrape, md, target)
 
     # --- the reconcile ------------------------------------------------------------------------
 

@@ -30,7 +30,9 @@ from kubeloop.api.common import parse_duration
 from kubeloop.api.conditions import ConditionType, Reason
 from kubeloop.api.driftpolicy import MAX_HISTORY, RETRAIN_ANNOTATION
 from kubeloop.decide.common import Event, parse_wire_time, set_wire_condition, wire_time
+from kubeloop.drift.profile import PREDICTION_FEATURE
 from kubeloop.drift.report import DriftConfig, DriftReport, FeatureSettings
+from kubeloop.drift.result import DriftCheckResult
 from kubeloop.resources.meta import child_name, labels_for, owner_reference
 
 RetrainReason = Literal["Drift", "Schedule", "Manual"]
@@ -38,10 +40,58 @@ IN_FLIGHT = {"Pending", "Running"}
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """What one drift check concluded, whichever way it was measured (live counters or a
+    dataset Job)."""
+
+    drifted: bool
+    drifted_features: list[str]
+    share: float
+    feature_count: int
+    prediction_drifted: bool
+    scores: list[dict[str, Any]]
+
+
+def verdict_from_report(report: DriftReport) -> Verdict:
+    features = [*report.features, *([report.prediction] if report.prediction else [])]
+    scores = [
+        {
+            "feature": f.feature,
+            "test": f.test,
+            "score": round(f.score, 6),
+            "threshold": f.threshold,
+            "drifted": f.drifted,
+            **({"pValue": f.p_value_adjusted if f.p_value_adjusted is not None else f.p_value} if f.p_value is not None else {}),
+            "samples": f.sample_size,
+        }
+        for f in features
+    ]
+    return Verdict(report.drifted, report.drifted_features, report.share, len(report.features), report.prediction_drifted, scores)
+
+
+def verdict_from_check(check: DriftCheckResult, config: DriftConfig) -> Verdict:
+    """The verdict a dataset Job reported (its result keeps scores, not thresholds)."""
+    scores = [
+        {
+            "feature": name,
+            "test": test,
+            "score": score,
+            "threshold": config.threshold_for(name, test),
+            "drifted": drifted,
+            **({"pValue": p_value} if p_value is not None else {}),
+            "samples": check.sample_size,
+        }
+        for name, (test, score, p_value, drifted) in check.features.items()
+    ]
+    inputs = [name for name in check.features if name != PREDICTION_FEATURE]
+    return Verdict(check.drifted, check.drifted_features, check.share, len(inputs), check.prediction_drifted, scores)
+
+
+@dataclass(frozen=True)
 class DriftMeasurement:
     """The outcome of one drift check, as the controller measured it."""
 
-    report: DriftReport | None = None
+    verdict: Verdict | None = None
     samples: int = 0
     error: str | None = None  # why no measurement could be made (target, profile, source)
     error_reason: str = Reason.SOURCE_UNAVAILABLE
@@ -89,6 +139,20 @@ def drift_config(spec: Mapping[str, Any]) -> DriftConfig:
 def next_schedule_time(schedule: str, after: datetime) -> datetime:
     result: datetime = croniter(schedule, after).get_next(datetime)
     return result
+
+
+def due_time(policy: Mapping[str, Any]) -> datetime:
+    """When the next check is due: creation for the first, then ``interval`` after the last."""
+    status = policy.get("status") or {}
+    if not status.get("lastCheckTime"):
+        return parse_wire_time(policy["metadata"].get("creationTimestamp") or "1970-01-01T00:00:00Z")
+    return parse_wire_time(status["lastCheckTime"]) + parse_duration(policy["spec"].get("interval", "5m"))
+
+
+def config_wire(config: DriftConfig) -> dict[str, Any]:
+    """The statistics' configuration as ``kubeloop drift --config`` takes it."""
+    wire: dict[str, Any] = config.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    return wire
 
 
 def check_due(policy: Mapping[str, Any], now: datetime) -> bool:
@@ -157,22 +221,6 @@ def retrain_run(
 
 
 # --- the decision ---------------------------------------------------------------------------
-
-
-def _scores(report: DriftReport) -> list[dict[str, Any]]:
-    features = [*report.features, *([report.prediction] if report.prediction else [])]
-    return [
-        {
-            "feature": f.feature,
-            "test": f.test,
-            "score": round(f.score, 6),
-            "threshold": f.threshold,
-            "drifted": f.drifted,
-            **({"pValue": f.p_value_adjusted if f.p_value_adjusted is not None else f.p_value} if f.p_value is not None else {}),
-            "samples": f.sample_size,
-        }
-        for f in features
-    ]
 
 
 def _run_outcome(run: Mapping[str, Any] | None) -> tuple[str, str]:
@@ -264,35 +312,35 @@ def decide(
                 events.append(Event("Warning", measurement.error_reason, measurement.error))
             fail(measurement.error_reason, measurement.error)
             status["message"] = measurement.error
-        elif measurement.report is None or measurement.samples < min_samples:
+        elif measurement.verdict is None or measurement.samples < min_samples:
             message = f"{measurement.samples} samples in the window, fewer than minSamples={min_samples}: no verdict"
             condition(ConditionType.READY, True, Reason.NOT_ENOUGH_SAMPLES, message)
             condition(ConditionType.NOT_ENOUGH_DATA, True, Reason.NOT_ENOUGH_SAMPLES, message)
             status["message"] = message
         else:
-            report = measurement.report
+            verdict = measurement.verdict
             condition(ConditionType.NOT_ENOUGH_DATA, False, Reason.NO_DRIFT, f"{measurement.samples} samples")
-            status["scores"] = _scores(report)
-            status["drifted"] = report.drifted
-            status["driftedFeatures"] = report.drifted_features
-            status["driftedShare"] = round(report.share, 4)
-            moved = ", ".join(report.drifted_features) or "none"
-            prediction = " (prediction drifted too)" if report.prediction_drifted else ""
-            if report.drifted:
-                message = f"drift: {len(report.drifted_features)}/{len(report.features)} features moved ({moved}){prediction}"
+            status["scores"] = verdict.scores
+            status["drifted"] = verdict.drifted
+            status["driftedFeatures"] = verdict.drifted_features
+            status["driftedShare"] = round(verdict.share, 4)
+            moved = ", ".join(verdict.drifted_features) or "none"
+            prediction = " (prediction drifted too)" if verdict.prediction_drifted else ""
+            if verdict.drifted:
+                message = f"drift: {len(verdict.drifted_features)}/{verdict.feature_count} features moved ({moved}){prediction}"
                 condition(ConditionType.DRIFTED, True, Reason.DRIFT_DETECTED, message)
                 if not old.get("drifted"):
                     events.append(Event("Warning", Reason.DRIFT_DETECTED, message))
                 wanted = "Drift"
             else:
-                message = f"no drift: {len(report.drifted_features)}/{len(report.features)} features moved ({moved}){prediction}"
+                message = f"no drift: {len(verdict.drifted_features)}/{verdict.feature_count} features moved ({moved}){prediction}"
                 condition(ConditionType.DRIFTED, False, Reason.NO_DRIFT, message)
-            condition(ConditionType.READY, True, Reason.DRIFT_DETECTED if report.drifted else Reason.NO_DRIFT, message)
+            condition(ConditionType.READY, True, Reason.DRIFT_DETECTED if verdict.drifted else Reason.NO_DRIFT, message)
             status["message"] = message
             history = list(old.get("history") or [])
             history.append({
-                "time": wire_time(now), "drifted": report.drifted,
-                "driftedShare": round(report.share, 4), "samples": measurement.samples,
+                "time": wire_time(now), "drifted": verdict.drifted,
+                "driftedShare": round(verdict.share, 4), "samples": measurement.samples,
             })
             status["history"] = history[-MAX_HISTORY:]
 
@@ -347,7 +395,7 @@ def decide(
                 reason = {"Drift": Reason.RETRAIN_CREATED, "Schedule": Reason.SCHEDULED_RETRAIN, "Manual": Reason.MANUAL_RETRAIN}[wanted]
                 events.append(Event("Normal", reason, f"created TrainingRun {name} ({wanted.lower()})"))
                 condition(ConditionType.RETRAIN_IN_FLIGHT, True, Reason.RETRAIN_CREATED, f"retrain {name} is Pending")
-                if status.get("history") and measurement is not None and measurement.report is not None:
+                if status.get("history") and measurement is not None and measurement.verdict is not None:
                     status["history"][-1]["retrain"] = name
 
     status["conditions"] = conditions
