@@ -61,6 +61,8 @@ DYNAMIC_CALLS: dict[str, frozenset[str]] = {
     "trainingrun:decision.create_job": frozenset({"Job"}),
     # decide.driftpolicy.Decision.create_run: a retrain TrainingRun
     "driftpolicy:decision.create_run": frozenset({"TrainingRun"}),
+    # resources.driftjob.build_drift_job: the dataset check
+    "driftpolicy:job": frozenset({"Job"}),
     # decide.modeldeployment.Decision: resources.serving builders
     "modeldeployment:service": frozenset({"Service"}),
     "modeldeployment:deployment": frozenset({"Deployment"}),
