@@ -26,3 +26,4 @@ integration:
 
 crds:             ## regenerate crds/ and the chart's copy from the pydantic models
 	$(PYTHON) -m kubeloop.api.crdgen --write
+	$(PYTHON) -m kubeloop.api.docgen --write
