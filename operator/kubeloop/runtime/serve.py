@@ -106,7 +106,8 @@ def main(argv: Sequence[str]) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
-    from kubeloop.serving.model import ModelArtifactError, fetch_artifact, trusted_types
+    _keep_dataframe_libraries_out()
+    from kubeloop.serving.model import ModelArtifactError, fetch_artifact
 
     try:
         artifact = fetch_artifact(
@@ -114,7 +115,6 @@ def main(argv: Sequence[str]) -> int:
             None if settings.insecure_skip_verify else settings.sha256,
             settings.profile_uri,
         )
-        trusted_types(artifact.model_bytes)
     except ModelArtifactError as exc:
         log.error("refusing to serve: %s", exc)
         return exc.exit_code
@@ -126,9 +126,23 @@ def main(argv: Sequence[str]) -> int:
         )
     else:
         log.info("verified %s (sha256 %s)", artifact.model_uri, artifact.sha256)
+    # Handed over in a box so that the runner, not this frame, holds the last reference to
+    # the artifact's bytes and can drop them once the model is loaded or staged.
+    box = [artifact]
+    del artifact
     if settings.workers == 1:
-        return _serve_in_process(settings, artifact)
-    return _supervise(settings, artifact)
+        return _serve_in_process(settings, box)
+    return _supervise(settings, box)
+
+
+def _keep_dataframe_libraries_out() -> None:
+    """Stop scikit-learn from importing pandas/pyarrow just because they are installed.
+
+    The server hands models NumPy arrays only and skops refuses pandas types, so they would
+    never be used, yet importing them costs ~60 MB of memory in every worker process.
+    """
+    for name in ("pandas", "pyarrow"):
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,12 +248,15 @@ def _build_app(
     return ServeApp(build_state(settings, artifact, _version(), siblings))
 
 
-def _serve_in_process(settings: ServeSettings, artifact: ModelArtifact) -> int:
-    from kubeloop.serving.model import ModelArtifactError
+def _serve_in_process(settings: ServeSettings, box: list[ModelArtifact]) -> int:
+    from kubeloop.serving.model import ModelArtifactError, trusted_types
 
     _limit_threads()
     try:
+        artifact = box.pop()
+        trusted_types(artifact.model_bytes)
         app = _build_app(settings, artifact)
+        del artifact  # the loaded model is all we need from here on
     except ModelArtifactError as exc:
         log.error("refusing to serve: %s", exc)
         return exc.exit_code
@@ -257,11 +274,12 @@ def _worker_main(
 ) -> None:
     """Body of one worker process (spawned, so it starts from a clean interpreter)."""
     os.environ.update(env)
+    _keep_dataframe_libraries_out()
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
-    from kubeloop.serving.model import ModelArtifactError, fetch_artifact
+    from kubeloop.serving.model import ModelArtifactError, fetch_artifact, trusted_types
     from kubeloop.serving.settings import ServeSettings
 
     settings = ServeSettings()
@@ -269,7 +287,9 @@ def _worker_main(
     siblings = [str(Path(sockets_dir) / f"worker-{i}.sock") for i in range(workers) if i != index]
     try:
         artifact = fetch_artifact(settings.model_uri, settings.sha256, settings.profile_uri)
+        trusted_types(artifact.model_bytes)
         app = _build_app(settings, artifact, siblings)
+        del artifact
     except ModelArtifactError as exc:
         log.error("worker %d refusing to serve: %s", index, exc)
         sys.exit(exc.exit_code)
@@ -295,7 +315,12 @@ def _stage(artifact: ModelArtifact, directory: Path) -> tuple[str, str | None]:
     return str(model_path), str(profile_path) if profile_path else None
 
 
-def _supervise(settings: ServeSettings, artifact: ModelArtifact) -> int:
+def _supervise(settings: ServeSettings, box: list[ModelArtifact]) -> int:
+    """Stage the verified artifact, run N workers, forward signals, restart crashed workers.
+
+    This process never loads the model (nor scikit-learn): workers do, and a worker that
+    cannot (untrusted types, unreadable file) makes the whole server exit with its code.
+    """
     import multiprocessing
 
     from kubeloop.serving.metrics import MULTIPROC_ENV
@@ -306,6 +331,7 @@ def _supervise(settings: ServeSettings, artifact: ModelArtifact) -> int:
     Path(metrics_dir).mkdir(parents=True, exist_ok=True)
     for stale in Path(metrics_dir).glob("*.db"):
         stale.unlink()
+    artifact = box.pop()
     model_path, profile_path = _stage(artifact, workdir)
     staged = settings.model_copy(
         update={
@@ -315,6 +341,7 @@ def _supervise(settings: ServeSettings, artifact: ModelArtifact) -> int:
             "insecure_skip_verify": False,
         }
     )
+    del artifact
     env = {**staged.to_env(), MULTIPROC_ENV: metrics_dir}
     if profile_path is None:
         env.pop("KUBELOOP_SERVE_PROFILE_URI", None)
