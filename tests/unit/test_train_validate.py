@@ -127,3 +127,9 @@ def test_text_features_become_categorical(wine: pd.DataFrame) -> None:
     assert columns.target == "target"
     assert "target" not in columns.features
     assert set(columns.categorical) == {"region", "magnesium"}
+
+
+def test_class_messages_show_labels_as_written(wine: pd.DataFrame) -> None:
+    (failure,) = [f for f in _failures(wine, _spec({"minClassFraction": 0.3})) if f.rule == "min_class_fraction"]
+    assert failure.observed == {"class": "2", "fraction": round(48 / 178, 6)}
+    assert "class 2 of target 'target'" in failure.message

@@ -238,6 +238,8 @@ def _class_failures(
             "least two",
         )]
     rarest_label = frequencies.index[-1]
+    if isinstance(rarest_label, np.generic):
+        rarest_label = rarest_label.item()  # 2, not np.int64(2), in the message
     rarest = float(frequencies.iloc[-1])
     if min_fraction is not None and rarest < min_fraction:
         return [_fail(
