@@ -51,7 +51,15 @@ def install_crds(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> No
 class OperatorProcess:
     """``kubeloop operator`` as a subprocess, so tests can SIGKILL and restart it."""
 
-    def __init__(self, kubeconfig: str, namespace: str, log_path: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        namespace: str,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        inherit_kubeloop_env: bool = True,
+    ) -> None:
+        self.inherit_kubeloop_env = inherit_kubeloop_env
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_path = log_path
@@ -61,8 +69,11 @@ class OperatorProcess:
         self.peak_rss_kib = 0
 
     def start(self) -> None:
+        inherited = {
+            k: v for k, v in os.environ.items() if self.inherit_kubeloop_env or not k.startswith("KUBELOOP_")
+        }
         env = {
-            **os.environ,
+            **inherited,
             "KUBECONFIG": self.kubeconfig,
             "KUBELOOP_METRICS_PORT": str(self.metrics_port),
             "KUBELOOP_HEALTH_PORT": "0",

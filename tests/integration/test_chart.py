@@ -286,27 +286,6 @@ def service_account_kubeconfig(admin_kubeconfig: str, token: str, namespace: str
     return out
 
 
-class ChartOperator(OperatorProcess):
-    """``kubeloop operator`` with the environment the chart's Deployment sets, plus the
-    harness' test ports; started through the console entry point's function."""
-
-    def start(self) -> None:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("KUBELOOP_")},
-            **self.extra_env,
-            "KUBECONFIG": self.kubeconfig,
-            "KUBELOOP_METRICS_PORT": str(self.metrics_port),
-            "KUBELOOP_HEALTH_PORT": "0",
-            "KUBELOOP_RESYNC_SECONDS": "2",
-        }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", "from kubeloop.cli import main; main()", "operator",
-                 "--namespace", self.namespace],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-            )
-
-
 def run_trainer_locally(run_spec: dict[str, Any], name: str, out: Path) -> tuple[str, int]:
     """Really run `kubeloop train` on the spec; its termination message is what a kubelet reports."""
     out.mkdir(parents=True, exist_ok=True)
@@ -386,7 +365,7 @@ def test_operator_under_the_charts_service_account_reconciles_and_is_fenced(
     whoami = json.loads(run(tool("kubectl"), "--kubeconfig", str(sa_config), "auth", "whoami", "-o", "json").stdout)
     assert whoami["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:{service_account}"
 
-    operator = ChartOperator(str(sa_config), namespace, tmp_path / "operator.log", env=chart_env)
+    operator = OperatorProcess(str(sa_config), namespace, tmp_path / "operator.log", env=chart_env, inherit_kubeloop_env=False)
     operator.start()
     try:
         # When a TrainingRun is applied (by a user, as admin).

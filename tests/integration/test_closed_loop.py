@@ -105,6 +105,24 @@ def status_of(custom: client.CustomObjectsApi, namespace: str, plural: str, name
     return custom_get(custom, namespace, plural, name).get("status") or {}
 
 
+def serve_champion(custom: client.CustomObjectsApi, namespace: str, md_spec: dict[str, Any]) -> dict[str, Any]:
+    """Train ``loop-0`` for real and serve it as ModelDeployment ``loop``; its stable status."""
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": "loop-0"}, "spec": run_spec(synthetic(1)),
+    })
+    wait_for(lambda: status_of(custom, namespace, "trainingruns", "loop-0").get("phase") == "Succeeded", 180, 1, "champion trained")
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "loop"},
+        "spec": {"model": {"trainingRunRef": {"name": "loop-0"}}, **md_spec},
+    })
+    stable: dict[str, Any] = wait_for(
+        lambda: status_of(custom, namespace, "modeldeployments", "loop").get("stable", {}).get("sha256")
+        and status_of(custom, namespace, "modeldeployments", "loop")["stable"],
+        90, 1, "stable model served",
+    )
+    return stable
+
+
 def test_drift_retrains_beats_the_champion_and_starts_a_canary(
     kube_api: Any, namespace: str, loop_operator: OperatorProcess, tmp_path: Path
 ) -> None:
@@ -115,17 +133,7 @@ def test_drift_retrains_beats_the_champion_and_starts_a_canary(
     traffic_stop = threading.Event()
     try:
         # Given a champion, trained for real and served.
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": "loop-0"}, "spec": run_spec(synthetic(1)),
-        })
-        wait_for(lambda: status_of(custom, namespace, "trainingruns", "loop-0").get("phase") == "Succeeded", 180, 1, "champion trained")
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "loop"},
-            "spec": {"model": {"trainingRunRef": {"name": "loop-0"}}, "replicas": 2,
-                     "rollout": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
-        })
-        stable = wait_for(lambda: status_of(custom, namespace, "modeldeployments", "loop").get("stable", {}).get("sha256") and
-                          status_of(custom, namespace, "modeldeployments", "loop")["stable"], 90, 1, "stable model served")
+        stable = serve_champion(custom, namespace, {"replicas": 2, "rollout": {"steps": [{"setWeight": 50}, {"pause": {}}]}})
 
         # The same artifact, served for real here (kwok's pods serve nothing), scraped by Prometheus.
         server = Server(stable["uri"], stable["sha256"], "stable", tmp_path / "serve.log", "loop")
@@ -203,15 +211,7 @@ def test_dataset_source_is_checked_by_a_job_and_retrains(
     kubelet = LocalKubelet(core, namespace, tmp_path)
     kubelet.start()
     try:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": "loop-0"}, "spec": run_spec(synthetic(1)),
-        })
-        wait_for(lambda: status_of(custom, namespace, "trainingruns", "loop-0").get("phase") == "Succeeded", 180, 1, "champion trained")
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "loop"},
-            "spec": {"model": {"trainingRunRef": {"name": "loop-0"}}, "replicas": 1},
-        })
-        wait_for(lambda: status_of(custom, namespace, "modeldeployments", "loop").get("stable", {}).get("sha256"), 90, 1, "stable model served")
+        serve_champion(custom, namespace, {"replicas": 1})
         # Yesterday's requests, as a file: shifted on every feature.
         current = tmp_path / "requests.csv"
         make_synthetic(rows=2000, features=FEATURES, seed=11, shift=1.5).drop(columns=["target"]).to_csv(current, index=False)

@@ -12,10 +12,8 @@ analysis against real servers is in test_modeldeployment_analysis.py).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,27 +27,6 @@ GROUP, VERSION, PLURAL = "kubeloop.io", "v1alpha1", "modeldeployments"
 GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api@v1.2.1"
 SHA_A, SHA_B, SHA_C = "a" * 64, "b" * 64, "c" * 64
 STEP_TIMEOUT = 90
-
-
-class Operator(OperatorProcess):
-    """The harness' operator process, started through the console entry point's function
-    (``python -m kubeloop.cli`` has no ``__main__`` guard to run)."""
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": self.kubeconfig,
-            "KUBELOOP_METRICS_PORT": str(self.metrics_port),
-            "KUBELOOP_HEALTH_PORT": "0",
-            "KUBELOOP_RESYNC_SECONDS": "2",
-            **self.extra_env,
-        }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", "from kubeloop.cli import main; main()", "operator",
-                 "--namespace", self.namespace],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +52,7 @@ def gateway_api_crds(kubectl: Any) -> None:
 
 @pytest.fixture
 def operator(kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None) -> Iterator[OperatorProcess]:
-    process = Operator(
+    process = OperatorProcess(
         kubeconfig_path, namespace, tmp_path / "operator.log",
         env={"KUBELOOP_RUNTIME_IMAGE": "kubeloop:test", "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
     )

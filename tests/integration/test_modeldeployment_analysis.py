@@ -18,9 +18,6 @@ local Prometheus labels their series with the test namespace as Kubernetes disco
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -225,27 +222,6 @@ def test_failing_model_fails_the_error_rate(tmp_path: Path, models: dict[str, St
 # --- the operator, the real Prometheus, the rollout ---------------------------------------------
 
 
-class Operator(OperatorProcess):
-    """The harness' operator process, started through the console entry point's function
-    (``python -m kubeloop.cli`` has no ``__main__`` guard to run)."""
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": self.kubeconfig,
-            "KUBELOOP_METRICS_PORT": str(self.metrics_port),
-            "KUBELOOP_HEALTH_PORT": "0",
-            "KUBELOOP_RESYNC_SECONDS": "2",
-            **self.extra_env,
-        }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", "from kubeloop.cli import main; main()", "operator",
-                 "--namespace", self.namespace],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-
-
 @pytest.fixture(scope="module")
 def crds(kubectl: Any) -> None:
     install_crds(kubectl)
@@ -253,7 +229,7 @@ def crds(kubectl: Any) -> None:
 
 @pytest.fixture
 def operator(kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None) -> Iterator[OperatorProcess]:
-    process = Operator(
+    process = OperatorProcess(
         kubeconfig_path, namespace, tmp_path / "operator.log",
         env={"KUBELOOP_RUNTIME_IMAGE": "kubeloop:test", "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
     )
