@@ -208,3 +208,13 @@ def test_fingerprint_tells_text_boundaries_apart() -> None:
     left = pd.DataFrame({"s": ["ab", "c"]})
     right = pd.DataFrame({"s": ["a", "bc"]})
     assert data_fingerprint(left) != data_fingerprint(right)
+
+
+def test_fingerprint_of_text_is_the_same_whatever_pandas_type_holds_it() -> None:
+    values = ["north", "south", None, "wést", "", "north"]
+    as_str = pd.DataFrame({"region": pd.Series(values, dtype="str")})
+    as_object = pd.DataFrame({"region": pd.Series(values, dtype=object)})
+    as_category = pd.DataFrame({"region": pd.Series(values, dtype="category")})
+    assert data_fingerprint(as_str) == data_fingerprint(as_object) == data_fingerprint(as_category)
+    as_object.loc[3, "region"] = "west"
+    assert data_fingerprint(as_object) != data_fingerprint(as_str)

@@ -78,18 +78,47 @@ def _canonical_column(column: pd.Series[Any]) -> tuple[str, list[memoryview | by
 
 
 def _text_buffers(column: pd.Series[Any]) -> list[memoryview | bytes]:
-    import pyarrow as pa
-
-    missing = column.isna().to_numpy()
-    text = column.astype(object).where(~missing, None)
-    as_str = [None if v is None else str(v) for v in text.tolist()]
-    array = pa.array(as_str, type=pa.large_string())
-    offsets = np.frombuffer(array.buffers()[1], dtype="<i8")[array.offset: array.offset + len(array) + 1]
+    array = _as_large_strings(column)
+    missing = np.asarray(array.is_null(), dtype=np.uint8)
+    offsets = np.frombuffer(array.buffers()[1], dtype="<i8")[
+        array.offset : array.offset + len(array) + 1
+    ]
     lengths = np.diff(offsets).astype("<i8")
     data = array.buffers()[2]
     start, end = int(offsets[0]), int(offsets[-1])
     payload = memoryview(data)[start:end] if data is not None else b""
-    return [_buffer(missing.astype(np.uint8)), _buffer(lengths), payload]
+    return [_buffer(missing), _buffer(lengths), payload]
+
+
+def _as_large_strings(column: pd.Series[Any]) -> Any:
+    """The column's values as one Arrow ``large_string`` array, missing values as nulls.
+
+    Text columns (pandas ``str``) and categories of text convert inside Arrow, without a
+    Python loop per value; anything else (mixed objects) goes value by value through
+    ``str()``. Both paths give the same bytes for the same text.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    values: Any = column
+    if isinstance(column.dtype, pd.CategoricalDtype) and pd.api.types.is_string_dtype(
+        column.dtype.categories.dtype
+    ):
+        values = column.astype(str).where(column.notna(), None)
+    if pd.api.types.is_string_dtype(values.dtype) and values.dtype != object:
+        try:
+            array = pa.array(values, from_pandas=True)
+            if isinstance(array, pa.ChunkedArray):
+                array = array.combine_chunks()
+            if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+                return array.cast(pa.large_string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # fall back to the value-by-value path below
+    missing = column.isna().to_numpy()
+    text = column.astype(object).where(~missing, None)
+    return pa.array(
+        [None if v is None else str(v) for v in text.tolist()], type=pa.large_string()
+    )
 
 
 def _buffer(array: np.ndarray[Any, Any]) -> memoryview:
