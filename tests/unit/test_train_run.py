@@ -320,3 +320,20 @@ def test_same_spec_and_data_give_the_same_model(tmp_path: Path) -> None:
     assert one.random_state == other.random_state == 11
     features = load_table("sklearn://breast_cancer").frame.drop(columns="target")
     np.testing.assert_array_equal(one.predict_proba(features), other.predict_proba(features))
+
+
+def test_a_fit_error_exits_4_and_names_the_estimator(tmp_path: Path) -> None:
+    spec = _spec(model={"estimator": "sklearn.linear_model.LogisticRegression", "params": {"solver": "no-such-solver"}})
+    code, result = _train(tmp_path, spec, "run-fit")
+    assert (code, result.status, result.reason) == (4, "TrainingFailed", "FitFailed")
+    assert "LogisticRegression" in result.message and "solver" in result.message
+    assert not (tmp_path / "models").exists()
+
+
+def test_unwritable_storage_exits_4_and_leaves_no_completion_marker(tmp_path: Path) -> None:
+    blocker = tmp_path / "models"
+    blocker.write_text("a file where the storage directory should be")
+    code, result = _train(tmp_path, _spec(), "run-w")
+    assert (code, result.reason) == (4, "StorageFailed")
+    assert str(blocker) in result.message
+    assert result.metrics  # the evaluation happened and is still reported
