@@ -1,7 +1,8 @@
-"""Not a drift tool: sorts every numerical column of both tables once (np.sort, float64).
+"""Not a drift tool: sorts every numerical column of both tables once (float64).
 
 Any exact two-sample KS must at least order both samples, so this is the floor the others are
-measured against.
+measured against. Each column is copied into one reused buffer and sorted in place, the
+cheapest way numpy offers (np.sort would also pay for a fresh allocation per column).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ def main() -> None:
     reference, numerical, _categorical = load_columns(data_dir, "reference")
     current, _, _ = load_columns(data_dir, "current")
     timer.mark("load")
+    buffer = np.empty(max(reference[numerical[0]].size, current[numerical[0]].size))
     for name in numerical:
-        np.sort(reference[name])
-        np.sort(current[name])
+        for column in (reference[name], current[name]):
+            view = buffer[: column.size]
+            np.copyto(view, column)
+            view.sort()
     timer.mark("compute")
     emit("sort-floor", timer, {}, floor=True)
 
