@@ -138,8 +138,15 @@ build_runtime() {
   buildah_ inspect --type image "${BASE_IMAGE}" >/dev/null 2>&1 ||
     buildah_ pull "docker-archive:$(base_archive)" >/dev/null
   log "runtime: building ${ROOT}/Dockerfile FROM ${BASE_IMAGE} (pip install needs PyPI)"
+  # RUN steps see the host's trust store and pip settings (mounted for the build only, never
+  # in a layer), so a proxy or mirror that this machine trusts is trusted by `pip install` too.
+  local -a mounts=()
+  local f
+  for f in /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
+    [[ -f "${f}" ]] && mounts+=(--volume "${f}:${f}:ro")
+  done
   # --isolation chroot: RUN steps share the host's network (PyPI) and need no CNI of buildah's.
-  buildah_ bud --isolation chroot --layers --build-arg "BASE=${BASE_IMAGE}" \
+  buildah_ bud --isolation chroot --layers "${mounts[@]}" --build-arg "BASE=${BASE_IMAGE}" \
     -f "${ROOT}/Dockerfile" -t "${RUNTIME_IMAGE}" "${ROOT}" >&2
   mkdir -p "${IMAGES}"
   buildah_ push -q "${RUNTIME_IMAGE}" "docker-archive:${out}.tmp:${RUNTIME_IMAGE}" >/dev/null
