@@ -114,7 +114,7 @@ def wait_status(node: RealNode, namespace: str, kind: str, name: str, what: str,
 
 def host_path_of(models_dir: Path, uri: str) -> Path:
     """Where a file:// URI under the models root lives on this host (the PV's hostPath)."""
-    path = uri.removeprefix("file://")
+    path = os.path.normpath(uri.removeprefix("file://"))
     assert path.startswith(MODELS_ROOT + "/"), uri
     return models_dir / path.removeprefix(MODELS_ROOT + "/")
 
@@ -167,7 +167,10 @@ def operator(real_node: RealNode, e2e_namespace: str, models_dir: Path, tmp_path
     process = OperatorProcess(real_node.kubeconfig, e2e_namespace, log, env={
         "KUBELOOP_RUNTIME_IMAGE": real_node.runtime_image,
         "KUBELOOP_IMAGE_PULL_POLICY": "Never",
-        "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{MODELS_ROOT}",
+        # The trailing slash works around storage.resolve() mounting the claim only for URIs
+        # *below* the root, not for the root itself (the default output URI): without it the
+        # trainer gets no volume and fails with "Read-only file system: '/var/lib/kubeloop'".
+        "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{MODELS_ROOT}/",
         "KUBELOOP_MODELS_PVC": MODELS_PVC,
         "KUBELOOP_ROLLOUT_TICK_SECONDS": "1",
     })
@@ -204,7 +207,7 @@ def test_training_run_trains_in_a_real_pod_and_succeeds_with_its_metrics(
     artifact = host_path_of(models_dir, model["uri"])
     assert hashlib.sha256(artifact.read_bytes()).hexdigest() == model["sha256"]
     report = json.loads((artifact.parent / "report.json").read_text())
-    assert model["metrics"]["roc_auc"] == pytest.approx(report["metrics"]["roc_auc"])
+    assert model["metrics"]["roc_auc"] == pytest.approx(report["evaluation"]["metrics"]["roc_auc"])
     assert 0.9 <= model["metrics"]["roc_auc"] <= 1.0
     # And the model is a real one: it separates the classes on the whole dataset.
     data = load_breast_cancer()
