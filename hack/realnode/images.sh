@@ -47,6 +47,16 @@ buildah_() {
     --storage-driver "${KUBELOOP_BUILDAH_DRIVER:-overlay}" "$@"
 }
 
+# No builder container or mount outlives a build (a failed RUN leaves its working container).
+cleanup_buildah() {
+  [[ -d "${BUILDAH_ROOT}/root" ]] || return 0
+  buildah_ rm --all >/dev/null 2>&1 || true
+  local m
+  while read -r m; do umount "${m}" 2>/dev/null || true; done < <(
+    awk -v root="${BUILDAH_ROOT}/root" 'index($2, root) == 1 { print $2 }' /proc/self/mounts | sort -r)
+}
+trap cleanup_buildah EXIT
+
 short_hash() { sha256sum | cut -c1-16; }
 
 pause_archive() {

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -141,23 +142,25 @@ def models_dir(real_node: RealNode, e2e_namespace: str) -> Iterator[Path]:
     directory = real_node.state_dir / "models" / e2e_namespace
     directory.mkdir(parents=True, exist_ok=True)
     os.chown(directory, RUNTIME_UID, RUNTIME_UID)  # the runtime pods' user writes here
-    pv = {
+    pv_name = f"models-{e2e_namespace}"
+    pv: dict[str, Any] = {
         "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": f"models-{e2e_namespace}"},
+        "metadata": {"name": pv_name},
         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
                  "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
                  "hostPath": {"path": str(directory), "type": "Directory"},
                  "claimRef": {"namespace": e2e_namespace, "name": MODELS_PVC}},
     }
-    pvc = {
+    pvc: dict[str, Any] = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": MODELS_PVC},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv["metadata"]["name"],
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
                  "resources": {"requests": {"storage": "1Gi"}}},
     }
     kubectl_apply(real_node, e2e_namespace, pv)
     kubectl_apply(real_node, e2e_namespace, pvc)
     yield directory
-    real_node.kubectl("delete", "pv", pv["metadata"]["name"], "--wait=false", check=False)
+    real_node.kubectl("delete", "pv", pv_name, "--wait=false", check=False)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +213,7 @@ def test_training_run_trains_in_a_real_pod_and_succeeds_with_its_metrics(
     assert model["metrics"]["roc_auc"] == pytest.approx(report["evaluation"]["metrics"]["roc_auc"])
     assert 0.9 <= model["metrics"]["roc_auc"] <= 1.0
     # And the model is a real one: it separates the classes on the whole dataset.
-    data = load_breast_cancer()
+    data = load_breast_cancer(as_frame=True)
     scores = load_model(artifact).predict_proba(data.data)[:, 1]
     assert roc_auc_score(data.target, scores) > 0.95
 
@@ -227,8 +230,9 @@ def test_model_deployment_answers_v2_inference_through_its_cluster_ip(
     service = get(real_node, e2e_namespace, "service", "cancer")
     cluster_ip = service["spec"]["clusterIP"]
     url = f"http://{cluster_ip}:8080/v2/models/cancer/infer"
-    rows = load_breast_cancer().data[::20]
-    expected = load_model(host_path_of(models_dir, first_run["model"]["uri"])).predict(rows)
+    frame = load_breast_cancer(as_frame=True).data.iloc[::20]
+    rows = frame.to_numpy()
+    expected = load_model(host_path_of(models_dir, first_run["model"]["uri"])).predict(frame)
     # kube-proxy may need a moment after the endpoint turns ready.
     answer = wait_for(lambda: _try_infer(url, rows), timeout=60, interval=0.5, what=f"answer from {url}")
     assert answer["model_name"] == "cancer"
