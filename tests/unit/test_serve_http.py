@@ -346,3 +346,31 @@ def test_log_names_the_verified_artifact(
     forest: RunningServer, models: dict[str, StoredModel]
 ) -> None:
     assert f"verified {Path(models['forest'].directory) / 'model.skops'}" in forest.log()
+
+
+def test_bare_linear_model_is_served_through_its_checked_fast_path(
+    models: dict[str, StoredModel], tmp_path: Path
+) -> None:
+    from serve_fixtures import store_model
+    from sklearn.linear_model import LogisticRegression
+
+    forest = models["forest"]
+    model = store_model(
+        tmp_path / "cancer-lr" / "run-1",
+        LogisticRegression(max_iter=10000),
+        forest.features,
+        forest.target,
+        forest.feature_names,
+        classification=True,
+    )
+    rows = model.features[::3]
+    with serving(model, tmp_path / "logs") as server:
+        one = infer(server, "model", v2_request(rows[:1]))
+        many = infer(server, "model", v2_request(rows, outputs=[{"name": "predict_proba"}]))
+        log = server.log()
+    assert one.status_code == 200, one.text
+    assert one.json()["outputs"][0]["data"] == model.estimator.predict(rows[:1]).tolist()
+    np.testing.assert_array_equal(
+        np.reshape(many.json()["outputs"][0]["data"], (-1, 2)), model.estimator.predict_proba(rows)
+    )
+    assert "fast path" not in log, log

@@ -106,7 +106,6 @@ def main(argv: Sequence[str]) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
-    _keep_dataframe_libraries_out()
     from kubeloop.serving.model import ModelArtifactError, fetch_artifact
 
     try:
@@ -133,16 +132,6 @@ def main(argv: Sequence[str]) -> int:
     if settings.workers == 1:
         return _serve_in_process(settings, box)
     return _supervise(settings, box)
-
-
-def _keep_dataframe_libraries_out() -> None:
-    """Stop scikit-learn from importing pandas/pyarrow just because they are installed.
-
-    The server hands models NumPy arrays only and skops refuses pandas types, so they would
-    never be used, yet importing them costs ~60 MB of memory in every worker process.
-    """
-    for name in ("pandas", "pyarrow"):
-        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +263,6 @@ def _worker_main(
 ) -> None:
     """Body of one worker process (spawned, so it starts from a clean interpreter)."""
     os.environ.update(env)
-    _keep_dataframe_libraries_out()
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
