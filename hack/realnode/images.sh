@@ -57,6 +57,17 @@ cleanup_buildah() {
 }
 trap cleanup_buildah EXIT
 
+# Keep one archive per image: the one just built (older keys are never used again).
+drop_older() {
+  local keep="$1" prefix f
+  prefix="$(basename "${keep}")"
+  prefix="${prefix%-*}"
+  for f in "${IMAGES}/${prefix}"-*.tar; do
+    [[ -f "${f}" && "${f}" != "${keep}" ]] && rm -f "${f}"
+  done
+  return 0
+}
+
 short_hash() { sha256sum | cut -c1-16; }
 
 pause_archive() {
@@ -105,6 +116,7 @@ build_pause() {
   rm -f "${out}.tmp"
   buildah_ push -q "${PAUSE_IMAGE}" "docker-archive:${out}.tmp:${PAUSE_IMAGE}" >/dev/null
   mv "${out}.tmp" "${out}"
+  drop_older "${out}"
   rm -rf "${tmp}"
   log "pause: built ${out}"
 }
@@ -134,6 +146,7 @@ build_base() {
   mkdir -p "${IMAGES}"
   buildah_ push -q "${BASE_IMAGE}" "docker-archive:${out}.tmp:${BASE_IMAGE}" >/dev/null
   mv "${out}.tmp" "${out}"
+  drop_older "${out}"
   rm -rf "${tmp}"
   log "base: built ${out}"
 }
@@ -161,6 +174,9 @@ build_runtime() {
   mkdir -p "${IMAGES}"
   buildah_ push -q "${RUNTIME_IMAGE}" "docker-archive:${out}.tmp:${RUNTIME_IMAGE}" >/dev/null
   mv "${out}.tmp" "${out}"
+  drop_older "${out}"
+  # Untagged images of earlier builds: each runtime image is ~700 MB.
+  buildah_ rmi --prune >/dev/null 2>&1 || true
   log "runtime: built ${out}"
 }
 
