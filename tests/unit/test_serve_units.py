@@ -270,3 +270,20 @@ def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyP
 def test_invalid_settings_name_the_field(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ServeSettings(**kwargs)
+
+
+def test_fast_paths_can_be_switched_off(tmp_path: Any) -> None:
+    import hashlib
+
+    import skops.io
+
+    from kubeloop.serving.model import fetch_artifact, load_model
+
+    model = RandomForestClassifier(n_estimators=5, random_state=0).fit(IRIS.data, IRIS.target)
+    skops.io.dump(model, tmp_path / "model.skops")
+    digest = hashlib.sha256((tmp_path / "model.skops").read_bytes()).hexdigest()
+    artifact = fetch_artifact(str(tmp_path), digest)
+    assert load_model(artifact, "m").fast is not None
+    plain = load_model(artifact, "m", fast_paths=False)
+    assert plain.fast is None
+    np.testing.assert_array_equal(plain.predict(IRIS.data), model.predict(IRIS.data))

@@ -39,7 +39,9 @@ CACHE = Path(os.environ.get("KUBELOOP_CACHE", Path.home() / ".cache" / "kubeloop
 VENVS = CACHE / "bench-venvs"
 CONCURRENCY = (1, 8, 64)
 MODELS = ("rf", "lr")
-SERVERS = ("kubeloop", "mlserver-default", "mlserver-tuned", "kserve")
+# kubeloop-sklearn: our server with --no-fast-paths, i.e. scikit-learn's own predict, to show
+# how much comes from batching and the HTTP stack alone.
+SERVERS = ("kubeloop", "kubeloop-sklearn", "mlserver-default", "mlserver-tuned", "kserve")
 TUNED_PEERS = ("mlserver-tuned", "kserve")
 
 
@@ -165,12 +167,13 @@ def start_server(
     env = {**os.environ}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     cwd = None
-    if kind == "kubeloop":
+    if kind in ("kubeloop", "kubeloop-sklearn"):
         command = [
             sys.executable, "-c", "from kubeloop.cli import main; main()", "serve",
             "--model-uri", info["dir"], "--sha256", info["sha256"], "--model-name", model,
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
             "--log-level", "warning",
+            *(["--no-fast-paths"] if kind == "kubeloop-sklearn" else []),
         ]  # fmt: skip
     elif kind.startswith("mlserver"):
         venv = "mlserver" if kind == "mlserver-default" else "mlserver-tuned"
@@ -497,7 +500,7 @@ def main() -> int:
         return 2
     servers = [s for s in args.servers.split(",") if s]
     models = [m for m in args.models.split(",") if m]
-    if any(s != "kubeloop" for s in servers):
+    if any(not s.startswith("kubeloop") for s in servers):
         ensure_venvs()
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)

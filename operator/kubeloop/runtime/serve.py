@@ -17,6 +17,7 @@ Exit codes: 0 clean shutdown, 2 bad settings, 3 sha256 mismatch, 4 model unusabl
 from __future__ import annotations
 
 import argparse
+import importlib.abc
 import logging
 import os
 import shutil
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--feedback-capacity", type=int, help="recent predictions kept for /feedback")
     add("--shutdown-delay-seconds", type=float, help="seconds of 503 readiness after SIGTERM")
     add("--drain-timeout-seconds", type=float, help="longest wait for in-flight requests")
+    add(
+        "--no-fast-paths",
+        dest="fast_paths",
+        action="store_false",
+        help="always call the estimator's own predict (no direct forest/linear paths)",
+    )
     add("--log-level", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -106,6 +113,7 @@ def main(argv: Sequence[str]) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
+    _leave_out_pyarrow()
     from kubeloop.serving.model import ModelArtifactError, fetch_artifact
 
     try:
@@ -132,6 +140,32 @@ def main(argv: Sequence[str]) -> int:
     if settings.workers == 1:
         return _serve_in_process(settings, box)
     return _supervise(settings, box)
+
+
+class _AbsentModules(importlib.abc.MetaPathFinder):
+    """Makes the named top-level modules look uninstalled to this process."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname.split(".", 1)[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
+
+
+def _leave_out_pyarrow() -> None:
+    """Serve as if pyarrow were not installed (it is, for the trainer, in the same image).
+
+    scikit-learn imports pandas, and pandas imports pyarrow when it can: ~33 MB of memory in
+    every worker for a library the server never uses (requests are decoded to NumPy, and
+    skops refuses non-scikit-learn types). Both treat pyarrow as optional, so an absent
+    module is a configuration they support; a ``None`` in sys.modules would not be.
+    """
+    if "pyarrow" not in sys.modules and not any(
+        isinstance(f, _AbsentModules) for f in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _AbsentModules(frozenset({"pyarrow"})))
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,6 +297,7 @@ def _worker_main(
 ) -> None:
     """Body of one worker process (spawned, so it starts from a clean interpreter)."""
     os.environ.update(env)
+    _leave_out_pyarrow()
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",

@@ -82,7 +82,7 @@ def build_state(
     sibling_sockets: list[str] | None = None,
 ) -> ServerState:
     """Load the model and wire the batcher, metrics, drift counters, feedback and shadow."""
-    model = load_model(artifact, settings.model_name)
+    model = load_model(artifact, settings.model_name, settings.fast_paths)
     labels = MetricLabels(model=model.name, sha=model.short_sha, track=settings.track)
     metrics = ServeMetrics(labels)
     metrics.model_info.labels(*labels.values(), model.sha256).set(1)

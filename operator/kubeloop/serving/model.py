@@ -348,7 +348,7 @@ class ServedModel:
         return self.predict(rows), proba
 
 
-def load_model(artifact: ModelArtifact, name: str) -> ServedModel:
+def load_model(artifact: ModelArtifact, name: str, fast_paths: bool = True) -> ServedModel:
     """Deserialise verified bytes with skops, trusting only scikit-learn/numpy/scipy types."""
     import skops.io
     from sklearn.base import is_classifier
@@ -386,7 +386,9 @@ def load_model(artifact: ModelArtifact, name: str) -> ServedModel:
         task="classification" if classifier else "regression",
         classes=classes,
         proba_from_predict=_predict_is_argmax_of_proba(estimator),
-        fast=checked_fast_path(estimator, len(feature_names), artifact.profile),
+        fast=checked_fast_path(estimator, len(feature_names), artifact.profile)
+        if fast_paths
+        else None,
     )
 
 

@@ -63,6 +63,10 @@ class ServeSettings(BaseSettings):
         "balancers stop sending before the listener closes.",
     )
     drain_timeout_seconds: float = Field(default=30.0, gt=0.0)
+    fast_paths: bool = Field(
+        default=True,
+        description="Call forests and linear classifiers directly (self-checked at load).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("sha256")
