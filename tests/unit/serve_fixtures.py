@@ -42,29 +42,35 @@ class StoredModel:
     features: np.ndarray
     feature_names: list[str]
     target: np.ndarray
+    frame: Any = None  # the feature columns as the trainer read them (a pandas DataFrame)
 
 
 def store_model(
     directory: Path,
     estimator: Any,
-    features: np.ndarray,
+    features: Any,
     target: np.ndarray,
     feature_names: list[str],
     classification: bool,
 ) -> StoredModel:
-    """Fit, dump with skops, write model.sha256 and profile.json like the trainer does."""
+    """Fit, dump with skops, write model.sha256 and profile.json like the trainer does.
+
+    ``features`` is a matrix, or a DataFrame of numeric columns (the model then records
+    feature names, as a trainer-fitted model does).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     estimator.fit(features, target)
     skops.io.dump(estimator, directory / "model.skops")
     digest = hashlib.sha256((directory / "model.skops").read_bytes()).hexdigest()
     (directory / "model.sha256").write_text(digest)
+    matrix = np.asarray(features, dtype=np.float64)
     profile = build_profile(
-        {name: features[:, i] for i, name in enumerate(feature_names)},
+        {name: matrix[:, i] for i, name in enumerate(feature_names)},
         prediction=estimator.predict(features),
         prediction_kind="categorical" if classification else "numerical",
     )
     (directory / "profile.json").write_bytes(profile.to_json_bytes())
-    return StoredModel(directory, digest, estimator, features, feature_names, target)
+    return StoredModel(directory, digest, estimator, matrix, feature_names, target)
 
 
 def train_models(root: Path) -> dict[str, StoredModel]:
@@ -107,6 +113,68 @@ def train_models(root: Path) -> dict[str, StoredModel]:
             classification=False,
         ),
     }
+
+
+def subscriptions(rows: int, seed: int) -> Any:
+    """A churn-like table with numeric and text columns (``plan`` is text, some missing)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    plan = rng.choice(["basic", "pro", "team"], size=rows, p=[0.5, 0.3, 0.2]).astype(object)
+    plan[rng.random(rows) < 0.03] = None
+    usage = rng.gamma(2.0, 3.0, size=rows)
+    seats = rng.integers(1, 40, size=rows)
+    region = rng.choice(["eu", "us", "apac"], size=rows)
+    score = usage * 0.4 - seats * 0.05 + np.where(plan == "pro", 1.5, 0.0)
+    score += np.where(plan == "team", -1.0, 0.0) + np.where(region == "eu", 0.5, 0.0)
+    churned = (score + rng.normal(0, 0.8, rows) > 1.2).astype(int)
+    return pd.DataFrame(
+        {"usage": usage, "plan": plan, "seats": seats, "region": region, "churned": churned}
+    )
+
+
+def train_with_kubeloop(
+    root: Path, name: str, estimator: str, params: dict[str, Any], rows: int = 1200
+) -> StoredModel:
+    """Train on a CSV with text columns through ``kubeloop.training`` (the trainer's own path).
+
+    The trainer infers ``plan`` and ``region`` as categorical (text columns) and puts its
+    one-hot ColumnTransformer in front of ``estimator``; model.skops, model.sha256 and
+    profile.json are exactly what it writes.
+    """
+    import pandas as pd
+
+    from kubeloop.training.artifacts import load_model
+    from kubeloop.training.spec import parse_spec
+    from kubeloop.training.trainer import TrainingRequest, run_training
+
+    root.mkdir(parents=True, exist_ok=True)
+    csv = root / f"{name}.csv"
+    subscriptions(rows, seed=7).to_csv(csv, index=False)
+    spec = parse_spec(
+        {
+            "model": {"name": name, "estimator": estimator, "params": params,
+                      "task": "classification"},
+            "data": {"source": f"file://{csv}", "target": "churned"},
+            "evaluation": {"metric": "accuracy"},
+        }
+    )  # fmt: skip
+    outcome = run_training(
+        TrainingRequest(spec=spec, run_name="run-1", storage_uri=f"file://{root}/models")
+    )
+    assert outcome.result.status == "Succeeded", outcome.result.message
+    assert outcome.result.uri and outcome.result.sha256
+    frame = pd.read_csv(csv)  # as the trainer read it
+    features = frame.drop(columns="churned")
+    return StoredModel(
+        directory=Path(outcome.result.uri.removeprefix("file://")).parent,
+        sha256=outcome.result.sha256,
+        estimator=load_model(outcome.result.uri, outcome.result.sha256),
+        features=features.to_numpy(dtype=object),
+        feature_names=[str(c) for c in features.columns],
+        target=frame["churned"].to_numpy(),
+        frame=features,
+    )
 
 
 def free_port() -> int:
@@ -229,3 +297,34 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         for (sample, sample_labels), value in parse_metrics(text).items()
         if sample == name and wanted <= set(sample_labels)
     )
+
+
+def fuzz_for_server_errors(url: str, max_examples: int = 40) -> list[str]:
+    """schemathesis over the served OpenAPI document; every 5xx it provoked, described."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_url(url + "/v2/openapi.json")
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=max_examples,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        def fuzz(case: schemathesis.Case) -> None:
+            response = case.call(base_url=url, timeout=30)
+            if response.status_code >= 500:
+                failures.append(
+                    f"{case.method} {case.formatted_path}: {response.status_code} "
+                    f"{response.text[:200]}"
+                )
+            case.validate_response(response, checks=[not_a_server_error])
+
+        fuzz()
+    return failures

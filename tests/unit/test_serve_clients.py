@@ -23,6 +23,7 @@ from serve_fixtures import (
     RunningServer,
     StoredModel,
     free_port,
+    fuzz_for_server_errors,
     metric_sum,
     serving,
     store_model,
@@ -217,33 +218,7 @@ def test_tritonclient_metadata_and_infer(
 
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error(forest: RunningServer) -> None:
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis.checks import not_a_server_error
-
-    schema = schemathesis.openapi.from_url(forest.url + "/v2/openapi.json")
-    failures: list[str] = []
-    for result in schema.get_all_operations():
-        operation = result.ok()
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=40,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            database=None,
-        )
-        def fuzz(case: schemathesis.Case) -> None:
-            response = case.call(base_url=forest.url, timeout=30)
-            if response.status_code >= 500:
-                failures.append(
-                    f"{case.method} {case.formatted_path}: {response.status_code} "
-                    f"{response.text[:200]}"
-                )
-            case.validate_response(response, checks=[not_a_server_error])
-
-        fuzz()
-    assert failures == []
+    assert fuzz_for_server_errors(forest.url) == []
     fuzzed = metric_sum(forest.metrics(), "kubeloop_serve_requests_total", endpoint="infer")
     assert fuzzed >= 20, "the fuzzer should have reached the infer endpoint"
     # The server survived the fuzzing and still answers correctly.

@@ -113,7 +113,7 @@ def main(argv: Sequence[str]) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
-    _leave_out_pyarrow()
+    _leave_out_never_served()
     from kubeloop.serving.model import ModelArtifactError, fetch_artifact
 
     try:
@@ -125,6 +125,7 @@ def main(argv: Sequence[str]) -> int:
     except ModelArtifactError as exc:
         log.error("refusing to serve: %s", exc)
         return exc.exit_code
+    _leave_out_unneeded(artifact.model_bytes)
     if settings.insecure_skip_verify:
         log.warning(
             "serving %s WITHOUT sha256 verification (sha256 %s)",
@@ -154,18 +155,46 @@ class _AbsentModules(importlib.abc.MetaPathFinder):
         return None
 
 
-def _leave_out_pyarrow() -> None:
-    """Serve as if pyarrow were not installed (it is, for the trainer, in the same image).
+def _leave_out(names: frozenset[str]) -> None:
+    """Make ``names`` look uninstalled to this process (an imported one cannot be taken back)."""
+    covered: set[str] = set()
+    for finder in sys.meta_path:
+        if isinstance(finder, _AbsentModules):
+            covered |= finder.names
+    absent = frozenset(n for n in names - covered if n not in sys.modules)
+    if absent:
+        sys.meta_path.insert(0, _AbsentModules(absent))
 
-    scikit-learn imports pandas, and pandas imports pyarrow when it can: ~33 MB of memory in
-    every worker for a library the server never uses (requests are decoded to NumPy, and
-    skops refuses non-scikit-learn types). Both treat pyarrow as optional, so an absent
-    module is a configuration they support; a ``None`` in sys.modules would not be.
+
+def _leave_out_never_served() -> None:
+    """Serve as if pyarrow and pytest were not installed (the image has them for others).
+
+    scikit-learn imports pandas, and pandas imports pyarrow when it can (~33 MB); skops
+    imports sklearn.utils._testing, which imports pytest when it can (~6 MB). The server
+    uses neither (requests are decoded to NumPy, skops refuses non-scikit-learn types), and
+    both importers treat them as optional, so an absent module is a configuration they
+    support; a ``None`` in sys.modules would not be. Called first thing, in the supervisor
+    and in every spawned worker.
     """
-    if "pyarrow" not in sys.modules and not any(
-        isinstance(f, _AbsentModules) for f in sys.meta_path
-    ):
-        sys.meta_path.insert(0, _AbsentModules(frozenset({"pyarrow"})))
+    from kubeloop.serving.inputs import NEVER_SERVED_MODULES
+
+    _leave_out(NEVER_SERVED_MODULES)
+
+
+def _leave_out_unneeded(model_bytes: bytes) -> None:
+    """After the bytes are fetched, before scikit-learn is imported: pandas too, if unused.
+
+    scikit-learn imports pandas only if it can (~30 MB per worker); a model needs it only
+    when it takes DataFrames (see ``kubeloop.serving.inputs.needs_pandas``).
+    """
+    from kubeloop.serving.inputs import modules_to_leave_out
+
+    wanted = modules_to_leave_out(model_bytes)
+    _leave_out(wanted)
+    log.info(
+        "serving without %s (installed, but not needed for this model)",
+        ", ".join(sorted(n for n in wanted if n not in sys.modules)),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,7 +326,7 @@ def _worker_main(
 ) -> None:
     """Body of one worker process (spawned, so it starts from a clean interpreter)."""
     os.environ.update(env)
-    _leave_out_pyarrow()
+    _leave_out_never_served()
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
@@ -310,6 +339,7 @@ def _worker_main(
     siblings = [str(Path(sockets_dir) / f"worker-{i}.sock") for i in range(workers) if i != index]
     try:
         artifact = fetch_artifact(settings.model_uri, settings.sha256, settings.profile_uri)
+        _leave_out_unneeded(artifact.model_bytes)
         trusted_types(artifact.model_bytes)
         app = _build_app(settings, artifact, siblings)
         del artifact

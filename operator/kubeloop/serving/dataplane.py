@@ -109,8 +109,13 @@ def _numbers(data: Any, where: str, allow_null: bool) -> Array:
     raise bad_request(f"{where} holds {sample!r}, which is not a number")
 
 
-def decode_tensor(tensor: Any, index: int) -> tuple[str, Array]:
-    """One v2 input tensor as (name, float64 array of its declared shape)."""
+def decode_tensor(tensor: Any, index: int, keep_bytes: bool = False) -> tuple[str, Array]:
+    """One v2 input tensor as (name, array of its declared shape).
+
+    The array is float64, except for a ``BYTES`` tensor when ``keep_bytes`` is set (a model
+    that takes text): then it is an object array of the values as sent (str, numbers, None),
+    converted per feature by ``rows_from_inputs``.
+    """
     where = f"inputs[{index}]"
     if not isinstance(tensor, dict):
         raise bad_request(f"{where} must be an object with name, shape, datatype and data")
@@ -132,7 +137,7 @@ def decode_tensor(tensor: Any, index: int) -> tuple[str, Array]:
     if not isinstance(data, list):
         data = [data]
     if datatype == "BYTES":
-        values = _bytes_as_numbers(data, where)
+        values = _bytes_values(data, where) if keep_bytes else _bytes_as_numbers(data, where)
     elif datatype == "BOOL":
         values = _bools(data, where)
     else:
@@ -154,8 +159,29 @@ def decode_tensor(tensor: Any, index: int) -> tuple[str, Array]:
     return name, values.reshape(shape)
 
 
+def _flat_objects(data: list[Any], where: str) -> list[Any]:
+    try:
+        flat: list[Any] = np.asarray(data, dtype=object).ravel().tolist()
+    except ValueError as exc:
+        raise bad_request(f"{where}.data is not a regular (non-ragged) list: {exc}") from exc
+    if any(isinstance(v, list) for v in flat):  # rows of different lengths
+        raise bad_request(f"{where}.data is not a regular (non-ragged) list of values")
+    return flat
+
+
+def _bytes_values(data: list[Any], where: str) -> Array:
+    """BYTES data kept as sent, for models that take text: strings, numbers or null."""
+    flat = _flat_objects(data, where)
+    for v in flat:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, str | int | float)):
+            raise bad_request(f"{where} (BYTES) holds {v!r}; send strings, numbers or null")
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out
+
+
 def _bytes_as_numbers(data: list[Any], where: str) -> Array:
-    flat = np.asarray(data, dtype=object).ravel().tolist()
+    flat = _flat_objects(data, where)
     out = np.empty(len(flat), dtype=np.float64)
     for i, v in enumerate(flat):
         try:
@@ -171,7 +197,7 @@ def _bytes_as_numbers(data: list[Any], where: str) -> Array:
 
 
 def _bools(data: list[Any], where: str) -> Array:
-    flat = np.asarray(data, dtype=object).ravel().tolist()
+    flat = _flat_objects(data, where)
     if not all(isinstance(v, bool) for v in flat):
         raise bad_request(f"{where} is BOOL but its data holds non-boolean values")
     return np.asarray(flat, dtype=np.float64)
@@ -183,14 +209,127 @@ def _feature_list(model: ServedModel) -> str:
     return f"{len(names)} features: {shown}"
 
 
+# -- models that take text ------------------------------------------------------------------
+# Their rows are an object matrix: a float in every numeric column (NaN when missing), a str
+# in every text column (NaN when missing), which the model's DataFrame builder turns into
+# the columns the model was fitted on.
+
+
+def _text_value(value: Any, where: str) -> Any:
+    """A text feature's value: strings as sent, numbers as the profile writes them."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad_request(f"{where} is {value!r}; this feature takes text: send a string")
+    if isinstance(value, float):
+        if math.isnan(value):
+            return math.nan
+        return str(int(value)) if value.is_integer() else str(value)
+    return str(value)
+
+
+def _number_value(value: Any, where: str, parse_text: bool) -> float:
+    """A numeric feature's value; text is refused (or parsed, for BYTES tensors)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise bad_request(f"{where} is {value!r}, not a number; this feature takes numbers")
+    if isinstance(value, str) and not parse_text:
+        raise bad_request(f"{where} is {value!r}, not a number; this feature takes numbers")
+    try:
+        return float(value)
+    except (ValueError, OverflowError) as exc:
+        raise bad_request(
+            f"{where} is {value!r}, not a number; this feature takes numbers"
+        ) from exc
+
+
+def _mixed_column(values: Array, text: bool, where: str) -> list[Any]:
+    flat = values.tolist()
+    if text:
+        return [_text_value(v, where) for v in flat]
+    parse_text = values.dtype.kind == "O"  # BYTES: numbers may come as strings
+    return [_number_value(v, where, parse_text) for v in flat]
+
+
+def _mixed_rows(columns: list[list[Any]]) -> Array:
+    rows = np.empty((len(columns[0]), len(columns)), dtype=object)
+    for i, column in enumerate(columns):
+        rows[:, i] = column
+    return rows
+
+
+def _mixed_rows_from_tensors(tensors: list[tuple[str, Array]], model: ServedModel) -> Array:
+    names, text = model.feature_names, model.text_columns
+    n_features = model.n_features
+    if len(tensors) == 1 and (n_features == 1 or model.column_of(tensors[0][0]) is None):
+        name, values = tensors[0]
+        if values.ndim == 1:
+            if n_features == 1:
+                values = values.reshape(-1, 1)
+            elif values.shape[0] == n_features:
+                values = values.reshape(1, -1)
+        if values.ndim != 2 or values.shape[1] != n_features:
+            raise bad_request(
+                f"input {name!r} has shape {list(values.shape)}; expected [rows, {n_features}] "
+                f"({_feature_list(model)}), or one input per feature named after it"
+            )
+        columns = [
+            _mixed_column(values[:, i], text[i], f"input {name!r} column {i} ({names[i]!r})")
+            for i in range(n_features)
+        ]
+    else:
+        by_column = _columns_by_feature(tensors, model)
+        columns = [
+            _mixed_column(by_column[i], text[i], f"input {names[i]!r}")
+            for i in range(n_features)
+        ]
+    return _mixed_rows(columns)
+
+
+def _mixed_rows_from_instances(instances: list[Any], model: ServedModel) -> Array:
+    names, text = model.feature_names, model.text_columns
+    n_features = model.n_features
+    columns: list[list[Any]] = [[math.nan] * len(instances) for _ in range(n_features)]
+    for r, row in enumerate(instances):
+        if isinstance(row, dict):
+            items = []
+            for key, value in row.items():
+                column = model.column_of(key)
+                if column is None:
+                    raise bad_request(
+                        f"instances[{r}] has unknown feature {key!r}; the model takes "
+                        f"{_feature_list(model)}"
+                    )
+                items.append((column, value, f"instances[{r}].{key}"))
+        else:
+            items = [(i, v, f"instances[{r}][{i}] ({names[i]!r})") for i, v in enumerate(row)]
+        for column, value, where in items:
+            columns[column][r] = (
+                _text_value(value, where)
+                if text[column]
+                else _number_value(value, where, parse_text=False)
+            )
+    return _mixed_rows(columns)
+
+
 def rows_from_inputs(inputs: Any, model: ServedModel) -> Array:
     """The (rows x features) matrix a v2 request describes.
 
     Either one input holding a [rows, features] matrix (or [features] for one row), or one
-    input per feature, named after it, each [rows] or [rows, 1].
+    input per feature, named after it, each [rows] or [rows, 1]. For a model that takes
+    text, text features come as ``BYTES`` (strings), and the matrix is an object matrix.
     """
     if not isinstance(inputs, list) or not inputs:
         raise bad_request("inputs must be a non-empty list of tensors")
+    if model.takes_text:
+        tensors = [decode_tensor(t, i, keep_bytes=True) for i, t in enumerate(inputs)]
+        rows = _mixed_rows_from_tensors(tensors, model)
+        if rows.shape[0] == 0:
+            raise bad_request("the request has no rows (shape has 0 rows)")
+        return rows
     tensors = [decode_tensor(t, i) for i, t in enumerate(inputs)]
     n_features = model.n_features
     single_matrix = len(tensors) == 1 and (
@@ -217,6 +356,12 @@ def rows_from_inputs(inputs: Any, model: ServedModel) -> Array:
 
 
 def _columns_to_rows(tensors: list[tuple[str, Array]], model: ServedModel) -> Array:
+    columns = _columns_by_feature(tensors, model)
+    return np.column_stack([columns[i] for i in range(model.n_features)])
+
+
+def _columns_by_feature(tensors: list[tuple[str, Array]], model: ServedModel) -> dict[int, Array]:
+    """One input per feature: each feature's column, all of the same length."""
     columns: dict[int, Array] = {}
     for name, values in tensors:
         column = model.column_of(name)
@@ -236,7 +381,7 @@ def _columns_to_rows(tensors: list[tuple[str, Array]], model: ServedModel) -> Ar
     lengths = {v.shape[0] for v in columns.values()}
     if len(lengths) != 1:
         raise bad_request(f"feature inputs have different row counts {sorted(lengths)}")
-    return np.column_stack([columns[i] for i in range(model.n_features)])
+    return columns
 
 
 def rows_from_instances(instances: Any, model: ServedModel) -> Array:
@@ -244,6 +389,9 @@ def rows_from_instances(instances: Any, model: ServedModel) -> Array:
     if not isinstance(instances, list) or not instances:
         raise bad_request("instances must be a non-empty list of rows")
     n_features = model.n_features
+    if model.takes_text:
+        _check_instance_rows(instances, model)
+        return _mixed_rows_from_instances(instances, model)
     if all(isinstance(row, dict) for row in instances):
         rows = np.full((len(instances), n_features), np.nan)
         for r, row in enumerate(instances):
@@ -260,16 +408,24 @@ def rows_from_instances(instances: Any, model: ServedModel) -> Array:
                     raise bad_request(f"instances[{r}].{key} is {value!r}, not a number")
                 rows[r, column] = value
         return rows
+    _check_instance_rows(instances, model)
+    return _numbers(instances, "instances", allow_null=True)
+
+
+def _check_instance_rows(instances: list[Any], model: ServedModel) -> None:
+    """Every row an object, or every row a list of one value per feature."""
+    if all(isinstance(row, dict) for row in instances):
+        return
     if any(isinstance(row, dict) for row in instances):
         raise bad_request("instances mixes lists and objects; use one form for every row")
+    n_features = model.n_features
     for r, row in enumerate(instances):
         if not isinstance(row, list):
-            raise bad_request(f"instances[{r}] must be a list of {n_features} numbers")
+            raise bad_request(f"instances[{r}] must be a list of {n_features} values")
         if len(row) != n_features:
             raise bad_request(
                 f"instances[{r}] has {len(row)} values; the model takes {_feature_list(model)}"
             )
-    return _numbers(instances, "instances", allow_null=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,18 +534,30 @@ class DataPlane:
             "task": model.task,
             "sha256": model.sha256,
             "feature_names": model.feature_names,
-            "content_type": "np",
+            "content_type": "pd" if model.takes_text else "np",
         }
+        if model.takes_text:
+            parameters["text_features"] = model.text_features
         if model.classes is not None:
             parameters["classes"] = _json_values(model.classes)
         return {
             "name": model.name,
             "versions": [model.short_sha],
             "platform": "sklearn",
-            "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, model.n_features]}],
+            "inputs": self._inputs_metadata(),
             "outputs": outputs,
             "parameters": parameters,
         }
+
+    def _inputs_metadata(self) -> list[dict[str, Any]]:
+        model = self.model
+        if not model.takes_text:
+            return [{"name": "input-0", "datatype": "FP64", "shape": [-1, model.n_features]}]
+        # Text features are BYTES: one input per feature, named after it.
+        return [
+            {"name": name, "datatype": "BYTES" if text else "FP64", "shape": [-1]}
+            for name, text in zip(model.feature_names, model.text_columns, strict=True)
+        ]
 
     def _predict_datatype(self) -> str:
         if self.model.classes is not None:

@@ -107,7 +107,11 @@ class DriftCounts:
     # -- counting ---------------------------------------------------------------------------
 
     def observe(self, rows: Array, predictions: Array) -> None:
-        """Remember a batch (``rows``: n x features, float64) and its ``predictions``."""
+        """Remember a batch and its ``predictions``.
+
+        ``rows`` is n x features, float64, or an object matrix for a model that takes text
+        (floats in numeric columns, str or NaN in text columns).
+        """
         self._pending.append((rows, predictions))
         self._pending_rows += rows.shape[0]
         if self._pending_rows >= PENDING_ROWS_LIMIT:
@@ -127,6 +131,8 @@ class DriftCounts:
     def _count(self, rows: Array, predictions: Array) -> None:
         if self._edges.shape[0]:
             values = rows[:, self._num_columns]
+            if values.dtype.kind == "O":  # a model that takes text: numeric columns hold floats
+                values = values.astype(np.float64)
             idx = (self._edges[None, :, :] < values[:, :, None]).sum(axis=2)
             flat = np.where(np.isnan(values), self._num_missing, self._num_offsets + idx)
             self.counts += np.bincount(flat.ravel(), minlength=self.counts.size)

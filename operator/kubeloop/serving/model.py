@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
 import numpy.typing as npt
 
 from kubeloop.drift.profile import Profile
+from kubeloop.serving.inputs import needs_dataframe, text_features
 
 log = logging.getLogger("kubeloop.serve")
 
@@ -67,7 +67,22 @@ def default_profile_uri(model_uri: str) -> str:
     return model_file_uri(model_uri).rsplit("/", 1)[0] + "/" + PROFILE_FILE
 
 
+def _local_path(uri: str) -> str | None:
+    """The file-system path of a plain path or ``file://`` URI; None for anything remote."""
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    if "://" not in uri and "::" not in uri:
+        return uri
+    return None
+
+
 def _read_bytes(uri: str) -> bytes:
+    path = _local_path(uri)
+    if path is not None:  # local and mounted files need no fsspec (~10 MB, ~0.1 s to import)
+        with open(path, "rb") as handle:
+            return handle.read()
+    import fsspec
+
     with fsspec.open(uri, "rb") as handle:
         data: bytes = handle.read()
     return data
@@ -306,11 +321,32 @@ class ServedModel:
     classes: Array | None
     proba_from_predict: bool = False
     fast: FastPath | None = None
+    # Features taken as text (see kubeloop.serving.inputs); when there are any, rows are an
+    # object matrix (floats in numeric columns, str or NaN in text columns).
+    text_features: list[str] = field(default_factory=list)
+    # Builds the DataFrame a model with a by-name ColumnTransformer needs; None: a matrix.
+    to_frame: Callable[[Array], Any] | None = field(default=None, repr=False)
     _column_of: dict[str, int] = field(default_factory=dict, repr=False)
+    _text_columns: list[bool] = field(default_factory=list, repr=False)
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def takes_text(self) -> bool:
+        return bool(self.text_features)
+
+    @property
+    def text_columns(self) -> list[bool]:
+        """Per column, in feature order: does the model take this feature as text?"""
+        if len(self._text_columns) != self.n_features:
+            text = set(self.text_features)
+            self._text_columns = [name in text for name in self.feature_names]
+        return self._text_columns
+
+    def _model_input(self, rows: Array) -> Any:
+        return rows if self.to_frame is None else self.to_frame(rows)
 
     @property
     def short_sha(self) -> str:
@@ -330,14 +366,16 @@ class ServedModel:
         """Predictions for a 2-D float array of rows."""
         if self.fast is not None:
             return self.fast.predict(rows)
-        result: Array = np.asarray(self.estimator.predict(rows))
+        result: Array = np.asarray(self.estimator.predict(self._model_input(rows)))
         return result
 
     def predict_proba(self, rows: Array) -> Array:
         """Class probabilities (rows x classes) for a classifier."""
         if self.fast is not None and self.fast.predict_proba is not None:
             return self.fast.predict_proba(rows)
-        result: Array = np.asarray(self.estimator.predict_proba(rows), dtype=np.float64)
+        result: Array = np.asarray(
+            self.estimator.predict_proba(self._model_input(rows)), dtype=np.float64
+        )
         return result
 
     def predict_with_proba(self, rows: Array) -> tuple[Array, Array]:
@@ -373,10 +411,18 @@ def load_model(artifact: ModelArtifact, name: str, fast_paths: bool = True) -> S
     # in the fitted order, so the warning is noise that would cost time on every call.
     warnings.filterwarnings("ignore", message="X does not have valid feature names")
     feature_names = _feature_names(estimator, artifact.profile)
+    text = text_features(estimator)
+    to_frame = (
+        _frame_builder(feature_names, text, artifact.model_uri)
+        if text or needs_dataframe(estimator)
+        else None
+    )
     classifier = bool(is_classifier(estimator))
     classes = (
         np.asarray(estimator.classes_) if classifier and hasattr(estimator, "classes_") else None
     )
+    if text:
+        log.info("features taken as text: %s", ", ".join(text))
     return ServedModel(
         name=name,
         sha256=artifact.sha256,
@@ -387,9 +433,47 @@ def load_model(artifact: ModelArtifact, name: str, fast_paths: bool = True) -> S
         classes=classes,
         proba_from_predict=_predict_is_argmax_of_proba(estimator),
         fast=checked_fast_path(estimator, len(feature_names), artifact.profile)
-        if fast_paths
+        if fast_paths and to_frame is None
         else None,
+        text_features=text,
+        to_frame=to_frame,
     )
+
+
+def _frame_builder(
+    feature_names: list[str], text: list[str], model_uri: str
+) -> Callable[[Array], Any]:
+    """rows -> the DataFrame the model was fitted on: named columns, text kept as text."""
+    try:
+        import pandas as pd
+    except ImportError as exc:
+        raise ModelArtifactError(
+            f"model_uri: {model_uri} needs pandas DataFrames (it selects columns by name), "
+            f"but pandas cannot be imported: {exc}"
+        ) from exc
+    if not text:
+
+        def numeric_frame(rows: Array) -> Any:
+            return pd.DataFrame(rows, columns=feature_names, copy=False)
+
+        return numeric_frame
+    is_text = set(text)
+    columns = [(i, name, name in is_text) for i, name in enumerate(feature_names)]
+
+    def mixed_frame(rows: Array) -> Any:
+        # Text columns stay object columns (str or NaN), whatever pandas would infer from a
+        # batch (an all-missing batch must not become a float column); encoders read object.
+        return pd.DataFrame(
+            {
+                name: pd.Series(rows[:, i], dtype=object, copy=False)
+                if text_column
+                else rows[:, i].astype(np.float64)
+                for i, name, text_column in columns
+            },
+            copy=False,
+        )
+
+    return mixed_frame
 
 
 def _feature_names(estimator: Any, profile: Profile | None) -> list[str]:

@@ -45,6 +45,8 @@ _ERROR = _json(_ref("Error"), "The request was refused; the message names the fi
 
 def _schemas() -> dict[str, Any]:
     scalar = {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]}
+    # A feature's value in /predict: a number, text (for a model's text features) or null.
+    feature_value = {"anyOf": [{"type": "number", "nullable": True}, {"type": "string"}]}
     return {
         "Error": {
             "type": "object",
@@ -154,11 +156,8 @@ def _schemas() -> dict[str, Any]:
                     "minItems": 1,
                     "items": {
                         "oneOf": [
-                            {"type": "array", "items": {"type": "number", "nullable": True}},
-                            {
-                                "type": "object",
-                                "additionalProperties": {"type": "number", "nullable": True},
-                            },
+                            {"type": "array", "items": feature_value},
+                            {"type": "object", "additionalProperties": feature_value},
                         ]
                     },
                 },

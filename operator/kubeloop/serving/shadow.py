@@ -142,7 +142,8 @@ class ShadowMirror:
                     {
                         "name": "input-0",
                         "shape": list(rows.shape),
-                        "datatype": "FP64",
+                        # An object matrix holds text (a model that takes text): BYTES.
+                        "datatype": "BYTES" if rows.dtype.kind == "O" else "FP64",
                         "data": rows.ravel().tolist(),
                     }
                 ]
