@@ -11,8 +11,6 @@ into the profile's categories. Which features are text is read from the fitted m
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +40,7 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from kubeloop.drift.profile import OTHER_CATEGORY, Profile
 from kubeloop.serving.inputs import (
+    NEVER_SERVED_MODULES,
     modules_to_leave_out,
     needs_dataframe,
     needs_pandas,
@@ -181,20 +180,8 @@ def test_pandas_output_keeps_pandas_and_other_models_leave_it_out() -> None:
     scaled.fit(table, _target())
     assert needs_pandas(skops.io.dumps(scaled))
     plain = LogisticRegression().fit(table, _target())
-    assert modules_to_leave_out(skops.io.dumps(plain)) == {"pandas", "pyarrow", "pytest"}
-    assert modules_to_leave_out(b"not a zip file") == {"pandas", "pyarrow", "pytest"}
-
-
-def test_the_pandas_decision_imports_no_scikit_learn(churn: StoredModel) -> None:
-    script = (
-        "import sys; from kubeloop.serving.inputs import needs_pandas; "
-        f"print(needs_pandas(open({str(churn.directory / 'model.skops')!r}, 'rb').read())); "
-        "print(sorted(m for m in ('sklearn', 'skops', 'pandas', 'scipy') if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    ).stdout.split("\n")
-    assert out[:2] == ["True", "[]"]
+    assert modules_to_leave_out(skops.io.dumps(plain)) == NEVER_SERVED_MODULES | {"pandas"}
+    assert modules_to_leave_out(b"not a zip file") == NEVER_SERVED_MODULES | {"pandas"}
 
 
 def test_numeric_models_keep_the_float_matrix_path(tmp_path: Path) -> None:
@@ -428,71 +415,3 @@ def test_drift_counters_count_text_values_into_the_profile_categories(
     predicted = pd.Series(churn.estimator.predict(frame)).astype(str).value_counts()
     prediction = served_bins(metrics, "__prediction__")
     assert {k: v for k, v in prediction.items() if v} == {k: float(v) for k, v in predicted.items()}
-
-
-# -- start-up: pandas only where the model needs it, in every worker -------------------------
-
-
-def worker_pids(supervisor: int) -> list[int]:
-    """The spawned worker processes of a ``kubeloop serve`` supervisor (from /proc)."""
-    workers = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if parent == supervisor and b"spawn_main" in command:
-            workers.append(int(entry.name))
-    return sorted(workers)
-
-
-def mapped_packages(pid: int) -> set[str]:
-    """Which of pandas / scikit-learn have native code mapped into a process."""
-    maps = Path(f"/proc/{pid}/maps").read_text()
-    return {name for name in ("pandas", "sklearn") if f"/{name}/" in maps}
-
-
-def test_workers_load_pandas_only_for_models_that_need_it(
-    churn: StoredModel, tmp_path: Path
-) -> None:
-    from serve_fixtures import store_model
-
-    table = _table(400)[["usage", "seats"]]
-    # Fitted on a DataFrame: it has feature names, but predicts from a plain matrix.
-    numbers = store_model(
-        tmp_path / "numbers" / "run-1",
-        LogisticRegression(max_iter=1000),
-        table,
-        _target(400),
-        ["usage", "seats"],
-        classification=True,
-    )
-    frame = live_rows(churn, 20, seed=5)
-    with serving(churn, tmp_path / "logs", workers=2) as text_server:
-        answers = [
-            httpx.post(text_server.url + "/predict", json={"instances": instances_of(frame)})
-            for _ in range(6)
-        ]
-        text_workers = worker_pids(text_server.process.pid)
-        text_loaded = [mapped_packages(pid) for pid in text_workers]
-        text_log = text_server.log()
-    assert all(a.status_code == 200 for a in answers), answers[0].text
-    assert {tuple(a.json()["predictions"]) for a in answers} == {
-        tuple(churn.estimator.predict(frame).tolist())
-    }
-    assert len(text_workers) == 2 and text_loaded == [{"pandas", "sklearn"}] * 2
-    assert text_log.count("serving without pyarrow, pytest (") == 3  # supervisor + 2 workers
-    rows = [{"usage": 2.5, "seats": 3}, {"seats": 1, "usage": 9.0}]
-    with serving(numbers, tmp_path / "logs", workers=2) as number_server:
-        response = httpx.post(number_server.url + "/predict", json={"instances": rows})
-        number_workers = worker_pids(number_server.process.pid)
-        number_loaded = [mapped_packages(pid) for pid in number_workers]
-        number_log = number_server.log()
-    assert response.status_code == 200, response.text
-    expected = numbers.estimator.predict(pd.DataFrame(rows)[["usage", "seats"]])
-    assert response.json()["predictions"] == expected.tolist()
-    assert len(number_workers) == 2 and number_loaded == [{"sklearn"}] * 2
-    assert number_log.count("serving without pandas, pyarrow, pytest (") == 3

@@ -227,6 +227,33 @@ def test_recent_predictions_are_bounded() -> None:
 
 
 @pytest.mark.parametrize(
+    "predictions",
+    [
+        np.array([1]),
+        np.array(["setosa"]),
+        np.array([151.25]),
+        np.array([True]),
+        np.array([0, 2, 1]),
+        np.array([[1.5, 2.0]]),  # one row of a multi-output model
+    ],
+    ids=["int", "text", "float", "bool", "three rows", "multi-output"],
+)
+def test_recent_predictions_give_back_what_was_served(predictions: np.ndarray) -> None:
+    recent = RecentPredictions(capacity=4)
+    recent.remember("id", predictions)
+    kept = recent.peek("id")
+    assert kept is not None
+    np.testing.assert_array_equal(kept, predictions)
+    assert kept.shape == predictions.shape and kept.dtype.kind == predictions.dtype.kind
+    for labels in (predictions.tolist(), [str(v) for v in predictions.ravel().tolist()]):
+        if predictions.ndim == 1:
+            assert score(kept, labels, "classification") == score(
+                predictions, labels, "classification"
+            )
+    assert recent.pop("id") is not None and recent.pop("id") is None
+
+
+@pytest.mark.parametrize(
     ("predictions", "labels", "task", "correct", "abs_error"),
     [
         (np.array([1, 0, 1]), [1, 1, 1], "classification", 2, 0.0),

@@ -24,10 +24,14 @@ from typing import Any
 
 import orjson
 
-# Installed in the image for the trainer and the tests, never used by a server process:
-# pyarrow (pandas' optional engine, ~33 MB) and pytest (imported by scikit-learn's
-# sklearn.utils._testing, which skops imports, only because it is there).
-NEVER_SERVED_MODULES = frozenset({"pyarrow", "pytest"})
+# Installed in the image for the trainer, the CLI or the tests, and imported by libraries
+# the server uses only because they are there (each importer treats it as optional, with a
+# ``try: import ... except ImportError``); a server process never uses them:
+# - pyarrow: pandas' optional engine (~33 MB);
+# - pytest: sklearn.utils._testing, which skops imports (~6 MB);
+# - rich: scikit-learn's fit progress bars (sklearn/callback/_progressbar.py, ~2 MB);
+# - charset_normalizer: numpy.f2py's Fortran source reader, which scipy reaches (~3.5 MB).
+NEVER_SERVED_MODULES = frozenset({"pyarrow", "pytest", "rich", "charset_normalizer"})
 # scikit-learn imports pandas only if it can; a model needs it when it holds a
 # ColumnTransformer (which selects columns by name from a DataFrame) or was told to
 # output DataFrames (``set_output(transform="pandas")``).
