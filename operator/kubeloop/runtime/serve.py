@@ -17,7 +17,6 @@ Exit codes: 0 clean shutdown, 2 bad settings, 3 sha256 mismatch, 4 model unusabl
 from __future__ import annotations
 
 import argparse
-import importlib.abc
 import logging
 import os
 import shutil
@@ -143,42 +142,20 @@ def main(argv: Sequence[str]) -> int:
     return _supervise(settings, box)
 
 
-class _AbsentModules(importlib.abc.MetaPathFinder):
-    """Makes the named top-level modules look uninstalled to this process."""
-
-    def __init__(self, names: frozenset[str]) -> None:
-        self.names = names
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
-        if fullname.split(".", 1)[0] in self.names:
-            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
-        return None
-
-
-def _leave_out(names: frozenset[str]) -> None:
-    """Make ``names`` look uninstalled to this process (an imported one cannot be taken back)."""
-    covered: set[str] = set()
-    for finder in sys.meta_path:
-        if isinstance(finder, _AbsentModules):
-            covered |= finder.names
-    absent = frozenset(n for n in names - covered if n not in sys.modules)
-    if absent:
-        sys.meta_path.insert(0, _AbsentModules(absent))
-
-
 def _leave_out_never_served() -> None:
-    """Serve as if pyarrow and pytest were not installed (the image has them for others).
+    """Serve as if pyarrow, pytest, rich and charset_normalizer were not installed.
 
-    scikit-learn imports pandas, and pandas imports pyarrow when it can (~33 MB); skops
-    imports sklearn.utils._testing, which imports pytest when it can (~6 MB). The server
-    uses neither (requests are decoded to NumPy, skops refuses non-scikit-learn types), and
-    both importers treat them as optional, so an absent module is a configuration they
-    support; a ``None`` in sys.modules would not be. Called first thing, in the supervisor
-    and in every spawned worker.
+    The image has them for the trainer, the CLI and the tests; libraries the server uses
+    import them only because they are there (pandas -> pyarrow ~33 MB, skops ->
+    sklearn.utils._testing -> pytest ~6 MB; see ``kubeloop.serving.inputs``). Each importer
+    treats its module as optional, so an absent module is a configuration they support (a
+    ``None`` in sys.modules would not be). Called first thing, in the supervisor and in every
+    spawned worker.
     """
+    from kubeloop.runtime._absent import leave_out
     from kubeloop.serving.inputs import NEVER_SERVED_MODULES
 
-    _leave_out(NEVER_SERVED_MODULES)
+    leave_out(NEVER_SERVED_MODULES)
 
 
 def _leave_out_unneeded(model_bytes: bytes) -> None:
@@ -187,10 +164,11 @@ def _leave_out_unneeded(model_bytes: bytes) -> None:
     scikit-learn imports pandas only if it can (~30 MB per worker); a model needs it only
     when it takes DataFrames (see ``kubeloop.serving.inputs.needs_pandas``).
     """
+    from kubeloop.runtime._absent import leave_out
     from kubeloop.serving.inputs import modules_to_leave_out
 
     wanted = modules_to_leave_out(model_bytes)
-    _leave_out(wanted)
+    leave_out(wanted)
     log.info(
         "serving without %s (installed, but not needed for this model)",
         ", ".join(sorted(n for n in wanted if n not in sys.modules)),
