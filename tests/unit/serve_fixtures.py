@@ -134,13 +134,20 @@ def subscriptions(rows: int, seed: int) -> Any:
 
 
 def train_with_kubeloop(
-    root: Path, name: str, estimator: str, params: dict[str, Any], rows: int = 1200
+    root: Path,
+    name: str,
+    estimator: str,
+    params: dict[str, Any],
+    rows: int = 1200,
+    features: list[str] | None = None,
+    categorical: list[str] | None = None,
 ) -> StoredModel:
     """Train on a CSV with text columns through ``kubeloop.training`` (the trainer's own path).
 
-    The trainer infers ``plan`` and ``region`` as categorical (text columns) and puts its
-    one-hot ColumnTransformer in front of ``estimator``; model.skops, model.sha256 and
-    profile.json are exactly what it writes.
+    By default the trainer infers ``plan`` and ``region`` as categorical (text columns) and
+    puts its one-hot ColumnTransformer in front of ``estimator``; ``features`` and
+    ``categorical`` are spec.data.features / categoricalFeatures. model.skops, model.sha256
+    and profile.json are exactly what it writes.
     """
     import pandas as pd
 
@@ -155,7 +162,9 @@ def train_with_kubeloop(
         {
             "model": {"name": name, "estimator": estimator, "params": params,
                       "task": "classification"},
-            "data": {"source": f"file://{csv}", "target": "churned"},
+            "data": {"source": f"file://{csv}", "target": "churned",
+                     **({"features": features} if features else {}),
+                     "categoricalFeatures": categorical or []},
             "evaluation": {"metric": "accuracy"},
         }
     )  # fmt: skip
@@ -165,15 +174,15 @@ def train_with_kubeloop(
     assert outcome.result.status == "Succeeded", outcome.result.message
     assert outcome.result.uri and outcome.result.sha256
     frame = pd.read_csv(csv)  # as the trainer read it
-    features = frame.drop(columns="churned")
+    columns = frame[features] if features else frame.drop(columns="churned")
     return StoredModel(
         directory=Path(outcome.result.uri.removeprefix("file://")).parent,
         sha256=outcome.result.sha256,
         estimator=load_model(outcome.result.uri, outcome.result.sha256),
-        features=features.to_numpy(dtype=object),
-        feature_names=[str(c) for c in features.columns],
+        features=columns.to_numpy(dtype=object),
+        feature_names=[str(c) for c in columns.columns],
         target=frame["churned"].to_numpy(),
-        frame=features,
+        frame=columns,
     )
 
 

@@ -1,12 +1,12 @@
 """What a `kubeloop serve` process imports: only what its model needs.
 
 Given real models (bare estimators, pipelines, forests, a regressor, one fitted on a
-DataFrame, one trained by ``kubeloop.training`` on text columns), when a real server process
-has started and answered a request, then the modules installed for others (pytest, pyarrow,
-rich, charset_normalizer) were never imported, pandas only for the model that takes
-DataFrames, fsspec not for a local file, and the answers are the estimator's. The pandas
-decision is read from the skops file before scikit-learn is imported, and spawned workers
-take the same decision.
+DataFrame, two trained by ``kubeloop.training`` with its one-hot encoder: on text columns and
+on numbers declared categorical), when a real server process has started and answered a
+request, then the modules installed for others (pytest, pyarrow, rich, charset_normalizer)
+were never imported, pandas only for the models that take DataFrames, fsspec not for a
+local file, and the answers are the estimator's. The pandas decision is read from the skops
+file before scikit-learn is imported, and spawned workers take the same decision.
 """
 
 from __future__ import annotations
@@ -82,6 +82,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, StoredModel]:
     trained["text"] = train_with_kubeloop(
         root / "text", "churn", "sklearn.linear_model.LogisticRegression", {"max_iter": 1000}
     )
+    # Numbers declared categorical: a by-name ColumnTransformer, so a DataFrame, but no text.
+    trained["declared"] = train_with_kubeloop(
+        root / "declared", "seats", "sklearn.ensemble.RandomForestClassifier",
+        {"n_estimators": 10}, features=["usage", "seats"], categorical=["seats"],
+    )  # fmt: skip
     return trained
 
 
@@ -109,6 +114,7 @@ def instances(model: StoredModel) -> tuple[list[Any], Any]:
         ("diabetes_ridge", False),
         ("dataframe", False),
         ("text", True),
+        ("declared", True),
     ],
 )
 def test_a_server_imports_only_what_its_model_needs(
