@@ -207,6 +207,39 @@ def test_readiness_flips_first_and_no_request_is_lost(
     assert set(statuses) == {200}
 
 
+def test_sigterm_while_workers_still_load_is_a_clean_stop(
+    models: dict[str, StoredModel], tmp_path: Path
+) -> None:
+    """A pod deleted right after it starts: the supervisor forwards the stop to workers that
+    are still importing scikit-learn and loading the model; they leave, nobody "crashes"."""
+    model = models["forest"]
+    log_path = tmp_path / "serve.log"
+    command = [
+        *SERVE_COMMAND,
+        "--model-uri", str(model.directory), "--sha256", model.sha256,
+        "--host", "127.0.0.1", "--port", str(free_port()), "--workers", "2",
+        "--log-level", "info",
+    ]  # fmt: skip
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        # The supervisor says "serving ... (2 workers" as soon as it has spawned them; a
+        # spawned interpreter needs far longer than this loop's step to import and load.
+        deadline = time.monotonic() + 60
+        while "(2 workers" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = log_path.read_text()
+    assert "restarting" not in log and "Traceback" not in log, log
+
+
 def test_in_flight_requests_are_answered_after_sigterm(
     models: dict[str, StoredModel], tmp_path: Path
 ) -> None:

@@ -389,16 +389,27 @@ def _supervise(settings: ServeSettings, box: list[ModelArtifact]) -> int:
         return process
 
     stopping = False
+    processes: list[Any] = []
+    told: set[int] = set()  # workers a stop was forwarded to
+
+    def forward(sig: int, again: bool) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None and (again or process.pid not in told):
+                told.add(process.pid)
+                os.kill(process.pid, sig)
 
     def on_signal(sig: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
-        for process in processes:
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, sig)
+        forward(sig, again=True)  # a repeated signal escalates, as it would without us
 
-    processes = [start(i) for i in range(settings.workers)]
+    # Handlers before the workers: a stop that arrives while they start is forwarded, not
+    # fatal to this process; a worker started just after it is told once the loop is done.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    for index in range(settings.workers):
+        processes.append(start(index))
+    if stopping:
+        forward(signal.SIGTERM, again=False)
     log.info(
         "serving %r on %s:%d (%d workers, metrics in %s)",
         settings.model_name,
@@ -432,8 +443,15 @@ def _supervise(settings: ServeSettings, box: list[ModelArtifact]) -> int:
             signal.signal(sig, handler)
         for process in processes:
             process.join(timeout=settings.drain_timeout_seconds + 5)
-        if exit_code == EXIT_OK and any(p.exitcode not in (0, None) for p in processes):
-            exit_code = next(int(p.exitcode) for p in processes if p.exitcode not in (0, None))
+        # A worker told to stop while it was still starting (no handlers of its own yet)
+        # ends by the signal's default action: it served nothing, so that is a clean stop.
+        failed = [
+            p.exitcode for p in processes
+            if p.exitcode not in (0, None)
+            and not (p.pid in told and p.exitcode in (-signal.SIGTERM, -signal.SIGINT))
+        ]
+        if exit_code == EXIT_OK and failed:
+            exit_code = int(failed[0])
         shutil.rmtree(workdir, ignore_errors=True)
         if own_metrics_dir:
             os.environ.pop(MULTIPROC_ENV, None)
