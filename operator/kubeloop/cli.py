@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("kubeloop.runtime.train", "train, evaluate and store a model (runs in the training Job)"),
     "serve": ("kubeloop.runtime.serve", "serve a stored model over HTTP (runs in ModelDeployment pods)"),
     "drift": ("kubeloop.runtime.drift", "check a dataset for drift against a reference profile"),
+    "artifacts": ("kubeloop.runtime.artifacts", "delete a run's stored artifacts (runs in the cleanup Job)"),
     "crds": ("kubeloop.api.crdgen", "write the CustomResourceDefinitions generated from the API models"),
 }
 
