@@ -85,6 +85,44 @@ def scratch_volume() -> tuple[dict[str, Any], dict[str, Any]]:
     )
 
 
+def output_root_uri(spec: Mapping[str, Any], settings: TrainerSettings) -> str:
+    """The run's output root as the user wrote it: spec.output.storageUri, else the default."""
+    return str((spec.get("output") or {}).get("storageUri") or settings.default_storage_uri)
+
+
+def run_directory_uri(run: Mapping[str, Any], settings: TrainerSettings) -> str:
+    """``<storageUri>/<model>/<run>``: where `kubeloop train` writes this run ("" without storage)."""
+    root = output_root_uri(run["spec"], settings)
+    if not root:
+        return ""
+    return f"{root.rstrip('/')}/{run['spec']['model']['name']}/{run['metadata']['name']}"
+
+
+def credentials_env_from(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The run's storage credentials Secret as the container's environment."""
+    secret = ((spec.get("credentials") or {}).get("secretRef") or {}).get("name")
+    # Credentials travel by reference only; their values never enter the spec or status.
+    return [{"secretRef": {"name": secret}}] if secret else []
+
+
+def runtime_pod_spec(
+    spec: Mapping[str, Any], container: dict[str, Any], volumes: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A run-to-completion pod under the restricted Pod Security level, placed like the run asks."""
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.get("nodeSelector"):
+        pod_spec["nodeSelector"] = spec["nodeSelector"]
+    if spec.get("tolerations"):
+        pod_spec["tolerations"] = spec["tolerations"]
+    return pod_spec
+
+
 def build_training_job(
     run: Mapping[str, Any], settings: TrainerSettings, champion: Champion | None = None
 ) -> dict[str, Any]:
@@ -97,7 +135,7 @@ def build_training_job(
     storage = PodStorage()
     data = dict(spec["data"])
     data["source"] = storage.resolve(data["source"], read_only=True, models_pvc=settings.models_pvc, models_root=settings.default_storage_uri)
-    output_uri = (spec.get("output") or {}).get("storageUri") or settings.default_storage_uri
+    output_uri = output_root_uri(spec, settings)
     output_uri = storage.resolve(output_uri, read_only=False, models_pvc=settings.models_pvc, models_root=settings.default_storage_uri)
     trainer_spec = {**spec, "data": data, "output": {**(spec.get("output") or {}), "storageUri": output_uri}}
 
@@ -116,11 +154,7 @@ def build_training_job(
         {"name": "HOME", "value": SCRATCH_DIR},
         {"name": "JOBLIB_TEMP_FOLDER", "value": SCRATCH_DIR},
     ]
-    env_from = []
-    secret = ((spec.get("credentials") or {}).get("secretRef") or {}).get("name")
-    if secret:
-        # Credentials travel by reference only; their values never enter the spec or status.
-        env_from.append({"secretRef": {"name": secret}})
+    env_from = credentials_env_from(spec)
 
     scratch, scratch_mount = scratch_volume()
     container: dict[str, Any] = {
@@ -139,17 +173,7 @@ def build_training_job(
     if env_from:
         container["envFrom"] = env_from
 
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": restricted_pod_security(),
-        "containers": [container],
-        "volumes": [scratch, *storage.volumes],
-    }
-    if spec.get("nodeSelector"):
-        pod_spec["nodeSelector"] = spec["nodeSelector"]
-    if spec.get("tolerations"):
-        pod_spec["tolerations"] = spec["tolerations"]
+    pod_spec = runtime_pod_spec(spec, container, [scratch, *storage.volumes])
 
     labels = labels_for("trainingrun", name, "training", model=model_name)
     job_spec: dict[str, Any] = {
