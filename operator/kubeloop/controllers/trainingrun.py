@@ -13,6 +13,12 @@ from kubeloop import API_GROUP, API_VERSION
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
 from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, post_event
+from kubeloop.decide.artifact_cleanup import (
+    Action,
+    decide_cleanup,
+    has_finalizer,
+    needs_cleanup_reconcile,
+)
 from kubeloop.decide.common import parse_wire_time, wire_time
 from kubeloop.decide.trainingrun import (
     TERMINAL_PHASES,
@@ -21,6 +27,7 @@ from kubeloop.decide.trainingrun import (
     decide,
     job_name,
 )
+from kubeloop.resources.cleanupjob import CLEANUP_COMPONENT, cleanup_job_name
 from kubeloop.resources.trainingjob import Champion, TrainerSettings
 
 log = logging.getLogger("kubeloop.trainingrun")
@@ -48,6 +55,9 @@ class TrainingRunController:
         self.settings = trainer_settings(config)
         self.locks = KeyedLocks()
         self.phases = metrics.PhaseTracker(KIND)
+        # Deleted runs whose artifacts a ModelDeployment still serves: a change to any
+        # ModelDeployment in their namespace looks at them again (kopf stops timers on deletion).
+        self.waiting_for_deployments: set[tuple[str, str]] = set()
 
     def find_champion(self, run: Mapping[str, Any]) -> tuple[Champion | None, str | None]:
         spec = run["spec"]
@@ -74,7 +84,13 @@ class TrainingRunController:
             run = self.kube.get_or_none(KIND, namespace, name)
             if run is None or run["metadata"].get("deletionTimestamp"):
                 self.phases.observe(namespace, name, None)
+                if run is not None and has_finalizer(run):
+                    self.reconcile_cleanup(run)
+                else:
+                    self.waiting_for_deployments.discard((namespace, name))
                 return
+            if needs_cleanup_reconcile(run):
+                self.reconcile_cleanup(run)
             old_status = run.get("status") or {}
             if old_status.get("phase") in TERMINAL_PHASES:
                 self.phases.observe(namespace, name, old_status["phase"])
@@ -103,6 +119,54 @@ class TrainingRunController:
             self.phases.observe(namespace, name, phase)
             if phase in TERMINAL_PHASES and old_status.get("phase") != phase:
                 _observe_training_time(decision.status, str(phase))
+
+    def reconcile_cleanup(self, run: Mapping[str, Any]) -> None:
+        """The run's artifacts under spec.cleanupPolicy: add our finalizer, or finish a deletion."""
+        meta = run["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        deployments: list[dict[str, Any]] = []
+        job, pods = None, []
+        if meta.get("deletionTimestamp"):
+            deployments = self.kube.list("ModelDeployment", namespace, labels=None)
+            job = self.kube.get_or_none("Job", namespace, cleanup_job_name(name))
+            if job is not None:
+                pods = self.kube.list(
+                    "Pod", namespace, labels={RUN_LABEL: name, "app.kubernetes.io/component": CLEANUP_COMPONENT}
+                )
+        cleanup = decide_cleanup(run, deployments, job, pods, self.settings)
+        key = (namespace, name)
+        if cleanup.action == Action.WAIT_IN_USE:
+            self.waiting_for_deployments.add(key)
+        else:
+            self.waiting_for_deployments.discard(key)
+        if cleanup.create_job is not None:
+            try:
+                self.kube.create(cleanup.create_job)
+            except Conflict:
+                log.info("cleanup job of %s/%s exists already", namespace, name)
+        if cleanup.message and cleanup.message != (run.get("status") or {}).get("message"):
+            self.kube.patch_status(KIND, namespace, name, {"message": cleanup.message})
+        if cleanup.finalizers is not None:
+            try:
+                # The resourceVersion makes this a compare-and-swap: kopf keeps its own
+                # finalizer in the same list, and a merge patch replaces the list whole.
+                self.kube.patch(
+                    KIND, namespace, name,
+                    {"metadata": {"finalizers": cleanup.finalizers, "resourceVersion": meta["resourceVersion"]}},
+                )
+            except Conflict:
+                # The run changed under us; that change is an event that reconciles it again.
+                log.info("finalizers of %s/%s changed concurrently; looking again", namespace, name)
+                return
+        now_text = wire_time(datetime.now(UTC))
+        for event in cleanup.events:
+            post_event(self.kube, dict(run), event.type, event.reason, event.message, now_text)
+
+    def reconcile_waiting(self, namespace: str) -> None:
+        """Look again at the deleted runs of ``namespace`` that wait for a ModelDeployment."""
+        for waiting_namespace, name in sorted(self.waiting_for_deployments):
+            if waiting_namespace == namespace:
+                self.reconcile(namespace, name)
 
 
 def _observe_training_time(status: Mapping[str, Any], phase: str) -> None:
@@ -136,6 +200,12 @@ def register(registry: kopf.OperatorRegistry, controller: TrainingRunController,
     def on_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
         if namespace:
             controller.reconcile(namespace, labels[RUN_LABEL])
+
+    @kopf.on.event(API_GROUP, API_VERSION, "modeldeployments", registry=registry)
+    def on_deployment_event_for_cleanup(namespace: str | None, **_: Any) -> None:
+        # A deleted run's artifacts wait while a ModelDeployment serves them.
+        if namespace:
+            controller.reconcile_waiting(namespace)
 
     @kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
     def on_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
