@@ -273,3 +273,92 @@ def test_hundred_runs_at_once(kube_api: Any, namespace: str, operator: OperatorP
     print("TRAININGRUN-SCALE", json.dumps(report))
     out = Path(os.environ.get("KUBELOOP_BENCH_OUT", "/tmp")) / "trainingrun-scale.json"
     out.write_text(json.dumps(report))
+
+
+# --- cleanupPolicy: what happens to the artifacts when a run is deleted ----------------------
+
+ARTIFACT_CLEANUP = "kubeloop.io/artifact-cleanup"
+
+
+def events_of(core: client.CoreV1Api, namespace: str, name: str) -> list[Any]:
+    return list(core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items)
+
+
+def run_gone(custom: client.CustomObjectsApi, namespace: str, name: str) -> bool:
+    try:
+        get_run(custom, namespace, name)
+    except client.ApiException as exc:
+        return exc.status == 404
+    return False
+
+
+def trained_run(core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, tmp_path: Path,
+                name: str, policy: str) -> Path:
+    """Given a run trained for real (the trainer run here, its pod finished by the test): its directory."""
+    trainer_dir = tmp_path / "trainer"
+    run = trainingrun(name, cleanupPolicy=policy, output={"storageUri": f"file://{trainer_dir}/models"})
+    message, code = run_trainer_locally(run, trainer_dir)
+    assert code == 0, message
+    run_dir = trainer_dir / "models" / "cancer" / name
+    assert (run_dir / "model.sha256").is_file() and (run_dir / "report.json").is_file()
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, run)
+    pod = wait_for(lambda: next(iter(trainer_pods(core, namespace, name)), None), 60, what="trainer pod")
+    play_kubelet_terminate(core, namespace, pod, message, 0)
+    wait_for(lambda: run_phase(custom, namespace, name) == "Succeeded", 60, what="run Succeeded")
+    return run_dir
+
+
+def test_delete_policy_waits_for_the_deployment_then_deletes_the_artifacts(
+    kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    core, custom, batch = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api), client.BatchV1Api(kube_api)
+    # Given a Succeeded run with cleanupPolicy Delete, whose model a ModelDeployment serves
+    run_dir = trained_run(core, custom, namespace, tmp_path, "cancer-del", "Delete")
+    wait_for(lambda: ARTIFACT_CLEANUP in (get_run(custom, namespace, "cancer-del")["metadata"].get("finalizers") or []),
+             30, what="our finalizer on the run")
+    md = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "cancer-serve"},
+          "spec": {"model": {"trainingRunRef": {"name": "cancer-del"}}}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", md)
+
+    # When the run is deleted, then it stays while the deployment serves its model
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "cancer-del")
+    in_use = wait_for(lambda: next((e for e in events_of(core, namespace, "cancer-del") if e.reason == "ArtifactsInUse"), None),
+                      30, what="ArtifactsInUse event")
+    assert "md/cancer-serve" in in_use.message
+    time.sleep(2)  # a few resyncs' worth: nothing may move while the model is in use
+    assert get_run(custom, namespace, "cancer-del")["metadata"]["deletionTimestamp"]
+    assert (run_dir / "model.skops").is_file()
+    assert not batch.list_namespaced_job(namespace, label_selector="app.kubernetes.io/component=artifact-cleanup").items
+
+    # When the deployment goes, then the cleanup Job appears; its pod really deletes the files
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "cancer-serve")
+    pod = wait_for(
+        lambda: next(iter(core.list_namespaced_pod(
+            namespace, label_selector="kubeloop.io/trainingrun=cancer-del,app.kubernetes.io/component=artifact-cleanup").items), None),
+        60, what="cleanup pod",
+    )
+    pod_body = core.api_client.sanitize_for_serialization(pod)
+    container = pod_body["spec"]["containers"][0]
+    assert container["command"] == ["kubeloop"] and container["securityContext"]["runAsNonRoot"] is True
+    message_file = tmp_path / "cleanup-message.json"
+    args = [str(message_file) if a == container["terminationMessagePath"] else a for a in container["args"]]
+    proc = subprocess.run([sys.executable, "-m", "kubeloop.cli", *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert not run_dir.exists()
+    play_kubelet_terminate(core, namespace, pod_body, message_file.read_text(), proc.returncode, container="cleanup")
+
+    # Then the run is gone, and says what was deleted
+    wait_for(lambda: run_gone(custom, namespace, "cancer-del"), 60, what="run deleted")
+    reasons = {e.reason for e in events_of(core, namespace, "cancer-del")}
+    assert {"ArtifactsInUse", "CleanupStarted", "ArtifactsDeleted"} <= reasons
+    assert (tmp_path / "trainer" / "models" / "cancer").is_dir()  # only the run's own directory went
+
+
+def test_retain_policy_leaves_the_artifacts(kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
+    core, custom, batch = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api), client.BatchV1Api(kube_api)
+    run_dir = trained_run(core, custom, namespace, tmp_path, "cancer-keep", "Retain")
+    assert ARTIFACT_CLEANUP not in (get_run(custom, namespace, "cancer-keep")["metadata"].get("finalizers") or [])
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "cancer-keep")
+    wait_for(lambda: run_gone(custom, namespace, "cancer-keep"), 60, what="run deleted")
+    assert (run_dir / "model.skops").is_file() and (run_dir / "report.json").is_file()
+    assert not batch.list_namespaced_job(namespace, label_selector="app.kubernetes.io/component=artifact-cleanup").items
