@@ -295,13 +295,13 @@ def run_command(kube: Kube, args: argparse.Namespace, console: Console) -> int:
         if command == "status":
             console.print(view())
             return 0
-        with Live(view(), console=console, refresh_per_second=2) as live:
-            try:
+        try:  # Ctrl-C is how a watch ends, whenever it comes
+            with Live(view(), console=console, refresh_per_second=2) as live:
                 while True:
                     time.sleep(2)
                     live.update(view())
-            except KeyboardInterrupt:
-                return 0
+        except KeyboardInterrupt:
+            return 0
     if command == "retrain":
         _, name = parse_ref(args.ref, ["DriftPolicy"])
         token = annotate(kube, "DriftPolicy", namespace, name, RETRAIN_ANNOTATION)

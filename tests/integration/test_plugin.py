@@ -2,15 +2,19 @@
 
 Given two trained runs and a ModelDeployment rolling the second out in paused steps, the
 plugin's promote moves the rollout on, abort sends all traffic back to stable, retry starts
-again, and status prints the lineage data -> run -> artifact -> deployment.
+again, pause/resume hold and release it, promote --full finishes it, undo brings the previous
+model back, watch shows a live view until Ctrl-C, retrain asks a DriftPolicy for a run, and
+status prints the lineage data -> run -> artifact -> deployment.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,11 @@ def plugin(kubeconfig: str, namespace: str, *args: str) -> subprocess.CompletedP
         env={**os.environ, "KUBECONFIG": kubeconfig, "COLUMNS": "200"},
         capture_output=True, text=True, timeout=60,
     )
+
+
+def progressing(custom: client.CustomObjectsApi, namespace: str) -> dict[str, Any]:
+    conditions = md_status(custom, namespace).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Progressing"), {})
 
 
 def md_status(custom: client.CustomObjectsApi, namespace: str) -> dict[str, Any]:
@@ -100,6 +109,57 @@ def test_plugin_steers_a_rollout_and_shows_lineage(kube_api: Any, kubeconfig_pat
     retried = plugin(kubeconfig_path, namespace, "retry", "md/cancer")
     assert retried.returncode == 0, retried.stderr
     wait_for(lambda: md_status(custom, namespace).get("canaryWeight") == 25 and md_status(custom, namespace).get("phase") != "Degraded", 60, what="retried at 25%")
+
+    # pause holds the rollout (Progressing Unknown, says why); resume lets it go on.
+    paused = plugin(kubeconfig_path, namespace, "pause", "md/cancer")
+    assert paused.returncode == 0, paused.stderr
+    wait_for(lambda: (c := progressing(custom, namespace)).get("status") == "Unknown" and "spec.paused" in c.get("message", ""), 60, what="paused by spec.paused")
+    resumed = plugin(kubeconfig_path, namespace, "resume", "md/cancer")
+    assert resumed.returncode == 0, resumed.stderr
+    wait_for(lambda: progressing(custom, namespace).get("status") == "True", 60, what="resumed")
+
+    # promote --full skips every remaining step: the second model becomes stable.
+    full = plugin(kubeconfig_path, namespace, "promote", "--full", "md/cancer")
+    assert full.returncode == 0, full.stderr
+    wait_for(lambda: (s := md_status(custom, namespace)).get("phase") == "Healthy" and (s.get("stable") or {}).get("sha256") == second, 90, what="second model stable")
+
+    # undo rolls back to the model served before: cancer-1 comes back as a canary first.
+    undone = plugin(kubeconfig_path, namespace, "undo", "md/cancer")
+    assert undone.returncode == 0 and "cancer-1" in undone.stdout, undone.stdout + undone.stderr
+    wait_for(lambda: ((md_status(custom, namespace).get("canary") or {}).get("sha256")) == first, 90, what="first model back as canary")
+    plugin(kubeconfig_path, namespace, "promote", "--full", "md/cancer")
+    wait_for(lambda: (s := md_status(custom, namespace)).get("phase") == "Healthy" and (s.get("stable") or {}).get("sha256") == first, 90, what="first model stable again")
+
+    # watch shows a live view until Ctrl-C, then exits 0.
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "kubeloop.plugin", "-n", namespace, "watch", "md/cancer"],
+        env={**os.environ, "KUBECONFIG": kubeconfig_path, "COLUMNS": "200"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    # Ctrl-C once it talks to the API server (imports alone take seconds on a loaded box),
+    # after a first refresh.
+    fds = Path(f"/proc/{watching.pid}/fd")
+    wait_for(lambda: any(os.readlink(fd).startswith("socket:") for fd in fds.iterdir()), 60, what="watch connected")
+    time.sleep(3)
+    assert watching.poll() is None, watching.communicate()[1]
+    watching.send_signal(signal.SIGINT)
+    watched, errors = watching.communicate(timeout=30)
+    assert watching.returncode == 0, errors
+    assert "cancer" in watched and first[:12] in watched
+
+    # retrain asks the DriftPolicy for a run through the same path as drift: a TrainingRun
+    # labelled with the reason "manual", owned by the policy.
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftPolicy", "metadata": {"name": "cancer"},
+        "spec": {"targetRef": {"name": "cancer"}, "source": {"live": {}}, "interval": "1h",
+                 "retrain": {"fromTrainingRun": {"name": "cancer-1"}, "autoPromote": False}},
+    })
+    asked = plugin(kubeconfig_path, namespace, "retrain", "dp/cancer")
+    assert asked.returncode == 0, asked.stderr
+    runs = wait_for(lambda: custom.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "trainingruns",
+        label_selector="kubeloop.io/driftpolicy=cancer,kubeloop.io/retrain-reason=manual")["items"], 90, what="manual retrain run")
+    assert len(runs) == 1 and runs[0]["metadata"]["ownerReferences"][0]["name"] == "cancer"
 
     wrong = plugin(kubeconfig_path, namespace, "promote", "tr/cancer-1")
     assert wrong.returncode == 2 and "ModelDeployment" in wrong.stdout
