@@ -85,6 +85,9 @@ def main() -> int:
     parser.add_argument("--estimator", choices=sorted(ESTIMATORS), nargs="+", default=["hgb", "rf"],
                         help="one or more; default: both")
     parser.add_argument("--timeout", type=float, default=600.0, help="per subprocess, seconds")
+    parser.add_argument("--no-like-for-like", dest="like_for_like", action="store_false",
+                        help="skip the third run per repetition: the bare script with the "
+                             "trainer's exit-time gc.freeze (see bare_fit_predict.py)")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
 
@@ -127,22 +130,24 @@ def _measure(key: str, data_path: Path, work: Path, env: dict[str, str],
     spec_path.write_text(json.dumps(spec))
     bare = [sys.executable, str(HERE / "bare_fit_predict.py"), str(data_path), key,
             json.dumps(params)]
+    commands = {"bare": bare, "bareFrozenExit": [*bare, "--freeze-gc-at-exit"]}
+    sides = ["bare", "trainer", *(["bareFrozenExit"] if args.like_for_like else [])]
     pairs: list[dict[str, Any]] = []
     for rep in range(args.reps + 1):  # repetition 0 warms caches and is discarded
         run_name = f"rep-{rep}"
         trainer = [*_trainer_command(), "--spec", str(spec_path), "--run-name", run_name,
                    "--storage-uri", str(work / "models"), "--quiet",
                    "--termination-log", str(work / f"{run_name}.termination")]
-        order = ("bare", "trainer") if rep % 2 == 0 else ("trainer", "bare")
+        # Every side goes first equally often (two sides: alternate; three: rotate).
+        order = sides[rep % len(sides):] + sides[:rep % len(sides)]
         walls: dict[str, float] = {}
         cpus: dict[str, float] = {}
-        bare_out = ""
+        outs: dict[str, str] = {}
         for who in order:
-            wall, cpu, out = _timed_run(bare if who == "bare" else trainer, env, args.timeout)
+            wall, cpu, outs[who] = _timed_run(commands.get(who, trainer), env, args.timeout)
             walls[who] = wall
             cpus[who] = cpu
-            if who == "bare":
-                bare_out = out
+        bare_out = outs["bare"]
         report = json.loads((work / "models" / "bench" / run_name / "report.json").read_text())
         bare_result = json.loads(bare_out.strip().splitlines()[-1])
         pair = {
@@ -156,9 +161,19 @@ def _measure(key: str, data_path: Path, work: Path, env: dict[str, str],
             "trainerAccuracy": report["evaluation"]["metrics"]["accuracy"],
             "bareAccuracy": bare_result["accuracy"],
         }
+        if "bareFrozenExit" in walls:
+            pair |= {
+                "bareFrozenExitWall": walls["bareFrozenExit"],
+                "bareFrozenExitCpu": cpus["bareFrozenExit"],
+                "ratioLikeForLike": walls["trainer"] / walls["bareFrozenExit"],
+                "cpuRatioLikeForLike": cpus["trainer"] / cpus["bareFrozenExit"],
+            }
         print(f"rep {rep}{' (warm-up, discarded)' if rep == 0 else ''}: trainer "
               f"{walls['trainer']:.2f}s  bare {walls['bare']:.2f}s  ratio {pair['ratio']:.3f}"
-              f"  (CPU {cpus['trainer']:.2f}s / {cpus['bare']:.2f}s = {pair['cpuRatio']:.3f})",
+              f"  (CPU {cpus['trainer']:.2f}s / {cpus['bare']:.2f}s = {pair['cpuRatio']:.3f})"
+              + (f"; like-for-like bare {walls['bareFrozenExit']:.2f}s, ratio "
+                 f"{pair['ratioLikeForLike']:.3f}, CPU {pair['cpuRatioLikeForLike']:.3f}"
+                 if "bareFrozenExit" in walls else ""),
               flush=True)
         if rep > 0:
             pairs.append(pair)
@@ -192,6 +207,20 @@ def _summarise(pairs: list[dict[str, Any]], args: argparse.Namespace, estimator:
         for p in pairs])
     ratios = [p["ratio"] for p in pairs]
     median_ratio = _median(ratios)
+    like_for_like = None
+    if pairs and all("ratioLikeForLike" in p for p in pairs):
+        lfl = [p["ratioLikeForLike"] for p in pairs]
+        like_for_like = {
+            "peer": "bare script that also freezes gc at exit (bare_fit_predict.py "
+                    "--freeze-gc-at-exit), as the trainer does",
+            "bareWallMedian": _median([p["bareFrozenExitWall"] for p in pairs]),
+            "bareCpuMedian": _median([p["bareFrozenExitCpu"] for p in pairs]),
+            "ratioMedian": _median(lfl),
+            "ratioMin": min(lfl),
+            "ratioMax": max(lfl),
+            "cpuRatioMedian": _median([p["cpuRatioLikeForLike"] for p in pairs]),
+            "meetsTarget": _median(lfl) - 1.0 <= TARGET_OVERHEAD,
+        }
     return {
         "benchmark": "kubeloop train vs bare fit+predict",
         "rows": args.rows, "features": args.features, "repetitions": len(pairs),
@@ -215,19 +244,24 @@ def _summarise(pairs: list[dict[str, Any]], args: argparse.Namespace, estimator:
         "barePhasesMedian": {**bare_median, "startup (interpreter + imports)": bare_startup},
         "trainerCpuPhasesMedian": trainer_cpu,
         "bareCpuPhasesMedian": bare_cpu,
+        "likeForLike": like_for_like,
         "pairs": pairs,
     }
 
 
 def _markdown_all(summaries: list[dict[str, Any]]) -> str:
     head = ["# `kubeloop train` vs a bare fit+predict script", "",
-            "| estimator | wall ratio (median) | CPU ratio (median) | overhead target 15 % |",
-            "|---|---:|---:|---|"]
+            "| estimator | wall ratio (median) | CPU ratio (median) | overhead target 15 % "
+            "| like for like: wall / CPU ratio, target |",
+            "|---|---:|---:|---|---|"]
     for summary in summaries:
+        lfl = summary.get("likeForLike")
         head.append(
             f"| `{summary['estimator'].rsplit('.', 1)[1]}` | {summary['ratioMedian']:.3f} | "
             f"{summary['cpuRatioMedian']:.3f} | {'met' if summary['meetsTarget'] else 'NOT met'} "
-            "(wall) |")
+            "(wall) | "
+            + (f"{lfl['ratioMedian']:.3f} / {lfl['cpuRatioMedian']:.3f}, "
+               f"{'met' if lfl['meetsTarget'] else 'NOT met'} |" if lfl else "not measured |"))
     return "\n".join(head) + "\n\n" + "\n".join(_markdown(s) for s in summaries)
 
 
@@ -257,6 +291,18 @@ def _markdown(summary: dict[str, Any]) -> str:
         f"{summary['targetOverhead']:.0%}: **{'met' if summary['meetsTarget'] else 'NOT met'}**. "
         f"Same holdout accuracy in both: {'yes' if summary['sameAccuracy'] else 'NO'}.",
         "",
+    ]
+    lfl = summary.get("likeForLike")
+    if lfl:
+        lines += [
+            f"Like for like, against the {lfl['peer']}: median {lfl['bareWallMedian']:.2f} s, "
+            f"{lfl['bareCpuMedian']:.2f} CPU-s; wall ratio **{lfl['ratioMedian']:.3f}** "
+            f"(range {lfl['ratioMin']:.3f} - {lfl['ratioMax']:.3f}), CPU ratio "
+            f"**{lfl['cpuRatioMedian']:.3f}**: target "
+            f"**{'met' if lfl['meetsTarget'] else 'NOT met'}** (wall).",
+            "",
+        ]
+    lines += [
         "### Where the time goes (medians, seconds)",
         "",
         "| phase | trainer wall | bare wall | trainer CPU | bare CPU |",
@@ -275,6 +321,9 @@ def _markdown(summary: dict[str, Any]) -> str:
 
     for trainer_key, bare_key in pairs:
         label = trainer_key if bare_key in (None, trainer_key) else f"{trainer_key} / {bare_key}"
+        if trainer_key.startswith("startup"):
+            # Whatever is outside the timed phases: interpreter start, imports, teardown.
+            label = "outside the phases: start-up, imports (bare) and interpreter exit"
         lines.append(
             f"| {label} | {cell(trainer.get(trainer_key))} | "
             f"{cell(bare.get(bare_key) if bare_key else None)} | "
