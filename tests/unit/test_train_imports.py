@@ -87,7 +87,7 @@ def _fresh_interpreter(prelude: str) -> dict[str, Any]:
 
 def test_a_training_process_imports_no_pytest_and_skops_trusts_the_same_types() -> None:
     prepared = _fresh_interpreter(
-        "from kubeloop.runtime.train import _prepare_imports\n_prepare_imports()\n"
+        "from kubeloop.runtime.train import _prepare_process\n_prepare_process()\n"
     )
     # The usual order without the preparation: pydantic and pandas before scikit-learn.
     usual = _fresh_interpreter("import kubeloop.training.spec, pandas\n")

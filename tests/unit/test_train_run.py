@@ -287,8 +287,12 @@ def test_the_real_command_line(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "Succeeded" in ok.stdout and "sha256" in ok.stdout
     result = parse_result(termination.read_bytes())
-    assert (_run_dir(tmp_path, "cancer", "cli-run") / "model.skops").exists()
+    assert {p.name for p in _run_dir(tmp_path, "cancer", "cli-run").iterdir()} == {
+        "model.skops", "model.sha256", "profile.json", "report.json"}
     assert result.uri and result.uri.endswith("cli-run/model.skops")
+    # The process ends with gc frozen (kubeloop.runtime.train._prepare_process): teardown
+    # must still be clean, with nothing left to complain about on stderr.
+    assert "Exception ignored" not in ok.stderr and "Traceback" not in ok.stderr
 
     env["KUBELOOP_TRAININGRUN_SPEC"] = orjson.dumps(_spec(validation={"minRows": 5000})).decode()
     invalid = subprocess.run(
