@@ -194,7 +194,11 @@ def test_readiness_flips_first_and_no_request_is_lost(
         threads.append(threading.Thread(target=watch_readiness))
         for thread in threads:
             thread.start()
-        time.sleep(1.0)
+        # Under load, with two workers, the first answers can take a while: wait for them
+        # (two per sender) instead of guessing a time.
+        deadline = time.monotonic() + 60
+        while len(statuses) < 12 and not failures and time.monotonic() < deadline:
+            time.sleep(0.05)
         sent_before_signal = len(statuses)
         server.process.send_signal(signal.SIGTERM)
         signalled_at = time.monotonic()

@@ -185,6 +185,24 @@ def _version() -> str:
     return __version__
 
 
+class _EarlyStop:
+    """Remembers a stop signal that arrives before uvicorn has installed its own handlers.
+
+    Loading a model takes seconds; a pod deleted meanwhile must neither die half-way (exit
+    -15) nor, once its socket is bound, drop the connections waiting in its backlog: a stop
+    before the socket is bound ends the process cleanly, one after it starts the drain as
+    soon as uvicorn runs.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop_signal, self._record)
+
+    def _record(self, sig: int, frame: FrameType | None) -> None:
+        self.signal = sig
+
+
 def _limit_threads() -> None:
     # Parallelism comes from worker processes; BLAS/OpenMP threads would only compete.
     try:
@@ -216,7 +234,9 @@ def _unix_listener(path: str) -> socket.socket:
     return sock
 
 
-def _run_server(app: ServeApp, settings: ServeSettings, sockets: list[socket.socket]) -> int:
+def _run_server(
+    app: ServeApp, settings: ServeSettings, sockets: list[socket.socket], early: _EarlyStop
+) -> int:
     import gc
 
     import uvicorn
@@ -243,6 +263,8 @@ def _run_server(app: ServeApp, settings: ServeSettings, sockets: list[socket.soc
                 self.should_exit = True
 
         async def on_tick(self, counter: int) -> bool:
+            if early.signal is not None and self.drain_started is None:
+                self.handle_exit(early.signal, None)  # asked to stop while starting
             if (
                 self.drain_started is not None
                 and time.monotonic() - self.drain_started >= settings.shutdown_delay_seconds
@@ -279,6 +301,7 @@ def _build_app(
 
 
 def _serve_in_process(settings: ServeSettings, box: list[ModelArtifact]) -> int:
+    early = _EarlyStop()
     from kubeloop.serving.model import ModelArtifactError, trusted_types
 
     _limit_threads()
@@ -290,9 +313,12 @@ def _serve_in_process(settings: ServeSettings, box: list[ModelArtifact]) -> int:
     except ModelArtifactError as exc:
         log.error("refusing to serve: %s", exc)
         return exc.exit_code
+    if early.signal is not None:
+        log.info("stopped before serving (%s)", signal.Signals(early.signal).name)
+        return EXIT_OK
     sock = _listen(settings.host, settings.port, reuse_port=False)
     log.info("serving %r on %s:%d (1 worker)", settings.model_name, settings.host, settings.port)
-    return _run_server(app, settings, [sock])
+    return _run_server(app, settings, [sock], early)
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,6 +329,7 @@ def _worker_main(
     env: dict[str, str], index: int, sockets_dir: str, workers: int, log_level: str
 ) -> None:
     """Body of one worker process (spawned, so it starts from a clean interpreter)."""
+    early = _EarlyStop()
     os.environ.update(env)
     _leave_out_never_served()
     logging.basicConfig(
@@ -324,13 +351,16 @@ def _worker_main(
     except ModelArtifactError as exc:
         log.error("worker %d refusing to serve: %s", index, exc)
         sys.exit(exc.exit_code)
+    if early.signal is not None:
+        log.info("worker %d stopped before serving (%s)", index, signal.Signals(early.signal).name)
+        sys.exit(EXIT_OK)
     own = Path(sockets_dir) / f"worker-{index}.sock"
     own.unlink(missing_ok=True)
     sockets = [
         _listen(settings.host, settings.port, reuse_port=True),
         _unix_listener(str(own)),
     ]
-    sys.exit(_run_server(app, settings, sockets))
+    sys.exit(_run_server(app, settings, sockets, early))
 
 
 def _stage(artifact: ModelArtifact, directory: Path) -> tuple[str, str | None]:
