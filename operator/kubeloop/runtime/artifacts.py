@@ -28,13 +28,13 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from kubeloop.runtime import termination
+
 EXIT_OK, EXIT_REFUSED, EXIT_FAILED, EXIT_USAGE = 0, 2, 3, 64
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 ENV_PVC_ROOT = "KUBELOOP_PVC_MOUNT_ROOT"
 DEFAULT_PVC_MOUNT_ROOT = "/mnt/pvc"
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     delete.add_argument("uri", help="the run directory: file://, a path, pvc://<claim>/..., s3://")
     delete.add_argument("--termination-log", metavar="PATH",
-                        help=f"where to write the JSON result (default: {DEFAULT_TERMINATION_LOG} "
+                        help=f"where to write the JSON result (default: {termination.DEFAULT_PATH} "
                              "when writable)")
     delete.add_argument("--pvc-mount-root",
                         help=f"where pvc://<claim>/ is mounted (default: env {ENV_PVC_ROOT} or "
@@ -170,25 +170,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return EXIT_USAGE
     pvc_root = args.pvc_mount_root or environment.get(ENV_PVC_ROOT) or DEFAULT_PVC_MOUNT_ROOT
     result = delete_run_directory(args.uri, environment, pvc_root)
-    _write_termination_log(_termination_log_path(args.termination_log), result.render())
+    termination.write(termination.resolve_path(args.termination_log), result.render(), "kubeloop artifacts")
     print(f"kubeloop artifacts delete: {result.status}: {result.message}",
           file=sys.stdout if result.exit_code == EXIT_OK else sys.stderr, flush=True)
     return result.exit_code
-
-
-def _termination_log_path(flag: str | None) -> Path | None:
-    if flag:
-        return Path(flag)
-    default = Path(DEFAULT_TERMINATION_LOG)
-    if default.exists() and os.access(default, os.W_OK):
-        return default
-    return None
-
-
-def _write_termination_log(path: Path | None, payload: bytes) -> None:
-    if path is None:
-        return
-    try:
-        path.write_bytes(payload)
-    except OSError as exc:
-        print(f"kubeloop artifacts: cannot write the termination message to {path}: {exc}", file=sys.stderr)

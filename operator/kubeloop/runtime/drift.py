@@ -35,11 +35,11 @@ from kubeloop.drift.report import (
     drift_report,
     drift_report_from_samples,
 )
+from kubeloop.runtime import termination
 
 if TYPE_CHECKING:
     import pandas as pd
 
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 ENV_PVC_ROOT = "KUBELOOP_PVC_MOUNT_ROOT"
 
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--termination-log",
         metavar="PATH",
-        help=f"where to write the JSON result (default: {DEFAULT_TERMINATION_LOG} when writable)",
+        help=f"where to write the JSON result (default: {termination.DEFAULT_PATH} when writable)",
     )
     parser.add_argument(
         "--fail-on-drift",
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"kubeloop drift: error: {exc}", file=sys.stderr)
         return drift_result.EXIT_USAGE
 
-    termination_log = _termination_log_path(args.termination_log)
+    termination_log = termination.resolve_path(args.termination_log)
     pvc_root = args.pvc_mount_root or environment.get(ENV_PVC_ROOT) or "/mnt/pvc"
     try:
         config = _load_config(args.config)
@@ -135,13 +135,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         )
     except _InputError as exc:
         failed = drift_result.failure(exc.reason, str(exc))
-        _write(termination_log, drift_result.render_result(failed))
+        termination.write(termination_log, drift_result.render_result(failed), "kubeloop drift")
         print(f"kubeloop drift: {exc.reason}: {exc}", file=sys.stderr)
         return drift_result.EXIT_INPUT_INVALID
 
-    _write(termination_log, drift_result.render_result(drift_result.result_from_report(report)))
+    termination.write(termination_log, drift_result.render_result(drift_result.result_from_report(report)), "kubeloop drift")
     if args.report:
-        _write(Path(args.report), report.model_dump_json(by_alias=True, indent=2).encode())
+        termination.write(Path(args.report), report.model_dump_json(by_alias=True, indent=2).encode(), "kubeloop drift")
     print(format_table(report), flush=True)
     if args.fail_on_drift and report.drifted:
         return drift_result.EXIT_DRIFTED
@@ -327,23 +327,3 @@ def format_table(report: DriftReport) -> str:
     for skipped in report.skipped:
         lines.append(f"skipped {skipped.feature}: {skipped.reason}")
     return "\n".join(lines)
-
-
-def _termination_log_path(flag: str | None) -> Path | None:
-    """The explicit path, else Kubernetes' default when it is there and writable, else none."""
-    if flag:
-        return Path(flag)
-    default = Path(DEFAULT_TERMINATION_LOG)
-    if default.exists() and os.access(default, os.W_OK):
-        return default
-    return None
-
-
-def _write(path: Path | None, payload: bytes) -> None:
-    if path is None:
-        return
-    try:
-        path.write_bytes(payload)
-    except OSError as exc:
-        # The result still reaches the logs; a missing message must not hide the exit code.
-        print(f"kubeloop drift: cannot write {path}: {exc}", file=sys.stderr)
