@@ -22,10 +22,10 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+
+from kubeloop.runtime import termination
 
 EXIT_USAGE = 64
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 ENV_SPEC = "KUBELOOP_TRAININGRUN_SPEC"
 ENV_RUN_NAME = "KUBELOOP_RUN_NAME"
 ENV_PREFIXES = "KUBELOOP_ALLOWED_ESTIMATOR_PREFIXES"
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--champion-uri", help="the serving model's model.skops (or its run dir)")
     parser.add_argument("--champion-sha256", help="sha256 the champion artifact must have")
     parser.add_argument("--termination-log", metavar="PATH",
-                        help=f"where to write the JSON result (default: {DEFAULT_TERMINATION_LOG} "
+                        help=f"where to write the JSON result (default: {termination.DEFAULT_PATH} "
                              "when writable)")
     parser.add_argument("--allowed-estimator-prefix", action="append", default=None,
                         metavar="PREFIX",
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
     )
-    termination_log = _termination_log_path(args.termination_log)
+    termination_log = termination.resolve_path(args.termination_log)
 
     try:
         if args.spec:
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
         result = TrainingResult(status="TrainingFailed", exit_code=EXIT_CODES["TrainingFailed"],
                                 reason=REASON_SPEC_INVALID, message=str(exc), trial=trial_index)
-        _write_termination_log(termination_log, render_result(result))
+        termination.write(termination_log, render_result(result), "kubeloop train")
         print(f"kubeloop train: TrainingFailed (exit {result.exit_code}, {result.reason})\n"
               f"  message    {result.message}")
         return result.exit_code
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         pvc_mount_root=args.pvc_mount_root or environment.get(ENV_PVC_ROOT) or "/mnt/pvc",
     )
     outcome = run_training(request)
-    _write_termination_log(termination_log, render_result(outcome.result))
+    termination.write(termination_log, render_result(outcome.result), "kubeloop train")
     print(summary(outcome), flush=True)
     return outcome.result.exit_code
 
@@ -181,23 +181,3 @@ def _allowed_prefixes(flags: list[str] | None, env: Mapping[str, str]) -> tuple[
         return normalise_prefixes(env[ENV_PREFIXES].split(","))
     return DEFAULT_ALLOWED_PREFIXES
 
-
-def _termination_log_path(flag: str | None) -> Path | None:
-    """The explicit path, else Kubernetes' default when it is there and writable, else none."""
-    if flag:
-        return Path(flag)
-    default = Path(DEFAULT_TERMINATION_LOG)
-    if default.exists() and os.access(default, os.W_OK):
-        return default
-    return None
-
-
-def _write_termination_log(path: Path | None, payload: bytes) -> None:
-    if path is None:
-        return
-    try:
-        path.write_bytes(payload)
-    except OSError as exc:
-        # The result still reaches the logs; a missing message must not hide the exit code.
-        print(f"kubeloop train: cannot write the termination message to {path}: {exc}",
-              file=sys.stderr)
