@@ -261,21 +261,33 @@ def _mixed_rows(columns: list[list[Any]]) -> Array:
     return rows
 
 
+def _is_single_matrix(tensors: list[tuple[str, Array]], model: ServedModel) -> bool:
+    """One input holding every feature (not one input per feature, named after it)."""
+    return len(tensors) == 1 and (model.n_features == 1 or model.column_of(tensors[0][0]) is None)
+
+
+def _as_matrix(name: str, values: Array, model: ServedModel, alternative: str = "") -> Array:
+    """A single input as [rows, features]: a flat input is one row, or one column for 1 feature."""
+    n_features = model.n_features
+    if values.ndim == 1:
+        if n_features == 1:
+            values = values.reshape(-1, 1)
+        elif values.shape[0] == n_features:
+            values = values.reshape(1, -1)
+    if values.ndim != 2 or values.shape[1] != n_features:
+        raise bad_request(
+            f"input {name!r} has shape {list(values.shape)}; expected [rows, {n_features}] "
+            f"({_feature_list(model)}){alternative}"
+        )
+    return values
+
+
 def _mixed_rows_from_tensors(tensors: list[tuple[str, Array]], model: ServedModel) -> Array:
     names, text = model.feature_names, model.text_columns
     n_features = model.n_features
-    if len(tensors) == 1 and (n_features == 1 or model.column_of(tensors[0][0]) is None):
+    if _is_single_matrix(tensors, model):
         name, values = tensors[0]
-        if values.ndim == 1:
-            if n_features == 1:
-                values = values.reshape(-1, 1)
-            elif values.shape[0] == n_features:
-                values = values.reshape(1, -1)
-        if values.ndim != 2 or values.shape[1] != n_features:
-            raise bad_request(
-                f"input {name!r} has shape {list(values.shape)}; expected [rows, {n_features}] "
-                f"({_feature_list(model)}), or one input per feature named after it"
-            )
+        values = _as_matrix(name, values, model, ", or one input per feature named after it")
         columns = [
             _mixed_column(values[:, i], text[i], f"input {name!r} column {i} ({names[i]!r})")
             for i in range(n_features)
@@ -331,23 +343,9 @@ def rows_from_inputs(inputs: Any, model: ServedModel) -> Array:
             raise bad_request("the request has no rows (shape has 0 rows)")
         return rows
     tensors = [decode_tensor(t, i) for i, t in enumerate(inputs)]
-    n_features = model.n_features
-    single_matrix = len(tensors) == 1 and (
-        n_features == 1 or model.column_of(tensors[0][0]) is None
-    )
-    if single_matrix:
+    if _is_single_matrix(tensors, model):
         name, values = tensors[0]
-        if values.ndim == 1:
-            if n_features == 1:
-                values = values.reshape(-1, 1)
-            elif values.shape[0] == n_features:
-                values = values.reshape(1, -1)
-        if values.ndim != 2 or values.shape[1] != n_features:
-            raise bad_request(
-                f"input {name!r} has shape {list(values.shape)}; expected [rows, {n_features}] "
-                f"({_feature_list(model)})"
-            )
-        rows = values
+        rows = _as_matrix(name, values, model)
     else:
         rows = _columns_to_rows(tensors, model)
     if rows.shape[0] == 0:
