@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from kubeloop.runtime import termination
+from kubeloop.runtime.usage import UsageError, UsageParser
 
 EXIT_OK, EXIT_REFUSED, EXIT_FAILED, EXIT_USAGE = 0, 2, 3, 64
 ENV_PVC_ROOT = "KUBELOOP_PVC_MOUNT_ROOT"
@@ -61,18 +62,8 @@ class DeleteResult:
         )
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse exits 2 on bad usage, which is our "refused" code.
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kubeloop artifacts", description="Manage a TrainingRun's stored artifacts.")
+    parser = UsageParser(prog="kubeloop artifacts", description="Manage a TrainingRun's stored artifacts.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
     delete = commands.add_parser(
         "delete",
@@ -164,7 +155,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except _UsageError as exc:
+    except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"kubeloop artifacts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -36,15 +36,12 @@ from kubeloop.drift.report import (
     drift_report_from_samples,
 )
 from kubeloop.runtime import termination
+from kubeloop.runtime.usage import UsageError, UsageParser
 
 if TYPE_CHECKING:
     import pandas as pd
 
 ENV_PVC_ROOT = "KUBELOOP_PVC_MOUNT_ROOT"
-
-
-class _UsageError(Exception):
-    pass
 
 
 class _InputError(Exception):
@@ -53,15 +50,9 @@ class _InputError(Exception):
         self.reason = reason
 
 
-class _Parser(argparse.ArgumentParser):
-    # argparse exits 2 on bad usage, which is our "input invalid" code.
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``kubeloop drift``."""
-    parser = _Parser(
+    parser = UsageParser(
         prog="kubeloop drift",
         description="Check a dataset for drift against a model's reference profile or data.",
     )
@@ -111,8 +102,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
         if not args.profile and not args.reference:
-            raise _UsageError("give --profile (binned mode) and/or --reference (exact mode)")
-    except _UsageError as exc:
+            raise UsageError("give --profile (binned mode) and/or --reference (exact mode)")
+    except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"kubeloop drift: error: {exc}", file=sys.stderr)
         return drift_result.EXIT_USAGE

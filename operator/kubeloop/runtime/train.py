@@ -24,6 +24,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from kubeloop.runtime import termination
+from kubeloop.runtime.usage import UsageError, UsageParser
 
 EXIT_USAGE = 64
 ENV_SPEC = "KUBELOOP_TRAININGRUN_SPEC"
@@ -35,19 +36,9 @@ ENV_PVC_ROOT = "KUBELOOP_PVC_MOUNT_ROOT"
 NEVER_TRAINED_WITH_MODULES = frozenset({"pytest", "_pytest"})
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse exits 2 on bad usage, which would read as "data validation failed".
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``kubeloop train``."""
-    parser = _Parser(
+    parser = UsageParser(
         prog="kubeloop train",
         description="Train, evaluate and store a model from a TrainingRun spec.",
     )
@@ -83,17 +74,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
         run_name = args.run_name or environment.get(ENV_RUN_NAME)
         if not run_name:
-            raise _UsageError(f"a run name is required: --run-name or env {ENV_RUN_NAME}")
+            raise UsageError(f"a run name is required: --run-name or env {ENV_RUN_NAME}")
         if "/" in run_name or run_name in {".", ".."}:
-            raise _UsageError(f"run name {run_name!r} must be one path segment (no '/')")
+            raise UsageError(f"run name {run_name!r} must be one path segment (no '/')")
         trial_index = args.trial_index
         if trial_index is None and environment.get(ENV_TRIAL_INDEX, "").strip():
             try:
                 trial_index = int(environment[ENV_TRIAL_INDEX])
             except ValueError:
-                raise _UsageError(f"{ENV_TRIAL_INDEX}={environment[ENV_TRIAL_INDEX]!r} is not "
+                raise UsageError(f"{ENV_TRIAL_INDEX}={environment[ENV_TRIAL_INDEX]!r} is not "
                                   "an integer") from None
-    except _UsageError as exc:
+    except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"kubeloop train: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
