@@ -301,6 +301,16 @@ def _mixed_rows_from_tensors(tensors: list[tuple[str, Array]], model: ServedMode
     return _mixed_rows(columns)
 
 
+def _instance_column(model: ServedModel, row: int, key: str) -> int:
+    """The column of a /predict object's key; an unknown feature is the client's error."""
+    column = model.column_of(key)
+    if column is None:
+        raise bad_request(
+            f"instances[{row}] has unknown feature {key!r}; the model takes {_feature_list(model)}"
+        )
+    return column
+
+
 def _mixed_rows_from_instances(instances: list[Any], model: ServedModel) -> Array:
     names, text = model.feature_names, model.text_columns
     n_features = model.n_features
@@ -309,12 +319,7 @@ def _mixed_rows_from_instances(instances: list[Any], model: ServedModel) -> Arra
         if isinstance(row, dict):
             items = []
             for key, value in row.items():
-                column = model.column_of(key)
-                if column is None:
-                    raise bad_request(
-                        f"instances[{r}] has unknown feature {key!r}; the model takes "
-                        f"{_feature_list(model)}"
-                    )
+                column = _instance_column(model, r, key)
                 items.append((column, value, f"instances[{r}].{key}"))
         else:
             items = [(i, v, f"instances[{r}][{i}] ({names[i]!r})") for i, v in enumerate(row)]
@@ -394,12 +399,7 @@ def rows_from_instances(instances: Any, model: ServedModel) -> Array:
         rows = np.full((len(instances), n_features), np.nan)
         for r, row in enumerate(instances):
             for key, value in row.items():
-                column = model.column_of(key)
-                if column is None:
-                    raise bad_request(
-                        f"instances[{r}] has unknown feature {key!r}; the model takes "
-                        f"{_feature_list(model)}"
-                    )
+                column = _instance_column(model, r, key)
                 if value is None:
                     continue
                 if isinstance(value, bool) or not isinstance(value, int | float):
