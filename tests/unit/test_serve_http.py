@@ -220,6 +220,21 @@ def test_request_id_is_echoed_in_body_and_header(forest: RunningServer) -> None:
     assert all(r.headers["x-request-id"] == r.json()["id"] for r in generated)
 
 
+@pytest.mark.parametrize("odd_id", ["\x1f", " padded ", "naïve", "tab\there"])
+def test_an_id_that_cannot_be_a_header_is_echoed_in_the_body_only(
+    forest: RunningServer, odd_id: str
+) -> None:
+    rows = np.zeros((1, 30))
+    for path, body in [
+        ("/v2/models/cancer/infer", v2_request(rows, id=odd_id)),
+        ("/predict", {"instances": rows.tolist(), "id": odd_id}),
+    ]:
+        answer = httpx.post(forest.url + path, json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["id"] == odd_id
+        assert "x-request-id" not in answer.headers
+
+
 def test_plain_predict_with_lists_and_feature_dicts(
     wine: RunningServer, models: dict[str, StoredModel]
 ) -> None:
@@ -284,6 +299,8 @@ BAD_REQUESTS: list[tuple[str, Any, str]] = [
     ("unknown output", {"inputs": [{"name": "x", "shape": [1, 13], "datatype": "FP64", "data": ROW}], "outputs": [{"name": "logits"}]}, "logits"),
     ("bad id", {"id": 5, "inputs": [{"name": "x", "shape": [1, 13], "datatype": "FP64", "data": ROW}]}, "id"),
     ("unknown feature input", {"inputs": [{"name": "alcohol", "shape": [1], "datatype": "FP64", "data": [1.0]}, {"name": "zzz", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "zzz"),
+    ("empty shape too big", {"inputs": [{"name": "x", "shape": [2**47, 2**30, 0], "datatype": "FP64", "data": []}]}, "numpy cannot hold"),
+    ("65 dimensions", {"inputs": [{"name": "x", "shape": [1] * 65, "datatype": "FP64", "data": [1.0]}]}, "numpy cannot hold"),
     ("huge number", b'{"inputs": [{"name": "x", "shape": [1, 13], "datatype": "INT64", "data": [' + b"1" * 400 + b"]}]}", ""),
 ]  # fmt: skip
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -46,6 +47,10 @@ class Reply:
     body: bytes
     request_id: str | None = None
     content_type: bytes = b"application/json"
+
+
+# Visible ASCII, inner spaces allowed: what h11 accepts as a header value.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
 
 def _error(status: int, message: str) -> Reply:
@@ -238,8 +243,10 @@ class ServeApp:
             (b"content-type", reply.content_type),
             (b"content-length", str(len(reply.body)).encode()),
         ]
-        if reply.request_id is not None:
-            headers.append((b"x-request-id", reply.request_id.encode("latin-1", "replace")))
+        if reply.request_id is not None and _HEADER_SAFE.fullmatch(reply.request_id):
+            # An id with control or non-ASCII characters cannot be a header value
+            # (h11 drops the connection); the body still carries it exactly.
+            headers.append((b"x-request-id", reply.request_id.encode("ascii")))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
         self.state.metrics.observe_request(endpoint, reply.status, time.perf_counter() - started)

@@ -156,7 +156,10 @@ def decode_tensor(tensor: Any, index: int, keep_bytes: bool = False) -> tuple[st
             f"{where} declares shape {shape} ({expected} values) but its data holds "
             f"{values.size} values"
         )
-    return name, values.reshape(shape)
+    try:
+        return name, values.reshape(shape)
+    except ValueError as exc:  # e.g. more than 64 dimensions, or an empty shape too big to index
+        raise bad_request(f"{where} declares shape {shape}, which numpy cannot hold: {exc}") from exc
 
 
 def _flat_objects(data: list[Any], where: str) -> list[Any]:
