@@ -11,7 +11,7 @@ from scipy import stats as scipy_stats
 from scipy.spatial import distance as scipy_distance
 
 from kubeloop.drift import stats
-from kubeloop.drift.profile import FeatureProfile, numeric_profile
+from kubeloop.drift.profile import FeatureProfile, categorical_profile, numeric_profile
 
 TOLERANCE = 1e-9
 
@@ -263,7 +263,10 @@ def test_quantile_edges_match_the_profile_binning_rule(n: int, decimals: int | N
     if decimals is not None:
         values = np.round(values, decimals)
     ours = stats.quantile_edges(np.sort(values))
-    assert ours.tolist() == numeric_profile("x", values).edges
+    # The rule written out with numpy's own quantile (which partitions instead of sorting).
+    edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, 21)[1:-1]))
+    assert ours.tolist() == edges[edges < values.max()].tolist()
+    assert numeric_profile("x", values).edges == ours.tolist()
 
 
 @pytest.mark.parametrize(("n1", "n2", "decimals"), SAMPLE_SHAPES[3:])
@@ -294,6 +297,28 @@ def test_category_counts_of_codes_and_text_agree() -> None:
     assert as_text[0] == labels
     assert as_text[1].tolist() == reference_counts.tolist()
     assert as_text[2].tolist() == current_counts.tolist()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(3).integers(0, 80, 5000),
+        np.random.default_rng(4).integers(0, 4, 300).astype(float),
+        np.array([1.0, np.nan, 2.0, 1.0, np.nan]),
+        np.array(["b", "a", "b", "c"]),
+        np.array([True, False, True]),
+        np.array([1, "1", 1.0, None, np.nan, "x", True, 2.5], dtype=object),
+    ],
+    ids=["80 int codes", "float codes", "floats with NaN", "text", "booleans", "mixed objects"],
+)
+def test_categorical_profile_counts_equal_its_own_bins(values: npt.NDArray[np.generic]) -> None:
+    """Counted by distinct value (native arrays) or per value (objects): the bins agree."""
+    profile = categorical_profile("c", values, max_categories=50)
+    counts, missing = profile.bin_counts(values)
+    assert profile.counts == counts.tolist()
+    assert profile.missing == missing
+    assert sum(profile.counts) + profile.missing == len(values)
+    assert len(profile.categories) <= 50
 
 
 def test_category_counts_skip_missing_values() -> None:

@@ -116,49 +116,109 @@ def _as_category_strings(values: npt.ArrayLike | Iterable[Any]) -> list[str | No
     return out
 
 
+def quantile_edges(
+    sorted_reference: npt.NDArray[np.float64], n_bins: int = DEFAULT_NUMERIC_BINS
+) -> npt.NDArray[np.float64]:
+    """The numerical binning rule's inner edges, from the sorted reference (no NaN).
+
+    numpy's linear quantiles read directly off the sorted array (no partitioning pass);
+    duplicate edges collapse, and an edge equal to the maximum is dropped because it would
+    leave the last bin empty by construction.
+    """
+    n = sorted_reference.size
+    if n == 0:
+        return np.empty(0, dtype=np.float64)
+    quantiles = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
+    virtual = (n - 1) * quantiles
+    below = np.floor(virtual).astype(np.int64)
+    above = np.minimum(below + 1, n - 1)
+    gamma = virtual - below
+    low, high = sorted_reference[below], sorted_reference[above]
+    # numpy's _lerp: interpolate from the nearer end so results are monotone and exact at ends.
+    step = high - low
+    interpolated = np.where(gamma >= 0.5, high - step * (1 - gamma), low + step * gamma)
+    edges = np.unique(interpolated)
+    inner: npt.NDArray[np.float64] = edges[edges < sorted_reference[-1]]
+    return inner
+
+
+def binned_counts_sorted(
+    sorted_values: npt.NDArray[np.float64], edges: npt.NDArray[np.float64]
+) -> npt.NDArray[np.int64]:
+    """Counts per bin (``edges[i-1] < x <= edges[i]``) of an already sorted sample."""
+    cumulative = np.searchsorted(sorted_values, edges, side="right")
+    return np.diff(np.concatenate(([0], cumulative, [sorted_values.size]))).astype(np.int64)
+
+
 def numeric_profile(
     name: str, values: npt.ArrayLike, n_bins: int = DEFAULT_NUMERIC_BINS
 ) -> FeatureProfile:
     """Quantile bins of the reference values (ties collapse, so a constant gets one bin)."""
-    x = np.asarray(values, dtype=np.float64)
-    present = x[~np.isnan(x)]
+    x = np.asarray(values, dtype=np.float64).ravel()
+    missing = int(np.count_nonzero(np.isnan(x)))
+    # One sort gives the quantiles and every bin's count (NaN sorts last, out of the way).
+    present = np.sort(x)[: x.size - missing]
     if present.size == 0:
-        return FeatureProfile(name=name, kind="numerical", counts=[0], missing=int(x.size))
-    inner_quantiles = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
-    edges = np.unique(np.quantile(present, inner_quantiles))
-    # An edge equal to the maximum would leave the last bin empty by construction.
-    edges = edges[edges < present.max()]
-    profile = FeatureProfile(
+        return FeatureProfile(name=name, kind="numerical", counts=[0], missing=missing)
+    edges = quantile_edges(present, n_bins)
+    return FeatureProfile(
         name=name,
         kind="numerical",
-        edges=[float(e) for e in edges],
-        counts=[0] * (edges.size + 1),
-        missing=int(x.size - present.size),
+        edges=edges.tolist(),
+        counts=binned_counts_sorted(present, edges).tolist(),
+        missing=missing,
         mean=float(present.mean()),
         std=float(present.std()),
     )
-    counts, _ = profile.bin_counts(present)
-    return profile.model_copy(update={"counts": [int(c) for c in counts]})
+
+
+def _category_frequencies(values: npt.ArrayLike) -> tuple[dict[str, int], int]:
+    """How often each category (as text) occurs, and how many values are missing.
+
+    Numbers, booleans and strings are counted natively and only the distinct values become
+    text; anything else (mixed objects) goes through the per-value conversion.
+    """
+    array = np.asarray(values)
+    if array.dtype.kind in "biufUS":
+        flat = array.ravel()
+        missing = 0
+        if flat.dtype.kind == "f":
+            nan = np.isnan(flat)
+            missing = int(np.count_nonzero(nan))
+            flat = flat[~nan]
+        uniques, counts = np.unique(flat, return_counts=True)
+        labels: list[str | None] = _as_category_strings(uniques)
+        frequencies: dict[str, int] = {}
+        for label, count in zip(labels, counts.tolist(), strict=True):
+            if label is not None:
+                frequencies[label] = frequencies.get(label, 0) + count
+        return frequencies, missing
+    frequencies = {}
+    missing = 0
+    for label in _as_category_strings(array):
+        if label is None:
+            missing += 1
+        else:
+            frequencies[label] = frequencies.get(label, 0) + 1
+    return frequencies, missing
 
 
 def categorical_profile(
     name: str, values: npt.ArrayLike, max_categories: int = MAX_CATEGORIES
 ) -> FeatureProfile:
     """The most frequent categories in a fixed order; the rest share the ``__other__`` bin."""
-    labels = _as_category_strings(values)
-    present = [v for v in labels if v is not None]
-    uniques, freq = np.unique(np.asarray(present, dtype=object), return_counts=True)
-    order = np.lexsort((uniques.astype(str), -freq))[:max_categories]
-    categories = sorted(str(uniques[i]) for i in order)
-    profile = FeatureProfile(
+    frequencies, missing = _category_frequencies(values)
+    # Most frequent first, ties by text, so the kept set does not depend on input order.
+    kept = sorted(frequencies, key=lambda label: (-frequencies[label], label))[:max_categories]
+    categories = sorted(kept)
+    counts = [frequencies[c] for c in categories]
+    return FeatureProfile(
         name=name,
         kind="categorical",
         categories=categories,
-        counts=[0] * (len(categories) + 1),
-        missing=len(labels) - len(present),
+        counts=[*counts, sum(frequencies.values()) - sum(counts)],
+        missing=missing,
     )
-    counts, _ = profile.bin_counts(present)
-    return profile.model_copy(update={"counts": [int(c) for c in counts]})
 
 
 def build_profile(

@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from kubeloop.drift.profile import DEFAULT_NUMERIC_BINS
+from kubeloop.drift.profile import DEFAULT_NUMERIC_BINS, binned_counts_sorted, quantile_edges
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -306,39 +306,6 @@ def ks_from_counts(reference_counts: npt.ArrayLike, current_counts: npt.ArrayLik
     min_s = min(max(-float(differences.min()), 0.0), 1.0)
     statistic = min_s if min_s > max_s else max_s
     return StatResult(statistic, _ks_p_value(statistic, n1, n2))
-
-
-# --------------------------------------------------------------------------------------------
-# Bins for numerical samples (the profile's rule, from sorted data)
-
-
-def quantile_edges(sorted_reference: FloatArray, n_bins: int = DEFAULT_NUMERIC_BINS) -> FloatArray:
-    """Inner bin edges exactly as ``profile.numeric_profile`` computes them, from sorted values.
-
-    numpy's linear quantile read directly off the sorted array (no partitioning pass), then the
-    profile's rule: drop duplicate edges and any edge equal to the maximum.
-    """
-    n = sorted_reference.size
-    if n == 0:
-        return np.empty(0, dtype=np.float64)
-    quantiles = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
-    virtual = (n - 1) * quantiles
-    below = np.floor(virtual).astype(np.int64)
-    above = np.minimum(below + 1, n - 1)
-    gamma = virtual - below
-    low, high = sorted_reference[below], sorted_reference[above]
-    # numpy's _lerp: interpolate from the nearer end so results are monotone and exact at ends.
-    step = high - low
-    interpolated = np.where(gamma >= 0.5, high - step * (1 - gamma), low + step * gamma)
-    edges = np.unique(interpolated)
-    inner: FloatArray = edges[edges < sorted_reference[-1]]
-    return inner
-
-
-def binned_counts_sorted(sorted_values: FloatArray, edges: FloatArray) -> IntArray:
-    """Counts per profile bin (``edges[i-1] < x <= edges[i]``) of an already sorted sample."""
-    cumulative = np.searchsorted(sorted_values, edges, side="right")
-    return np.diff(np.concatenate(([0], cumulative, [sorted_values.size]))).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------
