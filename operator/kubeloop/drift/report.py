@@ -48,6 +48,8 @@ from kubeloop.drift.profile import (
     PREDICTION_FEATURE,
     FeatureProfile,
     Profile,
+    binned_counts_sorted,
+    quantile_edges,
 )
 
 TestName = Literal["ks", "chi2", "psi", "wasserstein", "jensenshannon"]
@@ -247,9 +249,9 @@ class _FeatureData:
     def counts(self, n_bins: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         if self.reference_counts is None or self.current_counts is None:
             assert self.reference_sorted is not None and self.current_sorted is not None
-            self.edges = stats.quantile_edges(self.reference_sorted, n_bins)
-            self.reference_counts = stats.binned_counts_sorted(self.reference_sorted, self.edges)
-            self.current_counts = stats.binned_counts_sorted(self.current_sorted, self.edges)
+            self.edges = quantile_edges(self.reference_sorted, n_bins)
+            self.reference_counts = binned_counts_sorted(self.reference_sorted, self.edges)
+            self.current_counts = binned_counts_sorted(self.current_sorted, self.edges)
         return self.reference_counts, self.current_counts
 
     def settle(self, config: DriftConfig) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kubeloop.drift.profile import Profile
+from kubeloop.runtime.skops_io import skops_io
 from kubeloop.serving.inputs import needs_dataframe, text_features
 
 log = logging.getLogger("kubeloop.serve")
@@ -142,9 +143,7 @@ def _fetch_profile(explicit_uri: str | None, default_uri: str) -> Profile | None
 
 def trusted_types(model_bytes: bytes) -> list[str]:
     """The types skops must trust to load these bytes; refuse anything outside the allowlist."""
-    import skops.io
-
-    needed: list[str] = list(skops.io.get_untrusted_types(data=model_bytes))
+    needed: list[str] = list(skops_io().get_untrusted_types(data=model_bytes))
     refused = sorted(t for t in needed if not t.startswith(TRUSTED_MODULE_PREFIXES))
     if refused:
         raise ModelArtifactError(
@@ -388,11 +387,10 @@ class ServedModel:
 
 def load_model(artifact: ModelArtifact, name: str, fast_paths: bool = True) -> ServedModel:
     """Deserialise verified bytes with skops, trusting only scikit-learn/numpy/scipy types."""
-    import skops.io
     from sklearn.base import is_classifier
 
     try:
-        estimator = skops.io.loads(
+        estimator = skops_io().loads(
             artifact.model_bytes, trusted=trusted_types(artifact.model_bytes)
         )
     except ModelArtifactError:

@@ -29,6 +29,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kubeloop.runtime.skops_io import skops_io
+
 MODEL_FILE = "model.skops"
 CHECKSUM_FILE = "model.sha256"
 PROFILE_FILE = "profile.json"
@@ -145,7 +147,7 @@ def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
 
 def dump_model(model: Any) -> bytes:
     """The skops serialisation of ``model`` (no pickle)."""
-    import skops.io as sio
+    sio = skops_io()
 
     payload: bytes = sio.dumps(model)
     return payload
@@ -153,7 +155,7 @@ def dump_model(model: Any) -> bytes:
 
 def trusted_types_for(payload: bytes, allowed_prefixes: Sequence[str]) -> list[str]:
     """The types ``payload`` needs trusted, refused if any lies outside ``allowed_prefixes``."""
-    import skops.io as sio
+    sio = skops_io()
 
     from kubeloop.training.estimators import is_allowed
 
@@ -174,7 +176,7 @@ def load_model_bytes(
     source: str = "artifact",
 ) -> Any:
     """A model from skops bytes: sha256 verified (when given), then only allowed types trusted."""
-    import skops.io as sio
+    sio = skops_io()
 
     if expected_sha256 is not None:
         expected = expected_sha256.removeprefix("sha256:").strip().lower()
