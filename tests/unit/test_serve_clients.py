@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -150,6 +151,7 @@ def test_shadow_never_slows_or_fails_the_user(
             "--shadow-url", url, "--shadow-percent", "100", env=env,
         ) as primary, httpx.Client(timeout=30) as client:  # fmt: skip
             latencies = []
+            loop_started = time.perf_counter()
             for i in range(rows.shape[0]):
                 started = time.perf_counter()
                 response = client.post(
@@ -160,6 +162,7 @@ def test_shadow_never_slows_or_fails_the_user(
                 assert response.json()["outputs"][0]["data"] == [
                     int(stable.estimator.predict(rows[i : i + 1])[0])
                 ]
+            loop_seconds = time.perf_counter() - loop_started
             if challenger == "down":
                 wait_for(
                     lambda: (
@@ -174,11 +177,14 @@ def test_shadow_never_slows_or_fails_the_user(
             text = primary.metrics()
     finally:
         slow.shutdown()
-    # The challenger needs 3 s per answer; the user's 40 requests took far less in total.
-    assert sum(latencies) < 3.0, latencies
+    # The challenger needs 3 s per answer: a user request that waited for it would take that.
+    assert max(latencies) < 2.5, latencies
     if challenger == "slow":
         # Two senders, a queue of four: everything beyond that was dropped, not waited for.
-        assert metric_sum(text, "kubeloop_serve_shadow_dropped_total") >= rows.shape[0] - 6
+        # (Each sender frees up every 3 s, so a slow run of the loop lets two more through.)
+        accepted_at_most = 4 + 2 * (1 + math.floor(loop_seconds / 3.0))
+        dropped = metric_sum(text, "kubeloop_serve_shadow_dropped_total")
+        assert dropped >= rows.shape[0] - accepted_at_most, (dropped, loop_seconds)
     assert metric_sum(text, "kubeloop_serve_requests_total", endpoint="infer", code="200") == 40
 
 
