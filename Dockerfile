@@ -20,9 +20,10 @@ RUN python -m venv /opt/kubeloop
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 # Bytecode is compiled here, once, and ships: the runtime sets PYTHONDONTWRITEBYTECODE (its
-# filesystem may be read-only), so without it every pod would compile every module it imports
-# (~10 CPU-s per trainer or server start, measured). unchecked-hash: an image never changes,
-# so Python need not compare source timestamps, which copying between stages may not keep.
+# filesystem may be read-only), so without it every pod compiles every module it imports.
+# Measured in this image, importing what a trainer and a server need: 2.8-3.1 CPU-s with,
+# 7.3-7.7 without (`python -X pycache_prefix=<empty dir>`). unchecked-hash: an image never
+# changes, so Python need not compare source timestamps, which copying stages may not keep.
 RUN /opt/kubeloop/bin/pip install ".[train,serve]" \
     && find /opt/kubeloop -name 'tests' -type d -path '*site-packages/*/tests' -prune -exec rm -rf {} + \
     && find /opt/kubeloop -name '__pycache__' -type d -prune -exec rm -rf {} + \
