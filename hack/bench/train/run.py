@@ -331,8 +331,8 @@ def _markdown(summary: dict[str, Any]) -> str:
             f"{cell(bare_cpu.get(bare_key) if bare_key else None)} |"
         )
     lines += ["", "Trainer `evaluate` = predict_proba on the holdout, labels from it, all four metrics; "
-              "bare `predict` = predict only. Trainer `serialise` = import skops.io (it imports every "
-              "scikit-learn estimator to build its trusted-type table) + dump + sha256.", ""]
+              "bare `predict` = predict only. Trainer `serialise` = import skops.io (without its walk "
+              "through every scikit-learn module: kubeloop.runtime.skops_io) + dump + sha256.", ""]
     return "\n".join(lines)
 
 
