@@ -18,8 +18,8 @@ from kubeloop.resources.trainingjob import (
     TERMINATION_LOG,
     TrainerSettings,
     credentials_env_from,
-    restricted_container_security,
     run_directory_uri,
+    runtime_container,
     runtime_pod_spec,
     scratch_volume,
 )
@@ -45,22 +45,14 @@ def build_cleanup_job(run: Mapping[str, Any], settings: TrainerSettings) -> dict
         models_pvc=settings.models_pvc, models_root=settings.default_storage_uri,
     )
     scratch, scratch_mount = scratch_volume()
-    container: dict[str, Any] = {
-        "name": CLEANUP_CONTAINER,
-        "image": settings.image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["kubeloop"],
-        "args": ["artifacts", "delete", directory, "--termination-log", TERMINATION_LOG],
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        "securityContext": restricted_container_security(),
-        "volumeMounts": [scratch_mount, *storage.mounts],
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    env_from = credentials_env_from(spec)
-    if env_from:
-        container["envFrom"] = env_from
+    container = runtime_container(
+        CLEANUP_CONTAINER,
+        ["artifacts", "delete", directory, "--termination-log", TERMINATION_LOG],
+        settings,
+        [scratch_mount, *storage.mounts],
+        env_from=credentials_env_from(spec),
+        resources={"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+    )
     labels = labels_for("trainingrun", meta["name"], CLEANUP_COMPONENT, model=spec["model"]["name"])
     return {
         "apiVersion": "batch/v1",

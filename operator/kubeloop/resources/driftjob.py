@@ -12,8 +12,9 @@ from kubeloop.resources.storage import PodStorage
 from kubeloop.resources.trainingjob import (
     TERMINATION_LOG,
     TrainerSettings,
-    restricted_container_security,
-    restricted_pod_security,
+    credentials_env_from,
+    runtime_container,
+    runtime_pod_spec,
     scratch_volume,
 )
 
@@ -53,21 +54,10 @@ def build_drift_job(
     if policy["spec"].get("features"):
         args += ["--features", ",".join(policy["spec"]["features"])]
     scratch, scratch_mount = scratch_volume()
-    container: dict[str, Any] = {
-        "name": CHECK_CONTAINER,
-        "image": settings.image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["kubeloop"],
-        "args": args,
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "securityContext": restricted_container_security(),
-        "volumeMounts": [scratch_mount, *storage.mounts],
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    secret = ((dataset.get("credentials") or {}).get("secretRef") or {}).get("name")
-    if secret:
-        container["envFrom"] = [{"secretRef": {"name": secret}}]
+    container = runtime_container(
+        CHECK_CONTAINER, args, settings, [scratch_mount, *storage.mounts],
+        env_from=credentials_env_from(dataset),
+    )
     labels = labels_for("driftpolicy", meta["name"], "drift-check")
     return {
         "apiVersion": "batch/v1",
@@ -83,13 +73,7 @@ def build_drift_job(
             "ttlSecondsAfterFinished": 3600,
             "template": {
                 "metadata": {"labels": {**dict(settings.pod_labels), **labels}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "securityContext": restricted_pod_security(),
-                    "containers": [container],
-                    "volumes": [scratch, *storage.volumes],
-                },
+                "spec": runtime_pod_spec({}, container, [scratch, *storage.volumes]),
             },
         },
     }

@@ -105,6 +105,37 @@ def credentials_env_from(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"secretRef": {"name": secret}}] if secret else []
 
 
+def runtime_container(
+    name: str,
+    args: list[str],
+    settings: TrainerSettings,
+    mounts: list[dict[str, Any]],
+    *,
+    image: str | None = None,
+    env: list[dict[str, Any]] | None = None,
+    env_from: list[dict[str, Any]] | None = None,
+    resources: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``kubeloop <command>`` container: restricted, its result in the termination message."""
+    container: dict[str, Any] = {
+        "name": name,
+        "image": image or settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["kubeloop"],
+        "args": args,
+        "env": env if env is not None else [{"name": "HOME", "value": "/tmp"}],
+        "securityContext": restricted_container_security(),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if resources is not None:
+        container["resources"] = resources
+    if env_from:
+        container["envFrom"] = env_from
+    return container
+
+
 def runtime_pod_spec(
     spec: Mapping[str, Any], container: dict[str, Any], volumes: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -154,24 +185,12 @@ def build_training_job(
         {"name": "HOME", "value": SCRATCH_DIR},
         {"name": "JOBLIB_TEMP_FOLDER", "value": SCRATCH_DIR},
     ]
-    env_from = credentials_env_from(spec)
-
     scratch, scratch_mount = scratch_volume()
-    container: dict[str, Any] = {
-        "name": TRAINER_CONTAINER,
-        "image": spec.get("image") or settings.image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["kubeloop"],
-        "args": args,
-        "env": env,
-        "resources": spec.get("resources") or {},
-        "securityContext": restricted_container_security(),
-        "volumeMounts": [scratch_mount, *storage.mounts],
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    if env_from:
-        container["envFrom"] = env_from
+    container = runtime_container(
+        TRAINER_CONTAINER, args, settings, [scratch_mount, *storage.mounts],
+        image=spec.get("image"), env=env, env_from=credentials_env_from(spec),
+        resources=spec.get("resources") or {},
+    )
 
     pod_spec = runtime_pod_spec(spec, container, [scratch, *storage.volumes])
 
