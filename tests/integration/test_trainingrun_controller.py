@@ -354,6 +354,53 @@ def test_delete_policy_waits_for_the_deployment_then_deletes_the_artifacts(
     assert (tmp_path / "trainer" / "models" / "cancer").is_dir()  # only the run's own directory went
 
 
+def test_a_run_deleted_while_training_stops_its_trainer_before_the_cleanup(
+    kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    core, custom, batch = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api), client.BatchV1Api(kube_api)
+    name, hold = "cancer-mid", "test.kubeloop.io/hold"
+    training = f"kubeloop.io/trainingrun={name},app.kubernetes.io/component=training"
+    cleanup = f"kubeloop.io/trainingrun={name},app.kubernetes.io/component=artifact-cleanup"
+    # Given a Delete-policy run whose trainer pod is still running; the pod carries a finalizer
+    # of the test's, so it lingers while terminating the way a real trainer's grace period does
+    run = trainingrun(name, cleanupPolicy="Delete", output={"storageUri": f"file://{tmp_path}/models"})
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, run)
+    pod = wait_for(lambda: next(iter(core.list_namespaced_pod(namespace, label_selector=training).items), None),
+                   60, what="trainer pod")
+    core.patch_namespaced_pod(pod.metadata.name, namespace, {"metadata": {"finalizers": [hold]}})
+    wait_for(lambda: ARTIFACT_CLEANUP in (get_run(custom, namespace, name)["metadata"].get("finalizers") or []),
+             30, what="our finalizer on the run")
+
+    # When the run is deleted, then its training Job goes first and the trainer pod is stopping
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    wait_for(lambda: not batch.list_namespaced_job(namespace, label_selector=training).items, 60, what="training Job deleted")
+    stopping = wait_for(lambda: next((e for e in events_of(core, namespace, name) if e.reason == "StoppingTraining"), None),
+                        30, what="StoppingTraining event")
+    assert f"{name}-train" in stopping.message or "training Job" in stopping.message
+    wait_for(lambda: core.read_namespaced_pod(pod.metadata.name, namespace).metadata.deletion_timestamp is not None,
+             60, what="trainer pod terminating")
+    waiting = wait_for(lambda: "waiting for the trainer pod" in (get_run(custom, namespace, name).get("status") or {}).get("message", "")
+                       or None, 30, what="the run says it waits for the trainer")
+    assert waiting
+    time.sleep(2)  # a few resyncs' worth: no cleanup while a trainer could still write
+    assert not batch.list_namespaced_job(namespace, label_selector=cleanup).items
+
+    # When the trainer pod is gone, then the cleanup runs and the run goes
+    core.patch_namespaced_pod(pod.metadata.name, namespace, {"metadata": {"finalizers": None}})
+    cleanup_pod = wait_for(lambda: next(iter(core.list_namespaced_pod(namespace, label_selector=cleanup).items), None),
+                           60, what="cleanup pod")
+    pod_body = core.api_client.sanitize_for_serialization(cleanup_pod)
+    container = pod_body["spec"]["containers"][0]
+    message_file = tmp_path / "cleanup-message.json"
+    args = [str(message_file) if a == container["terminationMessagePath"] else a for a in container["args"]]
+    proc = subprocess.run([sys.executable, "-m", "kubeloop.cli", *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr  # the trainer never wrote: "Absent"
+    play_kubelet_terminate(core, namespace, pod_body, message_file.read_text(), proc.returncode, container="cleanup")
+    wait_for(lambda: run_gone(custom, namespace, name), 60, what="run deleted")
+    reasons = [e.reason for e in sorted(events_of(core, namespace, name), key=lambda e: e.metadata.creation_timestamp)]
+    assert reasons.index("StoppingTraining") < reasons.index("CleanupStarted")
+
+
 def test_retain_policy_leaves_the_artifacts(kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
     core, custom, batch = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api), client.BatchV1Api(kube_api)
     run_dir = trained_run(core, custom, namespace, tmp_path, "cancer-keep", "Retain")

@@ -231,3 +231,54 @@ def test_file_roots_on_the_models_pvc_are_mounted_writable() -> None:
     container = build_cleanup_job(make_run(deleting=True), settings)["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][2] == RUN_DIR
     assert {"name": "pvc-kubeloop-models", "mountPath": "/var/lib/kubeloop/models", "readOnly": False} in container["volumeMounts"]
+
+
+def training_job(state: str) -> dict[str, Any]:
+    conditions = {
+        "running": [],
+        "complete": [{"type": "Complete", "status": "True"}],
+        "failed": [{"type": "Failed", "status": "True"}],
+    }[state]
+    return {"metadata": {"name": "churn-1-train"}, "status": {"conditions": conditions}}
+
+
+def trainer_pod(phase: str, name: str = "churn-1-train-abc") -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"phase": phase}}
+
+
+def test_a_run_deleted_while_it_trains_stops_the_trainer_before_any_cleanup() -> None:
+    run = make_run(deleting=True, phase="Training", model=None)
+    # Given the training Job still runs: it is deleted first, and nothing is cleaned yet.
+    stop = decide_cleanup(
+        run, [], None, [], SETTINGS,
+        training_job=training_job("running"), training_pods=[trainer_pod("Running")],
+    )
+    assert stop.action == Action.STOP_TRAINING
+    assert stop.delete_job == "churn-1-train"
+    assert stop.create_job is None and stop.finalizers is None
+    assert [e.reason for e in stop.events] == ["StoppingTraining"]
+    assert "churn-1-train" in stop.message and RUN_DIR in stop.message
+    # The same state again posts no second event.
+    again = decide_cleanup(
+        make_run(deleting=True, phase="Training", model=None, message=stop.message), [], None, [],
+        SETTINGS, training_job=training_job("running"),
+    )
+    assert again.action == Action.STOP_TRAINING and again.events == []
+    # When the Job is gone but its pod still terminates: wait, naming the pod.
+    wait = decide_cleanup(run, [], None, [], SETTINGS, training_pods=[trainer_pod("Running")])
+    assert wait.action == Action.WAIT_FOR_TRAINING
+    assert wait.delete_job is None and wait.create_job is None and wait.events == []
+    assert "churn-1-train-abc" in wait.message
+    # When no trainer is left: the cleanup Job starts.
+    gone = decide_cleanup(run, [], None, [], SETTINGS, training_pods=[trainer_pod("Failed")])
+    assert gone.action == Action.CREATE_JOB
+
+
+@pytest.mark.parametrize("state", ["complete", "failed"])
+def test_a_finished_training_job_is_left_alone(state: str) -> None:
+    decision = decide_cleanup(
+        make_run(deleting=True), [], None, [], SETTINGS,
+        training_job=training_job(state), training_pods=[trainer_pod("Succeeded")],
+    )
+    assert decision.action == Action.CREATE_JOB
+    assert decision.delete_job is None

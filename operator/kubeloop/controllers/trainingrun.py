@@ -28,7 +28,7 @@ from kubeloop.decide.trainingrun import (
     job_name,
 )
 from kubeloop.resources.cleanupjob import CLEANUP_COMPONENT, cleanup_job_name
-from kubeloop.resources.trainingjob import Champion, TrainerSettings
+from kubeloop.resources.trainingjob import TRAINING_COMPONENT, Champion, TrainerSettings
 
 log = logging.getLogger("kubeloop.trainingrun")
 KIND = "TrainingRun"
@@ -125,7 +125,7 @@ class TrainingRunController:
         meta = run["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         deployments: list[dict[str, Any]] = []
-        job, pods = None, []
+        job, pods, training_job, training_pods = None, [], None, []
         if meta.get("deletionTimestamp"):
             deployments = self.kube.list("ModelDeployment", namespace, labels=None)
             job = self.kube.get_or_none("Job", namespace, cleanup_job_name(name))
@@ -133,12 +133,23 @@ class TrainingRunController:
                 pods = self.kube.list(
                     "Pod", namespace, labels={RUN_LABEL: name, "app.kubernetes.io/component": CLEANUP_COMPONENT}
                 )
-        cleanup = decide_cleanup(run, deployments, job, pods, self.settings)
+            training_job = self.kube.get_or_none("Job", namespace, job_name(name))
+            training_pods = self.kube.list(
+                "Pod", namespace, labels={RUN_LABEL: name, "app.kubernetes.io/component": TRAINING_COMPONENT}
+            )
+        cleanup = decide_cleanup(
+            run, deployments, job, pods, self.settings,
+            training_job=training_job, training_pods=training_pods,
+        )
         key = (namespace, name)
         if cleanup.action == Action.WAIT_IN_USE:
             self.waiting_for_deployments.add(key)
         else:
             self.waiting_for_deployments.discard(key)
+        if cleanup.delete_job is not None:
+            # Background: the Job goes at once and the garbage collector stops its pods,
+            # whose deletion events bring the run back here.
+            self.kube.delete("Job", namespace, cleanup.delete_job, propagation="Background")
         if cleanup.create_job is not None:
             try:
                 self.kube.create(cleanup.create_job)

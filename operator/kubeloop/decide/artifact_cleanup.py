@@ -1,10 +1,11 @@
 """What to do about a TrainingRun's artifacts when it is deleted (``spec.cleanupPolicy``). Pure.
 
 ``Delete`` runs carry our own finalizer, :data:`FINALIZER` (not kopf's ``kubeloop.io/finalizer``,
-which kopf manages itself). When such a run is deleted the operator, in this order, waits while
-any ModelDeployment in the namespace serves (stable or canary) or references the run's model,
-runs the cleanup Job (``kubeloop artifacts delete``), and removes the finalizer once the Job
-succeeded. A run that never produced a model has nothing to delete. Every step is read from
+which kopf manages itself). When such a run is deleted the operator, in this order, stops its
+training Job if it still runs and waits until no trainer pod is left (a trainer that kept
+running could write into the directory after it was deleted), waits while any ModelDeployment
+in the namespace serves (stable or canary) or references the run's model, runs the cleanup
+Job (``kubeloop artifacts delete``), and removes the finalizer once the Job succeeded. A run that never produced a model has nothing to delete. Every step is read from
 the objects as they are, so a crash between two steps only repeats a read.
 """
 
@@ -24,6 +25,7 @@ from kubeloop.resources.trainingjob import TrainerSettings, run_directory_uri
 FINALIZER = "kubeloop.io/artifact-cleanup"
 TERMINAL_PHASES = {"Succeeded", "Failed"}
 
+REASON_STOPPING_TRAINING = "StoppingTraining"
 REASON_ARTIFACTS_IN_USE = "ArtifactsInUse"
 REASON_CLEANUP_STARTED = "CleanupStarted"
 REASON_ARTIFACTS_DELETED = "ArtifactsDeleted"
@@ -33,6 +35,8 @@ REASON_CLEANUP_FAILED = "CleanupFailed"
 class Action(StrEnum):
     NOTHING = "Nothing"
     ADD_FINALIZER = "AddFinalizer"
+    STOP_TRAINING = "StopTraining"
+    WAIT_FOR_TRAINING = "WaitForTraining"
     WAIT_IN_USE = "WaitInUse"
     CREATE_JOB = "CreateJob"
     WAIT_FOR_JOB = "WaitForJob"
@@ -44,7 +48,8 @@ class Action(StrEnum):
 class CleanupDecision:
     """What the controller must do about the run's artifacts.
 
-    ``finalizers`` is the run's new finalizer list when it must change; ``message`` is what the
+    ``finalizers`` is the run's new finalizer list when it must change; ``delete_job`` names
+    the training Job to delete (its pods with it); ``message`` is what the
     run's status.message should say while it is being deleted ("" leaves the status alone).
     Events are only those the controller must post now: a repeated reconcile in the same state
     (same ``message``) posts none.
@@ -53,6 +58,7 @@ class CleanupDecision:
     action: Action
     finalizers: list[str] | None = None
     create_job: dict[str, Any] | None = None
+    delete_job: str | None = None
     events: list[Event] = field(default_factory=list)
     message: str = ""
 
@@ -149,8 +155,15 @@ def decide_cleanup(
     job: Mapping[str, Any] | None,
     pods: Sequence[Mapping[str, Any]],
     settings: TrainerSettings,
+    *,
+    training_job: Mapping[str, Any] | None = None,
+    training_pods: Sequence[Mapping[str, Any]] = (),
 ) -> CleanupDecision:
-    """The next step for the run's artifacts (see the module doc)."""
+    """The next step for the run's artifacts (see the module doc).
+
+    ``job`` and ``pods`` are the cleanup Job's; ``training_job`` and ``training_pods`` the run's
+    own training Job and its pods, as they are now.
+    """
     meta = run["metadata"]
     name = meta["name"]
     finalizers: list[str] = list(meta.get("finalizers") or [])
@@ -172,6 +185,26 @@ def decide_cleanup(
     has_model = bool((status.get("model") or {}).get("uri"))
     if not wants_cleanup(run):
         return CleanupDecision(Action.REMOVE_FINALIZER, finalizers=without)
+    if training_job is not None and job_finished(training_job) is None:
+        training_ref = training_job["metadata"]["name"]
+        message = (
+            f"stopping the training Job {training_ref} before deleting the artifacts at "
+            f"{directory}: a trainer left running could write there afterwards"
+        )
+        return CleanupDecision(
+            Action.STOP_TRAINING, delete_job=training_ref,
+            events=once("Normal", REASON_STOPPING_TRAINING, message), message=message,
+        )
+    running = sorted(
+        pod["metadata"]["name"] for pod in training_pods
+        if (pod.get("status") or {}).get("phase") not in {"Succeeded", "Failed"}
+    )
+    if running:
+        message = (
+            f"waiting for the trainer pod(s) {', '.join(running)} to stop before deleting the "
+            f"artifacts at {directory}"
+        )
+        return CleanupDecision(Action.WAIT_FOR_TRAINING, message=message)
     if not directory or (not has_model and status.get("phase") in TERMINAL_PHASES and job is None):
         message = "the run produced no model: no artifacts to delete"
         return CleanupDecision(

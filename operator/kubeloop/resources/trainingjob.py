@@ -14,6 +14,7 @@ from kubeloop.resources.storage import PodStorage
 
 TRAINER_CONTAINER = "trainer"
 TERMINATION_LOG = "/dev/termination-log"
+TRAINING_COMPONENT = "training"
 SCRATCH_DIR = "/tmp"
 RUNTIME_UID = 10001
 
@@ -194,7 +195,7 @@ def build_training_job(
 
     pod_spec = runtime_pod_spec(spec, container, [scratch, *storage.volumes])
 
-    labels = labels_for("trainingrun", name, "training", model=model_name)
+    labels = labels_for("trainingrun", name, TRAINING_COMPONENT, model=model_name)
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.get("backoffLimit", 2),
         "ttlSecondsAfterFinished": spec.get("ttlSecondsAfterFinished", settings.job_ttl_seconds),
