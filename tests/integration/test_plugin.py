@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,18 @@ def test_plugin_steers_a_rollout_and_shows_lineage(kube_api: Any, kubeconfig_pat
     # Ctrl-C once it talks to the API server (imports alone take seconds on a loaded box),
     # after a first refresh.
     fds = Path(f"/proc/{watching.pid}/fd")
-    wait_for(lambda: any(os.readlink(fd).startswith("socket:") for fd in fds.iterdir()), 60, what="watch connected")
+
+    def watch_connected() -> bool:
+        links = []
+        try:
+            for fd in fds.iterdir():
+                with suppress(OSError):  # an fd closed between listing and reading it
+                    links.append(os.readlink(fd))
+        except FileNotFoundError:  # the process is gone: the poll() below says how
+            return True
+        return any(link.startswith("socket:") for link in links)
+
+    wait_for(watch_connected, 60, what="watch connected")
     time.sleep(3)
     assert watching.poll() is None, watching.communicate()[1]
     watching.send_signal(signal.SIGINT)
