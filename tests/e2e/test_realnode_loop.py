@@ -170,10 +170,8 @@ def operator(real_node: RealNode, e2e_namespace: str, models_dir: Path, tmp_path
     process = OperatorProcess(real_node.kubeconfig, e2e_namespace, log, env={
         "KUBELOOP_RUNTIME_IMAGE": real_node.runtime_image,
         "KUBELOOP_IMAGE_PULL_POLICY": "Never",
-        # The trailing slash works around storage.resolve() mounting the claim only for URIs
-        # *below* the root, not for the root itself (the default output URI): without it the
-        # trainer gets no volume and fails with "Read-only file system: '/var/lib/kubeloop'".
-        "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{MODELS_ROOT}/",
+        # The chart's default form (no trailing slash): the root itself gets the claim mounted.
+        "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{MODELS_ROOT}",
         "KUBELOOP_MODELS_PVC": MODELS_PVC,
         "KUBELOOP_ROLLOUT_TICK_SECONDS": "1",
     })

@@ -8,6 +8,7 @@ Object-store URIs (``s3://``, ``gs://``, ``https://``) pass through untouched.
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,22 @@ class PodStorage:
             mount_path = f"{PVC_MOUNT_ROOT}/{claim}"
             self._add_claim(claim, mount_path, read_only)
             return f"{mount_path}/{path}" if path else mount_path
-        root = models_root.removeprefix("file://").rstrip("/")
-        if models_pvc and root and uri.removeprefix("file://").startswith(root + "/"):
+        root = _local_path(models_root)
+        if models_pvc and root and _is_at_or_below(_local_path(uri), root):
             self._add_claim(models_pvc, root, read_only)
         return uri
+
+
+def _local_path(uri: str) -> str:
+    """The normalised local path of a ``file://`` URI or plain path; '' for anything else."""
+    if "://" in uri and not uri.startswith("file://"):
+        return ""
+    path = uri.removeprefix("file://")
+    return posixpath.normpath(path) if path.startswith("/") else ""
+
+
+def _is_at_or_below(path: str, root: str) -> bool:
+    # The root itself counts: a run without output.storageUri writes to the root's own
+    # <model>/<run> directory, so its pod needs the volume mounted at the root ("/a/b" and
+    # "/a/b/" are the same root).
+    return bool(path) and (path == root or path.startswith(root.rstrip("/") + "/"))
