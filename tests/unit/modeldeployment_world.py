@@ -70,11 +70,14 @@ class World:
     def plan(self) -> Any:
         return analysis_plan(self.md, self.observed(), self.now)
 
-    def reconcile(self, measurements: dict[str, float | None] | None = None) -> Decision:
+    def reconcile(self, measurements: dict[str, float | Measurement | None] | None = None) -> Decision:
         given = None
         if measurements is not None:
-            given = {name: Measurement(name, value, None if value is not None else "no data")
-                     for name, value in measurements.items()}
+            given = {
+                name: value if isinstance(value, Measurement)
+                else Measurement(name, value, None if value is not None else "no data")
+                for name, value in measurements.items()
+            }
         decision = decide(self.md, self.observed(), SETTINGS, self.now, given)
         self.decisions.append(decision)
         self.events.extend(decision.events)

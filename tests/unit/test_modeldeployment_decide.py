@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from modeldeployment_world import SHA_A, SHA_B, SHA_C, World, model, modeldeployment
 
+from kubeloop.analysis.base import Measurement
 from kubeloop.api.modeldeployment import (
     ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
@@ -422,10 +423,111 @@ def test_analysis_step_failure_aborts() -> None:
 def test_no_analysis_after_abort_or_while_promoting() -> None:
     world = analysed([{"setWeight": 50}])
     world.kubelet_ready = False
-    world.reconcile()
     world.tick(30)
+    world.reconcile({"error-rate": 0.0, "shift": 0.0})
     assert world.status["currentStep"] == 1  # promoting
+    world.tick(30)
     assert world.plan() is None
+
+
+# --- analysis that measured nothing cannot pass (issue 15) ------------------------------------
+
+NO_TRAFFIC = {"error-rate": None, "shift": None}
+
+
+def test_last_step_waits_for_a_passing_background_round_before_promoting() -> None:
+    world = analysed([{"setWeight": 50}])
+    assert world.status["currentStep"] == 0, "promoted before any background round"
+    assert "waiting for a background analysis round to pass" in world.status["message"]
+    assert world.status["canaryWeight"] == 50
+    world.tick(30)
+    world.reconcile(NO_TRAFFIC)
+    assert world.status["currentStep"] == 0
+    assert world.status["analysis"]["lastBackgroundResult"] == "Inconclusive"
+    world.tick(30)
+    world.reconcile({"error-rate": 0.0, "shift": 0.01})
+    assert world.status["currentStep"] == 1
+    assert world.status["analysis"]["lastBackgroundResult"] == "Passed"
+
+
+def test_rollout_without_traffic_pauses_at_the_inconclusive_limit_instead_of_promoting() -> None:
+    world = analysed([{"setWeight": 20}, {"pause": {"duration": "10s"}}, {"setWeight": 50}],
+                     analysis={**ANALYSIS, "inconclusiveLimit": 2})
+    for round_ in range(1, 4):
+        world.tick(30)
+        world.reconcile(NO_TRAFFIC)
+        assert world.status["analysis"]["consecutiveInconclusive"] == round_
+        if round_ <= 2:
+            assert world.status["phase"] == "Progressing"
+    assert world.status["phase"] == "Paused"
+    assert world.condition("Progressing")["reason"] == "AnalysisInconclusive"
+    assert world.status["analysis"]["pausedInconclusive"] is True
+    assert world.event_reasons().count("AnalysisInconclusive") == 1
+    assert world.status["currentStep"] == 2 and world.status["canaryWeight"] == 50
+    # Paused: nothing is measured, time does not move it on, no further events.
+    for _ in range(5):
+        world.tick(60)
+        assert world.plan() is None
+        world.reconcile()
+    assert world.status["phase"] == "Paused" and world.status["currentStep"] == 2
+    assert world.event_reasons().count("AnalysisInconclusive") == 1
+    assert world.status["stable"]["sha256"] == SHA_A
+    # A person resumes it; analysis runs again and a passing round lets it promote.
+    world.annotate(PROMOTE_ANNOTATION, "go-on")
+    world.reconcile()
+    assert world.status["analysis"]["pausedInconclusive"] is False
+    assert world.status["currentStep"] == 2 and world.status["phase"] == "Progressing"
+    world.tick(30)
+    world.reconcile({"error-rate": 0.0, "shift": 0.0})
+    assert world.status["currentStep"] == 3
+
+
+def test_a_conclusive_round_resets_the_inconclusive_count() -> None:
+    world = analysed([{"setWeight": 20}, {"pause": {}}], analysis={**ANALYSIS, "inconclusiveLimit": 1})
+    world.tick(30)
+    world.reconcile(NO_TRAFFIC)
+    world.tick(30)
+    world.reconcile({"error-rate": 0.0, "shift": 0.0})
+    assert world.status["analysis"]["consecutiveInconclusive"] == 0
+    world.tick(30)
+    world.reconcile(NO_TRAFFIC)
+    assert world.status["phase"] == "Paused" and world.condition("Progressing")["reason"] == "Paused"
+    assert not world.status["analysis"].get("pausedInconclusive")
+
+
+@pytest.mark.parametrize(
+    ("samples", "min_samples", "verdict"),
+    [
+        (None, 10, "Passed"),  # a custom query: the provider cannot count samples
+        (0, 10, "Inconclusive"),
+        (9, 10, "Inconclusive"),
+        (10, 10, "Passed"),
+        (3, 0, "Passed"),
+        (500, 10, "Passed"),
+    ],
+)
+def test_a_value_resting_on_too_few_samples_is_inconclusive(
+    samples: float | None, min_samples: int, verdict: str
+) -> None:
+    world = analysed([{"setWeight": 20}, {"pause": {}}], analysis={**ANALYSIS, "minSamples": min_samples})
+    world.tick(30)
+    world.reconcile({"error-rate": Measurement("error-rate", 0.0, samples=samples),
+                     "shift": Measurement("shift", 0.0, samples=samples)})
+    assert world.status["analysis"]["lastBackgroundResult"] == verdict
+    if verdict == "Inconclusive":
+        assert f"minSamples is {min_samples}" in world.condition("AnalysisPassing")["message"]
+
+
+def test_a_step_may_tolerate_more_inconclusive_rounds_than_the_default() -> None:
+    steps = [{"setWeight": 20}, {"analysis": {"count": 1, "interval": "10s", "inconclusiveLimit": 4}}]
+    world = analysed(steps, analysis={**ANALYSIS, "inconclusiveLimit": 0})
+    for _ in range(4):
+        world.reconcile(NO_TRAFFIC)
+        world.tick(10)
+    assert world.status["phase"] != "Paused"
+    world.reconcile(NO_TRAFFIC)
+    assert world.status["phase"] == "Paused"
+    assert world.condition("Progressing")["reason"] == "AnalysisInconclusive"
 
 
 # --- model references ------------------------------------------------------------------------

@@ -27,6 +27,9 @@ class Measurement:
     name: str
     value: float | None
     message: str | None = None
+    samples: float | None = None
+    """How many observations the value rests on (requests, mirrored requests, predictions),
+    when the provider knows; a value resting on fewer than ``minSamples`` is inconclusive."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,12 @@ class MetricProvider(Protocol):
         """Measure ``metric`` (an ``AnalysisMetric`` in wire form) for ``target``."""
 
 
-def judge(metric: Mapping[str, Any], measurement: Measurement) -> Verdict:
+def judge(metric: Mapping[str, Any], measurement: Measurement, min_samples: int = 0) -> Verdict:
     """Whether the value lies within ``min`` and ``max`` (bounds included).
 
-    No value, or a NaN, is inconclusive: not passed, and not a failure either.
+    No value, a NaN, or a value resting on fewer than ``min_samples`` observations is
+    inconclusive: not passed, and not a failure either (an error rate of 0 over two requests
+    says nothing about the model).
     """
     low = metric.get("min")
     high = metric.get("max")
@@ -80,6 +85,19 @@ def judge(metric: Mapping[str, Any], measurement: Measurement) -> Verdict:
             passed=False,
             inconclusive=True,
             message=measurement.message or "no value was measured",
+        )
+    if measurement.samples is not None and measurement.samples < min_samples:
+        return Verdict(
+            measurement.name,
+            None,
+            low,
+            high,
+            passed=False,
+            inconclusive=True,
+            message=(
+                f"too few samples: {measurement.name}={value:.6g} rests on "
+                f"{int(measurement.samples)} observation(s) in the window, minSamples is {min_samples}"
+            ),
         )
     too_low = low is not None and value < float(low)
     too_high = high is not None and value > float(high)

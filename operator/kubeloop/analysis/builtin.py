@@ -90,6 +90,18 @@ def promql(builtin: str, target: AnalysisTarget) -> str:
     raise ValueError(f"unknown builtin metric {builtin!r}: use one of {', '.join(BUILTIN_METRICS)}")
 
 
+def samples_promql(builtin: str, target: AnalysisTarget) -> str | None:
+    """How many observations a scalar check rests on in the window: the canary's inference
+    requests (errorRate, latencyP99) or the requests stable mirrored (shadowAgreement)."""
+    window = f"[{target.window_seconds}s]"
+    if builtin in ("errorRate", "latencyP99"):
+        endpoints = f'endpoint=~"{"|".join(INFERENCE_ENDPOINTS)}"'
+        return f"sum(increase({REQUESTS}{selector(target, CANARY, endpoints)}{window}))"
+    if builtin == "shadowAgreement":
+        return f"sum(increase({SHADOW_REQUESTS}{selector(target, STABLE)}{window}))"
+    return None
+
+
 def shift_promql(target: AnalysisTarget) -> str:
     """Per track and bin, how many predictions fell into each prediction bin in the window."""
     matchers = (
@@ -112,7 +124,10 @@ def prediction_shift(stable: Mapping[str, float], canary: Mapping[str, float]) -
             f"not enough predictions to compare: stable {int(reference.sum())}, canary "
             f"{int(current.sum())} in the window (need {MIN_PREDICTIONS} each)",
         )
-    return Measurement(name, psi_from_counts(reference, current).statistic)
+    return Measurement(
+        name, psi_from_counts(reference, current).statistic,
+        samples=float(min(reference.sum(), current.sum())),
+    )
 
 
 def measure_with_prometheus(
@@ -127,14 +142,16 @@ def measure_with_prometheus(
                 if track in per_track and not math.isnan(series.value):
                     per_track[track][series.labels.get("bin", "")] = series.value
             shift = prediction_shift(per_track[STABLE], per_track[CANARY])
-            return Measurement(name, shift.value, shift.message)
+            return Measurement(name, shift.value, shift.message, shift.samples)
         query = promql(builtin, target)
         value = client.scalar(query)
+        count_query = samples_promql(builtin, target)
+        samples = client.scalar(count_query) if value is not None and count_query else None
     except (PrometheusError, ValueError) as error:
         return Measurement(name, None, f"query failed: {error}")
     if value is None:
         return Measurement(name, None, _no_data(builtin))
-    return Measurement(name, value)
+    return Measurement(name, value, samples=samples)
 
 
 def _no_data(builtin: str) -> str:
@@ -209,7 +226,7 @@ def from_increases(builtin: str, name: str, increases: Increases) -> Measurement
         if total <= 0:
             return Measurement(name, None, _no_data(builtin))
         errors = sum(v for labels, v in everything if labels.get("code", "").startswith("5"))
-        return Measurement(name, errors / total)
+        return Measurement(name, errors / total, samples=total)
     if builtin == "latencyP99":
         buckets: dict[float, float] = {}
         for labels, value in increases.select(DURATION_BUCKET, track=CANARY, **common):
@@ -218,14 +235,14 @@ def from_increases(builtin: str, name: str, increases: Increases) -> Measurement
         quantile = histogram_quantile(LATENCY_QUANTILE, buckets)
         if quantile is None:
             return Measurement(name, None, _no_data(builtin))
-        return Measurement(name, quantile)
+        return Measurement(name, quantile, samples=buckets[math.inf])
     if builtin == "shadowAgreement":
         mirrored = increases.select(SHADOW_REQUESTS, track=STABLE)
         total = sum(v for _, v in mirrored)
         if total <= 0:
             return Measurement(name, None, _no_data(builtin))
         agreed = sum(v for labels, v in mirrored if labels.get("result") == "agree")
-        return Measurement(name, agreed / total)
+        return Measurement(name, agreed / total, samples=total)
     if builtin == "predictionShift":
         per_track: dict[str, dict[str, float]] = {STABLE: {}, CANARY: {}}
         for labels, value in increases.select(FEATURE_BINS, feature=PREDICTION_FEATURE):
@@ -234,7 +251,7 @@ def from_increases(builtin: str, name: str, increases: Increases) -> Measurement
                 bin_label = labels.get("bin", "")
                 per_track[track][bin_label] = per_track[track].get(bin_label, 0.0) + value
         shift = prediction_shift(per_track[STABLE], per_track[CANARY])
-        return Measurement(name, shift.value, shift.message)
+        return Measurement(name, shift.value, shift.message, shift.samples)
     raise ValueError(f"unknown builtin metric {builtin!r}: use one of {', '.join(BUILTIN_METRICS)}")
 
 

@@ -81,6 +81,7 @@ class Reason(StrEnum):
     ANALYSIS_PASSED = "AnalysisPassed"
     ANALYSIS_FAILED = "AnalysisFailed"
     ANALYSIS_PENDING = "AnalysisPending"
+    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
     ROLLED_BACK = "RolledBack"
     # DriftPolicy
     NO_DRIFT = "NoDrift"

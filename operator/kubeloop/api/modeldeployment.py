@@ -217,8 +217,19 @@ class AnalysisSpec(KubeModel):
     """Time between measurements."""
     failure_limit: Annotated[int, Field(ge=0, le=100)] = 0
     """Failed measurements tolerated; one more aborts the rollout."""
+    inconclusive_limit: Annotated[int, Field(ge=0, le=100)] = 3
+    """Inconclusive rounds in a row tolerated (no value, or fewer than minSamples
+    observations); one more pauses the rollout (phase Paused, reason AnalysisInconclusive)
+    until ``kubectl kubeloop promote`` resumes it or it is aborted. Also the default of
+    analysis steps."""
+    min_samples: Annotated[int, Field(ge=0, le=1_000_000)] = 10
+    """Fewest observations a builtin measurement must rest on to count (the canary's inference
+    requests for errorRate and latencyP99, mirrored requests for shadowAgreement); fewer make
+    the round inconclusive. predictionShift always needs 20 predictions per track."""
     metrics: Metrics | None = None
-    """The measurements; also the default metrics of analysis steps."""
+    """The measurements; also the default metrics of analysis steps. With background metrics,
+    the last step completes only after a background round has passed, so a rollout that never
+    measured its canary cannot be promoted."""
 
 
 class ShadowStep(KubeModel):
@@ -249,6 +260,9 @@ class AnalysisStep(KubeModel):
     """Time between measurements; default: rollout.analysis.interval."""
     failure_limit: Annotated[int, Field(ge=0, le=100)] = 0
     """Failed measurements tolerated; one more aborts the rollout."""
+    inconclusive_limit: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Inconclusive rounds in a row tolerated; one more pauses the rollout; default:
+    rollout.analysis.inconclusiveLimit."""
 
 
 class RolloutStep(KubeModel):
@@ -427,6 +441,13 @@ class AnalysisStatus(KubeModel):
     """Failed measurements in a row."""
     failures: Annotated[int, Field(ge=0)] = 0
     """Failed measurements in this rollout."""
+    consecutive_inconclusive: Annotated[int, Field(ge=0)] = 0
+    """Inconclusive rounds in a row (no value, or too few samples)."""
+    last_background_result: Literal["Passed", "Failed", "Inconclusive"] | None = None
+    """The outcome of the latest background round; the last step completes only after Passed."""
+    paused_inconclusive: bool = False
+    """The rollout is paused because analysis was inconclusive more often than inconclusiveLimit
+    allows; ``kubectl kubeloop promote`` resumes it."""
 
 
 Token = Annotated[str, StringConstraints(max_length=253)]

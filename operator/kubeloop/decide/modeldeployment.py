@@ -85,6 +85,8 @@ from kubeloop.traffic import Backends, WeightPatch, router_for
 
 PROGRESSING, HEALTHY, PAUSED, DEGRADED = "Progressing", "Healthy", "Paused", "Degraded"
 DEFAULT_INTERVAL = "1m"
+DEFAULT_MIN_SAMPLES = 10
+DEFAULT_INCONCLUSIVE_LIMIT = 3
 REASON_TRAFFIC_ROUTING = "TrafficRoutingFailed"
 REASON_ROLLOUT_CANCELLED = "RolloutCancelled"
 REASON_REQUEST_IGNORED = "RequestIgnored"
@@ -301,7 +303,7 @@ def analysis_plan(
     while it promotes) and the canary has a ready pod; background metrics every ``interval``
     from the moment the canary became ready; an analysis step's at once, then every interval."""
     status = md.get("status") or {}
-    if not _rollout_active(status):
+    if not _rollout_active(status) or _paused_inconclusive(status):
         return None
     canary = _model_ref(status.get("canary"))
     steps = _steps(md)
@@ -371,6 +373,8 @@ class _Rollout:
         self.steps = _steps(md)
         self.restarted = False
         self.router_error: str | None = None
+        # The last step is done but no background round has passed yet (see _advance).
+        self.holding_for_analysis = False
 
     # conditions and events
     def condition(self, type_: str, status: str | bool, reason: str, message: str) -> None:
@@ -489,7 +493,7 @@ def decide(
         _unpause_shift(r, spec)
         _check_analysis(r, md, verdicts)
         if _rollout_active(r.status):
-            if not spec.get("paused"):
+            if not spec.get("paused") and not _paused_inconclusive(r.status):
                 _advance(r, md, observed, router, total, canary, stable)
             if r.step_index >= len(r.steps):
                 promoted = _promote(r, observed, total, canary, stable)
@@ -554,6 +558,12 @@ def _handle_requests(r: _Rollout) -> None:
                         f"{canary.revision if canary else '?'} becomes stable")
             else:
                 r.event(REASON_REQUEST_IGNORED, f"{annotation}: no rollout in progress, nothing to promote")
+        elif key == "promote" and active and _paused_inconclusive(r.status):
+            analysis = dict(r.status.get("analysis") or {})
+            analysis.update(pausedInconclusive=False, consecutiveInconclusive=0)
+            r.status["analysis"] = analysis
+            r.event(Reason.STEP_ADVANCED, f"promote requested: rollout resumed after inconclusive "
+                    f"analysis, step {r.step_index} ({_step_text(r.steps[r.step_index]) if r.step_index < len(r.steps) else 'promotion'}) goes on")
         elif key == "promote":
             if active and r.step_index < len(r.steps):
                 index = r.step_index
@@ -589,11 +599,12 @@ def _record_analysis(
     step = int(r.old.get("currentStep") or 0)
     verdicts: dict[str, list[Verdict]] = {"background": [], "step": []}
     runs = _runs(r.status)
+    min_samples = int(_background(md).get("minSamples", DEFAULT_MIN_SAMPLES))
     for purpose, metrics in (("step", plan.step), ("background", plan.background)):
         for metric in metrics:
             name = str(metric["name"])
             measurement = measurements.get(name) or Measurement(name, None, "not measured")
-            verdict = judge(metric, measurement)
+            verdict = judge(metric, measurement, min_samples)
             verdicts[purpose].append(verdict)
     recorded: set[tuple[str, Any, Any]] = set()
     for verdict in [*verdicts["step"], *verdicts["background"]]:
@@ -611,8 +622,15 @@ def _record_analysis(
             analysis["failures"] = int(analysis.get("failures") or 0) + 1
         elif all(v.passed for v in background):
             analysis["consecutiveFailures"] = 0
-    r.status["analysis"] = analysis
+        analysis["lastBackgroundResult"] = _round_result(background)
     everything = [*verdicts["step"], *background]
+    # A round that measured nothing usable neither passes nor fails; too many in a row pause
+    # the rollout (see _check_analysis) instead of letting steps run out and promote.
+    if _round_result(everything) == "Inconclusive":
+        analysis["consecutiveInconclusive"] = int(analysis.get("consecutiveInconclusive") or 0) + 1
+    else:
+        analysis["consecutiveInconclusive"] = 0
+    r.status["analysis"] = analysis
     if any(not v.passed and not v.inconclusive for v in everything):
         r.condition(ConditionType.ANALYSIS_PASSING, False, Reason.ANALYSIS_FAILED, _failed_text(everything))
     elif all(v.passed for v in everything):
@@ -621,6 +639,29 @@ def _record_analysis(
         waiting = "; ".join(f"{v.name}: {v.message}" for v in everything if v.inconclusive)
         r.condition(ConditionType.ANALYSIS_PASSING, "Unknown", Reason.ANALYSIS_PENDING, waiting)
     return verdicts
+
+
+def _round_result(verdicts: Sequence[Verdict]) -> str:
+    if any(not v.passed and not v.inconclusive for v in verdicts):
+        return "Failed"
+    return "Passed" if all(v.passed for v in verdicts) else "Inconclusive"
+
+
+def _paused_inconclusive(status: Mapping[str, Any]) -> bool:
+    return bool((status.get("analysis") or {}).get("pausedInconclusive"))
+
+
+def _inconclusive_limit(md: Mapping[str, Any], step: Mapping[str, Any] | None) -> int:
+    default = int(_background(md).get("inconclusiveLimit", DEFAULT_INCONCLUSIVE_LIMIT))
+    own = ((step or {}).get("analysis") or {}).get("inconclusiveLimit")
+    return default if own is None else int(own)
+
+
+def _background_gate_open(r: _Rollout, md: Mapping[str, Any]) -> bool:
+    """With background metrics, the last step completes only after a background round passed."""
+    if not _background(md).get("metrics"):
+        return True
+    return (r.status.get("analysis") or {}).get("lastBackgroundResult") == "Passed"
 
 
 def _failed_text(verdicts: Sequence[Verdict]) -> str:
@@ -641,6 +682,7 @@ def _check_analysis(r: _Rollout, md: Mapping[str, Any], verdicts: Mapping[str, l
                 f"rollout of {revision} aborted, all traffic is on stable")
         return
     index = r.step_index
+    _check_inconclusive(r, md, verdicts)
     if index >= len(r.steps) or r.steps[index].get("analysis") is None:
         return
     step = r.steps[index]["analysis"]
@@ -651,6 +693,30 @@ def _check_analysis(r: _Rollout, md: Mapping[str, Any], verdicts: Mapping[str, l
                 f"analysis step {index} failed {len(failed_rounds)} time(s) (failureLimit "
                 f"{step_limit}): {failed_rounds[-1]}; rollout of {revision} aborted, all traffic "
                 "is on stable")
+
+
+def _check_inconclusive(r: _Rollout, md: Mapping[str, Any], verdicts: Mapping[str, list[Verdict]]) -> None:
+    """Pause the rollout when more rounds in a row were inconclusive than the limit allows."""
+    analysis = dict(r.status.get("analysis") or {})
+    if analysis.get("pausedInconclusive") or not any(verdicts.values()):
+        return
+    index = r.step_index
+    limit = _inconclusive_limit(md, r.steps[index] if index < len(r.steps) else None)
+    rounds = int(analysis.get("consecutiveInconclusive") or 0)
+    if rounds <= limit:
+        return
+    waiting = "; ".join(
+        f"{v.name}: {v.message}" for v in [*verdicts.get("step", []), *verdicts.get("background", [])]
+        if v.inconclusive
+    )
+    analysis["pausedInconclusive"] = True
+    r.status["analysis"] = analysis
+    canary = _model_ref(r.status.get("canary"))
+    r.event(Reason.ANALYSIS_INCONCLUSIVE,
+            f"analysis inconclusive {rounds} round(s) in a row (inconclusiveLimit {limit}): {waiting}; "
+            f"rollout of {canary.revision if canary else '?'} paused with the current weights; "
+            "kubectl kubeloop promote resumes it, kubectl kubeloop abort sends all traffic to stable",
+            warning=True)
 
 
 def _step_rounds(r: _Rollout, md: Mapping[str, Any], index: int) -> tuple[int, list[str]]:
@@ -725,8 +791,9 @@ def _advance(
             split = router.split(total, applied_weight=r.weight, target_weight=weight)
             routable = _route_error(md, observed, router, weight) is None
             if routable and ready_replicas(observed.canary, canary.sha256) >= split.canary:
+                if r.weight != weight:
+                    r.event(Reason.STEP_ADVANCED, f"step {index}: {weight}% of traffic on {canary.revision}")
                 r.status["canaryWeight"] = weight
-                r.event(Reason.STEP_ADVANCED, f"step {index}: {weight}% of traffic on {canary.revision}")
                 done = True
         elif step.get("pause") is not None:
             r.status["shadowPercent"] = 0
@@ -746,10 +813,13 @@ def _advance(
                 passed, _ = _step_rounds(r, md, index)
                 count = int(step["analysis"].get("count") or 1)
                 done = passed >= count
-                if done:
-                    r.event(Reason.ANALYSIS_PASSED, f"step {index}: analysis passed {passed} time(s)")
         if not done:
             return
+        if index + 1 == len(r.steps) and not _background_gate_open(r, md):
+            r.holding_for_analysis = True
+            return
+        if step.get("analysis") is not None:
+            r.event(Reason.ANALYSIS_PASSED, f"step {index}: analysis passed")
         r.enter_step(index + 1)
 
 
@@ -925,6 +995,8 @@ def _write_status(
             message += f", shadow {status['shadowPercent']}%"
         if route_error:
             message += f"; {route_error}"
+        if r.holding_for_analysis:
+            message += "; waiting for a background analysis round to pass before promoting"
         paused_step = (
             not promoting
             and r.steps[index].get("pause") is not None
@@ -934,6 +1006,12 @@ def _write_status(
             r.condition(ConditionType.PROGRESSING, "Unknown", Reason.PAUSED,
                         f"{message} (paused: spec.paused is true)")
             _set_phase(r, PAUSED, f"{message} (paused)", Reason.PAUSED)
+        elif _paused_inconclusive(status):
+            rounds = int((status.get("analysis") or {}).get("consecutiveInconclusive") or 0)
+            text = (f"{message} (paused: analysis inconclusive {rounds} round(s) in a row; "
+                    "kubectl kubeloop promote resumes, abort rolls back)")
+            r.condition(ConditionType.PROGRESSING, "Unknown", Reason.ANALYSIS_INCONCLUSIVE, text)
+            _set_phase(r, PAUSED, text, Reason.ANALYSIS_INCONCLUSIVE)
         else:
             reason = REASON_PROMOTING if promoting else (Reason.PAUSED if paused_step else Reason.STEP_ADVANCED)
             r.condition(ConditionType.PROGRESSING, True, reason, message)
@@ -963,7 +1041,7 @@ def _set_phase(r: _Rollout, phase: str, message: str, reason: str, warning: bool
 def _requeue(r: _Rollout, md: Mapping[str, Any]) -> float | None:
     """Seconds until a timer (step duration, analysis interval) makes the next decision differ."""
     status = r.status
-    if not _rollout_active(status) or md["spec"].get("paused"):
+    if not _rollout_active(status) or md["spec"].get("paused") or _paused_inconclusive(status):
         return None
     moments: list[datetime] = []
     index = r.step_index
