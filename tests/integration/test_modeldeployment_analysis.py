@@ -316,3 +316,63 @@ def test_healthy_canary_rollout_completes_through_analysis(
         )
     assert final["previous"]["sha256"] == models["stable"].sha256
     assert not final.get("aborted")
+
+
+def test_rollout_without_traffic_pauses_instead_of_promoting(
+    tmp_path: Path, models: dict[str, Stored], data: Any, kube_api: Any, namespace: str,
+    operator: OperatorProcess,
+) -> None:
+    """Steps that only set weights and pause, with background analysis, and no request at all:
+    every round is inconclusive, so the rollout pauses at the inconclusive limit instead of
+    running out of steps and promoting a model nobody has measured (issue 15)."""
+    custom = client.CustomObjectsApi(kube_api)
+    core = client.CoreV1Api(kube_api)
+    with stack(tmp_path, models, "healthy", data[0], namespace) as (url, traffic):
+        traffic.stop()
+        md = rollout_md(models["stable"], [{"setWeight": 50}, {"pause": {"duration": "2s"}}], url)
+        md["spec"]["rollout"]["analysis"].update(interval="3s", inconclusiveLimit=1)
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, md)
+
+        def status() -> dict[str, Any]:
+            return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "churn").get("status") or {}
+
+        wait_for(lambda: status().get("phase") == "Healthy", timeout=90, what="Healthy")
+        good = models["healthy"]
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "churn", {
+            "spec": {"model": {"storageUri": f"file://{good.directory}", "sha256": good.sha256}}})
+        paused = wait_for(
+            lambda: (lambda s: s if (s.get("analysis") or {}).get("pausedInconclusive") else None)(status()),
+            timeout=90, what="paused by inconclusive analysis",
+        )
+        # Time passes well beyond the steps' durations: still paused, nothing promoted.
+        time.sleep(8)
+        final = status()
+    assert paused["phase"] == "Paused"
+    progressing = next(c for c in final["conditions"] if c["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("Unknown", "AnalysisInconclusive")
+    assert final["phase"] == "Paused" and final["stable"]["sha256"] == models["stable"].sha256
+    assert final["canary"]["sha256"] == good.sha256 and final["canaryWeight"] == 50
+    assert final["analysis"]["consecutiveInconclusive"] >= 2
+    assert all(not run["passed"] and "value" not in run for run in final["analysis"]["runs"])
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=churn").items
+    inconclusive = [e for e in events if e.reason == "AnalysisInconclusive"]
+    assert len(inconclusive) == 1 and "inconclusiveLimit 1" in inconclusive[0].message
+    assert not any(e.reason == "Promoted" for e in events)
+
+
+def test_builtin_measurements_through_prometheus_count_their_samples(
+    tmp_path: Path, models: dict[str, Stored], data: Any, namespace: str,
+) -> None:
+    """minSamples needs to know how many requests a value rests on: the Prometheus path asks."""
+    with stack(tmp_path, models, "healthy", data[0], namespace) as (url, _):
+        provider = BuiltinProvider(url)
+        target = AnalysisTarget(namespace, "churn", timedelta(seconds=10))
+
+        def counted() -> Any:
+            found = provider.measure({"name": "e", "provider": "builtin", "builtin": "errorRate"}, target)
+            return found if found.value is not None and (found.samples or 0) > 0 else None
+
+        measured = wait_for(counted, timeout=60, interval=1.0, what="an error rate with its sample count")
+    assert measured.samples is not None and measured.samples >= 1
+    assert judge({"name": "e", "max": 0.05}, measured, min_samples=10**9).inconclusive
+    assert not judge({"name": "e", "max": 0.05}, measured, min_samples=1).inconclusive
