@@ -79,7 +79,7 @@ def test_quickstart_run_gets_its_volume_through_the_charts_settings(
     )
     run = yaml.safe_load(QUICKSTART.read_text())
     assert "output" not in run["spec"], "the quickstart relies on the chart's storage root"
-    run["metadata"]["namespace"] = "kubeloop"
+    run["metadata"].update(namespace="kubeloop", uid="0b7e3d0c-2f6e-4a59-9d0e-5a1b2c3d4e5f")
     job = build_training_job(run, trainer_settings(config))
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -91,7 +91,7 @@ def test_quickstart_run_gets_its_volume_through_the_charts_settings(
 def test_pvc_storage_root_through_the_charts_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _operator_config(tmp_path, monkeypatch, {"storage": {"storageUri": "pvc://shared-models/root"}})
     run = yaml.safe_load(QUICKSTART.read_text())
-    run["metadata"]["namespace"] = "kubeloop"
+    run["metadata"].update(namespace="kubeloop", uid="0b7e3d0c-2f6e-4a59-9d0e-5a1b2c3d4e5f")
     job = build_training_job(run, trainer_settings(config))
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "pvc-shared-models", "mountPath": "/mnt/pvc/shared-models", "readOnly": False} in container["volumeMounts"]

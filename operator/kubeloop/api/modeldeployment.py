@@ -445,6 +445,8 @@ class AnalysisStatus(KubeModel):
     """Inconclusive rounds in a row (no value, or too few samples)."""
     last_background_result: Literal["Passed", "Failed", "Inconclusive"] | None = None
     """The outcome of the latest background round; the last step completes only after Passed."""
+    last_background_time: AwareDatetime | None = None
+    """When the latest background round was measured (the next is due one interval later)."""
     paused_inconclusive: bool = False
     """The rollout is paused because analysis was inconclusive more often than inconclusiveLimit
     allows; ``kubectl kubeloop promote`` resumes it."""

@@ -317,7 +317,9 @@ def analysis_plan(
     due_background: list[dict[str, Any]] = []
     if background_metrics:
         ready_since = _time((_condition(status, ConditionType.CANARY_READY) or {}).get("lastTransitionTime"))
-        anchor = last or ready_since
+        # Background rounds keep their own cadence: an analysis step measuring more often
+        # must not push them back for as long as it runs.
+        anchor = _time((status.get("analysis") or {}).get("lastBackgroundTime")) or ready_since
         if anchor is not None and now >= anchor + interval:
             due_background = background_metrics
     due_step: list[dict[str, Any]] = []
@@ -623,6 +625,7 @@ def _record_analysis(
         elif all(v.passed for v in background):
             analysis["consecutiveFailures"] = 0
         analysis["lastBackgroundResult"] = _round_result(background)
+        analysis["lastBackgroundTime"] = wire_time(r.now)
     everything = [*verdicts["step"], *background]
     # A round that measured nothing usable neither passes nor fails; too many in a row pause
     # the rollout (see _check_analysis) instead of letting steps run out and promote.
@@ -1052,9 +1055,13 @@ def _requeue(r: _Rollout, md: Mapping[str, Any]) -> float | None:
         if duration:
             moments.append(started + parse_duration(duration))
     background = _background(md)
-    if background.get("metrics") or (index < len(r.steps) and r.steps[index].get("analysis") is not None):
-        last = _last_round(status) or r.now
-        moments.append(last + _interval(background.get("interval")))
+    interval = _interval(background.get("interval"))
+    if background.get("metrics"):
+        last_background = _time((status.get("analysis") or {}).get("lastBackgroundTime")) or r.now
+        moments.append(max(last_background + interval, r.now))
+    if index < len(r.steps) and r.steps[index].get("analysis") is not None:
+        step_interval = _interval(r.steps[index]["analysis"].get("interval") or background.get("interval"))
+        moments.append((_last_round(status) or r.now) + step_interval)
     if not moments:
         return None
     return max(0.5, min((m - r.now).total_seconds() for m in moments))
