@@ -409,3 +409,40 @@ def test_retain_policy_leaves_the_artifacts(kube_api: Any, namespace: str, opera
     wait_for(lambda: run_gone(custom, namespace, "cancer-keep"), 60, what="run deleted")
     assert (run_dir / "model.skops").is_file() and (run_dir / "report.json").is_file()
     assert not batch.list_namespaced_job(namespace, label_selector="app.kubernetes.io/component=artifact-cleanup").items
+
+
+@pytest.mark.parametrize(
+    "storage_root",
+    ["file:///var/lib/kubeloop/models", "file:///var/lib/kubeloop/models/", "pvc://team-models/root"],
+)
+def test_quickstart_run_gets_its_models_volume_from_the_storage_root(
+    kube_api: Any, kubectl: Any, kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None,
+    storage_root: str,
+) -> None:
+    """The quickstart run (no output.storageUri) under the chart's storage settings: its Job, as
+    the API server stores it, mounts the volume the trainer writes to (the root itself)."""
+    process = OperatorProcess(kubeconfig_path, namespace, tmp_path / "operator.log", env={
+        "KUBELOOP_DEFAULT_STORAGE_URI": storage_root, "KUBELOOP_MODELS_PVC": "kubeloop-models",
+    })
+    process.start()
+    try:
+        quickstart = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "trainingrun.yaml"
+        kubectl("apply", "-n", namespace, "-f", str(quickstart))
+        batch = client.BatchV1Api(kube_api)
+        job = wait_for(lambda: next(iter(batch.list_namespaced_job(namespace).items), None),
+                       timeout=60, what="the quickstart's training Job")
+    finally:
+        process.stop()
+    pod = job.spec.template.spec
+    container = pod.containers[0]
+    mounts = {m.mount_path: (m.name, bool(m.read_only)) for m in container.volume_mounts}
+    claims = {v.name: v.persistent_volume_claim.claim_name for v in pod.volumes if v.persistent_volume_claim}
+    spec = json.loads(next(e.value for e in container.env if e.name == "KUBELOOP_TRAININGRUN_SPEC"))
+    if storage_root.startswith("pvc://"):
+        assert mounts["/mnt/pvc/team-models"] == ("pvc-team-models", False)
+        assert claims["pvc-team-models"] == "team-models"
+        assert spec["output"]["storageUri"] == "/mnt/pvc/team-models/root"
+    else:
+        assert mounts["/var/lib/kubeloop/models"] == ("pvc-kubeloop-models", False)
+        assert claims["pvc-kubeloop-models"] == "kubeloop-models"
+        assert spec["output"]["storageUri"].rstrip("/") == "file:///var/lib/kubeloop/models"
