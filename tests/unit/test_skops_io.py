@@ -1,4 +1,4 @@
-"""skops.io imported through ``kubeloop.runtime.skops_io``: cheaper, and no trust decision moves.
+"""skops.io imported through ``kubeloop.trust.skops_io``: cheaper, and no trust decision moves.
 
 Each side runs in a fresh interpreter (skops keeps its trust list from the first import):
 one imports ``skops.io`` plainly, the other through ``skops_io()``. For real fitted models
@@ -21,7 +21,7 @@ mode = sys.argv[1]
 if mode == "plain":
     import skops.io as sio
 else:
-    from kubeloop.runtime.skops_io import skops_io
+    from kubeloop.trust.skops_io import skops_io
     sio = skops_io()
 import numpy as np
 import pandas as pd

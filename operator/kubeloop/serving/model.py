@@ -18,16 +18,14 @@ import numpy as np
 import numpy.typing as npt
 
 from kubeloop.drift.profile import Profile
-from kubeloop.runtime.skops_io import skops_io
 from kubeloop.serving.inputs import needs_dataframe, text_features
+from kubeloop.trust import model_types
+from kubeloop.trust.skops_io import skops_io
 
 log = logging.getLogger("kubeloop.serve")
 
 MODEL_FILE = "model.skops"
 PROFILE_FILE = "profile.json"
-# skops refuses any type it was not told to trust; we trust only these module prefixes, so a
-# model file can never make the server import and call arbitrary code.
-TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
 # Exit codes of `kubeloop serve`, documented in its --help.
 EXIT_CHECKSUM_MISMATCH = 3
 EXIT_MODEL_UNUSABLE = 4
@@ -142,15 +140,14 @@ def _fetch_profile(explicit_uri: str | None, default_uri: str) -> Profile | None
 
 
 def trusted_types(model_bytes: bytes) -> list[str]:
-    """The types skops must trust to load these bytes; refuse anything outside the allowlist."""
-    needed: list[str] = list(skops_io().get_untrusted_types(data=model_bytes))
-    refused = sorted(t for t in needed if not t.startswith(TRUSTED_MODULE_PREFIXES))
-    if refused:
-        raise ModelArtifactError(
-            f"model.skops needs types outside the trusted modules {TRUSTED_MODULE_PREFIXES}: "
-            f"{refused}; retrain with scikit-learn/numpy/scipy objects only"
-        )
-    return needed
+    """The types skops must trust to load these bytes, as :mod:`kubeloop.trust.model_types`
+    decides; anything it refuses makes the model unusable (exit code 4)."""
+    try:
+        return model_types.trusted_types(model_bytes)
+    except model_types.UntrustedModelTypesError as exc:
+        raise ModelArtifactError(str(exc)) from exc
+    except Exception as exc:
+        raise ModelArtifactError(f"model.skops cannot be read as a skops file: {exc}") from exc
 
 
 def _final_estimator(estimator: Any) -> Any:
@@ -386,7 +383,7 @@ class ServedModel:
 
 
 def load_model(artifact: ModelArtifact, name: str, fast_paths: bool = True) -> ServedModel:
-    """Deserialise verified bytes with skops, trusting only scikit-learn/numpy/scipy types."""
+    """Deserialise verified bytes with skops, trusting only what kubeloop.trust.model_types allows."""
     from sklearn.base import is_classifier
 
     try:

@@ -17,8 +17,9 @@ and must be ignored; ``report.json`` is written only after every other file is c
 
 Loading (:func:`load_model`) verifies the sha256 first, then asks skops which types in the
 file are not trusted by default (``skops.io.get_untrusted_types``) and refuses the file
-unless every one lies under an allowed module prefix; only then is it loaded with exactly
-those types trusted.
+unless :mod:`kubeloop.trust.model_types` trusts every one (estimator classes really defined
+under an allowed package, and a short vetted list); only then is it loaded with exactly those
+types trusted.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kubeloop.runtime.skops_io import skops_io
+from kubeloop.trust import model_types
+from kubeloop.trust.skops_io import skops_io
 
 MODEL_FILE = "model.skops"
 CHECKSUM_FILE = "model.sha256"
 PROFILE_FILE = "profile.json"
 REPORT_FILE = "report.json"
-DEFAULT_TRUSTED_TYPE_PREFIXES: tuple[str, ...] = ("sklearn.", "numpy.", "scipy.")
+DEFAULT_TRUSTED_TYPE_PREFIXES: tuple[str, ...] = model_types.DEFAULT_ESTIMATOR_PACKAGES
 
 
 class ArtifactIntegrityError(ValueError):
@@ -43,7 +45,7 @@ class ArtifactIntegrityError(ValueError):
 
 
 class UntrustedArtifactError(ValueError):
-    """The artifact holds types outside the allowed module prefixes."""
+    """The artifact holds types the reader does not trust (kubeloop.trust.model_types)."""
 
 
 class StorageError(OSError):
@@ -154,19 +156,12 @@ def dump_model(model: Any) -> bytes:
 
 
 def trusted_types_for(payload: bytes, allowed_prefixes: Sequence[str]) -> list[str]:
-    """The types ``payload`` needs trusted, refused if any lies outside ``allowed_prefixes``."""
-    sio = skops_io()
-
-    from kubeloop.training.estimators import is_allowed
-
-    untrusted = sio.get_untrusted_types(data=payload)
-    refused = [name for name in untrusted if not is_allowed(name, allowed_prefixes)]
-    if refused:
-        raise UntrustedArtifactError(
-            f"the artifact contains types outside the allowed prefixes "
-            f"{', '.join(allowed_prefixes)}: {', '.join(refused)}; refusing to load it"
-        )
-    return list(untrusted)
+    """The types ``payload`` needs trusted, as :mod:`kubeloop.trust.model_types` decides for
+    estimators under ``allowed_prefixes``; raises when any is refused."""
+    try:
+        return model_types.trusted_types(payload, allowed_prefixes)
+    except model_types.UntrustedModelTypesError as exc:
+        raise UntrustedArtifactError(f"refusing to load the artifact: {exc}") from exc
 
 
 def load_model_bytes(

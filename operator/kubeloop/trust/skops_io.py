@@ -5,12 +5,10 @@ When ``skops.io`` is first imported it builds a default trust list from
 on this project's machines even when the estimator's own modules are loaded already, paid by
 every trainer run (only to *write* a model) and every model-server start.
 
-Kubeloop never relies on that list. Every loader here (``training.artifacts`` and
-``serving.model``) asks skops which types a file needs beyond its defaults and trusts them
-only when their module is under an allowed prefix, and ``sklearn.`` is always one of those
-prefixes: a scikit-learn estimator is trusted by that rule whether or not skops listed it. An
-empty list therefore changes no decision of ours; it only makes skops' own default (for any
-other caller in the process) stricter, never looser.
+Kubeloop never relies on that list. Every loader here asks skops which types a file needs
+beyond skops' own safe defaults and decides each one itself
+(:func:`kubeloop.trust.model_types.decide`): an empty list therefore changes no decision of
+ours; it only makes skops' default (for any other caller in the process) stricter, never looser.
 """
 
 from __future__ import annotations

@@ -1,0 +1,6 @@
+"""What Kubeloop trusts: one policy module per concern, and every caller uses it.
+
+* :mod:`kubeloop.trust.urls`: which Prometheus endpoints the operator may query, which storage
+  URIs it may read itself, and what of a remote answer may be repeated to users.
+* the other modules: which types a model artifact may contain, and how it is loaded.
+"""

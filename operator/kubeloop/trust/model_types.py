@@ -1,0 +1,135 @@
+"""Which types a model file may make the reader construct: the reader decides, never the file.
+
+A skops file names, for every object in it, a module and a name, and how to rebuild it. Some
+ways of rebuilding *call* what they name (skops' reduce path calls ``module.name(*args)``), so
+the names a file may use are exactly the code a file may run. skops itself trusts a short list
+of safe defaults (builtin containers, numpy arrays, numpy and scipy ufuncs); every other name
+a file uses comes here, through :func:`decide`, and is trusted only when it is:
+
+* a **scikit-learn estimator class**: a class, subclass of ``sklearn.base.BaseEstimator``,
+  whose ``__module__`` is the module the file names (so it is defined there, not merely
+  imported there: ``sklearn.utils._testing.check_output`` *is* ``subprocess.check_output``),
+  and that module lies under an allowed package (default ``sklearn``); or
+* one of :data:`VETTED_TYPES`: a few non-estimator classes that fitted scikit-learn models
+  hold, each named with the reason it is needed.
+
+Everything else is refused: functions (``numpy.testing._private.utils.runstring`` calls
+``exec``), classes re-exported under an allowed package, numpy and scipy classes that are not
+on the list (``numpy.memmap`` writes files when constructed). A name is looked up only after
+its module passed the package check, and looking it up imports only modules of the allowed
+packages, which run no code of the file.
+
+The server (``serving.model``), the trainer's champion load (``training.artifacts``) and
+``kubeloop drift`` all call :func:`trusted_types`; a refusal names every refused type.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+DEFAULT_ESTIMATOR_PACKAGES: tuple[str, ...] = ("sklearn",)
+
+VETTED_TYPES: dict[str, str] = {
+    "numpy.dtype": "the dtype of a fitted array attribute (e.g. a forest's classes_); "
+    "constructing a dtype runs no user code",
+    "sklearn.tree._tree.Tree": "the fitted tree inside every DecisionTree, RandomForest, "
+    "ExtraTrees, Bagging and GradientBoosting model (a Cython class, rebuilt from arrays)",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor": "the fitted trees of "
+    "HistGradientBoostingClassifier/Regressor (arrays of nodes)",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer": "the optimiser state kept "
+    "by a fitted MLPClassifier/MLPRegressor (solver='adam')",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer": "the optimiser state kept "
+    "by a fitted MLPClassifier/MLPRegressor (solver='sgd')",
+}
+
+
+class UntrustedModelTypesError(ValueError):
+    """A model file needs types the reader does not trust; the message names each one."""
+
+    def __init__(self, refused: Sequence[tuple[str, str]]) -> None:
+        self.refused = list(refused)
+        details = "; ".join(f"{name} ({why})" for name, why in self.refused)
+        super().__init__(
+            f"model.skops needs {len(self.refused)} type(s) Kubeloop does not trust: {details}. "
+            "Only scikit-learn estimator classes and a short vetted list of helper types may be "
+            "loaded; retrain the model with `kubeloop train` from supported estimators"
+        )
+
+
+@dataclass(frozen=True)
+class TypeDecision:
+    """Whether one dotted type name may be constructed, and why not if it may not."""
+
+    name: str
+    trusted: bool
+    reason: str
+
+
+def _packages(prefixes: Iterable[str]) -> tuple[str, ...]:
+    # "sklearn", "sklearn." and "sklearn.*" all name the package sklearn.
+    return tuple(dict.fromkeys(p.strip().rstrip("*").rstrip(".") for p in prefixes if p.strip()))
+
+
+def _under(module: str, packages: Sequence[str]) -> bool:
+    return any(module == package or module.startswith(package + ".") for package in packages)
+
+
+def decide_type(name: str, estimator_packages: Sequence[str] = DEFAULT_ESTIMATOR_PACKAGES) -> TypeDecision:
+    """The decision for one name as skops writes it: ``<module>.<qualified name>``."""
+    if name in VETTED_TYPES:
+        return TypeDecision(name, True, VETTED_TYPES[name])
+    module_name, _, attribute = name.rpartition(".")
+    if not module_name or not all(part.isidentifier() for part in name.split(".")):
+        return TypeDecision(name, False, "not a dotted name")
+    packages = _packages(estimator_packages)
+    if not _under(module_name, packages):
+        return TypeDecision(name, False, f"outside the estimator packages {', '.join(packages)}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return TypeDecision(name, False, f"module {module_name} cannot be imported")
+    found = getattr(module, attribute, None)
+    if found is None:
+        return TypeDecision(name, False, f"{module_name} has no {attribute}")
+    if not inspect.isclass(found):
+        return TypeDecision(name, False, f"a {type(found).__name__}, not a class: calling it could run code")
+    if found.__module__ != module_name or found.__qualname__ != attribute:
+        return TypeDecision(
+            name, False, f"re-exported: really {found.__module__}.{found.__qualname__}"
+        )
+    from sklearn.base import BaseEstimator
+
+    if not issubclass(found, BaseEstimator):
+        return TypeDecision(name, False, "not a scikit-learn estimator (BaseEstimator subclass)")
+    return TypeDecision(name, True, "scikit-learn estimator class")
+
+
+def decide(
+    names: Iterable[str], estimator_packages: Sequence[str] = DEFAULT_ESTIMATOR_PACKAGES
+) -> list[TypeDecision]:
+    """A decision for every name, in sorted order."""
+    return [decide_type(name, estimator_packages) for name in sorted(set(names))]
+
+
+def trusted_types(
+    model_bytes: bytes, estimator_packages: Sequence[str] = DEFAULT_ESTIMATOR_PACKAGES
+) -> list[str]:
+    """The names skops must be told to trust to load these bytes; raises if any is refused."""
+    from kubeloop.trust.skops_io import skops_io
+
+    needed = list(skops_io().get_untrusted_types(data=model_bytes))
+    decisions = decide(needed, estimator_packages)
+    refused = [(d.name, d.reason) for d in decisions if not d.trusted]
+    if refused:
+        raise UntrustedModelTypesError(refused)
+    return needed
+
+
+def load_trusted(model_bytes: bytes, estimator_packages: Sequence[str] = DEFAULT_ESTIMATOR_PACKAGES) -> object:
+    """Deserialise skops bytes, trusting exactly what :func:`trusted_types` allows."""
+    from kubeloop.trust.skops_io import skops_io
+
+    return skops_io().loads(model_bytes, trusted=trusted_types(model_bytes, estimator_packages))
