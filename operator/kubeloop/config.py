@@ -55,12 +55,24 @@ class OperatorConfig(BaseSettings):
         "",
         description="Prometheus for canary analysis (builtin checks); empty: scrape pods directly.",
     )
+    allowed_prometheus_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Further Prometheus base URLs a spec's prometheusUrl may name (comma-separated); "
+            "with prometheus_url, the only ones the operator queries."
+        ),
+    )
     rollout_tick_seconds: float = Field(
         5.0, description="How often rollouts in progress are re-evaluated (pauses, analysis)."
     )
     peering: str = Field("", description="kopf peering name for HA; empty disables peering.")
 
     # NoDecode hands comma-separated env strings to this validator untouched.
+    @field_validator("allowed_prometheus_urls", mode="before")
+    @classmethod
+    def _csv_urls(cls, value: object) -> object:
+        return _split_csv(value)
+
     @field_validator("allowed_estimator_prefixes", "namespaces", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:

@@ -28,6 +28,7 @@ from kubeloop.analysis.builtin import (
 )
 from kubeloop.analysis.prometheus import PrometheusClient, PrometheusProvider, render_query
 from kubeloop.analysis.scrape import PodTarget, ScrapeProvider, parse_metrics, parse_query
+from kubeloop.trust.urls import PrometheusUrlPolicy
 
 TARGET = AnalysisTarget("ml", "churn", timedelta(seconds=30))
 
@@ -146,10 +147,21 @@ def test_prometheus_provider_sends_the_rendered_query_and_reads_one_number(prome
     assert not judge(metric, measurement).passed
 
 
-def test_prometheus_metric_url_overrides_the_default(prometheus: FakePrometheus) -> None:
+def test_prometheus_metric_url_overrides_the_default_when_the_operator_allows_it(prometheus: FakePrometheus) -> None:
+    prometheus.answers["*"] = (200, {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "3.5"]}})
+    metric = {"name": "m", "query": "vector(3.5)", "prometheusUrl": prometheus.url + "/"}
+    policy = PrometheusUrlPolicy.from_settings("http://127.0.0.1:9", [prometheus.url])
+    assert PrometheusProvider(policy=policy).measure(metric, TARGET).value == 3.5
+
+
+def test_prometheus_metric_url_the_operator_does_not_allow_is_refused_unrequested(prometheus: FakePrometheus) -> None:
     prometheus.answers["*"] = (200, {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "3.5"]}})
     metric = {"name": "m", "query": "vector(3.5)", "prometheusUrl": prometheus.url}
-    assert PrometheusProvider("http://127.0.0.1:9").measure(metric, TARGET).value == 3.5
+    measurement = PrometheusProvider("http://127.0.0.1:9").measure(metric, TARGET)
+    assert measurement.value is None and measurement.refusal == "PrometheusUrlNotAllowed"
+    assert "prometheusUrl of analysis metric 'm'" in (measurement.message or "")
+    assert "http://127.0.0.1:9" in (measurement.message or "")
+    assert prometheus.queries == []
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,9 @@ class Measurement:
     samples: float | None = None
     """How many observations the value rests on (requests, mirrored requests, predictions),
     when the provider knows; a value resting on fewer than ``minSamples`` is inconclusive."""
+    refusal: str | None = None
+    """The condition reason when the operator refused to measure (e.g. a ``prometheusUrl`` it
+    is not configured to query): nothing was requested, and the spec must change."""
 
 
 @dataclass(frozen=True)

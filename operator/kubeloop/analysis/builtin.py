@@ -32,9 +32,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kubeloop.analysis.base import CANARY, STABLE, AnalysisTarget, Measurement
-from kubeloop.analysis.prometheus import PrometheusClient, PrometheusError
+from kubeloop.analysis.prometheus import (
+    PrometheusClient,
+    PrometheusError,
+    metric_url,
+    refused,
+    url_policy,
+)
 from kubeloop.drift.profile import PREDICTION_FEATURE
 from kubeloop.drift.stats import psi_from_counts
+from kubeloop.trust.urls import PrometheusUrlPolicy, UrlNotAllowed
 
 REQUESTS = "kubeloop_serve_requests_total"
 DURATION_BUCKET = "kubeloop_serve_request_duration_seconds_bucket"
@@ -256,19 +263,31 @@ def from_increases(builtin: str, name: str, increases: Increases) -> Measurement
 
 
 class BuiltinProvider:
-    """Built-in checks through Prometheus when a URL is known (see module docstring)."""
+    """Built-in checks through Prometheus when a URL is known (see module docstring), only
+    against Prometheus URLs the operator's policy allows."""
 
-    def __init__(self, default_url: str | None, timeout_seconds: float = 10.0) -> None:
-        self.default_url = default_url
+    def __init__(
+        self,
+        default_url: str | None = None,
+        timeout_seconds: float = 10.0,
+        policy: PrometheusUrlPolicy | None = None,
+    ) -> None:
+        self.policy = url_policy(default_url, policy)
+        self.default_url = self.policy.default
         self.timeout = timeout_seconds
 
     def uses_prometheus(self, metric: Mapping[str, object]) -> bool:
+        # A metric naming a Prometheus goes through measure(), which refuses it if it is not
+        # allowed: it never falls back to scraping silently.
         return bool(metric.get("prometheusUrl") or self.default_url)
 
     def measure(self, metric: Mapping[str, object], target: AnalysisTarget) -> Measurement:
-        url = str(metric.get("prometheusUrl") or self.default_url or "")
         name = str(metric["name"])
         builtin = str(metric.get("builtin") or "")
+        try:
+            url = metric_url(metric, self.policy)
+        except UrlNotAllowed as error:
+            return refused(name, error)
         if not url:
             return Measurement(name, None, "no Prometheus URL for a builtin check")
         return measure_with_prometheus(builtin, name, PrometheusClient(url, self.timeout), target)

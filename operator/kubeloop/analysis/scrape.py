@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kubeloop.analysis.base import CANARY, AnalysisTarget, Measurement
 from kubeloop.analysis.builtin import Increases, from_increases
+from kubeloop.trust.urls import error_summary
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 COUNTER_TYPES = {"counter", "histogram", "summary"}
@@ -109,6 +110,14 @@ def parse_query(query: str) -> tuple[str, dict[str, str]]:
     return name.strip(), labels
 
 
+def scrape_error_summary(error: BaseException) -> str:
+    """What a failed scrape may say: never the pod's answer (a parse error quotes the line it
+    could not read, a proxied error carries the pod's body)."""
+    if isinstance(error, ValueError):
+        return "its /metrics answer is not Prometheus text format (not shown)"
+    return f"scrape failed: {error_summary(error)}"
+
+
 Fetch = Callable[[str, int], str]
 """``fetch(pod_name, port)`` -> the pod's /metrics text (raises on failure)."""
 
@@ -174,7 +183,8 @@ class ScrapeProvider:
             try:
                 snapshot = parse_metrics(fetch(pod.name, pod.port))
             except Exception as error:  # a pod going away mid-round is normal during a rollout
-                errors.append(f"pod {pod.name}: {error}")
+                # Only a fixed summary: a parse error or a proxied error quotes the pod's answer.
+                errors.append(f"pod {pod.name}: {scrape_error_summary(error)}")
                 continue
             current[pod.name] = snapshot
             key = (target.namespace, target.name, pod.name)

@@ -98,6 +98,9 @@ class Reason(StrEnum):
     MANUAL_RETRAIN = "ManualRetrain"
     COOLDOWN_ACTIVE = "CooldownActive"
     RETRAIN_LIMIT_REACHED = "RetrainLimitReached"
+    # Outgoing URLs and reads refused by the operator's trust policy (kubeloop.trust.urls)
+    PROMETHEUS_URL_NOT_ALLOWED = "PrometheusUrlNotAllowed"
+    STORAGE_URI_NOT_ALLOWED = "StorageUriNotAllowed"
 
 
 _REASON = re.compile(REASON_PATTERN)

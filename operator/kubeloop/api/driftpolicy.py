@@ -68,7 +68,11 @@ class LiveSource(KubeModel):
         Annotated[str, StringConstraints(max_length=MAX_URI_LENGTH), HTTP_URL] | None
     ) = None
     """Read the counters from this Prometheus (aggregated across replicas); empty: the
-    operator scrapes the stable pods' /metrics directly."""
+    operator scrapes the stable pods' /metrics directly. Must be the operator's configured
+    Prometheus or one of its allowed URLs (chart values rollout.prometheusUrl,
+    rollout.allowedPrometheusUrls; a trailing slash does not matter; no userinfo, query or
+    fragment): any other URL is refused with reason PrometheusUrlNotAllowed and never
+    requested."""
 
 
 class DatasetSource(KubeModel):

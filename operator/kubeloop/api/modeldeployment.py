@@ -178,7 +178,11 @@ class AnalysisMetric(KubeModel):
     prometheus_url: (
         Annotated[str, StringConstraints(max_length=MAX_URI_LENGTH), HTTP_URL] | None
     ) = None
-    """Prometheus base URL for this metric; default: the operator's configured Prometheus."""
+    """Prometheus base URL for this metric; default: the operator's configured Prometheus.
+    Must be that one or one of the operator's allowed URLs (chart values
+    rollout.prometheusUrl, rollout.allowedPrometheusUrls; a trailing slash does not matter; no
+    userinfo, query or fragment): any other URL is refused (AnalysisPassing False, reason
+    PrometheusUrlNotAllowed) and never requested."""
     min: float | None = None
     """The measurement fails below this value."""
     max: float | None = None

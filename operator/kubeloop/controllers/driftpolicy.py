@@ -5,18 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import posixpath
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fsspec
 import kopf
-import orjson
 
 from kubeloop import API_GROUP, API_VERSION
 from kubeloop.analysis.base import AnalysisTarget
+from kubeloop.analysis.prometheus import PrometheusClient, PrometheusError
 from kubeloop.analysis.scrape import ScrapeProvider
 from kubeloop.api.common import parse_duration
 from kubeloop.api.conditions import Reason
@@ -42,10 +40,18 @@ from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 from kubeloop.drift.report import counts_from_bin_labels, drift_report
 from kubeloop.drift.result import parse_result as parse_drift_result
 from kubeloop.resources.driftjob import build_drift_job, drift_job_name
+from kubeloop.trust.urls import (
+    PrometheusUrlPolicy,
+    UrlNotAllowed,
+    check_operator_read,
+    error_summary,
+)
 
 log = logging.getLogger("kubeloop.driftpolicy")
 KIND = "DriftPolicy"
 POLICY_LABEL = "kubeloop.io/driftpolicy"
+MAX_PROFILE_BYTES = 64 * 1024 * 1024
+"""Largest reference profile the operator reads (a profile is a few KiB to MiB)."""
 # The sample name prometheus_client's parser gives the server's per-bin counter.
 FEATURE_BIN_SAMPLE = "kubeloop_serve_feature_bin_total"
 
@@ -57,14 +63,22 @@ class MeasurementError(Exception):
         self.message = message
 
 
+LIVE_URL_FIELD = "spec.source.live.prometheusUrl"
+PROFILE_MISMATCH = (
+    "the live bin counters do not match the reference profile (a series without feature/bin "
+    "labels, a bin the profile lacks, or an invalid count; values not shown): check that "
+    "prometheusUrl scrapes this ModelDeployment's servers"
+)
+
+
 def prometheus_query(base_url: str, query: str, timeout: float = 10.0) -> list[tuple[dict[str, str], float]]:
-    """An instant PromQL query: (labels, value) per series."""
-    url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        payload = orjson.loads(response.read())
-    if payload.get("status") != "success":
-        raise MeasurementError(Reason.SOURCE_UNAVAILABLE, f"Prometheus query failed: {payload.get('error', payload)}")
-    return [(series["metric"], float(series["value"][1])) for series in payload["data"]["result"]]
+    """An instant PromQL query: (labels, value) per series. ``base_url`` must have passed the
+    URL policy; failures are fixed summaries (the shared client never repeats an answer)."""
+    try:
+        series = PrometheusClient(base_url, timeout).vector(query)
+    except PrometheusError as error:
+        raise MeasurementError(Reason.SOURCE_UNAVAILABLE, f"Prometheus query failed: {error}") from None
+    return [(s.labels, s.value) for s in series]
 
 
 class DriftPolicyController:
@@ -75,27 +89,58 @@ class DriftPolicyController:
         self.locks = KeyedLocks()
         self._profiles: dict[str, Profile] = {}
         self.scrape = ScrapeProvider()
+        # One URL policy (kubeloop.trust.urls): the same the canary analysis applies.
+        self.prometheus_urls = PrometheusUrlPolicy.from_settings(
+            config.prometheus_url, config.allowed_prometheus_urls
+        )
 
     # --- measuring ----------------------------------------------------------------------------
 
     def profile_uri(self, namespace: str, stable: Mapping[str, Any]) -> str:
+        """Where the stable model's reference profile is: the run's ``status.model.profileUri``,
+        else ``profile.json`` beside the model. Either must lie under the operator's storage
+        roots (:func:`~kubeloop.trust.urls.check_operator_read`): a termination message or a
+        pinned URI must not make the operator (or the check Job) read anything else."""
         run_name = stable.get("trainingRun")
+        run_root: str | None = None
         if run_name:
-            run = self.kube.get_or_none("TrainingRun", namespace, run_name)
-            uri = (((run or {}).get("status") or {}).get("model") or {}).get("profileUri")
+            run = self.kube.get_or_none("TrainingRun", namespace, run_name) or {}
+            run_root = ((run.get("spec") or {}).get("output") or {}).get("storageUri")
+            uri = ((run.get("status") or {}).get("model") or {}).get("profileUri")
             if uri:
-                return str(uri)
+                return self._readable(str(uri), f"TrainingRun {run_name!r} status.model.profileUri", run_root)
         model_uri = str(stable["uri"])
         directory = model_uri if not model_uri.endswith(".skops") else posixpath.dirname(model_uri)
-        return f"{directory.rstrip('/')}/profile.json"
+        return self._readable(
+            f"{directory.rstrip('/')}/profile.json", "the stable model's profile.json (status.stable.uri)", run_root
+        )
+
+    def _readable(self, uri: str, field: str, run_root: str | None) -> str:
+        try:
+            return check_operator_read(uri, field, self.config.default_storage_uri, run_root)
+        except UrlNotAllowed as error:
+            raise MeasurementError(error.reason, error.message) from None
 
     def load_profile(self, uri: str) -> Profile:
         if uri not in self._profiles:
             try:
                 with fsspec.open(uri, "rb") as handle:
-                    self._profiles[uri] = Profile.from_json_bytes(handle.read())
-            except (OSError, ValueError) as error:
-                raise MeasurementError(Reason.PROFILE_NOT_FOUND, f"cannot read the reference profile {uri}: {error}") from error
+                    payload = handle.read(MAX_PROFILE_BYTES + 1)
+            except OSError as error:
+                raise MeasurementError(
+                    Reason.PROFILE_NOT_FOUND, f"cannot read the reference profile {uri}: {error_summary(error)}"
+                ) from None
+            try:
+                if len(payload) > MAX_PROFILE_BYTES:
+                    raise ValueError("too large")
+                self._profiles[uri] = Profile.from_json_bytes(payload)
+            except ValueError:
+                # A validation error quotes the input: a fixed message instead.
+                raise MeasurementError(
+                    Reason.PROFILE_NOT_FOUND,
+                    f"the reference profile {uri} is not a valid Kubeloop profile (content not shown); "
+                    "re-run the TrainingRun to write it again",
+                ) from None
         return self._profiles[uri]
 
     def measure(self, policy: Mapping[str, Any]) -> DriftMeasurement | None:
@@ -108,6 +153,14 @@ class DriftPolicyController:
         namespace = policy["metadata"]["namespace"]
         spec = policy["spec"]
         target_name = spec["targetRef"]["name"]
+        live = spec["source"].get("live")
+        url: str | None = None
+        if live is not None and live.get("prometheusUrl"):
+            # Refused before anything is read or requested.
+            try:
+                url = self.prometheus_urls.resolve(str(live["prometheusUrl"]), LIVE_URL_FIELD)
+            except UrlNotAllowed as error:
+                raise MeasurementError(error.reason, error.message) from None
         target = self.kube.get_or_none("ModelDeployment", namespace, target_name)
         if target is None:
             raise MeasurementError(Reason.TARGET_NOT_FOUND, f"spec.targetRef: ModelDeployment {target_name!r} does not exist")
@@ -116,24 +169,21 @@ class DriftPolicyController:
             raise MeasurementError(Reason.MODEL_NOT_READY, f"ModelDeployment {target_name!r} serves no stable model yet")
         profile = self.load_profile(self.profile_uri(namespace, stable))
 
-        source = spec["source"]
-        live = source.get("live")
         if live is None:
             return self.dataset_check(policy, self.profile_uri(namespace, stable))
         window = parse_duration(spec.get("window", "1h"))
         short_sha = stable["sha256"][:12]
-        url = live.get("prometheusUrl")
         if url:
-            try:
-                samples = prometheus_query(url, live_counts_query(target_name, short_sha, window))
-            except OSError as error:
-                raise MeasurementError(Reason.SOURCE_UNAVAILABLE, f"Prometheus at {url} did not answer: {error}") from error
+            samples = prometheus_query(url, live_counts_query(target_name, short_sha, window))
         else:
             scraped = self.scraped_counts(target, short_sha, window)
             if scraped is None:
                 return DriftMeasurement(samples=0)
             samples = scraped
-        grouped = labelled_counts(samples)
+        try:
+            grouped = labelled_counts(samples)
+        except KeyError:
+            raise MeasurementError(Reason.SOURCE_UNAVAILABLE, PROFILE_MISMATCH) from None
         wanted = set(spec.get("features") or [f.name for f in profile.features]) | {PREDICTION_FEATURE}
         grouped = {name: bins for name, bins in grouped.items() if name in wanted}
         if not grouped:
@@ -141,8 +191,8 @@ class DriftPolicyController:
         try:
             counts = counts_from_bin_labels(profile, grouped)
             report = drift_report(profile, counts, drift_config(spec))
-        except ValueError as error:
-            raise MeasurementError(Reason.PROFILE_NOT_FOUND, str(error)) from error
+        except ValueError:
+            raise MeasurementError(Reason.PROFILE_NOT_FOUND, PROFILE_MISMATCH) from None
         return DriftMeasurement(verdict=verdict_from_report(report), samples=report.sample_size)
 
     def scraped_counts(

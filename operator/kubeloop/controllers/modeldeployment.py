@@ -47,6 +47,7 @@ from kubeloop.resources.serving import (
     hpa_name,
 )
 from kubeloop.traffic import router_for
+from kubeloop.trust.urls import PrometheusUrlPolicy, error_summary
 
 log = logging.getLogger("kubeloop.modeldeployment")
 KIND = "ModelDeployment"
@@ -94,9 +95,12 @@ class ModelDeploymentController:
         self.locks = KeyedLocks()
         self.phases = metrics.PhaseTracker(KIND)
         self.clock = clock
-        url = prometheus_url or config.prometheus_url or None
-        self.prometheus = PrometheusProvider(url)
-        self.builtin = BuiltinProvider(url)
+        # One URL policy (kubeloop.trust.urls): a metric's prometheusUrl must be configured.
+        policy = PrometheusUrlPolicy.from_settings(
+            prometheus_url or config.prometheus_url, config.allowed_prometheus_urls
+        )
+        self.prometheus = PrometheusProvider(policy=policy)
+        self.builtin = BuiltinProvider(policy=policy)
         self.scrape = ScrapeProvider()
         self._wakeups: dict[tuple[str, str], threading.Timer] = {}
         self._wakeup_guard = threading.Lock()
@@ -148,8 +152,10 @@ class ModelDeploymentController:
                         scrape_round = self.scrape_round(md, plan.target)
                     results[name] = scrape_round.measure(metric, plan.target)
             except Exception as error:
-                log.exception("measuring %s failed", name)
-                results[name] = Measurement(name, None, f"measurement failed: {error}")
+                # A fixed summary only: an error's text may quote what a remote endpoint said.
+                log.warning("measuring %s failed: %s", name, error_summary(error))
+                log.debug("measuring %s failed", name, exc_info=True)
+                results[name] = Measurement(name, None, f"measurement failed: {error_summary(error)}")
         return results
 
     def scrape_round(self, md: Mapping[str, Any], target: AnalysisTarget) -> ScrapeRound:

@@ -641,7 +641,25 @@ def _record_analysis(
     else:
         waiting = "; ".join(f"{v.name}: {v.message}" for v in everything if v.inconclusive)
         r.condition(ConditionType.ANALYSIS_PASSING, "Unknown", Reason.ANALYSIS_PENDING, waiting)
+    _record_refusals(r, measurements)
     return verdicts
+
+
+def _record_refusals(r: _Rollout, measurements: Mapping[str, Measurement]) -> None:
+    """A metric the operator refused to measure (e.g. a prometheusUrl it may not query) is a
+    spec problem, not missing data: AnalysisPassing False with the refusal's reason, and one
+    Warning Event when it first appears (the rollout stays where it is, as for inconclusive)."""
+    refusals = [m for m in measurements.values() if m.refusal]
+    if not refusals:
+        return
+    reason = str(refusals[0].refusal)
+    message = "; ".join(m.message or m.name for m in refusals)
+    before: Mapping[str, Any] = next(
+        (c for c in r.old.get("conditions") or [] if c.get("type") == ConditionType.ANALYSIS_PASSING), {}
+    )
+    r.condition(ConditionType.ANALYSIS_PASSING, False, reason, message)
+    if before.get("reason") != reason:
+        r.event(reason, message, warning=True)
 
 
 def _round_result(verdicts: Sequence[Verdict]) -> str:
