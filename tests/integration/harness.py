@@ -210,9 +210,10 @@ class Server:
 class Prometheus:
     """Debian's Prometheus on a free loopback port, scraping the servers every second."""
 
-    def __init__(self, root: Path, targets: dict[str, str], namespace: str) -> None:
+    def __init__(self, root: Path, targets: dict[str, str], namespace: str, port: int | None = None) -> None:
         assert PROMETHEUS is not None
-        self.port = free_port()
+        # A port chosen in advance lets the operator be configured to allow this Prometheus.
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         root.mkdir(parents=True, exist_ok=True)
         jobs = "".join(

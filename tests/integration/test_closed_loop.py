@@ -25,7 +25,16 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import PROMETHEUS, REPO, OperatorProcess, Prometheus, Server, install_crds, wait_for
+from harness import (
+    PROMETHEUS,
+    REPO,
+    OperatorProcess,
+    Prometheus,
+    Server,
+    free_port,
+    install_crds,
+    wait_for,
+)
 from kubernetes import client
 
 from kubeloop.config import OperatorConfig
@@ -81,11 +90,20 @@ class LocalKubelet(threading.Thread):
 
 
 @pytest.fixture
-def loop_operator(kubeconfig_path: str, kubectl: Any, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+def prometheus_port() -> int:
+    """The port the test's Prometheus will listen on: the operator allows only configured URLs."""
+    return free_port()
+
+
+@pytest.fixture
+def loop_operator(
+    kubeconfig_path: str, kubectl: Any, namespace: str, tmp_path: Path, prometheus_port: int
+) -> Iterator[OperatorProcess]:
     install_crds(kubectl)
     process = OperatorProcess(
         kubeconfig_path, namespace, tmp_path / "operator.log",
         env={
+            "KUBELOOP_ALLOWED_PROMETHEUS_URLS": f"http://127.0.0.1:{prometheus_port}",
             "KUBELOOP_POD_LABELS": json.dumps(MANUAL),
             "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{tmp_path}/models",
             "KUBELOOP_ROLLOUT_TICK_SECONDS": "2",
@@ -124,7 +142,7 @@ def serve_champion(custom: client.CustomObjectsApi, namespace: str, md_spec: dic
 
 
 def test_drift_retrains_beats_the_champion_and_starts_a_canary(
-    kube_api: Any, namespace: str, loop_operator: OperatorProcess, tmp_path: Path
+    kube_api: Any, namespace: str, loop_operator: OperatorProcess, tmp_path: Path, prometheus_port: int
 ) -> None:
     core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
     kubelet = LocalKubelet(core, namespace, tmp_path)
@@ -138,7 +156,9 @@ def test_drift_retrains_beats_the_champion_and_starts_a_canary(
         # The same artifact, served for real here (kwok's pods serve nothing), scraped by Prometheus.
         server = Server(stable["uri"], stable["sha256"], "stable", tmp_path / "serve.log", "loop")
         server.wait_ready()
-        prometheus = Prometheus(tmp_path / "prometheus", {"stable": f"127.0.0.1:{server.port}"}, namespace)
+        prometheus = Prometheus(
+            tmp_path / "prometheus", {"stable": f"127.0.0.1:{server.port}"}, namespace, port=prometheus_port
+        )
 
         # When the traffic shifts.
         shifted = make_synthetic(rows=3000, features=FEATURES, seed=9, shift=2.0).drop(columns=["target"])
@@ -242,7 +262,8 @@ def test_schedule_fires_at_the_expected_time_on_a_moved_clock(kubeconfig_path: s
     install_crds(kubectl)
     custom = client.CustomObjectsApi(kube_api)
     now = [datetime(2026, 11, 23, 0, 59, 50, tzinfo=UTC)]
-    controller = DriftPolicyController(Kube.from_environment(kubeconfig_path), OperatorConfig(), clock=lambda: now[0])
+    config = OperatorConfig(allowed_prometheus_urls=["http://127.0.0.1:1"])
+    controller = DriftPolicyController(Kube.from_environment(kubeconfig_path), config, clock=lambda: now[0])
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftPolicy", "metadata": {"name": "nightly"},
         "spec": {

@@ -31,7 +31,15 @@ import httpx
 import numpy as np
 import pytest
 import skops.io
-from harness import PROMETHEUS, OperatorProcess, Prometheus, Server, install_crds, wait_for
+from harness import (
+    PROMETHEUS,
+    OperatorProcess,
+    Prometheus,
+    Server,
+    free_port,
+    install_crds,
+    wait_for,
+)
 from kubernetes import client
 from sklearn.datasets import load_breast_cancer
 from sklearn.dummy import DummyClassifier
@@ -138,7 +146,7 @@ class Traffic:
 
 @contextmanager
 def stack(tmp: Path, models: dict[str, Stored], canary: str, features: np.ndarray, namespace: str,
-          shadow: bool = False) -> Iterator[tuple[str, Traffic]]:
+          shadow: bool = False, port: int | None = None) -> Iterator[tuple[str, Traffic]]:
     """Stable + canary servers, a Prometheus scraping them, traffic flowing; yields its URL."""
     canary_server = Server(str(models[canary].directory), models[canary].sha256, "canary", tmp / f"{canary}.log", "churn")
     stable_server = Server(str(models["stable"].directory), models["stable"].sha256, "stable", tmp / "stable.log",
@@ -152,6 +160,7 @@ def stack(tmp: Path, models: dict[str, Stored], canary: str, features: np.ndarra
             tmp / "prometheus",
             {"stable": f"127.0.0.1:{stable_server.port}", "canary": f"127.0.0.1:{canary_server.port}"},
             namespace,
+            port=port,
         )
         traffic = Traffic([stable_server.url] if shadow else [stable_server.url, canary_server.url], features)
         yield prometheus.url, traffic
@@ -228,10 +237,19 @@ def crds(kubectl: Any) -> None:
 
 
 @pytest.fixture
-def operator(kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None) -> Iterator[OperatorProcess]:
+def prometheus_port() -> int:
+    """The port the test's Prometheus will listen on: the operator allows only configured URLs."""
+    return free_port()
+
+
+@pytest.fixture
+def operator(
+    kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None, prometheus_port: int
+) -> Iterator[OperatorProcess]:
     process = OperatorProcess(
         kubeconfig_path, namespace, tmp_path / "operator.log",
-        env={"KUBELOOP_RUNTIME_IMAGE": "kubeloop:test", "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
+        env={"KUBELOOP_RUNTIME_IMAGE": "kubeloop:test", "KUBELOOP_ROLLOUT_TICK_SECONDS": "1",
+             "KUBELOOP_ALLOWED_PROMETHEUS_URLS": f"http://127.0.0.1:{prometheus_port}"},
     )
     process.start()
     yield process
@@ -261,11 +279,11 @@ def rollout_md(stable: Stored, steps: list[dict[str, Any]], prometheus_url: str)
 @pytest.mark.parametrize("canary", ["failing", "shifted"])
 def test_bad_canary_is_aborted_within_one_interval_and_traffic_goes_back_to_stable(
     tmp_path: Path, models: dict[str, Stored], data: Any, kube_api: Any, namespace: str,
-    operator: OperatorProcess, canary: str,
+    operator: OperatorProcess, canary: str, prometheus_port: int,
 ) -> None:
     custom = client.CustomObjectsApi(kube_api)
     core = client.CoreV1Api(kube_api)
-    with stack(tmp_path, models, canary, data[0], namespace) as (url, _):
+    with stack(tmp_path, models, canary, data[0], namespace, port=prometheus_port) as (url, _):
         md = rollout_md(models["stable"], [{"setWeight": 50}, {"pause": {}}], url)
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, md)
 
@@ -296,10 +314,10 @@ def test_bad_canary_is_aborted_within_one_interval_and_traffic_goes_back_to_stab
 
 def test_healthy_canary_rollout_completes_through_analysis(
     tmp_path: Path, models: dict[str, Stored], data: Any, kube_api: Any, namespace: str,
-    operator: OperatorProcess,
+    operator: OperatorProcess, prometheus_port: int,
 ) -> None:
     custom = client.CustomObjectsApi(kube_api)
-    with stack(tmp_path, models, "healthy", data[0], namespace) as (url, _):
+    with stack(tmp_path, models, "healthy", data[0], namespace, port=prometheus_port) as (url, _):
         steps = [{"setWeight": 50}, {"analysis": {"count": 2, "interval": "3s"}}]
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, rollout_md(models["stable"], steps, url))
 
@@ -320,14 +338,14 @@ def test_healthy_canary_rollout_completes_through_analysis(
 
 def test_rollout_without_traffic_pauses_instead_of_promoting(
     tmp_path: Path, models: dict[str, Stored], data: Any, kube_api: Any, namespace: str,
-    operator: OperatorProcess,
+    operator: OperatorProcess, prometheus_port: int,
 ) -> None:
     """Steps that only set weights and pause, with background analysis, and no request at all:
     every round is inconclusive, so the rollout pauses at the inconclusive limit instead of
     running out of steps and promoting a model nobody has measured (issue 15)."""
     custom = client.CustomObjectsApi(kube_api)
     core = client.CoreV1Api(kube_api)
-    with stack(tmp_path, models, "healthy", data[0], namespace) as (url, traffic):
+    with stack(tmp_path, models, "healthy", data[0], namespace, port=prometheus_port) as (url, traffic):
         traffic.stop()
         md = rollout_md(models["stable"], [{"setWeight": 50}, {"pause": {"duration": "2s"}}], url)
         md["spec"]["rollout"]["analysis"].update(interval="3s", inconclusiveLimit=1)
