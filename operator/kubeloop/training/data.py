@@ -20,6 +20,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
+from kubeloop.trust.data_paths import (
+    DATA_SOURCE_FIELD,
+    DataPathNotAllowed,
+    DataRoots,
+    display_uri,
+    read_error_summary,
+    remote_scheme_problem,
+)
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -43,6 +52,10 @@ _CONCEPT_SEED = 20240601
 
 class DataError(ValueError):
     """The data cannot be read (missing, unreachable, unknown format); message says why."""
+
+
+class DataSourceNotAllowed(DataError):
+    """The source lies outside what this pod may read (:mod:`kubeloop.trust.data_paths`)."""
 
 
 @dataclass(frozen=True)
@@ -241,8 +254,15 @@ def load_table(
     format: str | None = None,
     env: Mapping[str, str] | None = None,
     pvc_mount_root: str = DEFAULT_PVC_MOUNT_ROOT,
+    field: str = DATA_SOURCE_FIELD,
 ) -> LoadedData:
-    """Read a table from ``uri`` (any source this module documents)."""
+    """Read a table from ``uri`` (any source this module documents).
+
+    Local files are read only below the pod's declared data roots (``KUBELOOP_DATA_ROOTS`` in
+    ``env``, see :mod:`kubeloop.trust.data_paths`), after following every ``..`` and symlink;
+    remote data only through the schemes that module lists. No message repeats the data: a
+    reader's error becomes a fixed summary. ``field`` names the source in messages.
+    """
     if uri.startswith(SKLEARN_SCHEME):
         parts = urlsplit(uri)
         name = parts.netloc or parts.path.lstrip("/")
@@ -254,17 +274,30 @@ def load_table(
 
     import pandas as pd
 
+    environment = os.environ if env is None else env
+    shown = display_uri(uri)
     location = resolve_uri(uri, pvc_mount_root)
     table_format = infer_format(location, format)
-    options = storage_options_for(location, os.environ if env is None else env)
+    options = storage_options_for(location, environment)
     separator = "\t" if location.split("?")[0].removesuffix(".gz").endswith(".tsv") else ","
+    local_path = local_path_of(location)
     try:
-        local_path = local_path_of(location)
         if local_path is not None:
-            # Local and mounted files go to pandas by path: pyarrow then reads natively
-            # instead of through a Python file object.
+            local_path = DataRoots.from_env(environment).check(local_path, field, uri)
+        else:
+            problem = remote_scheme_problem(location)
+            if problem is not None:
+                raise DataPathNotAllowed(f"{field} {shown!r}: {problem}")
+    except DataPathNotAllowed as exc:
+        raise DataSourceNotAllowed(str(exc)) from None
+    try:
+        if local_path is not None:
+            # Local and mounted files go to pandas by their real path (the one just checked):
+            # pyarrow then reads natively instead of through a Python file object.
             if not os.path.exists(local_path):
                 raise FileNotFoundError(local_path)
+            if not os.path.isfile(local_path):
+                raise DataError(f"{field} {shown!r} is not a regular file; name a {table_format} file")
             if table_format == "parquet":
                 frame = pd.read_parquet(local_path)
             else:
@@ -278,7 +311,12 @@ def load_table(
                 else:
                     frame = pd.read_csv(handle, sep=separator)
     except FileNotFoundError:
-        raise DataError(f"no data at {uri!r} (file not found); check spec.data.source") from None
-    except (OSError, ValueError, ImportError) as exc:
-        raise DataError(f"cannot read {table_format} data from {uri!r}: {exc}") from None
+        raise DataError(f"no data at {shown!r} (file not found); check {field}") from None
+    except DataError:
+        raise
+    except Exception as exc:  # readers raise anything; no message may echo the data
+        raise DataError(
+            f"cannot read {shown!r} ({read_error_summary(exc, table_format)}); check {field} "
+            "and spec.data.format"
+        ) from None
     return LoadedData(frame=frame, source=uri, format=table_format, default_target=None)

@@ -202,6 +202,10 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             loaded = data.load_table(
                 spec.data.source, spec.data.format, request.env, request.pvc_mount_root
             )
+        except data.DataSourceNotAllowed as exc:  # the spec names data this pod may not read
+            raise _failed(
+                request, "TrainingFailed", REASON_SPEC_INVALID, str(exc), params=params
+            ) from None
         except data.DataError as exc:
             raise _failed(
                 request, "TrainingFailed", REASON_DATA_UNAVAILABLE, str(exc), params=params

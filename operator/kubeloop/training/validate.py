@@ -21,6 +21,11 @@ rule                        fires when
                             minFraction`` (or ``validation.minClassFraction``)
 ``holdout_size``            the seeded holdout would hold no rows
 ==========================  ================================================================
+
+Messages and ``observed`` values never carry the data's cells: a rule says how many values
+broke it and in which column, not which values (the data may hold secrets, and the message
+reaches the TrainingRun's status). Column names are repeated sanitised and capped
+(:func:`kubeloop.trust.data_paths.column_names`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 
 from kubeloop.training.result import ValidationFailure
 from kubeloop.training.spec import ColumnKind, TrainingRunSpec
+from kubeloop.trust.data_paths import column_name, column_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,14 +109,14 @@ def validate(frame: pd.DataFrame, spec: TrainingRunSpec, columns: Columns) -> li
     elif columns.target not in present:
         failures.append(_fail(
             columns.target, "target_present", "missing", "present",
-            f"target column {columns.target!r} is not in the data; columns are "
-            f"{_preview(sorted(present))} (fix spec.data.target)",
+            f"target column {column_name(columns.target)} is not in the data; columns are "
+            f"{column_names(sorted(present))} (fix spec.data.target)",
         ))
     for name in [*columns.features, *spec.data.categorical_features]:
         if name not in present:
             failures.append(_fail(
                 name, "feature_present", "missing", "present",
-                f"feature column {name!r} is not in the data (fix spec.data.features or "
+                f"feature column {column_name(name)} is not in the data (fix spec.data.features or "
                 "spec.data.categoricalFeatures)",
             ))
 
@@ -118,14 +124,14 @@ def validate(frame: pd.DataFrame, spec: TrainingRunSpec, columns: Columns) -> li
         if name not in present:
             failures.append(_fail(
                 name, "expected_column", "missing", kind,
-                f"expected column {name!r} ({kind}) is not in the data",
+                f"expected column {column_name(name)} ({kind}) is not in the data",
             ))
             continue
         observed = _kind_mismatch(frame[name], kind)
         if observed is not None:
             failures.append(_fail(
                 name, "dtype", observed, kind,
-                f"column {name!r} should be {kind} but holds {observed} "
+                f"column {column_name(name)} should be {kind} but holds {observed} "
                 "(fix the data or validation.expectedColumns)",
             ))
 
@@ -142,7 +148,7 @@ def validate(frame: pd.DataFrame, spec: TrainingRunSpec, columns: Columns) -> li
             if fraction > rules.max_missing_fraction:
                 failures.append(_fail(
                     name, "max_missing_fraction", round(fraction, 6), rules.max_missing_fraction,
-                    f"column {name!r} misses {fraction:.2%} of its values, more than "
+                    f"column {column_name(name)} misses {fraction:.2%} of its values, more than "
                     f"validation.maxMissingFraction={rules.max_missing_fraction}",
                 ))
 
@@ -152,7 +158,7 @@ def validate(frame: pd.DataFrame, spec: TrainingRunSpec, columns: Columns) -> li
         if missing_labels:
             failures.append(_fail(
                 columns.target, "target_missing", missing_labels, 0,
-                f"target column {columns.target!r} has {missing_labels} missing value(s); "
+                f"target column {column_name(columns.target)} has {missing_labels} missing value(s); "
                 "drop or label those rows",
             ))
         if spec.model.task == "regression" and not (
@@ -160,7 +166,7 @@ def validate(frame: pd.DataFrame, spec: TrainingRunSpec, columns: Columns) -> li
         ):
             failures.append(_fail(
                 columns.target, "target_dtype", str(target.dtype), "numerical",
-                f"regression target {columns.target!r} is {target.dtype}, not numerical "
+                f"regression target {column_name(columns.target)} is {target.dtype}, not numerical "
                 "(use task: classification for labels)",
             ))
 
@@ -171,7 +177,7 @@ def validate(frame: pd.DataFrame, spec: TrainingRunSpec, columns: Columns) -> li
             if infinite:
                 failures.append(_fail(
                     name, "finite", infinite, 0,
-                    f"numerical feature {name!r} holds {infinite} infinite value(s)",
+                    f"numerical feature {column_name(name)} holds {infinite} infinite value(s)",
                 ))
 
     for name, bounds in rules.ranges.items():
@@ -199,12 +205,13 @@ def _range_failures(
     if name not in present:
         return [_fail(
             name, "range", "missing", expected,
-            f"validation.ranges names column {name!r}, which is not in the data",
+            f"validation.ranges names column {column_name(name)}, which is not in the data",
         )]
     if not _is_real(frame[name]):
         return [_fail(
             name, "range", str(frame[name].dtype), expected,
-            f"validation.ranges applies to numbers, but column {name!r} is {frame[name].dtype}",
+            f"validation.ranges applies to numbers, but column {column_name(name)} is "
+            f"{frame[name].dtype}",
         )]
     values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
     values = values[~np.isnan(values)]
@@ -218,12 +225,11 @@ def _range_failures(
     count = int(outside.sum())
     if not count:
         return []
-    observed = {"min": float(values.min()), "max": float(values.max()), "outside": count}
+    # How many, never which: the values themselves may be what must not leak (issue 13).
     return [_fail(
-        name, "range", observed, expected,
-        f"column {name!r} has {count} value(s) outside [{_bound(low, '-inf')}, "
-        f"{_bound(high, 'inf')}] "
-        f"(observed min {observed['min']:g}, max {observed['max']:g})",
+        name, "range", {"outside": count}, expected,
+        f"column {column_name(name)} has {count} of {values.size} value(s) outside "
+        f"validation.ranges [{_bound(low, '-inf')}, {_bound(high, 'inf')}]",
     )]
 
 
@@ -234,19 +240,16 @@ def _class_failures(
     if len(frequencies) < 2:
         return [_fail(
             target, "min_classes", len(frequencies), 2,
-            f"target {target!r} has {len(frequencies)} class(es); classification needs at "
+            f"target {column_name(target)} has {len(frequencies)} class(es); classification needs at "
             "least two",
         )]
-    rarest_label = frequencies.index[-1]
-    if isinstance(rarest_label, np.generic):
-        rarest_label = rarest_label.item()  # 2, not np.int64(2), in the message
     rarest = float(frequencies.iloc[-1])
     if min_fraction is not None and rarest < min_fraction:
+        # The label itself is a cell value and is not repeated (issue 13); its share is.
         return [_fail(
-            target, "min_class_fraction", {"class": str(rarest_label), "fraction": round(rarest, 6)},
-            min_fraction,
-            f"class {rarest_label!r} of target {target!r} is {rarest:.2%} of the rows, below "
-            f"validation.classBalance.minFraction={min_fraction}",
+            target, "min_class_fraction", {"fraction": round(rarest, 6)}, min_fraction,
+            f"the rarest class of target {column_name(target)} is {rarest:.2%} of the rows, "
+            f"below validation.classBalance.minFraction={min_fraction}",
         )]
     return []
 
@@ -298,8 +301,3 @@ def _fail(column: str | None, rule: str, observed: Any, expected: Any, message: 
 
 def _bound(value: float | None, unbounded: str) -> str:
     return unbounded if value is None else f"{value:g}"
-
-
-def _preview(names: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
