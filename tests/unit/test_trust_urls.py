@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -318,3 +319,34 @@ def test_a_pod_answer_that_fails_to_parse_is_not_repeated() -> None:
     found = provider.round(TARGET, [PodTarget("p-1", 8080, "canary")], fetch)
     assert found.errors and all(SECRET not in e for e in found.errors)
     assert "p-1" in found.errors[0]
+
+
+# --- the chart configures the policy -------------------------------------------------------
+
+
+def test_the_chart_value_becomes_the_operators_allowed_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_chart_support import one, render
+
+    values = {"rollout": {"prometheusUrl": "http://prometheus.monitoring.svc:9090",
+                          "allowedPrometheusUrls": ["http://prom-a.monitoring.svc:9090", "https://prom-b.example/x"]}}
+    deployment = one(render(tmp_path, values), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    monkeypatch.setenv("KUBELOOP_ALLOWED_PROMETHEUS_URLS", env["KUBELOOP_ALLOWED_PROMETHEUS_URLS"])
+    monkeypatch.setenv("KUBELOOP_PROMETHEUS_URL", env["KUBELOOP_PROMETHEUS_URL"])
+    config = OperatorConfig()
+    policy = PrometheusUrlPolicy.from_settings(config.prometheus_url, config.allowed_prometheus_urls)
+    assert policy.allowed == (
+        "http://prometheus.monitoring.svc:9090", "http://prom-a.monitoring.svc:9090", "https://prom-b.example/x"
+    )
+    default = one(render(tmp_path), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in default["env"]}["KUBELOOP_ALLOWED_PROMETHEUS_URLS"] == ""
+
+
+@pytest.mark.parametrize("bad", ["http://prom:9090#x", "http://user@prom:9090", "prom:9090", "http://prom:9090/?q=1"])
+def test_the_chart_refuses_an_allowed_url_with_fragment_userinfo_or_query(tmp_path: Path, bad: str) -> None:
+    from test_chart_support import helm, template_args
+
+    args = template_args({"rollout": {"allowedPrometheusUrls": [bad]}}, values_file=tmp_path / "v.json")
+    proc = helm(*args, check=False)
+    assert proc.returncode != 0 and "allowedPrometheusUrls" in proc.stderr
