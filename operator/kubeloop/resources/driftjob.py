@@ -10,9 +10,11 @@ import orjson
 from kubeloop.resources.meta import child_name, labels_for, owner_reference
 from kubeloop.resources.storage import PodStorage
 from kubeloop.resources.trainingjob import (
+    SCRATCH_DIR,
     TERMINATION_LOG,
     TrainerSettings,
     credentials_env_from,
+    data_roots_env,
     runtime_container,
     runtime_pod_spec,
     scratch_volume,
@@ -56,6 +58,7 @@ def build_drift_job(
     scratch, scratch_mount = scratch_volume()
     container = runtime_container(
         CHECK_CONTAINER, args, settings, [scratch_mount, *storage.mounts],
+        env=[{"name": "HOME", "value": SCRATCH_DIR}, data_roots_env(storage, settings)],
         env_from=credentials_env_from(dataset),
     )
     labels = labels_for("driftpolicy", meta["name"], "drift-check")

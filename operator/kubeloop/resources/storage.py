@@ -48,6 +48,21 @@ class PodStorage:
             self._add_claim(models_pvc, root, read_only)
         return uri
 
+    def data_roots(self, models_root: str = "") -> list[str]:
+        """Where the pod may read local data: every mounted claim and the storage root.
+
+        The runtime gets them as ``KUBELOOP_DATA_ROOTS`` (:mod:`kubeloop.trust.data_paths`);
+        ``/`` and paths with ``:`` are never data roots.
+        """
+        candidates = [str(mount["mountPath"]) for mount in self.mounts]
+        candidates.append(_local_path(models_root))
+        roots: list[str] = []
+        for root in candidates:
+            normal = posixpath.normpath(root) if root.startswith("/") else ""
+            if normal and normal != "/" and ":" not in normal and normal not in roots:
+                roots.append(normal)
+        return roots
+
 
 def _local_path(uri: str) -> str:
     """The normalised local path of a ``file://`` URI or plain path; '' for anything else."""

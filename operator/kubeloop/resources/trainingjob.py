@@ -11,6 +11,7 @@ import orjson
 
 from kubeloop.resources.meta import child_name, labels_for, owner_reference
 from kubeloop.resources.storage import PodStorage
+from kubeloop.trust.data_paths import ENV_DATA_ROOTS, encode_roots
 
 TRAINER_CONTAINER = "trainer"
 TERMINATION_LOG = "/dev/termination-log"
@@ -106,6 +107,13 @@ def credentials_env_from(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"secretRef": {"name": secret}}] if secret else []
 
 
+def data_roots_env(storage: PodStorage, settings: TrainerSettings) -> dict[str, Any]:
+    """``KUBELOOP_DATA_ROOTS``: the only places the runtime may read local data from, the
+    volumes this pod mounts and the storage root (:mod:`kubeloop.trust.data_paths`). Set in
+    ``env``, which Kubernetes lets win over a credentials Secret's key of the same name."""
+    return {"name": ENV_DATA_ROOTS, "value": encode_roots(storage.data_roots(settings.default_storage_uri))}
+
+
 def runtime_container(
     name: str,
     args: list[str],
@@ -185,6 +193,7 @@ def build_training_job(
         {"name": "KUBELOOP_ALLOWED_ESTIMATOR_PREFIXES", "value": ",".join(settings.allowed_estimator_prefixes)},
         {"name": "HOME", "value": SCRATCH_DIR},
         {"name": "JOBLIB_TEMP_FOLDER", "value": SCRATCH_DIR},
+        data_roots_env(storage, settings),
     ]
     scratch, scratch_mount = scratch_volume()
     container = runtime_container(

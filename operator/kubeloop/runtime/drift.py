@@ -9,7 +9,8 @@ Two modes, one report (see :mod:`kubeloop.drift.report`):
   which are categorical.
 
 Data is read like the trainer reads it (``file://``, plain paths, ``pvc://``, ``s3://``,
-``https://``, ``sklearn://``; CSV or Parquet). Prints a table to stdout and writes the compact
+``https://``, ``sklearn://``; CSV or Parquet), and under the same rule: local files, the
+profile included, only below ``KUBELOOP_DATA_ROOTS`` (:mod:`kubeloop.trust.data_paths`). Prints a table to stdout and writes the compact
 JSON result (:mod:`kubeloop.drift.result`, which documents it and the exit codes) to the
 termination message. Exit 0 whenever the check ran, drift or not.
 """
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 ENV_PVC_ROOT = "KUBELOOP_PVC_MOUNT_ROOT"
+DATASET_FIELD = "the DriftPolicy's spec.source.dataset.uri (--data)"
 
 
 class _InputError(Exception):
@@ -202,11 +204,15 @@ def run_check(
 
 
 def _require_columns(frame: pd.DataFrame, names: Sequence[str], flag: str) -> None:
+    from kubeloop.trust.data_paths import column_names
+
     missing = [n for n in names if n not in frame.columns]
     if missing:
+        # Column names only, sanitised and capped: a header may be someone's secret (issue 13).
         raise _InputError(
             drift_result.REASON_DATA_MISMATCH,
-            f"{flag} lacks column(s) {', '.join(missing)}; it has {', '.join(map(str, frame.columns))}",
+            f"{flag} lacks column(s) {column_names(missing, quoted=False)}; it has "
+            f"{column_names(list(frame.columns), quoted=False)}",
         )
 
 
@@ -231,8 +237,9 @@ def _load_frame(
 ) -> pd.DataFrame:
     from kubeloop.training.data import DataError, load_table
 
+    field = DATASET_FIELD if flag == "--data" else flag
     try:
-        return load_table(uri, data_format, env=env, pvc_mount_root=pvc_mount_root).frame
+        return load_table(uri, data_format, env=env, pvc_mount_root=pvc_mount_root, field=field).frame
     except DataError as exc:
         raise _InputError(drift_result.REASON_DATA_UNAVAILABLE, f"{flag}: {exc}") from None
 
@@ -241,15 +248,32 @@ def _load_profile(uri: str, env: Mapping[str, str], pvc_mount_root: str) -> Prof
     import fsspec
     from pydantic import ValidationError
 
-    from kubeloop.training.data import resolve_uri, storage_options_for
+    from kubeloop.training.data import local_path_of, resolve_uri, storage_options_for
+    from kubeloop.trust.data_paths import (
+        DataPathNotAllowed,
+        DataRoots,
+        display_uri,
+        read_error_summary,
+        remote_scheme_problem,
+    )
 
     location = resolve_uri(uri, pvc_mount_root)
+    try:
+        # The profile is read under the same rule as the data (kubeloop.trust.data_paths).
+        local_path = local_path_of(location)
+        if local_path is not None:
+            location = DataRoots.from_env(env).check(local_path, "--profile", uri)
+        elif (problem := remote_scheme_problem(location)) is not None:
+            raise DataPathNotAllowed(f"--profile {display_uri(uri)!r}: {problem}")
+    except DataPathNotAllowed as exc:
+        raise _InputError(drift_result.REASON_PROFILE_UNAVAILABLE, str(exc)) from None
     try:
         with fsspec.open(location, "rb", **storage_options_for(location, env)) as handle:
             payload = handle.read()
     except (OSError, ValueError) as exc:
         raise _InputError(
-            drift_result.REASON_PROFILE_UNAVAILABLE, f"--profile {uri!r} cannot be read: {exc}"
+            drift_result.REASON_PROFILE_UNAVAILABLE,
+            f"--profile {display_uri(uri)!r} cannot be read ({read_error_summary(exc, 'json')})",
         ) from None
     try:
         return Profile.from_json_bytes(payload)

@@ -161,14 +161,15 @@ def clean_text(text: str, limit: int) -> str:
     return collapsed if len(collapsed) <= limit else collapsed[: max(0, limit - 1)] + "…"
 
 
-def column_name(name: object) -> str:
+def column_name(name: object, quoted: bool = True) -> str:
     """One column name as a message may show it (sanitised, at most ``MAX_COLUMN_NAME``)."""
-    return repr(clean_text(str(name), MAX_COLUMN_NAME))
+    text = clean_text(str(name), MAX_COLUMN_NAME)
+    return repr(text) if quoted else text
 
 
-def column_names(names: Sequence[object], limit: int = MAX_COLUMNS_SHOWN) -> str:
+def column_names(names: Sequence[object], limit: int = MAX_COLUMNS_SHOWN, quoted: bool = True) -> str:
     """Column names as a message may list them: the first ``limit``, each sanitised and cut."""
-    shown = ", ".join(column_name(name) for name in names[:limit])
+    shown = ", ".join(column_name(name, quoted) for name in names[:limit])
     if len(names) > limit:
         shown += f", ... ({len(names)} in all)"
     return shown
