@@ -204,7 +204,8 @@ def test_cleanup_job_is_built_like_the_training_job() -> None:
     training = build_training_job({**run, "metadata": {**run["metadata"]}}, settings)
     pod, train_pod = job["spec"]["template"]["spec"], training["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["args"] == ["artifacts", "delete", "/mnt/pvc/models/root/churn/churn-1", "--termination-log", "/dev/termination-log"]
+    assert container["args"] == ["artifacts", "delete", "/mnt/pvc/models/root/churn/churn-1",
+                                 "--storage-root", "/mnt/pvc/models/root", "--termination-log", "/dev/termination-log"]
     for key in ("securityContext", "automountServiceAccountToken", "restartPolicy", "nodeSelector", "volumes"):
         assert pod[key] == train_pod[key], key
     assert container["securityContext"] == train_pod["containers"][0]["securityContext"]

@@ -18,6 +18,7 @@ from kubeloop.resources.trainingjob import (
     TERMINATION_LOG,
     TrainerSettings,
     credentials_env_from,
+    output_root_uri,
     run_directory_uri,
     runtime_container,
     runtime_pod_spec,
@@ -44,10 +45,15 @@ def build_cleanup_job(run: Mapping[str, Any], settings: TrainerSettings) -> dict
         run_directory_uri(run, settings), read_only=False,
         models_pvc=settings.models_pvc, models_root=settings.default_storage_uri,
     )
+    # The root too, so the command deletes exactly <root>/<model>/<run> and nothing a '..' reaches.
+    root = storage.resolve(
+        output_root_uri(spec, settings), read_only=False,
+        models_pvc=settings.models_pvc, models_root=settings.default_storage_uri,
+    )
     scratch, scratch_mount = scratch_volume()
     container = runtime_container(
         CLEANUP_CONTAINER,
-        ["artifacts", "delete", directory, "--termination-log", TERMINATION_LOG],
+        ["artifacts", "delete", directory, "--storage-root", root, "--termination-log", TERMINATION_LOG],
         settings,
         [scratch_mount, *storage.mounts],
         env_from=credentials_env_from(spec),

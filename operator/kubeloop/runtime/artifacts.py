@@ -12,6 +12,13 @@ sweep's ``trials/<index>/``, and nothing at its top but the trainer's files, ``t
 the trainer's temporary files. So a mistyped URI (a storage root, someone else's directory)
 is refused rather than emptied. A directory that is missing or empty counts as done.
 
+The path is checked as written, before any file system sees it (fsspec would quietly fold
+``a/../b`` into ``b``, deleting a sibling run): ``.``, ``..`` and empty segments are refused,
+and so is a local run directory that is, or lies below, a symbolic link (its real path must
+be the path as written). With ``--storage-root`` (the cleanup Job passes the run's output
+root) the directory must be exactly ``<root>/<model>/<run>``; below the root no symlink is
+followed.
+
 Prints one line to stdout and a compact JSON result to the termination message path::
 
     {"status": "Deleted"|"Absent"|"Refused"|"Failed", "uri": "...", "files": 4, "message": "..."}
@@ -29,6 +36,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -75,17 +83,70 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--termination-log", metavar="PATH",
                         help=f"where to write the JSON result (default: {termination.DEFAULT_PATH} "
                              "when writable)")
+    delete.add_argument("--storage-root", metavar="URI",
+                        help="the run's output root: the directory must be exactly "
+                             "<root>/<model>/<run>")
     delete.add_argument("--pvc-mount-root",
                         help=f"where pvc://<claim>/ is mounted (default: env {ENV_PVC_ROOT} or "
                              f"{DEFAULT_PVC_MOUNT_ROOT})")
     return parser
 
 
+def _local_form(uri: str, pvc_mount_root: str) -> str:
+    if uri.startswith("pvc://"):
+        return os.path.join(pvc_mount_root, uri.removeprefix("pvc://").lstrip("/"))
+    return uri
+
+
+def _written_path(uri: str) -> str:
+    """The path part of ``uri`` exactly as written (no normalisation), for the checks."""
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    if "://" in uri:
+        return "/" + uri.partition("://")[2].partition("/")[2]  # an object store's key
+    return uri
+
+
+def _store(uri: str) -> tuple[str, str]:
+    """Which file system ``uri`` is on: ("local", "") or its scheme and bucket."""
+    if "://" not in uri or uri.startswith(("file://", "pvc://")):
+        return ("local", "")
+    scheme, _, rest = uri.partition("://")
+    return (scheme, rest.partition("/")[0])
+
+
+def _path_problem(uri: str, storage_root: str | None, pvc_mount_root: str) -> str | None:
+    """Why ``uri`` does not name a run directory as written (None: it may be one)."""
+    written = _written_path(_local_form(uri, pvc_mount_root)).rstrip("/")
+    segments = written.split("/")[1:] if written.startswith("/") else written.split("/")
+    decoded = [unquote(segment) for segment in segments]
+    if any(segment in {".", ".."} for segment in (*segments, *decoded)):
+        return "its path has '.' or '..' segments; name the run directory itself, <storageUri>/<model>/<run>"
+    if any(not segment for segment in segments):
+        return "its path has an empty segment ('//'); name the run directory itself, <storageUri>/<model>/<run>"
+    local = _store(uri) == ("local", "")
+    if storage_root is not None:
+        root = _written_path(_local_form(storage_root, pvc_mount_root)).rstrip("/")
+        root_segments = [s for s in root.split("/") if s]
+        if any(s in {".", ".."} for s in root_segments) or _store(uri) != _store(storage_root):
+            return f"it is not below the storage root {storage_root}"
+        below = written.removeprefix(root + "/") if written.startswith(root + "/") else None
+        if below is None or len(below.split("/")) != 2:
+            return f"it is not exactly <storage root>/<model>/<run> (storage root {storage_root})"
+        if local and os.path.realpath(written) != os.path.join(os.path.realpath(root), below):
+            return ("its model or run directory is a symbolic link (it leads to "
+                    f"{os.path.realpath(written)}); only the run's own directory is deleted")
+        return None
+    if local and written.startswith("/") and os.path.realpath(written) != written:
+        return (f"it is or lies below a symbolic link (it leads to {os.path.realpath(written)}); "
+                "name the run directory by its real path")
+    return None
+
+
 def _filesystem(uri: str, env: Mapping[str, str], pvc_mount_root: str) -> tuple[Any, str]:
     from fsspec.core import url_to_fs
 
-    if uri.startswith("pvc://"):
-        uri = os.path.join(pvc_mount_root, uri.removeprefix("pvc://").lstrip("/"))
+    uri = _local_form(uri, pvc_mount_root)
     options: dict[str, Any] = {}
     if uri.startswith(("s3://", "s3a://")):
         for name in ("FSSPEC_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
@@ -121,9 +182,13 @@ def _refusal(fs: Any, path: str) -> str | None:
 
 
 def delete_run_directory(uri: str, env: Mapping[str, str] | None = None,
-                         pvc_mount_root: str = DEFAULT_PVC_MOUNT_ROOT) -> DeleteResult:
+                         pvc_mount_root: str = DEFAULT_PVC_MOUNT_ROOT,
+                         storage_root: str | None = None) -> DeleteResult:
     """Delete the run directory at ``uri`` if it is one (see the module doc)."""
     environment = dict(os.environ if env is None else env)
+    problem = _path_problem(uri, storage_root, pvc_mount_root)
+    if problem is not None:
+        return DeleteResult("Refused", uri, f"refusing to delete {uri}: {problem}")
     try:
         fs, path = _filesystem(uri, environment, pvc_mount_root)
         if not path or path == "/":
@@ -160,7 +225,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"kubeloop artifacts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     pvc_root = args.pvc_mount_root or environment.get(ENV_PVC_ROOT) or DEFAULT_PVC_MOUNT_ROOT
-    result = delete_run_directory(args.uri, environment, pvc_root)
+    result = delete_run_directory(args.uri, environment, pvc_root, args.storage_root)
     termination.write(termination.resolve_path(args.termination_log), result.render(), "kubeloop artifacts")
     print(f"kubeloop artifacts delete: {result.status}: {result.message}",
           file=sys.stdout if result.exit_code == EXIT_OK else sys.stderr, flush=True)
