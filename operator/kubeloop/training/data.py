@@ -8,6 +8,11 @@ fingerprinting and splitting treat all sources alike.
 and ``diabetes`` (regression), target column ``target``.
 
 ``sklearn://synthetic?...`` calls :func:`make_synthetic`; see it for the parameters.
+
+What may be read is decided by :mod:`kubeloop.trust.data_paths`: local files (``file://``,
+plain paths, ``pvc://`` once mapped to its mount) only below the pod's declared data roots
+(``KUBELOOP_DATA_ROOTS``) after following ``..`` and symlinks, remote data only through the
+schemes it lists; no error message repeats the data (readers' errors become a fixed summary).
 """
 
 from __future__ import annotations
@@ -215,7 +220,7 @@ def infer_format(uri: str, override: str | None = None) -> str:
     if path.endswith((".csv", ".tsv", ".txt")):
         return "csv"
     raise DataError(
-        f"cannot tell the format of {uri!r} from its extension; set spec.data.format to "
+        f"cannot tell the format of {display_uri(uri)!r} from its extension; set spec.data.format to "
         "csv or parquet"
     )
 
@@ -225,7 +230,7 @@ def resolve_uri(uri: str, pvc_mount_root: str = DEFAULT_PVC_MOUNT_ROOT) -> str:
     if uri.startswith(PVC_SCHEME):
         rest = uri[len(PVC_SCHEME) :].lstrip("/")
         if "/" not in rest:
-            raise DataError(f"{uri!r}: a pvc:// URI needs a claim and a path, pvc://<claim>/<path>")
+            raise DataError(f"{display_uri(uri)!r}: a pvc:// URI needs a claim and a path, pvc://<claim>/<path>")
         return os.path.join(pvc_mount_root, rest)
     return uri
 
