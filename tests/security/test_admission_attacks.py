@@ -1,0 +1,302 @@
+"""Attack: name a Secret or a claim you may not read, and let the operator put it into a pod
+(issue 13, "References the author may not read").
+
+A TrainingRun's ``credentials.secretRef`` becomes the ``envFrom`` of a pod the author shapes
+(its data source, image, parameters), a ``pvc://<claim>/...`` URI becomes a volume of it; the
+same holds for a ModelDeployment's model and a DriftPolicy's dataset and retrain template.
+Nothing in the kinds' schemas checks that the *author* may read what they name.
+
+The defence is the chart's ValidatingAdmissionPolicy (templates/admission-policy.yaml), taken
+here exactly as ``helm template`` renders it and applied to the real kube-apiserver. The
+users are real RBAC subjects reached by impersonation (``kubectl --as``):
+
+* ``mallory`` may create and update the three kinds, but not read Secrets or claims;
+* ``alice`` may do the same, and ``get`` Secret ``s3`` and claim ``data``.
+
+Each attack runs twice: with a weakened policy (the same policy, its binding matching no
+namespace) where mallory's object is admitted, so the attack is real; then with the chart's
+binding, where mallory is refused with a message naming the field, the Secret or claim and
+the missing permission, while alice's identical object is admitted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from clusterfixture import unique_name
+from harness import REPO, install_crds
+
+from kubeloop.resources.trainingjob import credentials_env_from
+
+CHART = REPO / "charts" / "kubeloop"
+HACK_CLUSTER = REPO / "hack" / "cluster"
+API = "kubeloop.io/v1alpha1"
+OPERATOR_SA = "kubeloop-operator"
+SHA = "0" * 64
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def helm_template(namespace: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    helm = subprocess.run(
+        [str(HACK_CLUSTER), "which", "helm"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    proc = subprocess.run(
+        [helm, "template", "kl", str(CHART), "--namespace", namespace,
+         "--show-only", "templates/admission-policy.yaml",
+         *[arg for key, value in values.items() for arg in ("--set-json", f"{key}={json.dumps(value)}")]],
+        capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+# -- objects --------------------------------------------------------------------------------------
+
+
+def training_spec(secret: str | None = None, source: str = "sklearn://iris", output: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"name": "iris", "estimator": "sklearn.linear_model.LogisticRegression", "task": "classification"},
+        "data": {"source": source, "target": "target"},
+    }
+    if secret:
+        spec["credentials"] = {"secretRef": {"name": secret}}
+    if output:
+        spec["output"] = {"storageUri": output}
+    return spec
+
+
+def training_run(name: str, **kw: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "TrainingRun", "metadata": {"name": name}, "spec": training_spec(**kw)}
+
+
+def model_deployment(name: str, secret: str | None = None, uri: str = "s3://models/iris/model.skops") -> dict[str, Any]:
+    model: dict[str, Any] = {"storageUri": uri, "sha256": SHA}
+    if secret:
+        model["credentials"] = {"secretRef": {"name": secret}}
+    return {"apiVersion": API, "kind": "ModelDeployment", "metadata": {"name": name}, "spec": {"model": model}}
+
+
+def drift_policy(name: str, source: dict[str, Any] | None = None, retrain: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"targetRef": {"name": "iris"}, "source": source or {"live": {}}}
+    if retrain is not None:
+        spec["retrain"] = retrain
+    return {"apiVersion": API, "kind": "DriftPolicy", "metadata": {"name": name}, "spec": spec}
+
+
+# -- the cluster side ----------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    kubectl: Kubectl
+    namespace: str
+    policy: dict[str, Any]
+    binding: dict[str, Any]
+
+    def create(self, user: str, obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return self.kubectl(
+            "create", "--as", user, "-n", self.namespace, "-f", "-", input=json.dumps(obj), check=False
+        )
+
+    def admitted(self, user: str, obj: dict[str, Any]) -> None:
+        proc = self.create(user, obj)
+        assert proc.returncode == 0, f"{user}'s {obj['kind']} was refused:\n{proc.stderr}"
+
+    def refused(self, user: str, obj: dict[str, Any]) -> str:
+        proc = self.create(user, obj)
+        assert proc.returncode != 0, f"{user}'s {obj['kind']} {obj['metadata']['name']} was admitted"
+        assert "forbidden" in proc.stderr.lower() and self.policy["metadata"]["name"] in proc.stderr, proc.stderr
+        name = obj["metadata"]["name"]
+        got = self.kubectl("get", obj["kind"].lower(), name, "-n", self.namespace, check=False)
+        assert got.returncode != 0 and "NotFound" in got.stderr, f"{name} exists after a refusal"
+        return proc.stderr
+
+    def bind(self, labels: dict[str, str]) -> None:
+        """Point the binding at the namespaces with ``labels``."""
+        binding = json.loads(json.dumps(self.binding))
+        binding["spec"]["matchResources"] = {"namespaceSelector": {"matchLabels": labels}}
+        self.kubectl("apply", "-f", "-", input=json.dumps(binding))
+
+    def weaken(self) -> None:
+        """The policy in place, its binding matching no namespace."""
+        self.bind({"kubeloop.io/no-namespace-has-this": "true"})
+
+    def enforce(self) -> None:
+        """The chart's binding, limited to this test's namespace; returns once it bites."""
+        self.bind({"kubernetes.io/metadata.name": self.namespace})
+        probe = training_run("policy-probe", secret="policy-probe")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            proc = self.kubectl(
+                "create", "--dry-run=server", "--as", "mallory", "-n", self.namespace, "-f", "-",
+                input=json.dumps(probe), check=False,
+            )
+            if proc.returncode != 0 and self.policy["metadata"]["name"] in proc.stderr:
+                return
+            time.sleep(0.5)
+        raise AssertionError("the admission policy never took effect")
+
+
+def rbac(kubectl: Kubectl, namespace: str) -> None:
+    authors = ["trainingruns.kubeloop.io", "driftpolicies.kubeloop.io", "modeldeployments.kubeloop.io"]
+    n = ["-n", namespace]
+    kubectl("create", "role", "author", *n, "--verb=create,get,list,update,patch",
+            *[f"--resource={r}" for r in authors])
+    kubectl("create", "role", "reader", *n, "--verb=get", "--resource=secrets,persistentvolumeclaims",
+            "--resource-name=s3", "--resource-name=data")
+    for user in ("mallory", "alice"):
+        kubectl("create", "rolebinding", f"{user}-author", *n, "--role=author", f"--user={user}")
+    kubectl("create", "rolebinding", "alice-reader", *n, "--role=reader", "--user=alice")
+    for sa in (OPERATOR_SA, "not-the-operator"):
+        kubectl("create", "serviceaccount", sa, *n)
+        kubectl("create", "rolebinding", f"{sa}-author", *n, "--role=author", f"--serviceaccount={namespace}:{sa}")
+
+
+@pytest.fixture(scope="module")
+def crds(kubectl: Kubectl) -> None:
+    install_crds(kubectl)
+
+
+@pytest.fixture
+def world(kubectl: Kubectl, namespace: str, crds: None) -> Iterator[World]:
+    # The chart as installed into this namespace with the operator's ServiceAccount named.
+    docs = helm_template(namespace, {"serviceAccount": {"create": True, "name": OPERATOR_SA}})
+    policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
+    binding = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding")
+    # Cluster-scoped: unique names, so parallel tests and other suites never meet this one.
+    name = unique_name(f"refs-{namespace}", max_len=60)
+    policy["metadata"]["name"] = binding["metadata"]["name"] = binding["spec"]["policyName"] = name
+    kubectl("create", "secret", "generic", "s3", "-n", namespace, "--from-literal=AWS_SECRET_ACCESS_KEY=s3cr3t")
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    rbac(kubectl, namespace)
+    kubectl("apply", "-f", "-", input=json.dumps(policy))
+    w = World(kubectl, namespace, policy, binding)
+    w.weaken()
+    try:
+        yield w
+    finally:
+        kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name,
+                "--ignore-not-found", check=False)
+
+
+# -- the attacks ------------------------------------------------------------------------------------
+
+
+def test_the_cluster_runs_validating_admission_policies(kubectl: Kubectl) -> None:
+    resources = kubectl("api-resources", "--api-group=admissionregistration.k8s.io", "-o", "name").stdout
+    assert "validatingadmissionpolicies.admissionregistration.k8s.io" in resources.split()
+
+
+def test_a_trainingrun_naming_an_unreadable_secret_or_claim_is_refused(world: World) -> None:
+    # Weakened: mallory's run naming Secret s3 is stored, and the operator's Job builder would
+    # hand that Secret to mallory's pod as its environment.
+    world.admitted("mallory", training_run("weak-secret", secret="s3"))
+    world.admitted("mallory", training_run("weak-claim", source="pvc://data/train.csv"))
+    stored = json.loads(world.kubectl("get", "trainingrun", "weak-secret", "-n", world.namespace, "-o", "json").stdout)
+    assert credentials_env_from(stored["spec"]) == [{"secretRef": {"name": "s3"}}]
+
+    world.enforce()
+    message = world.refused("mallory", training_run("steal-secret", secret="s3"))
+    assert (
+        f'spec.credentials.secretRef: user "mallory" may not get Secret "s3" in namespace "{world.namespace}"; '
+        "ask for get on it or name a Secret you can read"
+    ) in message
+    message = world.refused("mallory", training_run("steal-data", source="pvc://data/train.csv"))
+    assert 'spec.data.source: user "mallory" may not get PersistentVolumeClaim "data"' in message
+    message = world.refused("mallory", training_run("steal-output", output="pvc://data/models"))
+    assert 'spec.output.storageUri: user "mallory" may not get PersistentVolumeClaim "data"' in message
+
+    # What mallory may do is untouched: no Secret, or data from elsewhere.
+    world.admitted("mallory", training_run("plain", output="s3://bucket/models"))
+    # alice may read both, so the very same runs are hers to create.
+    world.admitted("alice", training_run("alice-secret", secret="s3"))
+    world.admitted("alice", training_run("alice-claims", source="pvc://data/train.csv", output="pvc://data/models", secret="s3"))
+
+
+def test_a_modeldeployment_naming_an_unreadable_secret_or_claim_is_refused(world: World) -> None:
+    world.admitted("mallory", model_deployment("weak-secret", secret="s3"))
+    world.admitted("mallory", model_deployment("weak-claim", uri="pvc://data/model.skops"))
+
+    world.enforce()
+    message = world.refused("mallory", model_deployment("steal-secret", secret="s3"))
+    assert 'spec.model.credentials.secretRef: user "mallory" may not get Secret "s3"' in message
+    message = world.refused("mallory", model_deployment("steal-claim", uri="pvc://data/model.skops"))
+    assert 'spec.model.storageUri: user "mallory" may not get PersistentVolumeClaim "data"' in message
+    world.admitted("alice", model_deployment("alice", secret="s3", uri="pvc://data/model.skops"))
+
+
+def test_a_driftpolicy_naming_an_unreadable_secret_or_claim_is_refused(world: World) -> None:
+    dataset = {"dataset": {"uri": "s3://bucket/today.csv", "credentials": {"secretRef": {"name": "s3"}}}}
+    dataset_claim = {"dataset": {"uri": "pvc://data/today.csv"}}
+    template = {"template": {"spec": training_spec(secret="s3")}}
+    template_claims = {"template": {"spec": training_spec(source="pvc://data/x.csv", output="pvc://data/m")}}
+    overrides = {"fromTrainingRun": {"name": "iris"}, "overrides": {"credentials": {"secretRef": {"name": "s3"}}}}
+    overrides_claim = {"fromTrainingRun": {"name": "iris"}, "overrides": {"data": {"source": "pvc://data/x.csv"}}}
+    attacks = {
+        "dataset-secret": (drift_policy("x", source=dataset),
+                           'spec.source.dataset.credentials.secretRef: user "mallory" may not get Secret "s3"'),
+        "dataset-claim": (drift_policy("x", source=dataset_claim),
+                          'spec.source.dataset.uri: user "mallory" may not get PersistentVolumeClaim "data"'),
+        "template-secret": (drift_policy("x", retrain=template),
+                            'spec.retrain.template.spec.credentials.secretRef: user "mallory" may not get Secret "s3"'),
+        "template-claim": (drift_policy("x", retrain=template_claims),
+                           'spec.retrain.template.spec.data.source: user "mallory" may not get PersistentVolumeClaim "data"'),
+        "overrides-secret": (drift_policy("x", retrain=overrides),
+                             'spec.retrain.overrides.credentials.secretRef: user "mallory" may not get Secret "s3"'),
+        "overrides-claim": (drift_policy("x", retrain=overrides_claim),
+                            'spec.retrain.overrides.data.source: user "mallory" may not get PersistentVolumeClaim "data"'),
+    }
+
+    def named(obj: dict[str, Any], name: str) -> dict[str, Any]:
+        return {**obj, "metadata": {"name": name}}
+
+    for label, (policy, _) in attacks.items():
+        world.admitted("mallory", named(policy, f"weak-{label}"))
+
+    world.enforce()
+    for label, (policy, expected) in attacks.items():
+        assert expected in world.refused("mallory", named(policy, f"steal-{label}")), label
+    for label, (policy, _) in attacks.items():
+        world.admitted("alice", named(policy, f"alice-{label}"))
+
+
+def test_changing_the_spec_under_someone_elses_secret_is_refused(world: World) -> None:
+    # alice's deployment reads Secret s3; mallory may update ModelDeployments. Changing its
+    # spec (say, the server image, which runs with that Secret as its environment) is
+    # checked against every reference in it; an annotation (promote, abort) names nothing.
+    world.enforce()
+    world.admitted("alice", model_deployment("served", secret="s3"))
+    ns = ["-n", world.namespace, "--as", "mallory"]
+    proc = world.kubectl("patch", "modeldeployment", "served", *ns, "--type=merge",
+                         "-p", json.dumps({"spec": {"server": {"image": "mallory/exfiltrate:1"}}}), check=False)
+    assert proc.returncode != 0
+    assert 'spec.model.credentials.secretRef: user "mallory" may not get Secret "s3"' in proc.stderr
+    image = world.kubectl("get", "modeldeployment", "served", "-n", world.namespace,
+                          "-o", "jsonpath={.spec.server.image}").stdout
+    assert image == ""
+    world.kubectl("annotate", "modeldeployment", "served", *ns, "kubeloop.io/abort=true")
+    world.kubectl("patch", "modeldeployment", "served", "-n", world.namespace, "--as", "alice",
+                  "--type=merge", "-p", json.dumps({"spec": {"replicas": 2}}))
+
+
+def test_the_operators_own_writes_are_not_checked(world: World) -> None:
+    # The operator creates TrainingRuns from a DriftPolicy's template and may not read
+    # Secrets by design; the template was admitted with its author's rights. Only the
+    # chart's ServiceAccount is exempt: another one with the same Role is refused.
+    world.enforce()
+    operator = f"system:serviceaccount:{world.namespace}:{OPERATOR_SA}"
+    other = f"system:serviceaccount:{world.namespace}:not-the-operator"
+    world.admitted(operator, training_run("retrain-1", secret="s3", source="pvc://data/x.csv"))
+    message = world.refused(other, training_run("retrain-2", secret="s3"))
+    assert f'user "{other}" may not get Secret "s3"' in message
