@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kubeloop.trust.images import check_allowed_entry
+
 
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
@@ -24,6 +26,13 @@ class OperatorConfig(BaseSettings):
         description="Image that runs `kubeloop train`, `kubeloop serve` and `kubeloop drift`.",
     )
     image_pull_policy: str = Field("IfNotPresent", description="Pull policy for the runtime image.")
+    allowed_images: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Further images a spec may ask for (comma-separated): exact references, registry "
+            "paths ending in '/' or repositories ending in ':'; empty: only the runtime image."
+        ),
+    )
     default_storage_uri: str = Field(
         "file:///var/lib/kubeloop/models",
         description="Artifact root used when a TrainingRun sets no output.storageUri.",
@@ -72,6 +81,17 @@ class OperatorConfig(BaseSettings):
     @classmethod
     def _csv_urls(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("allowed_images", mode="before")
+    @classmethod
+    def _csv_images(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("allowed_images")
+    @classmethod
+    def _valid_images(cls, value: list[str]) -> list[str]:
+        # A wrong entry stops the operator at start-up with the entry named, not at a spec.
+        return [check_allowed_entry(entry) for entry in value]
 
     @field_validator("allowed_estimator_prefixes", "namespaces", mode="before")
     @classmethod

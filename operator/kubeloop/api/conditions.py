@@ -101,6 +101,9 @@ class Reason(StrEnum):
     # Outgoing URLs and reads refused by the operator's trust policy (kubeloop.trust.urls)
     PROMETHEUS_URL_NOT_ALLOWED = "PrometheusUrlNotAllowed"
     STORAGE_URI_NOT_ALLOWED = "StorageUriNotAllowed"
+    # Images and ownership (kubeloop.trust.images, kubeloop.trust.ownership)
+    IMAGE_NOT_ALLOWED = "ImageNotAllowed"
+    RESOURCE_CONFLICT = "ResourceConflict"
 
 
 _REASON = re.compile(REASON_PATTERN)

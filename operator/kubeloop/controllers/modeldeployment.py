@@ -39,7 +39,14 @@ from kubeloop.controllers import metrics
 from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, NotFound, post_event
 from kubeloop.controllers.scraping import scrape_round
 from kubeloop.decide.common import wire_time
-from kubeloop.decide.modeldeployment import AnalysisPlan, Decision, Observed, analysis_plan, decide
+from kubeloop.decide.modeldeployment import (
+    AnalysisPlan,
+    Decision,
+    Observed,
+    analysis_plan,
+    decide,
+    refused,
+)
 from kubeloop.resources.serving import (
     OWNER_LABEL,
     ServingSettings,
@@ -47,6 +54,7 @@ from kubeloop.resources.serving import (
     hpa_name,
 )
 from kubeloop.traffic import router_for
+from kubeloop.trust import ownership
 from kubeloop.trust.urls import PrometheusUrlPolicy, error_summary
 
 log = logging.getLogger("kubeloop.modeldeployment")
@@ -59,6 +67,7 @@ def serving_settings(config: OperatorConfig) -> ServingSettings:
         image_pull_policy=config.image_pull_policy,
         default_storage_uri=config.default_storage_uri,
         models_pvc=config.models_pvc,
+        allowed_images=tuple(config.allowed_images),
     )
 
 
@@ -105,6 +114,11 @@ class ModelDeploymentController:
         self._wakeups: dict[tuple[str, str], threading.Timer] = {}
         self._wakeup_guard = threading.Lock()
         self.stopped = False
+        # The one ownership policy (kubeloop.trust.ownership). Not configurable: only the
+        # attack tests replace it in-process, to show what the operator did without it.
+        self.ownership_conflict: Callable[
+            [str, str, Mapping[str, Any] | None, ownership.Owner], str | None
+        ] = ownership.conflict
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -169,11 +183,16 @@ class ModelDeploymentController:
             if md is None or md["metadata"].get("deletionTimestamp"):
                 self.forget(namespace, name)
                 return None
-            observed = self.observe(md)
+            owner = ownership.Owner.of(md, OWNER_LABEL)
+            observed = self.own_children(self.observe(md), owner)
             now = self.clock()
             plan = analysis_plan(md, observed, now)
             measurements = self.measure(md, plan) if plan is not None else None
             decision = decide(md, observed, self.settings, now, measurements)
+            problems = self.conflicts(md, observed, decision, owner)
+            if problems:
+                # Nothing is written: a colliding object is never modified, scaled or deleted.
+                decision = refused(md, now, ownership.RESOURCE_CONFLICT, "; ".join(problems))
             self.apply(md, observed, decision)
             old_status = md.get("status") or {}
             patch = status_patch(old_status, decision.status)
@@ -187,6 +206,43 @@ class ModelDeploymentController:
             if decision.requeue_after is not None:
                 self.wake_up(namespace, name, decision.requeue_after)
             return decision
+
+    def own_children(self, observed: Observed, owner: ownership.Owner) -> Observed:
+        """``observed`` without the Deployments and autoscaler that are not this
+        ModelDeployment's: their status is not read as ours, and nothing scales or deletes them."""
+        md_name = owner.name
+
+        def mine(kind: str, name: str, obj: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+            return obj if self.ownership_conflict(kind, name, obj, owner) is None else None
+
+        return Observed(
+            stable=mine("Deployment", deployment_name(md_name, "stable"), observed.stable),
+            canary=mine("Deployment", deployment_name(md_name, "canary"), observed.canary),
+            hpa=mine("HorizontalPodAutoscaler", hpa_name(md_name), observed.hpa),
+            route=observed.route,
+            training_run=observed.training_run,
+        )
+
+    def conflicts(
+        self, md: Mapping[str, Any], observed: Observed, decision: Decision, owner: ownership.Owner
+    ) -> list[str]:
+        """Every object the decision would create or change whose name is taken by an object
+        this ModelDeployment does not own, read fresh from the API server."""
+        namespace = md["metadata"]["namespace"]
+        targets: dict[tuple[str, str], None] = {}
+        for obj in (*decision.services, *decision.deployments, decision.hpa):
+            if obj is not None:
+                targets[(obj["kind"], obj["metadata"]["name"])] = None
+        for name in decision.scale_to_zero:
+            targets[("Deployment", name)] = None
+        if decision.delete_hpa is not None:
+            targets[("HorizontalPodAutoscaler", decision.delete_hpa)] = None
+        problems = []
+        for kind, name in targets:
+            message = self.ownership_conflict(kind, name, self.kube.get_or_none(kind, namespace, name), owner)
+            if message is not None:
+                problems.append(message)
+        return problems
 
     def apply(self, md: Mapping[str, Any], observed: Observed, decision: Decision) -> None:
         namespace = md["metadata"]["namespace"]

@@ -29,6 +29,7 @@ from kubeloop.decide.trainingrun import (
 )
 from kubeloop.resources.cleanupjob import CLEANUP_COMPONENT, cleanup_job_name
 from kubeloop.resources.trainingjob import TRAINING_COMPONENT, Champion, TrainerSettings
+from kubeloop.trust import ownership
 
 log = logging.getLogger("kubeloop.trainingrun")
 KIND = "TrainingRun"
@@ -44,6 +45,7 @@ def trainer_settings(config: OperatorConfig) -> TrainerSettings:
         job_ttl_seconds=config.job_ttl_seconds,
         models_pvc=config.models_pvc,
         pod_labels=tuple(sorted(config.pod_labels.items())),
+        allowed_images=tuple(config.allowed_images),
     )
 
 
@@ -96,12 +98,17 @@ class TrainingRunController:
                 self.phases.observe(namespace, name, old_status["phase"])
                 return
             job = self.kube.get_or_none("Job", namespace, job_name(name))
+            # A Job with the run's Job name that is not the run's is neither adopted nor replaced.
+            conflict = ownership.conflict("Job", job_name(name), job, ownership.Owner.of(run, RUN_LABEL))
+            if conflict is not None:
+                job = None
             pods = self.kube.list("Pod", namespace, labels={RUN_LABEL: name}) if job else []
             champion, champion_missing = (None, None)
-            if job is None:
+            if job is None and conflict is None:
                 champion, champion_missing = self.find_champion(run)
             now = datetime.now(UTC)
-            decision = decide(run, Observed(job=job, pods=pods), self.settings, now, champion, champion_missing)
+            observed = Observed(job=job, pods=pods, conflict=conflict)
+            decision = decide(run, observed, self.settings, now, champion, champion_missing)
 
             if decision.create_job is not None:
                 try:
@@ -128,12 +135,13 @@ class TrainingRunController:
         job, pods, training_job, training_pods = None, [], None, []
         if meta.get("deletionTimestamp"):
             deployments = self.kube.list("ModelDeployment", namespace, labels=None)
-            job = self.kube.get_or_none("Job", namespace, cleanup_job_name(name))
+            owner = ownership.Owner.of(run, RUN_LABEL)
+            job = self._own_job(self.kube.get_or_none("Job", namespace, cleanup_job_name(name)), owner)
             if job is not None:
                 pods = self.kube.list(
                     "Pod", namespace, labels={RUN_LABEL: name, "app.kubernetes.io/component": CLEANUP_COMPONENT}
                 )
-            training_job = self.kube.get_or_none("Job", namespace, job_name(name))
+            training_job = self._own_job(self.kube.get_or_none("Job", namespace, job_name(name)), owner)
             training_pods = self.kube.list(
                 "Pod", namespace, labels={RUN_LABEL: name, "app.kubernetes.io/component": TRAINING_COMPONENT}
             )
@@ -172,6 +180,13 @@ class TrainingRunController:
         now_text = wire_time(datetime.now(UTC))
         for event in cleanup.events:
             post_event(self.kube, dict(run), event.type, event.reason, event.message, now_text)
+
+    @staticmethod
+    def _own_job(job: dict[str, Any] | None, owner: ownership.Owner) -> dict[str, Any] | None:
+        """The Job if it is the run's; another's Job of the same name is never waited on or deleted."""
+        if job is None:
+            return None
+        return job if ownership.conflict("Job", job["metadata"]["name"], job, owner) is None else None
 
     def reconcile_waiting(self, namespace: str) -> None:
         """Look again at the deleted runs of ``namespace`` that wait for a ModelDeployment."""

@@ -82,6 +82,7 @@ from kubeloop.resources.serving import (
     track_service_name,
 )
 from kubeloop.traffic import Backends, WeightPatch, router_for
+from kubeloop.trust.images import IMAGE_NOT_ALLOWED, ImagePolicy
 
 PROGRESSING, HEALTHY, PAUSED, DEGRADED = "Progressing", "Healthy", "Paused", "Degraded"
 DEFAULT_INTERVAL = "1m"
@@ -444,6 +445,11 @@ def decide(
         r.failure(Reason.INVALID_SPEC, message)
         r.status.update(phase=DEGRADED, message=message, conditions=r.conditions)
         return Decision(status=r.status, events=r.events)
+    image_problem = ImagePolicy.from_settings(settings.image, settings.allowed_images).problem(
+        "spec.server.image", (md["spec"].get("server") or {}).get("image")
+    )
+    if image_problem is not None:
+        return refused(md, now, IMAGE_NOT_ALLOWED, image_problem)
 
     spec = md["spec"]
     total = int(spec.get("replicas", 1))
@@ -510,6 +516,20 @@ def decide(
     decision.events = r.events
     decision.requeue_after = _requeue(r, md)
     return decision
+
+
+def refused(md: Mapping[str, Any], now: datetime, reason: str, message: str) -> Decision:
+    """The operator will not act on this ModelDeployment (an image it may not run, a child
+    name taken by an object it does not own): ``Degraded`` with ``reason``, one Warning Event
+    per new message, and no children to write - what is running stays as it is."""
+    r = _Rollout(md, now)
+    r.condition(ConditionType.READY, False, reason, message)
+    r.condition(ConditionType.DEGRADED, True, reason, message)
+    if r.old.get("phase") != DEGRADED or r.old.get("message") != message:
+        r.event(reason, message, warning=True)
+        r.failure(reason, message)
+    r.status.update(phase=DEGRADED, message=message, conditions=r.conditions)
+    return Decision(status=r.status, events=r.events)
 
 
 def _first_sight_of_requests(r: _Rollout) -> None:

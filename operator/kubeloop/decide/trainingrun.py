@@ -26,6 +26,8 @@ from kubeloop.resources.trainingjob import (
     job_name,
 )
 from kubeloop.training.result import TrainingResult, parse_result
+from kubeloop.trust.images import IMAGE_NOT_ALLOWED, ImagePolicy
+from kubeloop.trust.ownership import RESOURCE_CONFLICT
 
 PENDING, TRAINING, SUCCEEDED, FAILED = "Pending", "Training", "Succeeded", "Failed"
 TERMINAL_PHASES = {SUCCEEDED, FAILED}
@@ -53,6 +55,9 @@ class Observed:
 
     job: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = ()
+    conflict: str | None = None
+    """A Job with the run's Job name exists but is not the run's (kubeloop.trust.ownership):
+    its message; ``job`` is then None and nothing is created."""
 
 
 # --- reading the children ---------------------------------------------------------------------
@@ -244,6 +249,20 @@ def decide(
                 warning=True,
             )
             status["completionTime"] = now_text
+            status["conditions"] = conditions
+            return Decision(status=status, events=events)
+        image_problem = ImagePolicy.from_settings(settings.image, settings.allowed_images).problem(
+            "spec.image", spec.get("image")
+        )
+        if image_problem is not None:
+            transition(FAILED, "False", IMAGE_NOT_ALLOWED, image_problem, warning=True)
+            status["completionTime"] = now_text
+            status["conditions"] = conditions
+            return Decision(status=status, events=events)
+        if observed.conflict is not None:
+            # Not adopted, not replaced: the run waits (the resync looks again) until the
+            # object is renamed or removed.
+            transition(PENDING, "False", RESOURCE_CONFLICT, observed.conflict, warning=True)
             status["conditions"] = conditions
             return Decision(status=status, events=events)
         if champion_missing:

@@ -55,6 +55,8 @@ class ServingSettings:
     image_pull_policy: str = "IfNotPresent"
     default_storage_uri: str = ""
     models_pvc: str = ""
+    allowed_images: tuple[str, ...] = ()
+    """Images besides ``image`` a spec may ask for (kubeloop.trust.images)."""
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ class TrainerSettings:
     job_ttl_seconds: int
     models_pvc: str = ""
     pod_labels: tuple[tuple[str, str], ...] = ()
+    allowed_images: tuple[str, ...] = ()
+    """Images besides ``image`` a spec may ask for (kubeloop.trust.images)."""
 
 
 @dataclass(frozen=True)
