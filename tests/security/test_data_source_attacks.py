@@ -19,6 +19,7 @@ runner that swaps one function of the policy before the first import of the trai
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import ssl
@@ -323,4 +324,34 @@ def test_a_failed_rule_names_rule_and_column_never_the_values(tmp_path: Path, da
     (failure,) = refused.result.failures
     assert (failure.rule, failure.column) == ("min_class_fraction", "target")
     assert "rarest class of target 'target'" in failure.message
+    assert not refused.shows_secret()
+
+
+# --- a DriftPolicy's dataset, read by `kubeloop drift` ------------------------------------
+
+
+def drift(tmp_path: Path, data: str, reference: str, env: dict[str, str]) -> Run:
+    termination = tmp_path / "drift-termination"
+    termination.unlink(missing_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubeloop.cli", "drift", "--data", data, "--reference", reference,
+         "--format", "csv", "--termination-log", str(termination)],
+        env={**SECRET_ENV, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **env},
+        capture_output=True, text=True, timeout=300,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr, termination.read_bytes() if termination.exists() else b"")
+
+
+def test_a_drift_dataset_is_held_to_the_same_roots(tmp_path: Path, data_root: Path) -> None:
+    reference = data_root / "reference.csv"
+    reference.write_text("a\n1\n2\n3\n")
+    weakened = drift(tmp_path, "file:///proc/self/environ", f"file://{reference}", ROOTS_EVERYWHERE)
+    # The attack is real: the check lists the columns it found, and the first one is the secret.
+    assert weakened.code == 2 and weakened.shows_secret(), weakened.termination
+
+    refused = drift(tmp_path, "file:///proc/self/environ", f"file://{reference}", real_roots(tmp_path, data_root))
+    assert refused.code == 2
+    result = json.loads(refused.termination)
+    assert result["reason"] == "DataUnavailable"
+    assert "spec.source.dataset.uri" in result["message"] and str(data_root) in result["message"]
     assert not refused.shows_secret()
