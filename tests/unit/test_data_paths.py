@@ -206,3 +206,22 @@ def test_pod_storage_never_declares_the_file_system_root() -> None:
     storage.resolve("pvc://a/x", read_only=True)
     assert storage.data_roots("file:///") == ["/mnt/pvc/a"]
     assert storage.data_roots("file:///var/lib/m/") == ["/mnt/pvc/a", "/var/lib/m"]
+
+
+def test_a_parquet_dataset_directory_is_read_and_held_to_the_roots(volume: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    dataset = volume / "export"
+    dataset.mkdir()
+    pd.DataFrame({"a": [1, 2], "target": [0, 1]}).to_parquet(dataset / "part-0.parquet")
+    pd.DataFrame({"a": [3], "target": [1]}).to_parquet(dataset / "part-1.parquet")
+    env = {ENV_DATA_ROOTS: str(volume)}
+    frame = load_table(f"file://{dataset}", format="parquet", env=env).frame
+    assert sorted(frame["a"]) == [1, 2, 3]
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    pd.DataFrame({"a": [9], "target": [0]}).to_parquet(outside / "secret.parquet")
+    (dataset / "part-2.parquet").symlink_to(outside / "secret.parquet")
+    with pytest.raises(DataSourceNotAllowed, match=r"not below a data volume"):
+        load_table(f"file://{dataset}", format="parquet", env=env)

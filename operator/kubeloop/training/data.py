@@ -288,7 +288,10 @@ def load_table(
     local_path = local_path_of(location)
     try:
         if local_path is not None:
-            local_path = DataRoots.from_env(environment).check(local_path, field, uri)
+            roots = DataRoots.from_env(environment)
+            local_path = roots.check(local_path, field, uri)
+            if table_format == "parquet" and os.path.isdir(local_path):
+                _check_dataset_directory(local_path, roots, field, uri)
         else:
             problem = remote_scheme_problem(location)
             if problem is not None:
@@ -301,7 +304,7 @@ def load_table(
             # pyarrow then reads natively instead of through a Python file object.
             if not os.path.exists(local_path):
                 raise FileNotFoundError(local_path)
-            if not os.path.isfile(local_path):
+            if not os.path.isfile(local_path) and not (table_format == "parquet" and os.path.isdir(local_path)):
                 raise DataError(f"{field} {shown!r} is not a regular file; name a {table_format} file")
             if table_format == "parquet":
                 frame = pd.read_parquet(local_path)
@@ -325,3 +328,19 @@ def load_table(
             "and spec.data.format"
         ) from None
     return LoadedData(frame=frame, source=uri, format=table_format, default_target=None)
+
+
+def _check_dataset_directory(directory: str, roots: DataRoots, field: str, uri: str) -> None:
+    """Hold every file and directory a Parquet dataset reader would open to ``roots``
+    (symlinks inside the dataset included; each real directory is visited once)."""
+    pending, seen = [directory], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        with os.scandir(current) as entries:
+            for entry in entries:
+                real = roots.check(entry.path, field, uri)
+                if os.path.isdir(real):
+                    pending.append(real)
