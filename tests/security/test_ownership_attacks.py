@@ -1,0 +1,239 @@
+"""Attack: name a ModelDeployment after objects that are not its own (issue 13, item 5,
+"Ownership").
+
+The victims are another app's objects in the namespace: a plain Service (selector app=web), a
+Deployment of that app, and an autoscaler, owned by nobody, named exactly like a
+ModelDeployment's children (``<name>``, ``<name>-stable``, ``<name>``). The attacker creates
+the ModelDeployment.
+
+(a) Weakened policy: the ModelDeployment controller, run in this process against the real API
+    server with its ownership policy replaced by "everything is mine" (what the operator did
+    before: server-side apply with ``force``). The Service is re-pointed at model pods and gets
+    the ModelDeployment's controller reference, and when the ModelDeployment is deleted the
+    garbage collector deletes the other app's Service: the attack is real, and the collector
+    runs in this cluster. (The old apply then fails on the Deployment's immutable selector, so
+    the other app's Deployment and autoscaler survived only by that accident.)
+(b) Real operator (a ``kubeloop operator`` process): the ModelDeployment is ``Degraded`` with
+    ``ResourceConflict`` naming ``Service churn``, an Event says so, none of the victims is
+    written (same resourceVersion/generation, spec, labels, owner references; no ``kubeloop``
+    field manager), none of the ModelDeployment's other children is created, and after the
+    ModelDeployment is deleted and the collector has deleted a witness it did own, the victims
+    are all still there, unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import OperatorProcess, install_crds, wait_for
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kubeloop.config import OperatorConfig
+from kubeloop.controllers.kube import FIELD_MANAGER, Kube
+from kubeloop.controllers.modeldeployment import ModelDeploymentController
+
+GROUP, VERSION = "kubeloop.io", "v1alpha1"
+SHA = "a" * 64
+RUNTIME_IMAGE = "kubeloop:test"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+
+
+@pytest.fixture
+def crds(kubectl: Any) -> None:
+    install_crds(kubectl)
+
+
+def victim_service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "web", "port": 80, "targetPort": 8080}]},
+    }
+
+
+def victim_deployment(name: str) -> dict[str, Any]:
+    security = {
+        "allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": 65534,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": PAUSE_IMAGE, "securityContext": security}]},
+            },
+        },
+    }
+
+
+def victim_hpa(name: str) -> dict[str, Any]:
+    # It scales a Deployment that does not exist, so the autoscaler never touches the victims.
+    return {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web-frontend"},
+            "minReplicas": 1, "maxReplicas": 3,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": 70}}}],
+        },
+    }
+
+
+def attacker_md(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": name},
+        "spec": {"model": {"storageUri": "s3://models/churn/model.skops", "sha256": SHA}, "replicas": 1,
+                 "autoscaling": {"minReplicas": 1, "maxReplicas": 3}},
+    }
+
+
+def create_victims(kube: Kube, namespace: str, name: str) -> None:
+    for obj in (victim_service(name), victim_deployment(f"{name}-stable"), victim_hpa(name)):
+        obj["metadata"]["namespace"] = namespace
+        kube.create(obj)
+
+
+VICTIMS = (("Service", ""), ("Deployment", "-stable"), ("HorizontalPodAutoscaler", ""))
+
+
+def fingerprint(obj: dict[str, Any]) -> dict[str, Any]:
+    """What a write by the operator would change: everything but the status its own
+    controller writes (the Deployment's and the autoscaler's status move on their own)."""
+    meta = obj["metadata"]
+    return {
+        "uid": meta["uid"],
+        "generation": meta.get("generation"),
+        "labels": meta.get("labels"),
+        "annotations": meta.get("annotations"),
+        "ownerReferences": meta.get("ownerReferences"),
+        "managers": sorted({m.get("manager") for m in meta.get("managedFields") or []
+                            if m.get("subresource") != "status"}),
+        "spec": obj["spec"],
+    }
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+
+def test_modeldeployment_named_like_foreign_objects_takes_nothing_over(
+    kubeconfig_path: str, kube_api: Any, namespace: str, crds: None, tmp_path: Path,
+) -> None:
+    kube = Kube(kube_api)
+    core = client.CoreV1Api(kube_api)
+    custom = client.CustomObjectsApi(kube_api)
+
+    # --- (a) weakened policy: the controller in-process, ownership check replaced -----------
+    create_victims(kube, namespace, "victim")
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", attacker_md("victim"))
+    md_uid = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "victim")[
+        "metadata"]["uid"]
+    weakened = ModelDeploymentController(
+        Kube.from_environment(kubeconfig_path), OperatorConfig(runtime_image=RUNTIME_IMAGE, metrics_port=0)
+    )
+    weakened.ownership_conflict = lambda kind, name, existing, owner: None
+    try:
+        # Services are applied first; the Deployment's immutable selector then stops the old
+        # apply with a 422 (so a foreign Deployment survives by luck, not by policy).
+        with pytest.raises(ApiException, match="field is immutable"):
+            weakened.reconcile(namespace, "victim")
+    finally:
+        weakened.stop()
+    service = kube.get("Service", namespace, "victim")
+    assert service["spec"]["selector"] != {"app": "web"}, "the attack must re-point the Service"
+    assert service["spec"]["selector"].get("kubeloop.io/modeldeployment") == "victim"
+    assert [r["uid"] for r in service["metadata"]["ownerReferences"]] == [md_uid]
+    assert FIELD_MANAGER in fingerprint(service)["managers"]
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "victim")
+    # ... and deleting the ModelDeployment has the garbage collector delete the other app's Service.
+    wait_for(lambda: kube.get_or_none("Service", namespace, "victim") is None, timeout=90,
+             what="weakened: garbage collector deletes Service victim")
+
+    # --- (b) the real operator -------------------------------------------------------------------
+    create_victims(kube, namespace, "churn")
+    # Let the other app settle (its pods ready, its status written) before taking the fingerprint.
+    wait_for(lambda: (lambda d: (d.get("status") or {}).get("readyReplicas") == 1
+                      and d["status"].get("observedGeneration") == d["metadata"]["generation"])(
+        kube.get("Deployment", namespace, "churn-stable")), timeout=60, what="victim Deployment ready")
+    before = {kind: kube.get(kind, namespace, f"churn{suffix}") for kind, suffix in VICTIMS}
+    operator = OperatorProcess(
+        kubeconfig_path, namespace, tmp_path / "operator.log",
+        env={"KUBELOOP_RUNTIME_IMAGE": RUNTIME_IMAGE, "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
+        inherit_kubeloop_env=False,
+    )
+    operator.start()
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", attacker_md("churn"))
+        md = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "churn")
+
+        def degraded() -> dict[str, Any] | None:
+            got = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "churn")
+            found = condition(got, "Degraded")
+            return found if found.get("reason") == "ResourceConflict" else None
+
+        found = wait_for(degraded, timeout=60, what=f"ResourceConflict (operator log:\n{operator.log_tail()})")
+        assert found["status"] == "True"
+        assert found["message"].startswith("Service churn already exists and it is not managed by ModelDeployment churn")
+        for kind, suffix in VICTIMS:
+            assert f"{kind} churn{suffix} already exists" in found["message"]
+        status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "churn")["status"]
+        assert status["phase"] == "Degraded"
+        assert condition({"status": status}, "Ready")["reason"] == "ResourceConflict"
+        events = [e for e in core.list_namespaced_event(namespace).items
+                  if e.involved_object.name == "churn" and e.reason == "ResourceConflict"]
+        assert events and events[0].type == "Warning" and "Service churn" in events[0].message
+
+        # Several resyncs (2s) and rollout ticks later: nothing was written, no Event storm.
+        time.sleep(8)
+        assert operator.alive(), operator.log_tail()
+        for kind, suffix in VICTIMS:
+            after = kube.get(kind, namespace, f"churn{suffix}")
+            assert fingerprint(after) == fingerprint(before[kind]), f"{kind} churn{suffix} was modified"
+            assert FIELD_MANAGER not in fingerprint(after)["managers"]
+        assert kube.get("Service", namespace, "churn")["metadata"]["resourceVersion"] == \
+            before["Service"]["metadata"]["resourceVersion"]
+        for kind, name in (("Service", "churn-stable"), ("Service", "churn-canary"), ("Deployment", "churn-canary")):
+            assert kube.get_or_none(kind, namespace, name) is None, f"{kind} {name} must not be created"
+        events = [e for e in core.list_namespaced_event(namespace).items
+                  if e.involved_object.name == "churn" and e.reason == "ResourceConflict"]
+        assert len(events) == 1 and (events[0].count or 1) == 1
+
+        # Delete the ModelDeployment; a witness it does own shows the collector has run.
+        core.create_namespaced_config_map(namespace, {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "witness", "ownerReferences": [{
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "name": "churn",
+                "uid": md["metadata"]["uid"], "controller": True}]},
+            "data": {},
+        })
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "churn")
+        wait_for(lambda: kube.get_or_none("ModelDeployment", namespace, "churn") is None, timeout=60,
+                 what="ModelDeployment deleted")
+        wait_for(lambda: not _exists(core, namespace, "witness"), timeout=90,
+                 what="garbage collector deletes the witness")
+        time.sleep(3)
+        for kind, suffix in VICTIMS:
+            after = kube.get(kind, namespace, f"churn{suffix}")
+            assert fingerprint(after) == fingerprint(before[kind]), f"{kind} churn{suffix} changed after deletion"
+        assert kube.get("Service", namespace, "churn")["spec"]["selector"] == {"app": "web"}
+    finally:
+        operator.stop()
+
+
+def _exists(core: client.CoreV1Api, namespace: str, name: str) -> bool:
+    try:
+        core.read_namespaced_config_map(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
