@@ -11,7 +11,8 @@ here exactly as ``helm template`` renders it and applied to the real kube-apiser
 users are real RBAC subjects reached by impersonation (``kubectl --as``):
 
 * ``mallory`` may create and update the three kinds, but not read Secrets or claims;
-* ``alice`` may do the same, and ``get`` Secret ``s3`` and claim ``data``.
+* ``alice`` may do the same, and ``get`` Secret ``s3`` and claim ``data``;
+* ``carol`` may do the same, and ``get`` every Secret and claim of the namespace.
 
 Each attack runs twice: with a weakened policy (the same policy, its binding matching no
 namespace) where mallory's object is admitted, so the attack is real; then with the chart's
@@ -33,6 +34,7 @@ import yaml
 from clusterfixture import unique_name
 from harness import REPO, install_crds
 
+from kubeloop.decide.driftpolicy import retrain_run
 from kubeloop.resources.trainingjob import credentials_env_from
 
 CHART = REPO / "charts" / "kubeloop"
@@ -155,6 +157,9 @@ def rbac(kubectl: Kubectl, namespace: str) -> None:
     for user in ("mallory", "alice"):
         kubectl("create", "rolebinding", f"{user}-author", *n, "--role=author", f"--user={user}")
     kubectl("create", "rolebinding", "alice-reader", *n, "--role=reader", "--user=alice")
+    kubectl("create", "role", "reader-of-all", *n, "--verb=get", "--resource=secrets,persistentvolumeclaims")
+    kubectl("create", "rolebinding", "carol-author", *n, "--role=author", "--user=carol")
+    kubectl("create", "rolebinding", "carol-reader", *n, "--role=reader-of-all", "--user=carol")
     for sa in (OPERATOR_SA, "not-the-operator"):
         kubectl("create", "serviceaccount", sa, *n)
         kubectl("create", "rolebinding", f"{sa}-author", *n, "--role=author", f"--serviceaccount={namespace}:{sa}")
@@ -268,7 +273,39 @@ def test_a_driftpolicy_naming_an_unreadable_secret_or_claim_is_refused(world: Wo
     for label, (policy, expected) in attacks.items():
         assert expected in world.refused("mallory", named(policy, f"steal-{label}")), label
     for label, (policy, _) in attacks.items():
-        world.admitted("alice", named(policy, f"alice-{label}"))
+        # A copy of a run may name anything: only who may read everything may ask for one.
+        author = "carol" if "fromTrainingRun" in policy["spec"].get("retrain", {}) else "alice"
+        world.admitted(author, named(policy, f"{author}-{label}"))
+
+
+def test_a_driftpolicy_copying_someone_elses_run_is_refused(world: World) -> None:
+    # alice's run reads Secret s3. mallory's DriftPolicy copies it and overrides its image:
+    # the operator (exempt) would create a run with alice's Secret in mallory's container.
+    world.admitted("alice", training_run("iris-1", secret="s3", source="pvc://data/train.csv"))
+    copy = drift_policy("weak", retrain={
+        "fromTrainingRun": {"name": "iris-1"}, "overrides": {"image": "mallory/exfiltrate:1"},
+    })
+    world.admitted("mallory", copy)
+    stored = json.loads(world.kubectl("get", "driftpolicy", "weak", "-n", world.namespace, "-o", "json").stdout)
+    source = json.loads(world.kubectl("get", "trainingrun", "iris-1", "-n", world.namespace, "-o", "json").stdout)
+    run = retrain_run(stored, 1, "Drift", source["spec"])
+    assert run["spec"]["image"] == "mallory/exfiltrate:1"
+    assert credentials_env_from(run["spec"]) == [{"secretRef": {"name": "s3"}}]
+
+    world.enforce()
+    message = world.refused("mallory", {**copy, "metadata": {"name": "steal"}})
+    assert (
+        f'spec.retrain.fromTrainingRun: user "mallory" may not get every Secret in namespace "{world.namespace}", '
+        'and a copy of TrainingRun "iris-1" may name any of them; write retrain.template naming what you can '
+        "read, or ask for get on secrets"
+    ) in message
+    # Reading s3 and data is not enough: the run to copy could name any other Secret.
+    assert 'user "alice" may not get every Secret' in world.refused("alice", {**copy, "metadata": {"name": "alice"}})
+    world.admitted("carol", {**copy, "metadata": {"name": "carol"}})
+    # What alice may do instead: name her references in a template.
+    world.admitted("alice", drift_policy("alice-template", retrain={
+        "template": {"spec": training_spec(secret="s3", source="pvc://data/train.csv")},
+    }))
 
 
 def test_changing_the_spec_under_someone_elses_secret_is_refused(world: World) -> None:

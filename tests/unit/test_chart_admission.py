@@ -72,9 +72,19 @@ def expected_references() -> set[tuple[str, str]]:
 MESSAGE = re.compile(r"""^'(?P<field>[\w.]+): user "' \+ variables\.user \+ '" may not get (?P<kind>Secret|PersistentVolumeClaim) "'""")
 
 
+COPY = re.compile(r"""^'spec\.retrain\.fromTrainingRun: user "' \+ variables\.user \+ '" may not get every (?P<kind>Secret|PersistentVolumeClaim)\s""")
+
+
 def checked_references(policy: dict[str, Any]) -> set[tuple[str, str]]:
     found = set()
     for validation in policy["spec"]["validations"]:
+        copy = COPY.match(validation["messageExpression"])
+        if copy:
+            # Checked below: any name (no .name(...)), for a DriftPolicy copying a run.
+            assert "variables.copiedRun == ''" in validation["expression"]
+            assert ".name(" not in validation["expression"]
+            found.add(("spec.retrain.fromTrainingRun", copy["kind"]))
+            continue
         match = MESSAGE.match(validation["messageExpression"])
         assert match, validation["messageExpression"]
         resource = "secrets" if match["kind"] == "Secret" else "persistentvolumeclaims"
@@ -105,7 +115,11 @@ def test_every_secret_and_claim_the_api_can_name_is_checked(tmp_path: Path) -> N
         ("spec.retrain.template.spec.credentials.secretRef", "Secret"),
     } <= expected
     assert len(expected) == 13
-    assert checked_references(one(render(tmp_path), "ValidatingAdmissionPolicy")) == expected
+    checked = checked_references(one(render(tmp_path), "ValidatingAdmissionPolicy"))
+    # A DriftPolicy copying a TrainingRun (fromTrainingRun) names whatever that run names: its
+    # author must be able to read every Secret and claim.
+    copies = {("spec.retrain.fromTrainingRun", "Secret"), ("spec.retrain.fromTrainingRun", "PersistentVolumeClaim")}
+    assert checked == expected | copies
 
 
 def test_only_the_releases_own_service_account_is_exempt(tmp_path: Path) -> None:
