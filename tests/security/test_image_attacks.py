@@ -117,7 +117,7 @@ def test_spec_images_are_refused_unless_the_operator_allows_them(
         assert md_degraded["status"] == "True"
         assert md_degraded["message"].startswith(f"spec.server.image {EVIL!r} is not allowed")
         for message in (run_ready["message"], md_degraded["message"]):
-            assert repr(RUNTIME_IMAGE) in message and "images.allowed" in message
+            assert repr(RUNTIME_IMAGE) in message and "runtime.allowedImages" in message
         run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "evil-run")
         assert run["status"]["phase"] == "Failed"
         reasons = {(e.involved_object.name, e.reason, e.type) for e in core.list_namespaced_event(namespace).items}

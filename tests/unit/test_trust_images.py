@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,7 +56,7 @@ def test_policy_table(allowed: tuple[str, ...], image: str, expected: bool) -> N
     assert (problem is None) is expected
     if problem is not None:
         assert problem.startswith(f"spec.image {image!r} is not allowed")
-        assert repr(RUNTIME) in problem and "images.allowed" in problem and "KUBELOOP_ALLOWED_IMAGES" in problem
+        assert repr(RUNTIME) in problem and "runtime.allowedImages" in problem and "KUBELOOP_ALLOWED_IMAGES" in problem
 
 
 def test_no_image_means_the_runtime_image() -> None:
@@ -166,3 +167,34 @@ def test_modeldeployment_with_the_runtime_image_or_an_allowed_one_is_served() ->
         assert [d["spec"]["template"]["spec"]["containers"][0]["image"] for d in decision.deployments] == [
             image or RUNTIME
         ]
+
+
+# --- the chart configures the policy ------------------------------------------------------------
+
+
+def test_the_chart_value_becomes_the_operators_image_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_chart_support import one, render
+
+    for key in list(os.environ):
+        if key.startswith("KUBELOOP_"):
+            monkeypatch.delenv(key)
+    values = {"runtime": {"image": RUNTIME, "allowedImages": ["registry.example/ml/", "registry.example/trainer:"]}}
+    container = one(render(tmp_path, values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for key in ("KUBELOOP_ALLOWED_IMAGES", "KUBELOOP_RUNTIME_IMAGE"):
+        monkeypatch.setenv(key, env[key])
+    config = OperatorConfig()
+    policy = ImagePolicy.from_settings(config.runtime_image, config.allowed_images)
+    assert policy == ImagePolicy(RUNTIME, ("registry.example/ml/", "registry.example/trainer:"))
+    assert policy.allows("registry.example/ml/x:1") and not policy.allows("evil.example/x:1")
+    default = one(render(tmp_path), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in default["env"]}["KUBELOOP_ALLOWED_IMAGES"] == ""
+
+
+@pytest.mark.parametrize("bad", ["*", "evil.example/x:1 extra", "a,b", ""])
+def test_the_chart_refuses_allowed_images_that_cannot_be_entries(tmp_path: Path, bad: str) -> None:
+    from test_chart_support import helm, template_args
+
+    args = template_args({"runtime": {"allowedImages": [bad]}}, values_file=tmp_path / "v.json")
+    proc = helm(*args, check=False)
+    assert proc.returncode != 0 and "allowedImages" in proc.stderr

@@ -8,7 +8,7 @@ to run:
 
 * no image in the spec: the operator's runtime image (always allowed);
 * the runtime image itself, or an entry of the operator setting ``allowed_images`` (the chart
-  value ``images.allowed``, env ``KUBELOOP_ALLOWED_IMAGES``): an entry ending in ``/`` allows
+  value ``runtime.allowedImages``, env ``KUBELOOP_ALLOWED_IMAGES``): an entry ending in ``/`` allows
   every repository below that registry path, an entry ending in ``:`` every tag and digest of
   that repository, any other entry exactly that reference;
 * an image that is not a well-formed reference is refused even when it starts with an allowed
@@ -29,7 +29,7 @@ from kubeloop.api.conditions import Reason
 
 IMAGE_NOT_ALLOWED = Reason.IMAGE_NOT_ALLOWED
 """Condition/Event reason: a spec asks for an image the operator is not configured to run."""
-ALLOWED_IMAGES_SETTING = "the chart value images.allowed (KUBELOOP_ALLOWED_IMAGES)"
+ALLOWED_IMAGES_SETTING = "the chart value runtime.allowedImages (KUBELOOP_ALLOWED_IMAGES)"
 
 # The distribution reference grammar, simplified: [domain[:port]/]path(/path)*[:tag][@digest].
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
