@@ -35,6 +35,7 @@ from kubernetes.client.exceptions import ApiException
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers.kube import FIELD_MANAGER, Kube
 from kubeloop.controllers.modeldeployment import ModelDeploymentController
+from kubeloop.controllers.trainingrun import TrainingRunController
 
 GROUP, VERSION = "kubeloop.io", "v1alpha1"
 SHA = "a" * 64
@@ -237,3 +238,91 @@ def _exists(core: client.CoreV1Api, namespace: str, name: str) -> bool:
             return False
         raise
     return True
+
+
+# --- a TrainingRun's Job -------------------------------------------------------------------------
+
+
+def foreign_job(name: str, run_name: str) -> dict[str, Any]:
+    """A Job prepared under a run's Job name, labelled like the operator's own (labels are
+    free to write; an owner reference to a run that does not exist yet is not)."""
+    labels = {"kubeloop.io/trainingrun": run_name, "app.kubernetes.io/managed-by": "kubeloop"}
+    pod = victim_deployment("x")["spec"]["template"]["spec"]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": labels},
+                                                 "spec": {**pod, "restartPolicy": "Never"}}},
+    }
+
+
+def trainingrun(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "cancer", "estimator": "sklearn.linear_model.LogisticRegression",
+                      "task": "classification"},
+            "data": {"source": "sklearn://breast_cancer", "target": "target"},
+            "evaluation": {"metric": "accuracy", "threshold": 0.8},
+        },
+    }
+
+
+def test_trainingrun_does_not_adopt_a_job_prepared_under_its_job_name(
+    kubeconfig_path: str, kube_api: Any, namespace: str, crds: None, tmp_path: Path,
+) -> None:
+    kube = Kube(kube_api)
+    custom = client.CustomObjectsApi(kube_api)
+
+    def run(name: str) -> dict[str, Any]:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", name)  # type: ignore[no-any-return]
+
+    def finished(job: str) -> bool:
+        conditions = (kube.get("Job", namespace, job).get("status") or {}).get("conditions") or []
+        return any(c["type"] in {"Complete", "Failed"} and c["status"] == "True" for c in conditions)
+
+    # --- (a) weakened: the TrainingRun controller in-process, ownership check replaced --------
+    kube.create({**foreign_job("forged-train", "forged"), "metadata": {
+        **foreign_job("forged-train", "forged")["metadata"], "namespace": namespace}})
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", trainingrun("forged"))
+    weakened = TrainingRunController(
+        Kube.from_environment(kubeconfig_path), OperatorConfig(runtime_image=RUNTIME_IMAGE, metrics_port=0)
+    )
+    weakened.ownership_conflict = lambda kind, name, existing, owner: None
+    weakened.reconcile(namespace, "forged")
+    assert run("forged")["status"]["jobName"] == "forged-train", "the attack must make the run adopt the Job"
+    wait_for(lambda: finished("forged-train"), timeout=60, what="the prepared Job finishes")
+    weakened.reconcile(namespace, "forged")
+    # The prepared Job decided the run's outcome.
+    assert run("forged")["status"]["phase"] == "Failed"
+    assert "forged-train" in run("forged")["status"]["message"]
+
+    # --- (b) the real operator -------------------------------------------------------------------
+    kube.create({**foreign_job("honest-train", "honest"), "metadata": {
+        **foreign_job("honest-train", "honest")["metadata"], "namespace": namespace}})
+    wait_for(lambda: finished("honest-train"), timeout=60, what="the prepared Job finishes")
+    before = kube.get("Job", namespace, "honest-train")
+    operator = OperatorProcess(
+        kubeconfig_path, namespace, tmp_path / "operator.log",
+        env={"KUBELOOP_RUNTIME_IMAGE": RUNTIME_IMAGE}, inherit_kubeloop_env=False,
+    )
+    operator.start()
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", trainingrun("honest"))
+        ready = wait_for(lambda: (lambda c: c if c.get("reason") == "ResourceConflict" else None)(
+            condition(run("honest"), "Ready")), timeout=60, what=f"ResourceConflict (log:\n{operator.log_tail()})")
+        assert ready["status"] == "False"
+        assert ready["message"].startswith("Job honest-train already exists and it is not managed by TrainingRun honest")
+        time.sleep(5)  # a few resyncs
+        status = run("honest")["status"]
+        assert status["phase"] == "Pending" and "jobName" not in status
+        after = kube.get("Job", namespace, "honest-train")
+        assert fingerprint(after) == fingerprint(before) and not after["metadata"].get("ownerReferences")
+        # Once the other Job is gone, the run gets a Job of its own.
+        kube.delete("Job", namespace, "honest-train")
+        uid = run("honest")["metadata"]["uid"]
+        own = wait_for(lambda: (lambda j: j if j and j["metadata"].get("ownerReferences") else None)(
+            kube.get_or_none("Job", namespace, "honest-train")), timeout=60, what="the run's own Job")
+        assert [r["uid"] for r in own["metadata"]["ownerReferences"]] == [uid]
+    finally:
+        operator.stop()

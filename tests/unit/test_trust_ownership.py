@@ -34,11 +34,10 @@ TABLE = [
     (None, True, ""),
     (obj([ref()]), True, ""),
     (obj([ref()], labels={"app": "web"}), True, ""),
-    (obj(), False, "no owner reference, no kubeloop labels"),
-    (obj(labels={"app": "web"}), False, "no owner reference"),
-    (obj(labels=MINE_LABELS), True, ""),
-    (obj(labels={"kubeloop.io/modeldeployment": "churn"}), False, "not managed by"),  # label alone
-    (obj(labels={**MINE_LABELS, "kubeloop.io/modeldeployment": "other"}), False, "not managed by"),
+    (obj(), False, "no controller owner reference"),
+    (obj(labels={"app": "web"}), False, "no controller owner reference"),
+    # Where owner references are used, labels (writable by whoever creates the object) never count.
+    (obj(labels=MINE_LABELS), False, "not managed by"),
     (obj([ref(uid="uid-0")]), False, "earlier ModelDeployment named churn"),
     (obj([ref(kind="Deployment", name="web", uid="uid-9")]), False, "controlled by Deployment web"),
     # A controller reference to someone else wins over our labels.
@@ -59,6 +58,21 @@ def test_ownership_table(existing: dict[str, Any] | None, owned: bool, words: st
         assert message.startswith("Service churn already exists and ")
         assert words in message
         assert "leaves it unchanged" in message
+
+
+LABELLED = Owner("ModelDeployment", "churn", "uid-1", "kubeloop.io/modeldeployment", by_reference=False)
+
+
+@pytest.mark.parametrize(("existing", "owned"), [
+    (obj(labels=MINE_LABELS), True),
+    (obj([ref()]), True),
+    (obj(labels={"kubeloop.io/modeldeployment": "churn"}), False),  # the label alone
+    (obj(labels={**MINE_LABELS, "kubeloop.io/modeldeployment": "other"}), False),
+    (obj([ref(kind="Deployment", name="web", uid="uid-9")], labels=MINE_LABELS), False),
+    (obj(), False),
+])
+def test_labels_mark_children_only_where_references_are_not_used(existing: dict[str, Any], owned: bool) -> None:
+    assert (conflict("Service", "churn", existing, LABELLED) is None) is owned
 
 
 def test_an_owner_without_uid_owns_nothing_by_reference() -> None:

@@ -40,6 +40,7 @@ from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 from kubeloop.drift.report import counts_from_bin_labels, drift_report
 from kubeloop.drift.result import parse_result as parse_drift_result
 from kubeloop.resources.driftjob import build_drift_job, drift_job_name
+from kubeloop.trust import ownership
 from kubeloop.trust.urls import (
     PrometheusUrlPolicy,
     UrlNotAllowed,
@@ -219,6 +220,11 @@ class DriftPolicyController:
         due_epoch = int(due_time(policy).timestamp())
         job_name = drift_job_name(name, due_epoch)
         job = self.kube.get_or_none("Job", namespace, job_name)
+        # A Job of that name that is not this policy's is not read (its result could be forged)
+        # and not replaced (kubeloop.trust.ownership).
+        conflict = ownership.conflict("Job", job_name, job, ownership.Owner.of(policy, POLICY_LABEL))
+        if conflict is not None:
+            raise MeasurementError(ownership.RESOURCE_CONFLICT, conflict)
         if job is None:
             config = drift_config(policy["spec"])
             job = build_drift_job(policy, due_epoch, profile_uri, config_wire(config), trainer_settings(self.config))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +60,11 @@ class TrainingRunController:
         # Deleted runs whose artifacts a ModelDeployment still serves: a change to any
         # ModelDeployment in their namespace looks at them again (kopf stops timers on deletion).
         self.waiting_for_deployments: set[tuple[str, str]] = set()
+        # The one ownership policy (kubeloop.trust.ownership). Not configurable: only the
+        # attack tests replace it in-process, to show what the operator did without it.
+        self.ownership_conflict: Callable[
+            [str, str, Mapping[str, Any] | None, ownership.Owner], str | None
+        ] = ownership.conflict
 
     def find_champion(self, run: Mapping[str, Any]) -> tuple[Champion | None, str | None]:
         spec = run["spec"]
@@ -99,7 +104,7 @@ class TrainingRunController:
                 return
             job = self.kube.get_or_none("Job", namespace, job_name(name))
             # A Job with the run's Job name that is not the run's is neither adopted nor replaced.
-            conflict = ownership.conflict("Job", job_name(name), job, ownership.Owner.of(run, RUN_LABEL))
+            conflict = self.ownership_conflict("Job", job_name(name), job, ownership.Owner.of(run, RUN_LABEL))
             if conflict is not None:
                 job = None
             pods = self.kube.list("Pod", namespace, labels={RUN_LABEL: name}) if job else []
@@ -181,12 +186,11 @@ class TrainingRunController:
         for event in cleanup.events:
             post_event(self.kube, dict(run), event.type, event.reason, event.message, now_text)
 
-    @staticmethod
-    def _own_job(job: dict[str, Any] | None, owner: ownership.Owner) -> dict[str, Any] | None:
+    def _own_job(self, job: dict[str, Any] | None, owner: ownership.Owner) -> dict[str, Any] | None:
         """The Job if it is the run's; another's Job of the same name is never waited on or deleted."""
         if job is None:
             return None
-        return job if ownership.conflict("Job", job["metadata"]["name"], job, owner) is None else None
+        return job if self.ownership_conflict("Job", job["metadata"]["name"], job, owner) is None else None
 
     def reconcile_waiting(self, namespace: str) -> None:
         """Look again at the deleted runs of ``namespace`` that wait for a ModelDeployment."""

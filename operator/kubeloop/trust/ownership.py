@@ -10,10 +10,13 @@ The rule: the operator creates an object that does not exist, and changes, scale
 an existing one only when it carries the owner's mark:
 
 * a **controller owner reference** to the owner (same kind and uid) - what every child the
-  operator creates carries; or
-* where there is **no controller owner reference at all**, the ``kubeloop.io/<kind>`` label
-  naming the owner together with ``app.kubernetes.io/managed-by: kubeloop`` (an object the
-  operator labelled as its own but that lost, or never had, its owner reference).
+  operator creates carries (Services, Deployments, autoscalers, Jobs). The uid exists only once
+  the owner does, so nobody can prepare an object that passes for a future owner's child;
+* only for children the operator does not give owner references (``Owner.by_reference`` is
+  False; none today), and only when there is no controller reference at all: the
+  ``kubeloop.io/<kind>`` label naming the owner together with
+  ``app.kubernetes.io/managed-by: kubeloop``. Labels can be written by whoever creates the
+  object, so they never stand in for a reference where references are used.
 
 Anything else - a controller reference to another object (or to an earlier owner of the same
 name, whose garbage collection is still pending), or no mark - is a conflict: the object is
@@ -43,11 +46,14 @@ class Owner:
     name: str
     uid: str
     label: str  # e.g. "kubeloop.io/modeldeployment"
+    by_reference: bool = True
+    """Whether the operator marks this owner's children with an owner reference (then only
+    the reference counts); False: the labels mark them."""
 
     @classmethod
-    def of(cls, obj: Mapping[str, Any], label: str) -> Owner:
+    def of(cls, obj: Mapping[str, Any], label: str, by_reference: bool = True) -> Owner:
         meta = obj["metadata"]
-        return cls(str(obj["kind"]), str(meta["name"]), str(meta.get("uid") or ""), label)
+        return cls(str(obj["kind"]), str(meta["name"]), str(meta.get("uid") or ""), label, by_reference)
 
 
 def _controller_reference(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -63,6 +69,8 @@ def owned_by(obj: Mapping[str, Any], owner: Owner) -> bool:
     controller = _controller_reference(obj)
     if controller is not None:
         return bool(owner.uid) and controller.get("uid") == owner.uid and controller.get("kind") == owner.kind
+    if owner.by_reference:
+        return False
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return labels.get(owner.label) == owner.name and labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
 
@@ -74,7 +82,7 @@ def conflict(kind: str, name: str, existing: Mapping[str, Any] | None, owner: Ow
         return None
     controller = _controller_reference(existing)
     if controller is None:
-        whose = f"it is not managed by {owner.kind} {owner.name} (no owner reference, no kubeloop labels)"
+        whose = f"it is not managed by {owner.kind} {owner.name} (it has no controller owner reference to it)"
     elif controller.get("kind") == owner.kind and controller.get("name") == owner.name:
         whose = f"it belongs to an earlier {owner.kind} named {owner.name} (uid {controller.get('uid')})"
     else:
