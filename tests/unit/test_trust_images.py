@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from kubeloop.config import OperatorConfig
+from kubeloop.decide import driftpolicy as dp_decide
 from kubeloop.decide import modeldeployment as md_decide
 from kubeloop.decide import trainingrun as tr_decide
 from kubeloop.resources.serving import ServingSettings
@@ -21,6 +22,12 @@ from kubeloop.trust.images import ImagePolicy, ImageSettingError, check_allowed_
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 RUNTIME = "registry.example/kubeloop:1.4"
+EVIL = "evil.example/x:1"
+TR_SPEC: dict[str, Any] = {
+    "model": {"name": "cancer", "estimator": "sklearn.linear_model.LogisticRegression", "task": "classification"},
+    "data": {"source": "sklearn://breast_cancer", "target": "target"},
+    "evaluation": {"metric": "accuracy", "threshold": 0.9},
+}
 
 ALLOW = [
     # (allowed entries, image, allowed?)
@@ -198,3 +205,41 @@ def test_the_chart_refuses_allowed_images_that_cannot_be_entries(tmp_path: Path,
     args = template_args({"runtime": {"allowedImages": [bad]}}, values_file=tmp_path / "v.json")
     proc = helm(*args, check=False)
     assert proc.returncode != 0 and "allowedImages" in proc.stderr
+
+
+# --- a DriftPolicy's retrain runs -----------------------------------------------------------------
+
+
+def _drift_decision(retrain: dict[str, Any], images: ImagePolicy | None, source: dict[str, Any] | None = None) -> Any:
+    import test_driftpolicy_decide as dp
+
+    policy = dp.policy(retrain={"cooldown": "1h", "maxRetrainsPerDay": 3, **retrain})
+    return dp_decide.decide(policy, dp.NOW, dp.DRIFT, {}, source, images=images)
+
+
+@pytest.mark.parametrize(("retrain", "source", "field"), [
+    ({"template": {"spec": {**TR_SPEC, "image": EVIL}}}, None, "spec.retrain.template.spec.image"),
+    ({"fromTrainingRun": {"name": "cancer-1"}, "overrides": {"image": EVIL}}, TR_SPEC, "spec.retrain.overrides.image"),
+    ({"fromTrainingRun": {"name": "cancer-1"}}, {**TR_SPEC, "image": EVIL},
+     "spec.image of TrainingRun cancer-1 (copied by spec.retrain.fromTrainingRun)"),
+])
+def test_driftpolicy_creates_no_retrain_run_with_a_foreign_image(
+    retrain: dict[str, Any], source: dict[str, Any] | None, field: str,
+) -> None:
+    for images in (ImagePolicy(RUNTIME), None):
+        decision = _drift_decision(retrain, images, source)
+        assert decision.create_run is None
+        ready = next(c for c in decision.status["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "ImageNotAllowed" and ready["status"] == "False"
+        assert ready["message"].startswith(f"{field} {EVIL!r} is not allowed")
+        assert decision.status["lastFailure"]["reason"] == "ImageNotAllowed"
+        assert "ImageNotAllowed" in {e.reason for e in decision.events}
+        assert "retrainCount" not in decision.status
+    # Allowed: the run is created with that image.
+    allowed = _drift_decision(retrain, ImagePolicy(RUNTIME, ("evil.example/",)), source)
+    assert allowed.create_run is not None and allowed.create_run["spec"]["image"] == EVIL
+
+
+def test_driftpolicy_retrain_without_an_image_uses_the_runtime_image() -> None:
+    decision = _drift_decision({"template": {"spec": TR_SPEC}}, ImagePolicy(RUNTIME))
+    assert decision.create_run is not None and "image" not in decision.create_run["spec"]

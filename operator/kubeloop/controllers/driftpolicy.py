@@ -41,6 +41,7 @@ from kubeloop.drift.report import counts_from_bin_labels, drift_report
 from kubeloop.drift.result import parse_result as parse_drift_result
 from kubeloop.resources.driftjob import build_drift_job, drift_job_name
 from kubeloop.trust import ownership
+from kubeloop.trust.images import ImagePolicy
 from kubeloop.trust.urls import (
     PrometheusUrlPolicy,
     UrlNotAllowed,
@@ -94,6 +95,8 @@ class DriftPolicyController:
         self.prometheus_urls = PrometheusUrlPolicy.from_settings(
             config.prometheus_url, config.allowed_prometheus_urls
         )
+        # One image policy (kubeloop.trust.images): the same the TrainingRuns it creates meet.
+        self.images = ImagePolicy.from_settings(config.runtime_image, config.allowed_images)
 
     # --- measuring ----------------------------------------------------------------------------
 
@@ -271,7 +274,7 @@ class DriftPolicyController:
                 source_run = self.kube.get_or_none("TrainingRun", namespace, source_ref)
                 source_run_spec = source_run["spec"] if source_run else None
             measurement = self.measure(policy) if check_due(policy, now) else None
-            decision = decide(policy, now, measurement, runs, source_run_spec)
+            decision = decide(policy, now, measurement, runs, source_run_spec, images=self.images)
 
             if decision.create_run is not None:
                 try:

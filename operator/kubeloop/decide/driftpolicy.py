@@ -34,6 +34,7 @@ from kubeloop.drift.profile import PREDICTION_FEATURE
 from kubeloop.drift.report import DriftConfig, DriftReport, FeatureSettings
 from kubeloop.drift.result import DriftCheckResult
 from kubeloop.resources.meta import child_name, labels_for, owner_reference
+from kubeloop.trust.images import IMAGE_NOT_ALLOWED, ImagePolicy
 
 RetrainReason = Literal["Drift", "Schedule", "Manual"]
 IN_FLIGHT = {"Pending", "Running"}
@@ -220,6 +221,16 @@ def retrain_run(
     }
 
 
+def retrain_image_field(retrain: Mapping[str, Any]) -> str:
+    """Where a retrain run's image comes from, as a refusal names it."""
+    if retrain.get("template"):
+        return "spec.retrain.template.spec.image"
+    if "image" in (retrain.get("overrides") or {}):
+        return "spec.retrain.overrides.image"
+    source = (retrain.get("fromTrainingRun") or {}).get("name", "?")
+    return f"spec.image of TrainingRun {source} (copied by spec.retrain.fromTrainingRun)"
+
+
 # --- the decision ---------------------------------------------------------------------------
 
 
@@ -252,8 +263,10 @@ def decide(
     measurement: DriftMeasurement | None,
     runs: Mapping[str, Mapping[str, Any]],
     source_run_spec: Mapping[str, Any] | None = None,
+    images: ImagePolicy | None = None,
 ) -> Decision:
-    """Next status of a DriftPolicy. ``runs`` are its retrain TrainingRuns by name."""
+    """Next status of a DriftPolicy. ``runs`` are its retrain TrainingRuns by name; a retrain
+    run is created only with an image ``images`` allows (None: no image may be named)."""
     meta, spec = policy["metadata"], policy["spec"]
     generation = int(meta.get("generation") or 1)
     old: dict[str, Any] = dict(policy.get("status") or {})
@@ -386,7 +399,16 @@ def decide(
                 fail(Reason.INVALID_SPEC, str(error))
                 condition(ConditionType.READY, False, Reason.INVALID_SPEC, str(error))
                 events.append(Event("Warning", Reason.INVALID_SPEC, str(error)))
-            else:
+            image_problem = None if create is None else (images or ImagePolicy("")).problem(
+                retrain_image_field(retrain), create["spec"].get("image")
+            )
+            if image_problem is not None:
+                # The run would be refused anyway; the policy says why, and nothing is created.
+                create = None
+                fail(IMAGE_NOT_ALLOWED, image_problem)
+                condition(ConditionType.READY, False, IMAGE_NOT_ALLOWED, image_problem)
+                events.append(Event("Warning", IMAGE_NOT_ALLOWED, image_problem))
+            elif create is not None:
                 name = create["metadata"]["name"]
                 status["lastRetrain"] = {"name": name, "reason": wanted, "time": wire_time(now), "outcome": "Pending"}
                 status["retrainCount"] = number
