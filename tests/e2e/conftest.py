@@ -5,9 +5,13 @@ root, changes two sysctls and adds iptables rules on this machine, and a cold st
 images (minutes), so an ordinary ``pytest`` run must not do it behind anyone's back.
 
 * ``KUBELOOP_E2E`` unset or ``0``: every e2e test is skipped, with the reason.
-* ``KUBELOOP_E2E=1``: ``hack/realnode/up probe`` checks the machine first; when it cannot run a
-  node (not root, no overlay, no bridge, missing tools...), or ``up`` itself fails, the tests
-  are skipped with the exact reason and the log tail: the kernel refusing is not a test failure.
+* ``KUBELOOP_E2E=1``: ``hack/realnode/up probe`` checks the machine first; only when it cannot
+  run a node (not root, no overlay, no bridge, missing tools...) are the tests skipped, with
+  the exact reason: the kernel refusing is not a test failure. When the probe passes and ``up``
+  fails, every e2e test **fails** with the log tail: a broken node is a broken product.
+* The terminal summary says how many e2e tests ran on the real node; with
+  ``KUBELOOP_E2E_COUNT_FILE`` set, that number is also written there (``.ci/run`` fails when it
+  is 0 on a machine whose probe passes, so the e2e tests cannot go missing silently).
 * ``KUBELOOP_E2E_KEEP=1``: leave the node and its control plane running afterwards (the next
   run is then warm); by default they are stopped at the end.
 
@@ -36,6 +40,9 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(_HERE))
 
 _NOTES: list[str] = []
+# Node ids of the tests that use the real node, and the outcome of each one's call phase.
+_NEEDS_NODE: set[str] = set()
+_RAN_ON_NODE: dict[str, str] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,7 +55,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # After deselection (-k, -m): only the tests that will run.
+    _NEEDS_NODE.update(item.nodeid for item in session.items if "real_node" in getattr(item, "fixturenames", ()))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # A test ran on the node when its body ran (setup did not skip or fail).
+    if report.nodeid in _NEEDS_NODE and report.when == "call" and report.outcome != "skipped":
+        _RAN_ON_NODE[report.nodeid] = report.outcome
+
+
+def ran_on_node_summary() -> str:
+    outcomes = list(_RAN_ON_NODE.values())
+    return (
+        f"{len(outcomes)} of {len(_NEEDS_NODE)} e2e tests ran on a real node "
+        f"({outcomes.count('passed')} passed, {outcomes.count('failed')} failed)"
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    count_file = os.environ.get("KUBELOOP_E2E_COUNT_FILE")
+    if count_file:
+        Path(count_file).write_text(f"{len(_RAN_ON_NODE)}\n")
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _NEEDS_NODE:
+        terminalreporter.write_line(f"kubeloop real node: {ran_on_node_summary()}")
     for note in _NOTES:
         terminalreporter.write_line(f"kubeloop real node: {note}")
     for stage, seconds in TIMINGS.items():
@@ -78,12 +112,15 @@ def real_node() -> Iterator[RealNode]:
     if probe.returncode != 0:
         _skip_loudly(f"this machine cannot run a node: {probe.stdout.strip() or probe.stderr.strip()}")
     started = time.monotonic()
-    # Cold: builds containerd and three images (~10+ min on 2 cores); warm: seconds.
+    # Cold: builds containerd, CoreDNS and three images (~10+ min on 2 cores); warm: seconds.
     up = subprocess.run([str(UP), "up"], capture_output=True, text=True, timeout=3600)
     up_seconds = time.monotonic() - started
     if up.returncode != 0:
-        tail = "\n".join(up.stderr.splitlines()[-25:])
-        _skip_loudly(f"hack/realnode/up failed (exit {up.returncode}):\n{tail}")
+        # The machine can run a node (the probe passed), so this is a defect, not a skip.
+        tail = "\n".join(up.stderr.splitlines()[-40:])
+        _NOTES.append(f"FAILED: hack/realnode/up exited {up.returncode} although the probe passed")
+        pytest.fail(f"hack/realnode/up failed (exit {up.returncode}) although `up probe` passed:\n{tail}",
+                    pytrace=False)
     TIMINGS["hack/realnode/up"] = up_seconds
     kubectl_path = subprocess.run(
         [str(REPO / "hack" / "cluster"), "which", "kubectl"], capture_output=True, text=True, check=True
@@ -100,7 +137,6 @@ def real_node() -> Iterator[RealNode]:
     yield node
     if os.environ.get("KUBELOOP_E2E_KEEP") != "1":
         subprocess.run([str(UP), "down"], capture_output=True, text=True, timeout=600)
-
 
 @pytest.fixture(scope="module")
 def e2e_namespace(real_node: RealNode) -> Iterator[str]:
