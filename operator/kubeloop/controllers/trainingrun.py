@@ -141,7 +141,9 @@ class TrainingRunController:
         if meta.get("deletionTimestamp"):
             deployments = self.kube.list("ModelDeployment", namespace, labels=None)
             owner = ownership.Owner.of(run, RUN_LABEL)
-            job = self._own_job(self.kube.get_or_none("Job", namespace, cleanup_job_name(name)), owner)
+            # The cleanup Job has no owner reference (the run is being deleted): its labels mark it.
+            labelled = ownership.Owner.of(run, RUN_LABEL, by_reference=False)
+            job = self._own_job(self.kube.get_or_none("Job", namespace, cleanup_job_name(name)), labelled)
             if job is not None:
                 pods = self.kube.list(
                     "Pod", namespace, labels={RUN_LABEL: name, "app.kubernetes.io/component": CLEANUP_COMPONENT}
