@@ -72,7 +72,11 @@ DYNAMIC_CALLS: dict[str, frozenset[str]] = {
     # The traffic router's object: traffic.gatewayapi (HTTPRoute) or traffic.istio
     # (VirtualService); the replicas router has none.
     "modeldeployment:route.kind": frozenset({"HTTPRoute", "VirtualService"}),
-    "modeldeployment:kind": frozenset({"HTTPRoute", "VirtualService"}),
+    # `kind` is also the argument of the ownership check (ModelDeploymentController.conflicts):
+    # a get on every child the decision writes (Service, Deployment, HPA).
+    "modeldeployment:kind": frozenset(
+        {"HTTPRoute", "VirtualService", "Service", "Deployment", "HorizontalPodAutoscaler"}
+    ),
 }
 
 KOPF_CHANGING = {"create", "update", "resume", "delete", "field"}
