@@ -57,6 +57,21 @@ def test_pvc_uris_mount_their_own_claim() -> None:
     assert storage.mounts == [{"name": "pvc-data", "mountPath": "/mnt/pvc/data", "readOnly": False}]
 
 
+def test_the_models_claim_read_through_pvc_is_still_mounted_at_the_root() -> None:
+    # A retrain whose data is pvc://<models claim>/... must still see the storage root (the
+    # champion and its own output live there): one volume, two mounts.
+    storage = PodStorage()
+    root = "file:///var/lib/kubeloop/models"
+    assert storage.resolve("pvc://models/data/x.csv", read_only=True) == "/mnt/pvc/models/data/x.csv"
+    storage.resolve(root, read_only=False, models_pvc="models", models_root=root)
+    storage.resolve(root + "/m/champion/model.skops", read_only=True, models_pvc="models", models_root=root)
+    assert storage.volumes == [{"name": "pvc-models", "persistentVolumeClaim": {"claimName": "models"}}]
+    assert storage.mounts == [
+        {"name": "pvc-models", "mountPath": "/mnt/pvc/models", "readOnly": True},
+        {"name": "pvc-models", "mountPath": "/var/lib/kubeloop/models", "readOnly": False},
+    ]
+
+
 def _operator_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, values: dict[str, Any]) -> OperatorConfig:
     deployment = one(render(tmp_path, values), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]

@@ -24,14 +24,21 @@ class PodStorage:
 
     def _add_claim(self, claim: str, mount_path: str, read_only: bool) -> None:
         volume_name = f"pvc-{claim}"[:63]
-        existing = next((m for m in self.mounts if m["name"] == volume_name), None)
+        if not any(v["name"] == volume_name for v in self.volumes):
+            self.volumes.append(
+                {"name": volume_name, "persistentVolumeClaim": {"claimName": claim}}
+            )
+        # One volume per claim, one mount per (claim, path): the models claim named by a
+        # pvc:// data URI is also mounted at the storage root (a retrain reading pvc:// data
+        # from the models claim found no champion under the root).
+        existing = next(
+            (m for m in self.mounts if m["name"] == volume_name and m["mountPath"] == mount_path),
+            None,
+        )
         if existing is not None:
-            # One mount per claim; it stays writable if any user of it needs to write.
+            # It stays writable if any user of it needs to write.
             existing["readOnly"] = existing["readOnly"] and read_only
             return
-        self.volumes.append(
-            {"name": volume_name, "persistentVolumeClaim": {"claimName": claim}}
-        )
         self.mounts.append({"name": volume_name, "mountPath": mount_path, "readOnly": read_only})
 
     def resolve(
