@@ -1,0 +1,257 @@
+"""Which import paths a TrainingRun may name as its estimator: the policy decides, never the spec.
+
+``spec.model.estimator`` is a dotted path the trainer imports and *calls* with
+``spec.model.params`` as keyword arguments, so the paths a spec may name are exactly the code a
+spec may run. ``sklearn.utils._testing.assert_run_python_script_without_output`` with
+``params: {source_code: ...}`` is a function under ``sklearn.`` that runs the Python it is given;
+a check made on what the call *returned* comes too late. A path is therefore accepted only when
+the object it names is, before anything is called:
+
+* a **class** (never a function, method, module or instance),
+* a subclass of ``sklearn.base.BaseEstimator`` (its constructor only stores its parameters),
+* whose ``__module__``, where it is really defined, lies under an allowed package (default
+  ``sklearn``; a package admits its submodules, so ``sklearn.`` never admits ``sklearn_evil``).
+  Re-exports are fine - ``sklearn.linear_model.LogisticRegression`` is defined in
+  ``sklearn.linear_model._logistic`` - but an attribute hop out of the package is not
+  (``sklearn.utils.validation.np`` is numpy);
+* public and concrete: not named with a leading underscore, not abstract, with a ``fit``
+  method (``sklearn.base.BaseEstimator`` itself has none), and not one of
+  scikit-learn's test helpers (modules ``tests``, ``_testing``, ``_mocking``), which exist to
+  check the library and take callables as parameters.
+
+A parameter value written as ``{estimator: <path>, params: {...}}`` is an estimator too (a
+Pipeline's steps, a ColumnTransformer's transformers, a meta-estimator's base estimator), and
+its path is judged by the same rule; :func:`check_spec` judges *every* path of a spec before
+the caller builds anything. The module of a path is imported only after the path passed the
+package check, so only modules of the allowed packages are ever imported. Parameters stay JSON
+values: nothing but a nested ``{estimator, params}`` becomes an object.
+
+The trainer (``training.estimators``) builds only what :func:`check_spec` returned; the
+operator (``controllers.trainingrun`` → ``decide.trainingrun``) asks :func:`spec_refusal`
+before it creates a Job. A refusal names the spec field and says what to write instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+DEFAULT_ALLOWED_PREFIXES: tuple[str, ...] = ("sklearn.",)
+NESTED_ESTIMATOR_KEYS = frozenset({"estimator", "params"})
+TEST_HELPER_MODULES = frozenset({"tests", "_testing", "_mocking"})
+"""Module names whose classes are scikit-learn's own test doubles, never a model to train."""
+
+_FIX = (
+    "name a scikit-learn estimator class (a subclass of sklearn.base.BaseEstimator), e.g. "
+    "sklearn.ensemble.RandomForestClassifier, and write nested estimators explicitly as "
+    "{estimator: <class>, params: {...}} (a Pipeline's steps: [[name, {estimator: ...}], ...])"
+)
+
+
+class EstimatorNotAllowedError(ValueError):
+    """The path names something Kubeloop will not call; the message names the field and the fix."""
+
+
+class EstimatorSpecError(ValueError):
+    """The path is not a well-formed import path; the message says what to write."""
+
+
+class EstimatorNotFoundError(EstimatorSpecError):
+    """The path is well-formed and allowed, but this environment has no such module or attribute."""
+
+
+def normalise_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
+    """Prefixes as package names ending in ``.``: ``sklearn``, ``sklearn.`` and ``sklearn.*`` agree."""
+    cleaned = []
+    for prefix in prefixes:
+        prefix = prefix.strip().rstrip("*").rstrip(".")
+        if prefix:
+            cleaned.append(prefix + ".")
+    return tuple(dict.fromkeys(cleaned))
+
+
+def is_allowed(path: str, prefixes: Iterable[str]) -> bool:
+    """Whether ``path`` (a dotted name) is one of the packages ``prefixes`` or lies under one."""
+    return any(
+        path.startswith(prefix) or path == prefix[:-1] for prefix in normalise_prefixes(prefixes)
+    )
+
+
+def check_path(path: str, prefixes: Sequence[str], field: str = "spec.model.estimator") -> None:
+    """The string part of the policy, importing nothing: a dotted name whose module is allowed."""
+    parts = path.split(".")
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        raise EstimatorSpecError(
+            f"{field} {path!r} is not an import path; write module.Class, e.g. "
+            "sklearn.ensemble.RandomForestClassifier"
+        )
+    module_name = path.rpartition(".")[0]
+    if not is_allowed(module_name, prefixes):
+        raise EstimatorNotAllowedError(
+            f"{field} {path!r} is not allowed: estimator classes must come from the packages "
+            f"{', '.join(normalise_prefixes(prefixes))} (an operator can widen the list with "
+            "--allowed-estimator-prefix / KUBELOOP_ALLOWED_ESTIMATOR_PREFIXES); " + _FIX
+        )
+
+
+def resolve_class(path: str, prefixes: Sequence[str], field: str = "spec.model.estimator") -> type:
+    """The estimator class at ``path``, or an error; nothing found is called.
+
+    Raises :class:`EstimatorNotAllowedError` for anything but an allowed estimator class,
+    :class:`EstimatorSpecError` for a malformed path and :class:`EstimatorNotFoundError` when the
+    module or attribute does not exist here.
+    """
+    check_path(path, prefixes, field)
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EstimatorNotFoundError(
+            f"{field} {path!r}: cannot import module {module_name!r} ({exc})"
+        ) from None
+    try:
+        found = getattr(module, attribute)  # a module's own lookup: code of an allowed package
+    except AttributeError:
+        raise EstimatorNotFoundError(
+            f"{field} {path!r}: module {module_name!r} has no {attribute!r}"
+        ) from None
+    problem = _not_an_estimator_class(found, prefixes)
+    if problem is not None:
+        raise EstimatorNotAllowedError(f"{field} {path!r} is not allowed: {problem}; " + _FIX)
+    assert isinstance(found, type)
+    return found
+
+
+def _not_an_estimator_class(found: object, prefixes: Sequence[str]) -> str | None:
+    if not inspect.isclass(found):
+        kind = "function" if inspect.isroutine(found) else type(found).__name__
+        defined = getattr(found, "__module__", None)
+        where = f" ({defined}.{getattr(found, '__qualname__', '?')})" if defined else ""
+        return f"it is a {kind}{where}, not a class, and calling it could run any code"
+    defined_in = str(getattr(found, "__module__", "") or "")
+    real_name = f"{defined_in}.{found.__qualname__}"
+    if not is_allowed(defined_in, prefixes):
+        return f"it is really {real_name}, defined outside {', '.join(normalise_prefixes(prefixes))}"
+    from sklearn.base import BaseEstimator
+
+    if not issubclass(found, BaseEstimator):
+        return f"{real_name} is a class but not a scikit-learn estimator (BaseEstimator subclass)"
+    if found.__name__.startswith("_"):
+        return f"{real_name} is private (its name starts with an underscore)"
+    if inspect.isabstract(found):
+        return f"{real_name} is abstract"
+    if not callable(getattr(found, "fit", None)):
+        return f"{real_name} has no fit method: a base class, not a model"
+    if TEST_HELPER_MODULES & set(defined_in.split(".")):
+        return f"{real_name} is one of scikit-learn's test helpers, not a model"
+    return None
+
+
+def is_nested_estimator(value: Any) -> bool:
+    """Whether a parameter value is written as ``{estimator: <path>, params: {...}}``."""
+    return (
+        isinstance(value, Mapping)
+        and isinstance(value.get("estimator"), str)
+        and set(value) <= NESTED_ESTIMATOR_KEYS
+    )
+
+
+def nested_estimators(params: Any, field: str = "spec.model.params") -> list[tuple[str, str]]:
+    """``(path, field)`` of every nested estimator in a params mapping, however deep, in order.
+
+    ``params`` is the keyword arguments themselves (the top-level mapping is never one estimator).
+    """
+    found: list[tuple[str, str]] = []
+    if isinstance(params, Mapping):
+        for key, value in params.items():
+            found += _walk(value, f"{field}.{key}")
+    return found
+
+
+def _walk(value: Any, field: str) -> list[tuple[str, str]]:
+    if is_nested_estimator(value):
+        return [(str(value["estimator"]), f"{field}.estimator"),
+                *nested_estimators(value.get("params") or {}, f"{field}.params")]
+    found: list[tuple[str, str]] = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found += _walk(item, f"{field}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found += _walk(item, f"{field}[{index}]")
+    return found
+
+
+def spec_paths(
+    estimator: str,
+    params: Mapping[str, Any] | None,
+    sweep_grid: Mapping[str, Sequence[Any]] | None = None,
+) -> list[tuple[str, str]]:
+    """Every estimator path of a spec with its field: the model's, its params', the sweep's."""
+    paths = [(estimator, "spec.model.estimator"), *nested_estimators(params or {})]
+    for key, values in (sweep_grid or {}).items():
+        if isinstance(values, list | tuple):
+            for index, value in enumerate(values):
+                paths += _walk(value, f"spec.sweep.grid.{key}[{index}]")
+    return paths
+
+
+def check_spec_paths(
+    estimator: str,
+    params: Mapping[str, Any] | None,
+    prefixes: Sequence[str],
+    sweep_grid: Mapping[str, Sequence[Any]] | None = None,
+) -> None:
+    """The string part of the policy for every path of a spec; imports nothing."""
+    for path, field in spec_paths(estimator, params, sweep_grid):
+        check_path(path, prefixes, field)
+
+
+def check_spec(
+    estimator: str,
+    params: Mapping[str, Any] | None,
+    prefixes: Sequence[str],
+    sweep_grid: Mapping[str, Sequence[Any]] | None = None,
+) -> dict[str, type]:
+    """Judge every path of a spec, then return ``{path: class}``; raises at the first refusal.
+
+    All paths pass the string check before any module is imported, and all are resolved
+    before the caller calls anything.
+    """
+    paths = spec_paths(estimator, params, sweep_grid)
+    for path, field in paths:
+        check_path(path, prefixes, field)
+    return {path: resolve_class(path, prefixes, field) for path, field in paths}
+
+
+def spec_refusal(
+    estimator: str,
+    params: Mapping[str, Any] | None,
+    prefixes: Sequence[str],
+    sweep_grid: Mapping[str, Sequence[Any]] | None = None,
+) -> str | None:
+    """Why the operator must not start a trainer for this spec, or None.
+
+    The operator judges with its own scikit-learn (the runtime image ships the same one). A path
+    its scikit-learn does not have is left to the trainer, which may run a different image
+    (``spec.image``) and judges again with the same rule before it builds anything. Without
+    scikit-learn installed, only the string check (:func:`check_spec_paths`) is made here.
+    """
+    try:
+        check_spec_paths(estimator, params, prefixes, sweep_grid)
+    except (EstimatorNotAllowedError, EstimatorSpecError) as exc:
+        return str(exc)
+    try:
+        import sklearn.base  # noqa: F401
+    except ImportError:
+        return None  # the string check above is all this operator can judge; the trainer judges fully
+    for path, field in spec_paths(estimator, params, sweep_grid):
+        try:
+            resolve_class(path, prefixes, field)
+        except EstimatorNotFoundError:
+            continue
+        except (EstimatorNotAllowedError, EstimatorSpecError) as exc:
+            return str(exc)
+    return None
