@@ -207,13 +207,57 @@ def test_new_run_creates_exactly_one_job_and_is_pending() -> None:
     assert again.create_job == decision.create_job
 
 
-def test_disallowed_estimator_fails_without_a_job() -> None:
-    run = make_run(model={"name": "x", "estimator": "os.system", "task": "classification"})
+ATTACK = "sklearn.utils._testing.assert_run_python_script_without_output"
+
+# id, model overrides, sweep, the field the refusal names. Decided from the strings alone.
+REFUSED_BY_PATH: list[tuple[str, dict[str, Any], dict[str, Any] | None, str]] = [
+    ("outside-the-package", {"estimator": "os.system"}, None, "spec.model.estimator 'os.system'"),
+    ("package-boundary", {"estimator": "sklearn_evil.Model"}, None, "spec.model.estimator 'sklearn_evil.Model'"),
+    ("nested-step", {"estimator": "sklearn.pipeline.Pipeline", "params": {
+        "steps": [["s", {"estimator": "sklearn.preprocessing.StandardScaler"}],
+                  ["m", {"estimator": "subprocess.Popen", "params": {"args": ["true"]}}]]}},
+     None, "spec.model.params.steps[1][1].estimator 'subprocess.Popen'"),
+    ("sweep-grid", {"estimator": "sklearn.multiclass.OneVsRestClassifier"},
+     {"grid": {"estimator": [{"estimator": "builtins.exec"}]}}, "spec.sweep.grid.estimator[0].estimator"),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "sweep", "field"), [case[1:] for case in REFUSED_BY_PATH], ids=[case[0] for case in REFUSED_BY_PATH]
+)
+def test_a_disallowed_estimator_path_fails_without_a_job(
+    model: dict[str, Any], sweep: dict[str, Any] | None, field: str
+) -> None:
+    run = make_run(model={"name": "x", "task": "classification", **model}, **({"sweep": sweep} if sweep else {}))
     decision = decide(run, Observed(), SETTINGS, NOW)
     assert decision.create_job is None
     assert decision.status["phase"] == "Failed"
-    assert "spec.model.estimator" in decision.status["message"]
+    assert decision.status["message"].startswith(field)
+    assert "is not allowed" in decision.status["message"]
     assert ready(decision.status)["reason"] == "EstimatorNotAllowed"
+    assert [(e.type, e.reason) for e in decision.events] == [("Warning", "EstimatorNotAllowed")]
+
+
+def test_the_trust_verdict_refuses_what_the_strings_allow() -> None:
+    # The attack's path passes any string check (it is under sklearn.); the controller's
+    # verdict from kubeloop.trust.estimators is what refuses it, before any Job.
+    run = make_run(model={"name": "x", "estimator": ATTACK, "task": "classification",
+                          "params": {"source_code": "open('/tmp/pwned', 'w')"}})
+    assert decide(run, Observed(), SETTINGS, NOW).create_job is not None  # strings alone: a Job
+    verdict = f"spec.model.estimator {ATTACK!r} is not allowed: it is a function"
+    decision = decide(run, Observed(), SETTINGS, NOW, estimator_refusal=verdict)
+    assert decision.create_job is None
+    assert decision.status["phase"] == "Failed"
+    assert decision.status["message"] == verdict
+    assert ready(decision.status)["reason"] == "EstimatorNotAllowed"
+    assert decision.status["lastFailure"]["reason"] == "EstimatorNotAllowed"
+
+
+def test_the_verdict_is_not_asked_once_the_job_exists() -> None:
+    # A run whose Job exists is followed, not re-judged (the Job was created when it was allowed).
+    decision = decide(make_run(), Observed(make_job(active=1), [make_pod()]), SETTINGS, NOW,
+                      estimator_refusal="spec.model.estimator refused")
+    assert decision.status["phase"] == "Training"
 
 
 def test_finished_run_is_never_touched_again() -> None:

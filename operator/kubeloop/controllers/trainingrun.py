@@ -29,7 +29,7 @@ from kubeloop.decide.trainingrun import (
 )
 from kubeloop.resources.cleanupjob import CLEANUP_COMPONENT, cleanup_job_name
 from kubeloop.resources.trainingjob import TRAINING_COMPONENT, Champion, TrainerSettings
-from kubeloop.trust import ownership
+from kubeloop.trust import estimators, ownership
 
 log = logging.getLogger("kubeloop.trainingrun")
 KIND = "TrainingRun"
@@ -65,6 +65,16 @@ class TrainingRunController:
         self.ownership_conflict: Callable[
             [str, str, Mapping[str, Any] | None, ownership.Owner], str | None
         ] = ownership.conflict
+
+    def estimator_refusal(self, spec: Mapping[str, Any]) -> str | None:
+        """:func:`kubeloop.trust.estimators.spec_refusal` for the run's model, params and sweep."""
+        model = spec.get("model") or {}
+        return estimators.spec_refusal(
+            str(model.get("estimator", "")),
+            model.get("params"),
+            self.settings.allowed_estimator_prefixes,
+            (spec.get("sweep") or {}).get("grid"),
+        )
 
     def find_champion(self, run: Mapping[str, Any]) -> tuple[Champion | None, str | None]:
         spec = run["spec"]
@@ -109,11 +119,18 @@ class TrainingRunController:
                 job = None
             pods = self.kube.list("Pod", namespace, labels={RUN_LABEL: name}) if job else []
             champion, champion_missing = (None, None)
-            if job is None and conflict is None:
+            estimator_refusal = None
+            if job is None:
+                # Before any Job: the one estimator policy, with this process's scikit-learn.
+                estimator_refusal = self.estimator_refusal(run["spec"])
+            if job is None and conflict is None and estimator_refusal is None:
                 champion, champion_missing = self.find_champion(run)
             now = datetime.now(UTC)
             observed = Observed(job=job, pods=pods, conflict=conflict)
-            decision = decide(run, observed, self.settings, now, champion, champion_missing)
+            decision = decide(
+                run, observed, self.settings, now, champion, champion_missing,
+                estimator_refusal=estimator_refusal,
+            )
 
             if decision.create_job is not None:
                 try:

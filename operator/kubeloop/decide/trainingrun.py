@@ -26,6 +26,7 @@ from kubeloop.resources.trainingjob import (
     job_name,
 )
 from kubeloop.training.result import TrainingResult, parse_result
+from kubeloop.trust.estimators import EstimatorNotAllowedError, EstimatorSpecError, check_spec_paths
 from kubeloop.trust.images import IMAGE_NOT_ALLOWED, ImagePolicy
 from kubeloop.trust.ownership import RESOURCE_CONFLICT
 
@@ -198,8 +199,16 @@ def _format_metric(metric: str, metrics: Mapping[str, Any]) -> str:
     return f"{metric}={value:.4g}" if isinstance(value, int | float) else ""
 
 
-def estimator_allowed(estimator: str, prefixes: Sequence[str]) -> bool:
-    return any(estimator.startswith(prefix) for prefix in prefixes)
+def estimator_path_refusal(spec: Mapping[str, Any], prefixes: Sequence[str]) -> str | None:
+    """The string part of :mod:`kubeloop.trust.estimators` for every estimator path of a spec
+    (model, nested params, sweep grid); imports nothing. The controller adds the full verdict."""
+    model = spec.get("model") or {}
+    sweep = spec.get("sweep") or {}
+    try:
+        check_spec_paths(str(model.get("estimator", "")), model.get("params"), prefixes, sweep.get("grid"))
+    except (EstimatorNotAllowedError, EstimatorSpecError) as exc:
+        return str(exc)
+    return None
 
 
 def decide(
@@ -209,8 +218,14 @@ def decide(
     now: datetime,
     champion: Champion | None = None,
     champion_missing: str | None = None,
+    estimator_refusal: str | None = None,
 ) -> Decision:
-    """Next status of a run (and the Job to create, if it has none yet)."""
+    """Next status of a run (and the Job to create, if it has none yet).
+
+    ``estimator_refusal`` is :func:`kubeloop.trust.estimators.spec_refusal`'s verdict on the
+    spec, which imports the named modules and so is the controller's to obtain; without it only
+    the string check (:func:`estimator_path_refusal`) is made here.
+    """
     spec: Mapping[str, Any] = run["spec"]
     generation = int(run["metadata"].get("generation") or 1)
     old: dict[str, Any] = dict(run.get("status") or {})
@@ -239,15 +254,9 @@ def decide(
         return Decision(status=old)
 
     if observed.job is None:
-        estimator = spec["model"]["estimator"]
-        if not estimator_allowed(estimator, settings.allowed_estimator_prefixes):
-            transition(
-                FAILED, "False", REASON_ESTIMATOR_NOT_ALLOWED,
-                f"spec.model.estimator {estimator!r} is not allowed: it must start with one of "
-                f"{', '.join(settings.allowed_estimator_prefixes)} (operator setting "
-                "allowedEstimatorPrefixes)",
-                warning=True,
-            )
+        refusal = estimator_refusal or estimator_path_refusal(spec, settings.allowed_estimator_prefixes)
+        if refusal is not None:
+            transition(FAILED, "False", REASON_ESTIMATOR_NOT_ALLOWED, refusal, warning=True)
             status["completionTime"] = now_text
             status["conditions"] = conditions
             return Decision(status=status, events=events)

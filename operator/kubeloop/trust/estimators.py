@@ -91,8 +91,8 @@ def check_path(path: str, prefixes: Sequence[str], field: str = "spec.model.esti
     if not is_allowed(module_name, prefixes):
         raise EstimatorNotAllowedError(
             f"{field} {path!r} is not allowed: estimator classes must come from the packages "
-            f"{', '.join(normalise_prefixes(prefixes))} (an operator can widen the list with "
-            "--allowed-estimator-prefix / KUBELOOP_ALLOWED_ESTIMATOR_PREFIXES); " + _FIX
+            f"{', '.join(normalise_prefixes(prefixes))} (an administrator can widen the list: chart "
+            "value training.allowedEstimatorPrefixes, KUBELOOP_ALLOWED_ESTIMATOR_PREFIXES); " + _FIX
         )
 
 
