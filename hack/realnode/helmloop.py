@@ -536,9 +536,11 @@ class Loop:
 
         self.apply_quickstart("modeldeployment.yaml")
         self.second_step("md", MODEL, {"spec": {"rollout": {
-            "steps": FAST_ROLLOUT_STEPS, "analysis": {"interval": f"{ANALYSIS_INTERVAL_SECONDS}s"}}}},
-            f"shadow 2m -> 20s, pause 5m -> 20s, analysis interval 1m -> {ANALYSIS_INTERVAL_SECONDS}s "
-            "(the indefinite pause stays: the driver promotes there as the person would)")
+            "steps": FAST_ROLLOUT_STEPS,
+            "analysis": {"interval": f"{ANALYSIS_INTERVAL_SECONDS}s", "failureLimit": 0}}}},
+            f"shadow 2m -> 20s, pause 5m -> 20s, analysis interval 1m -> {ANALYSIS_INTERVAL_SECONDS}s, "
+            "failureLimit 1 -> 0 (the first failed round aborts: the bad model must be out within one "
+            "interval); the indefinite pause stays: the driver promotes there as the person would")
         wait_for(lambda: self.status("md", MODEL).get("phase") == "Healthy", 300, f"ModelDeployment {MODEL} Healthy")
         stable = self.status("md", MODEL).get("stable") or {}
         tl.mark("serving", f"md/{MODEL} Healthy, stable sha256 {str(stable.get('sha256'))[:12]}, "

@@ -233,7 +233,10 @@ def test_dataset_source_is_checked_by_a_job_and_retrains(
     try:
         serve_champion(custom, namespace, {"replicas": 1})
         # Yesterday's requests, as a file: shifted on every feature.
-        current = tmp_path / "requests.csv"
+        # Local data is read only below the pod's data volumes (here the storage root: the
+        # drift-check Job's KUBELOOP_DATA_ROOTS), so the file lives there, as a user's would.
+        current = tmp_path / "models" / "incoming" / "requests.csv"
+        current.parent.mkdir(parents=True, exist_ok=True)
         make_synthetic(rows=2000, features=FEATURES, seed=11, shift=1.5).drop(columns=["target"]).to_csv(current, index=False)
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftPolicy", "metadata": {"name": "daily"},

@@ -17,6 +17,7 @@ local Prometheus labels their series with the test namespace as Kubernetes disco
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 import time
@@ -45,7 +46,7 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.preprocessing import StandardScaler
 
 from kubeloop.analysis.base import AnalysisTarget, judge
 from kubeloop.analysis.builtin import BuiltinProvider
@@ -101,11 +102,13 @@ def models(tmp_path_factory: pytest.TempPathFactory, data: tuple[np.ndarray, np.
     healthy = make_pipeline(StandardScaler(), LogisticRegression(C=0.8, max_iter=1000)).fit(features, target)
     # A challenger that answers "malignant" for everyone: its predictions have shifted.
     shifted = DummyClassifier(strategy="constant", constant=0).fit(features, target)
-    # A challenger that fails every request: its first step raises an AssertionError (not a
-    # ValueError, which the server would blame on the input with a 400), so the server
-    # answers 500. Only trusted numpy/scikit-learn types, so skops loads it.
-    boom = FunctionTransformer(np.testing.assert_array_equal, kw_args={"desired": -1.0}).fit(features)
-    failing = Pipeline([("boom", boom), ("model", stable[-1])])
+    # A challenger that fails every request with a server-side error (500, not the 400 a
+    # ValueError about the input gets): a fitted model whose coefficients were damaged after
+    # fitting, so predicting raises AttributeError. Only trusted scikit-learn types, so the
+    # reader's type policy loads it, as it would load any damaged artifact.
+    broken = copy.deepcopy(stable[-1])
+    broken.coef_ = "damaged"
+    failing = Pipeline([("scale", copy.deepcopy(stable[0])), ("model", broken)])
     return {
         "stable": store(root / "stable", stable, features, stable),
         "healthy": store(root / "healthy", healthy, features, stable),

@@ -411,6 +411,37 @@ def test_analysis_step_measures_at_once_and_advances_after_count_passes() -> Non
     assert "AnalysisPassed" in world.event_reasons()
 
 
+def test_analysis_step_after_a_shadow_step_keeps_mirroring_and_measures_the_canary() -> None:
+    # The quickstart's rollout: shadow, then an analysis step on shadowAgreement. The analysis
+    # step must keep the canary up and mirrored to, or it can never measure (it once waited
+    # forever with the canary scaled to 0: the real-node Helm loop found it).
+    agreement = {"metrics": [{"name": "agree", "provider": "builtin", "builtin": "shadowAgreement", "min": 0.9}]}
+    world = analysed([{"shadow": {"percent": 100, "duration": "20s"}}, {"analysis": agreement},
+                      {"setWeight": 20}, {"pause": {}}], analysis={"interval": "15s"})
+    world.tick(20)
+    world.run()
+    status = world.status
+    assert status["currentStep"] == 1
+    assert status["shadowPercent"] == 100 and status["canaryWeight"] == 0
+    assert world.replicas("canary") >= 1 and world.main_selector() == STABLE_ONLY
+    stable_args = world.args("stable")
+    assert stable_args[stable_args.index("--shadow-percent") + 1] == "100"
+    plan = world.plan()
+    assert plan is not None and [m["name"] for m in plan.metrics] == ["agree"]
+    world.reconcile({"agree": 0.97})
+    world.run()
+    status = world.status
+    assert status["currentStep"] == 3 and status["canaryWeight"] == 20 and status["shadowPercent"] == 0
+    assert "--shadow-url" not in world.args("stable")
+
+
+def test_analysis_step_at_weight_zero_without_shadow_still_has_a_canary_pod() -> None:
+    world = analysed([{"analysis": {"count": 1}}, {"setWeight": 50}, {"pause": {}}])
+    assert world.status["currentStep"] == 0 and world.status["canaryWeight"] == 0
+    assert world.replicas("canary") == 1 and world.main_selector() == STABLE_ONLY
+    assert world.plan() is not None
+
+
 def test_analysis_step_failure_aborts() -> None:
     steps = [{"setWeight": 20}, {"analysis": {"metrics": [
         {"name": "p99", "provider": "builtin", "builtin": "latencyP99", "max": 0.1}]}}, {"pause": {}}]

@@ -25,7 +25,8 @@ A rollout:
    duration starts once both are ready. ``setWeight``: the canary is scaled for the weight
    first, the weight is applied when those pods are ready. ``pause``: hold for the duration,
    or until promoted. ``analysis``: measure now (and every interval) until ``count`` rounds
-   pass; more than ``failureLimit`` failed rounds abort.
+   pass; more than ``failureLimit`` failed rounds abort; a shadow step's mirroring goes on
+   through it, and the canary keeps at least one pod.
 3. Background analysis (``rollout.analysis``) measures every ``interval`` while the canary
    is up; more than ``failureLimit`` consecutive failed rounds abort.
 4. After the last step (or ``kubeloop.io/promote-full``) comes promotion, designed to leave
@@ -847,7 +848,9 @@ def _advance(
                             "(kubectl kubeloop promote, or annotate kubeloop.io/promote)")
             done = bool(duration) and r.now >= started + parse_duration(duration)
         else:
-            r.status["shadowPercent"] = 0
+            # An analysis step keeps the mirroring of a shadow step before it (shadowPercent is
+            # left as that step set it): shadowAgreement right after a shadow step measures
+            # requests that are still being mirrored, not a canary that just lost its traffic.
             if started is None:
                 r.status["stepStartedAt"] = wire_time(r.now)
             else:
@@ -921,6 +924,10 @@ def _desired_children(
         split = router.split(total, applied_weight=weight, target_weight=target_weight,
                              shadow_percent=shadow_percent)
         stable_replicas, canary_replicas = split.stable, split.canary
+        if not promoting and r.steps[r.step_index].get("analysis") is not None:
+            # Measurements need a ready canary pod; at weight 0 without mirroring the split
+            # gives none, and the step would wait forever for a measurement.
+            canary_replicas = max(canary_replicas, 1)
     else:
         stable_replicas, canary_replicas = total, 0
     if promoting and canary is not None:
