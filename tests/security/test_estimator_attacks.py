@@ -158,9 +158,13 @@ def test_the_operator_fails_the_run_without_creating_a_job(
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", body)
 
         def refused(name: str) -> dict[str, Any] | None:
-            run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", name)
+            run: Any = custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "trainingruns", name
+            )
             status = run.get("status") or {}
-            ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+            ready: dict[str, Any] = next(
+                (c for c in status.get("conditions") or [] if c["type"] == "Ready"), {}
+            )
             return run if ready.get("reason") == "EstimatorNotAllowed" else None
 
         # Then each run is Failed, the condition names the field, and no Job exists
