@@ -29,6 +29,7 @@ from kubeloop.resources.trainingjob import (
     restricted_pod_security,
     scratch_volume,
 )
+from kubeloop.trust.pod_env import pinned_env
 
 Track = Literal["stable", "canary"]
 TRACKS: tuple[Track, Track] = ("stable", "canary")
@@ -230,6 +231,8 @@ def build_track_deployment(
     if secret:
         # Credentials travel by reference only; their values never enter the spec or status.
         container["envFrom"] = [{"secretRef": {"name": secret}}]
+        # ...and pins what the Secret may not set: an env entry wins over its key.
+        container["env"] += pinned_env(container["env"])
     template_annotations = {
         SHA_ANNOTATION: model.sha256,
         "prometheus.io/scrape": "true",

@@ -12,6 +12,7 @@ import orjson
 from kubeloop.resources.meta import child_name, labels_for, owner_reference
 from kubeloop.resources.storage import PodStorage
 from kubeloop.trust.data_paths import ENV_DATA_ROOTS, encode_roots
+from kubeloop.trust.pod_env import pinned_env
 
 TRAINER_CONTAINER = "trainer"
 TERMINATION_LOG = "/dev/termination-log"
@@ -126,15 +127,20 @@ def runtime_container(
     env: list[dict[str, Any]] | None = None,
     env_from: list[dict[str, Any]] | None = None,
     resources: dict[str, Any] | None = None,
+    indexed_job: bool = False,
 ) -> dict[str, Any]:
-    """A ``kubeloop <command>`` container: restricted, its result in the termination message."""
+    """A ``kubeloop <command>`` container: restricted, its result in the termination message.
+
+    With ``env_from`` (a credentials Secret), ``env`` also pins every variable the Secret may
+    not set (:mod:`kubeloop.trust.pod_env`), since an ``env`` entry wins over its keys."""
+    env = list(env) if env is not None else [{"name": "HOME", "value": SCRATCH_DIR}]
     container: dict[str, Any] = {
         "name": name,
         "image": image or settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["kubeloop"],
         "args": args,
-        "env": env if env is not None else [{"name": "HOME", "value": "/tmp"}],
+        "env": env,
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
@@ -144,6 +150,7 @@ def runtime_container(
         container["resources"] = resources
     if env_from:
         container["envFrom"] = env_from
+        env += pinned_env(env, indexed_job=indexed_job)
     return container
 
 
@@ -201,7 +208,7 @@ def build_training_job(
     container = runtime_container(
         TRAINER_CONTAINER, args, settings, [scratch_mount, *storage.mounts],
         image=spec.get("image"), env=env, env_from=credentials_env_from(spec),
-        resources=spec.get("resources") or {},
+        resources=spec.get("resources") or {}, indexed_job=bool(spec.get("sweep")),
     )
 
     pod_spec = runtime_pod_spec(spec, container, [scratch, *storage.volumes])
