@@ -122,7 +122,7 @@ def test_a_secret_cannot_choose_the_trainers_code(
                 "credentials": {"secretRef": {"name": "run-creds"}},
             },
         })
-        job = wait_for(lambda: next(iter(batch.list_namespaced_job(namespace).items), None),
+        job: Any = wait_for(lambda: next(iter(batch.list_namespaced_job(namespace).items), None),
                        timeout=60, what="the training Job")
     finally:
         process.stop()
@@ -183,7 +183,8 @@ def serves(proc: subprocess.Popen[str], url: str) -> bool:
             return None
 
     try:
-        return wait_for(ready_or_exited, timeout=90, interval=0.3, what=f"server on {url}") == "ready"
+        outcome: str = wait_for(ready_or_exited, timeout=90, interval=0.3, what=f"server on {url}")
+        return outcome == "ready"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -217,7 +218,7 @@ def test_a_secret_cannot_turn_off_the_servers_checksum(
                                "credentials": {"secretRef": {"name": "model-creds"}}},
                      "replicas": 1},
         })
-        deployment = wait_for(lambda: next(iter(apps.list_namespaced_deployment(namespace).items), None),
+        deployment: Any = wait_for(lambda: next(iter(apps.list_namespaced_deployment(namespace).items), None),
                               timeout=60, what=f"the server Deployment (log:\n{process.log_tail()})")
     finally:
         process.stop()
