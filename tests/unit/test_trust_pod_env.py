@@ -228,6 +228,17 @@ def test_the_serve_pins_are_the_defaults_when_not_on_the_command_line(monkeypatc
     assert _unset_as_none(pinned) == defaults
 
 
+def test_a_lower_case_serve_key_reaches_no_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pins are upper case; a Secret key in another case must not get past them (the
+    # kubelet's order of two such variables is not defined).
+    monkeypatch.setenv(ENV_PREFIX + "INSECURE_SKIP_VERIFY", "false")
+    monkeypatch.setenv((ENV_PREFIX + "INSECURE_SKIP_VERIFY").lower(), "true")
+    monkeypatch.setenv("Kubeloop_Serve_Max_Batch_Size", "1")
+    settings = ServeSettings(model_uri="m", sha256=SHA)
+    assert settings.insecure_skip_verify is False
+    assert settings.max_batch_size == ServeSettings.model_fields["max_batch_size"].default
+
+
 def test_the_runtime_reads_empty_kubeloop_settings_as_their_defaults() -> None:
     assert DataRoots.from_env({ENV_DATA_ROOTS: ""}).roots == ()  # no local data at all
     assert train_cli._allowed_prefixes(None, {"KUBELOOP_ALLOWED_ESTIMATOR_PREFIXES": ""}) == DEFAULT_ALLOWED_PREFIXES

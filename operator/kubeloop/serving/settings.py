@@ -7,10 +7,16 @@ settings through the same environment variables, so there is exactly one way in.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "KUBELOOP_SERVE_"
 
@@ -19,10 +25,30 @@ def _default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+class _UpperCaseEnvironment(EnvSettingsSource):
+    """Only upper-case names count: a credentials Secret key such as
+    ``kubeloop_serve_insecure_skip_verify`` would otherwise reach a setting past the upper-case
+    pins the pod builders set over the Secret (:mod:`kubeloop.trust.pod_env`)."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in os.environ.items() if name == name.upper()}
+
+
 class ServeSettings(BaseSettings):
     """Everything the model server needs to know, read once at start-up."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _UpperCaseEnvironment(settings_cls)
 
     model_uri: str = Field(
         description="Directory holding model.skops, or the model.skops file itself "
