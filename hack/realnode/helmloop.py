@@ -695,9 +695,12 @@ class Loop:
             "failing_runs": failing, "stable_sha": (s.get("stable") or {}).get("sha256"),
             "good_stable_sha": good_stable,
         }
-        wait_for(lambda: not self.status("md", MODEL).get("canary") and
-                 not (self.obj("deployment", f"{MODEL}-canary").get("spec") or {}).get("replicas"),
-                 120, "traffic back on stable (no canary pods)")
+        # After an abort status.canary stays (kubeloop.io/retry starts the same rollout again);
+        # what must be true is: aborted, weight 0, the canary scaled to 0, the Service on stable.
+        wait_for(lambda: (s := self.status("md", MODEL)).get("aborted") and not s.get("canaryWeight") and
+                 not (self.obj("deployment", f"{MODEL}-canary").get("spec") or {}).get("replicas") and
+                 (self.obj("service", MODEL).get("spec") or {}).get("selector", {}).get("kubeloop.io/track")
+                 == "stable", 120, "traffic back on stable (aborted, weight 0, no canary pods)")
         tl.mark("traffic back on stable", f"stable sha256 {str((s.get('stable') or {}).get('sha256'))[:12]}")
 
     def lineage(self) -> str:

@@ -16,7 +16,6 @@ refused naming ``spec.data.source``, and the token appears nowhere.
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import OperatorProcess, install_crds, wait_for
+from kubelet_env import create_secret, pod_environment
 from kubernetes import client
 
 from kubeloop.training.result import parse_result
@@ -31,17 +31,6 @@ from kubeloop.trust.data_paths import ENV_DATA_ROOTS
 
 GROUP, VERSION = "kubeloop.io", "v1alpha1"
 SECRET = "s3cr3t-5be0d1"
-
-
-def pod_environment(container: Any, secret_data: dict[str, str]) -> dict[str, str]:
-    """What the kubelet gives the container: each envFrom Secret's keys, then ``env`` over them."""
-    environment: dict[str, str] = {}
-    for source in container.env_from or []:
-        assert source.secret_ref is not None
-        environment.update(secret_data)
-    for variable in container.env or []:
-        environment[variable.name] = variable.value or ""
-    return environment
 
 
 def run_container(container: Any, environment: dict[str, str], tmp_path: Path) -> tuple[int, str, bytes]:
@@ -66,10 +55,7 @@ def test_a_secret_cannot_widen_the_data_roots(
     core, batch = client.CoreV1Api(kube_api), client.BatchV1Api(kube_api)
     custom = client.CustomObjectsApi(kube_api)
     secret_data = {"SECRET_TOKEN": SECRET, ENV_DATA_ROOTS: "/"}
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="run-creds"),
-        data={k: base64.b64encode(v.encode()).decode() for k, v in secret_data.items()},
-    ))
+    create_secret(core, namespace, "run-creds", secret_data)
     models = tmp_path / "models"
     process = OperatorProcess(kubeconfig_path, namespace, tmp_path / "operator.log", env={
         "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{models}", "KUBELOOP_RUNTIME_IMAGE": "kubeloop:test",

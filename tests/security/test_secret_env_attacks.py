@@ -21,7 +21,6 @@ the container's own command line is run as a real ``kubeloop`` process with it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import subprocess
@@ -32,6 +31,7 @@ from typing import Any
 import httpx
 import skops.io
 from harness import OperatorProcess, free_port, install_crds, wait_for
+from kubelet_env import create_secret, pod_environment
 from kubernetes import client
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
@@ -50,24 +50,6 @@ def payload_directory(root: Path, marker: Path) -> Path:
         f"pathlib.Path({str(marker)!r}).write_text('payload ran in pid %d' % os.getpid())\n"
     )
     return root
-
-
-def create_secret(core: Any, namespace: str, name: str, data: dict[str, str]) -> None:
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name=name),
-        data={k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-    ))
-
-
-def pod_environment(container: Any, secret_data: dict[str, str]) -> dict[str, str]:
-    """What the kubelet gives the container: each envFrom Secret's keys, then ``env`` over them."""
-    environment: dict[str, str] = {}
-    for source in container.env_from or []:
-        assert source.secret_ref is not None
-        environment.update(secret_data)
-    for variable in container.env or []:
-        environment[variable.name] = variable.value or ""
-    return environment
 
 
 def without_pins(container: Any) -> Any:

@@ -435,6 +435,26 @@ def test_analysis_step_after_a_shadow_step_keeps_mirroring_and_measures_the_cana
     assert "--shadow-url" not in world.args("stable")
 
 
+def test_background_shadow_agreement_is_measured_only_while_mirroring_and_aborts_a_bad_canary() -> None:
+    agreement = {"name": "agree", "provider": "builtin", "builtin": "shadowAgreement", "min": 0.9}
+    background = {"interval": "15s", "failureLimit": 0,
+                  "metrics": [{"name": "error-rate", "builtin": "errorRate", "max": 0.05}, agreement]}
+    # Mirroring: the round one interval after the canary is ready measures agreement too, and
+    # a canary that disagrees is out then, not after the shadow step's duration.
+    world = analysed([{"shadow": {"percent": 100, "duration": "2m"}}, {"setWeight": 50}, {"pause": {}}], background)
+    world.tick(15)
+    plan = world.plan()
+    assert plan is not None and [m["name"] for m in plan.metrics] == ["error-rate", "agree"]
+    world.reconcile({"error-rate": 0.0, "agree": 0.65})
+    assert world.status["aborted"] is True and "agree=0.65" in world.condition("Degraded")["message"]
+
+    # Not mirroring: background rounds leave agreement out (it could only be inconclusive).
+    world = analysed([{"setWeight": 50}, {"pause": {}}], background)
+    world.tick(15)
+    plan = world.plan()
+    assert plan is not None and [m["name"] for m in plan.metrics] == ["error-rate"]
+
+
 def test_analysis_step_at_weight_zero_without_shadow_still_has_a_canary_pod() -> None:
     world = analysed([{"analysis": {"count": 1}}, {"setWeight": 50}, {"pause": {}}])
     assert world.status["currentStep"] == 0 and world.status["canaryWeight"] == 0

@@ -323,7 +323,11 @@ def analysis_plan(
         # must not push them back for as long as it runs.
         anchor = _time((status.get("analysis") or {}).get("lastBackgroundTime")) or ready_since
         if anchor is not None and now >= anchor + interval:
-            due_background = background_metrics
+            # shadowAgreement counts mirrored requests: in the background it is measured while
+            # the stable pods mirror to the canary, and left out of rounds when nothing is
+            # mirrored (it would only ever be inconclusive there).
+            mirroring = bool(status.get("shadowPercent"))
+            due_background = [m for m in background_metrics if mirroring or not _is_shadow_agreement(m)]
     due_step: list[dict[str, Any]] = []
     step = steps[current]
     window = interval
@@ -340,6 +344,10 @@ def analysis_plan(
         unique.setdefault(str(metric["name"]), metric)
     target = AnalysisTarget(md["metadata"]["namespace"], md["metadata"]["name"], window)
     return AnalysisPlan(list(unique.values()), target, due_background, due_step)
+
+
+def _is_shadow_agreement(metric: Mapping[str, Any]) -> bool:
+    return (metric.get("provider") or "builtin") == "builtin" and metric.get("builtin") == "shadowAgreement"
 
 
 def _run_block(verdict: Verdict, step: int, now: datetime) -> dict[str, Any]:
@@ -701,8 +709,11 @@ def _inconclusive_limit(md: Mapping[str, Any], step: Mapping[str, Any] | None) -
 
 def _background_gate_open(r: _Rollout, md: Mapping[str, Any]) -> bool:
     """With background metrics, the last step completes only after a background round passed."""
-    if not _background(md).get("metrics"):
+    metrics = _background(md).get("metrics") or []
+    if not metrics:
         return True
+    if all(_is_shadow_agreement(m) for m in metrics) and not any(s.get("shadow") is not None for s in r.steps):
+        return True  # nothing is ever mirrored, so nothing of the background can be measured
     return (r.status.get("analysis") or {}).get("lastBackgroundResult") == "Passed"
 
 
