@@ -613,9 +613,13 @@ class Loop:
         old_stable = self.facts["first_sha"]
         seen_step: int | None = None
         steps: list[dict[str, Any]] = []
+        # Every analysis round seen while the rollout runs (promotion clears status.analysis).
+        analysis_runs: dict[tuple[Any, ...], dict[str, Any]] = {}
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
             s = self.status("md", MODEL)
+            for r in (s.get("analysis") or {}).get("runs") or []:
+                analysis_runs.setdefault((r.get("name"), r.get("step"), r.get("time")), r)
             stable_sha = (s.get("stable") or {}).get("sha256")
             if not s.get("canary") and stable_sha and stable_sha != old_stable:
                 break
@@ -642,7 +646,7 @@ class Loop:
             raise LoopError(f"the canary was not promoted in time: {self.status('md', MODEL)}")
         s = self.status("md", MODEL)
         self.facts["canary_steps"] = steps
-        self.facts["analysis_runs"] = (s.get("analysis") or {}).get("runs")
+        self.facts["analysis_runs"] = list(analysis_runs.values())
         self.facts["promoted_sha"] = (s.get("stable") or {}).get("sha256")
         tl.mark("promoted", f"stable sha256 {str(old_stable)[:12]} -> {str(self.facts['promoted_sha'])[:12]}")
 
