@@ -55,6 +55,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 QUICKSTART = REPO / "examples" / "quickstart"
@@ -76,14 +78,22 @@ T = TypeVar("T")
 # The SECOND STEP (after the quickstart is applied as written): production cadences made short
 # so the loop fits in minutes. Every field changed here is printed when it is applied.
 ANALYSIS_INTERVAL_SECONDS = 15
-FAST_ROLLOUT_STEPS = [
-    {"shadow": {"percent": 100, "duration": "20s"}},
-    {"analysis": {"metrics": [{"name": "shadow-agreement", "builtin": "shadowAgreement", "min": 0.9}]}},
-    {"setWeight": 20},
-    {"pause": {"duration": "20s"}},
-    {"setWeight": 50},
-    {"pause": {}},
-]
+FAST_DURATIONS = {"2m": "20s", "5m": "20s"}
+
+
+def fast_rollout_steps() -> list[dict[str, Any]]:
+    """The quickstart's own steps, with only the shadow and pause durations shortened."""
+    md = yaml.safe_load((QUICKSTART / "modeldeployment.yaml").read_text())
+    steps: list[dict[str, Any]] = md["spec"]["rollout"]["steps"]
+    for step in steps:
+        for kind in ("shadow", "pause"):
+            timed = step.get(kind) or {}
+            if timed.get("duration"):
+                timed["duration"] = FAST_DURATIONS.get(timed["duration"], timed["duration"])
+    return steps
+
+
+FAST_ROLLOUT_STEPS = fast_rollout_steps()
 
 
 class LoopError(RuntimeError):
