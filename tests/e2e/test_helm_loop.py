@@ -90,6 +90,9 @@ def test_drift_retrain_beats_champion_and_is_promoted(loop_result: Any) -> None:
     assert facts["promoted_sha"] == facts["retrain_sha"] != facts["first_sha"]
 
 
+ROUND_LATENCY_SECONDS = 2.0
+
+
 def test_bad_model_aborted_within_one_interval(loop_result: Any) -> None:
     abort = loop_result.facts["abort"]
     assert abort["stable_sha"] == abort["good_stable_sha"]
@@ -97,7 +100,13 @@ def test_bad_model_aborted_within_one_interval(loop_result: Any) -> None:
     failing = {r["name"] for r in abort["failing_runs"]}
     assert failing and any(name in abort["degraded"].get("message", "") for name in failing), abort
     assert abort["first_request_at"] is not None, "the bad canary never answered a request"
-    assert abort["seconds_after_first_request"] <= helmloop.ANALYSIS_INTERVAL_SECONDS, abort
+    # Background rounds run at a fixed cadence (every interval from the canary's readiness), so
+    # the verdict comes at the first round boundary after the canary's first request: at most one
+    # interval later, plus the round's own latency (Prometheus queries, the status write) and
+    # this driver's 0.5 s polling of both ends. ROUND_LATENCY_SECONDS is that allowance and
+    # nothing else; it does NOT prove an abort faster than the next round boundary.
+    limit = helmloop.ANALYSIS_INTERVAL_SECONDS + ROUND_LATENCY_SECONDS
+    assert abort["seconds_after_first_request"] <= limit, abort
 
 
 def test_status_shows_both_models_lineage(loop_result: Any) -> None:
