@@ -16,15 +16,17 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/kubeloop
-# Metadata first: the dependency layer is rebuilt only when pyproject.toml changes.
-COPY pyproject.toml README.md ./
+# Metadata first: the dependency layer is rebuilt only when pyproject.toml or the lock changes.
+# Every package is pinned by requirements.lock (hack/image/lock writes it): what ships is what
+# was tested.
+COPY pyproject.toml README.md requirements.lock ./
 COPY operator ./operator
 # Bytecode is compiled here, once, and ships: the runtime sets PYTHONDONTWRITEBYTECODE (its
 # filesystem may be read-only), so without it every pod compiles every module it imports.
 # Measured in this image, importing what a trainer and a server need: 2.8-3.1 CPU-s with,
 # 7.3-7.7 without (`python -X pycache_prefix=<empty dir>`). unchecked-hash: an image never
 # changes, so Python need not compare source timestamps, which copying stages may not keep.
-RUN /opt/kubeloop/bin/pip install ".[train,serve]" \
+RUN /opt/kubeloop/bin/pip install --constraint requirements.lock ".[train,serve]" \
     && find /opt/kubeloop -name 'tests' -type d -path '*site-packages/*/tests' -prune -exec rm -rf {} + \
     && find /opt/kubeloop -name '__pycache__' -type d -prune -exec rm -rf {} + \
     && /opt/kubeloop/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/kubeloop/lib

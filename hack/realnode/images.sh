@@ -89,7 +89,7 @@ runtime_archive() {
   local context_hash
   # Exactly the files the Dockerfile's build context admits (see .dockerignore) plus both.
   context_hash="$(cd "${ROOT}" && {
-    printf '%s\n' Dockerfile .dockerignore pyproject.toml README.md
+    printf '%s\n' Dockerfile .dockerignore pyproject.toml README.md requirements.lock
     find operator -type f -not -path '*/__pycache__/*' -not -name '*.pyc' -not -path '*.egg-info/*'
   } | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)"
   echo "${IMAGES}/runtime-$(printf '%s\n' "${context_hash}" "$(basename "$(base_archive)")" "${RUNTIME_IMAGE}" | short_hash).tar"
