@@ -9,8 +9,10 @@ a key of the same name), so the container's command line can be run as a real pr
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
+from harness import OperatorProcess
 from kubernetes import client
 
 
@@ -30,3 +32,11 @@ def pod_environment(container: Any, secret_data: dict[str, str]) -> dict[str, st
     for variable in container.env or []:
         environment[variable.name] = variable.value or ""
     return environment
+
+
+def pod_building_operator(kubeconfig_path: str, namespace: str, tmp_path: Path, models: Path) -> OperatorProcess:
+    """The real operator as a process, building pods for the image ``kubeloop:test`` with the
+    storage root ``models``; none of this machine's KUBELOOP_* settings leak into it."""
+    return OperatorProcess(kubeconfig_path, namespace, tmp_path / "operator.log", env={
+        "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{models}", "KUBELOOP_RUNTIME_IMAGE": "kubeloop:test",
+    }, inherit_kubeloop_env=False)

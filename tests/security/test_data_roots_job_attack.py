@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import OperatorProcess, install_crds, wait_for
-from kubelet_env import create_secret, pod_environment
+from harness import install_crds, wait_for
+from kubelet_env import create_secret, pod_building_operator, pod_environment
 from kubernetes import client
 
 from kubeloop.training.result import parse_result
@@ -57,9 +57,7 @@ def test_a_secret_cannot_widen_the_data_roots(
     secret_data = {"SECRET_TOKEN": SECRET, ENV_DATA_ROOTS: "/"}
     create_secret(core, namespace, "run-creds", secret_data)
     models = tmp_path / "models"
-    process = OperatorProcess(kubeconfig_path, namespace, tmp_path / "operator.log", env={
-        "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{models}", "KUBELOOP_RUNTIME_IMAGE": "kubeloop:test",
-    }, inherit_kubeloop_env=False)
+    process = pod_building_operator(kubeconfig_path, namespace, tmp_path, models)
     process.start()
     try:
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", {

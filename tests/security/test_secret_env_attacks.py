@@ -30,8 +30,8 @@ from typing import Any
 
 import httpx
 import skops.io
-from harness import OperatorProcess, free_port, install_crds, wait_for
-from kubelet_env import create_secret, pod_environment
+from harness import free_port, install_crds, wait_for
+from kubelet_env import create_secret, pod_building_operator, pod_environment
 from kubernetes import client
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
@@ -90,9 +90,7 @@ def test_a_secret_cannot_choose_the_trainers_code(
     secret_data = {"AWS_ACCESS_KEY_ID": "minio", "AWS_SECRET_ACCESS_KEY": "minio123", "PYTHONPATH": str(payload)}
     create_secret(core, namespace, "run-creds", secret_data)
     models = tmp_path / "models"
-    process = OperatorProcess(kubeconfig_path, namespace, tmp_path / "operator.log", env={
-        "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{models}", "KUBELOOP_RUNTIME_IMAGE": "kubeloop:test",
-    }, inherit_kubeloop_env=False)
+    process = pod_building_operator(kubeconfig_path, namespace, tmp_path, models)
     process.start()
     try:
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", {
@@ -189,9 +187,7 @@ def test_a_secret_cannot_turn_off_the_servers_checksum(
     create_secret(core, namespace, "model-creds", secret_data)
     models = tmp_path / "models"
     model = store_model(models / "iris" / "run-1")
-    process = OperatorProcess(kubeconfig_path, namespace, tmp_path / "operator.log", env={
-        "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{models}", "KUBELOOP_RUNTIME_IMAGE": "kubeloop:test",
-    }, inherit_kubeloop_env=False)
+    process = pod_building_operator(kubeconfig_path, namespace, tmp_path, models)
     process.start()
     try:
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", {
