@@ -35,20 +35,12 @@ __all__ = [
     "EstimatorNotAllowedError",
     "EstimatorSpecError",
     "build_estimator",
-    "check_spec_paths",
+    "check_spec",
     "is_allowed",
     "normalise_prefixes",
     "seed_unset_random_states",
     "wrap_for_categorical",
 ]
-
-
-def check_spec_paths(estimator: str, params: Mapping[str, Any], prefixes: Sequence[str]) -> None:
-    """Judge every path of the spec (importing allowed modules, calling nothing); raise on a refusal.
-
-    The trainer calls this before it reads any data, so a refused spec costs no download.
-    """
-    check_spec(estimator, params, prefixes)
 
 
 def build_estimator(

@@ -177,7 +177,8 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
     except ValueError as exc:
         raise _failed(request, "TrainingFailed", REASON_SPEC_INVALID, str(exc)) from None
     try:
-        estimators.check_spec_paths(spec.model.estimator, params, request.allowed_prefixes)
+        # Every path judged before any data is read, so a refused spec costs no download.
+        estimators.check_spec(spec.model.estimator, params, request.allowed_prefixes)
     except estimators.EstimatorNotAllowedError as exc:
         raise _failed(
             request, "TrainingFailed", REASON_ESTIMATOR_NOT_ALLOWED, str(exc), params=params

@@ -239,15 +239,17 @@ def spec_refusal(
     (``spec.image``) and judges again with the same rule before it builds anything. Without
     scikit-learn installed, only the string check (:func:`check_spec_paths`) is made here.
     """
+    paths = spec_paths(estimator, params, sweep_grid)
     try:
-        check_spec_paths(estimator, params, prefixes, sweep_grid)
+        for path, field in paths:
+            check_path(path, prefixes, field)
     except (EstimatorNotAllowedError, EstimatorSpecError) as exc:
         return str(exc)
     try:
         import sklearn.base  # noqa: F401
     except ImportError:
         return None  # the string check above is all this operator can judge; the trainer judges fully
-    for path, field in spec_paths(estimator, params, sweep_grid):
+    for path, field in paths:
         try:
             resolve_class(path, prefixes, field)
         except EstimatorNotFoundError:
