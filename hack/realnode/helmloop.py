@@ -548,7 +548,8 @@ class Loop:
         self.second_step("md", MODEL, {"spec": {"rollout": {
             "steps": FAST_ROLLOUT_STEPS,
             "analysis": {"interval": f"{ANALYSIS_INTERVAL_SECONDS}s", "failureLimit": 0}}}},
-            f"shadow 2m -> 20s, pause 5m -> 20s, analysis interval 1m -> {ANALYSIS_INTERVAL_SECONDS}s, "
+            f"step durations {', '.join(f'{a} -> {b}' for a, b in FAST_DURATIONS.items())}, "
+            f"analysis interval 1m -> {ANALYSIS_INTERVAL_SECONDS}s, "
             "failureLimit 1 -> 0 (the first failed round aborts: the bad model must be out within one "
             "interval); the indefinite pause stays: the driver promotes there as the person would")
         wait_for(lambda: self.status("md", MODEL).get("phase") == "Healthy", 300, f"ModelDeployment {MODEL} Healthy")
