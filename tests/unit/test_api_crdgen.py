@@ -360,7 +360,7 @@ def test_every_field_of_the_design_is_in_the_schema(kind: str) -> None:
         ("TrainingRun", "spec.evaluation.metric",
          ["accuracy", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2"]),
         ("TrainingRun", "spec.model.task", ["classification", "regression"]),
-        ("TrainingRun", "status.phase", ["Pending", "Validating", "Training", "Succeeded", "Failed"]),
+        ("TrainingRun", "status.phase", ["Pending", "Training", "Succeeded", "Failed"]),
         ("ModelDeployment", "status.phase", ["Progressing", "Healthy", "Paused", "Degraded"]),
         ("ModelDeployment", "spec.rollout.analysis.metrics[].provider",
          ["prometheus", "builtin", "scrape"]),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
+from kubeloop.api.trainingrun import Phase
 from kubeloop.decide.trainingrun import (
     Observed,
     best_trial,
@@ -346,3 +347,10 @@ def test_champion_is_passed_to_the_trainer() -> None:
     assert args[args.index("--champion-uri") + 1] == champion.uri
     assert args[args.index("--champion-sha256") + 1] == champion.sha256
     assert decision.status["champion"]["source"] == "TrainingRun/r0"
+
+
+def test_every_documented_phase_is_reached_by_the_table_and_no_other() -> None:
+    # The API's phase enum (the CRD, `kubectl explain`, the docs) lists only phases a decision
+    # really sets: a phase no observed state leads to (such as the former "Validating") is a lie.
+    reached = {case[3] for case in CASES} | {"Pending"}  # a new run: test_new_run_creates_...
+    assert reached == set(get_args(Phase))

@@ -41,10 +41,6 @@ class ConditionType(StrEnum):
     """Fewer samples than minSamples were seen in the window; no drift verdict was made."""
     RETRAIN_IN_FLIGHT = "RetrainInFlight"
     """A TrainingRun created by the policy is still running."""
-    DATA_VALIDATED = "DataValidated"
-    """The training data passed spec.validation."""
-    GATES_PASSED = "GatesPassed"
-    """The trained model passed its evaluation gates (threshold, champion comparison)."""
 
 
 class Reason(StrEnum):
@@ -53,7 +49,6 @@ class Reason(StrEnum):
     # TrainingRun
     PENDING = "Pending"
     JOB_CREATED = "JobCreated"
-    VALIDATING = "Validating"
     TRAINING = "Training"
     SUCCEEDED = "Succeeded"
     DATA_VALIDATION_FAILED = "DataValidationFailed"

@@ -44,7 +44,9 @@ MAX_GRID_VALUES = 100
 
 Metric = Literal["accuracy", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2"]
 Task = Literal["classification", "regression"]
-Phase = Literal["Pending", "Validating", "Training", "Succeeded", "Failed"]
+# No "Validating": the trainer checks the data inside its pod and has no API access, so the
+# operator cannot see validation apart from training (a failure shows as DataValidationFailed).
+Phase = Literal["Pending", "Training", "Succeeded", "Failed"]
 ColumnType = Literal["float", "int", "string", "bool", "category"]
 MetricMap = Annotated[dict[str, float], Field(max_length=64)]
 
@@ -384,11 +386,13 @@ class TrainingRunStatus(KubeModel):
     """What happened to the run, written by the operator."""
 
     phase: Phase | None = None
-    """Pending, Validating, Training, Succeeded or Failed."""
+    """Pending (checks, Job created, pod not running yet), Training (the pod runs: it validates
+    the data, then fits and evaluates), Succeeded or Failed."""
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The metadata.generation this status describes."""
     conditions: Conditions | None = None
-    """Ready, Progressing, DataValidated, GatesPassed, Degraded."""
+    """Ready and Progressing; a failure's reason (e.g. DataValidationFailed, GateFailed) is in
+    their reason and in lastFailure."""
     job_name: Annotated[str, StringConstraints(max_length=253)] | None = None
     """Name of the training Job."""
     start_time: AwareDatetime | None = None

@@ -28,9 +28,10 @@ from croniter import croniter
 
 from kubeloop.api.common import parse_duration
 from kubeloop.api.conditions import ConditionType, Reason
-from kubeloop.api.driftpolicy import MAX_HISTORY, RETRAIN_ANNOTATION
+from kubeloop.api.driftpolicy import MAX_HISTORY, RETRAIN_ANNOTATION, ignored_settings
 from kubeloop.decide.common import Event, parse_wire_time, set_wire_condition, wire_time
-from kubeloop.drift.profile import PREDICTION_FEATURE
+from kubeloop.drift.defaults import DEFAULT_ALPHA, DISTANCE_TESTS, P_VALUE_TESTS, possible_tests
+from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 from kubeloop.drift.report import DriftConfig, DriftReport, FeatureSettings
 from kubeloop.drift.result import DriftCheckResult
 from kubeloop.resources.meta import child_name, labels_for, owner_reference
@@ -53,6 +54,11 @@ class Verdict:
     scores: list[dict[str, Any]]
 
 
+def _limit(test: str, limit: float) -> dict[str, float]:
+    """The status field a feature's limit goes in: alpha for p-value tests, else threshold."""
+    return {"alpha": limit} if test in P_VALUE_TESTS else {"threshold": limit}
+
+
 def verdict_from_report(report: DriftReport) -> Verdict:
     features = [*report.features, *([report.prediction] if report.prediction else [])]
     scores = [
@@ -60,7 +66,7 @@ def verdict_from_report(report: DriftReport) -> Verdict:
             "feature": f.feature,
             "test": f.test,
             "score": round(f.score, 6),
-            "threshold": f.threshold,
+            **_limit(f.test, f.threshold),
             "drifted": f.drifted,
             **({"pValue": f.p_value_adjusted if f.p_value_adjusted is not None else f.p_value} if f.p_value is not None else {}),
             "samples": f.sample_size,
@@ -77,7 +83,7 @@ def verdict_from_check(check: DriftCheckResult, config: DriftConfig) -> Verdict:
             "feature": name,
             "test": test,
             "score": score,
-            "threshold": config.threshold_for(name, test),
+            **_limit(test, config.threshold_for(name, test)),
             "drifted": drifted,
             **({"pValue": p_value} if p_value is not None else {}),
             "samples": check.sample_size,
@@ -111,30 +117,67 @@ class Decision:
 
 
 def drift_config(spec: Mapping[str, Any]) -> DriftConfig:
-    """The statistics' configuration the policy's spec asks for.
-
-    Without ``spec.tests`` the test is chosen by sample size (p-value tests for small
-    samples, distances for large), which is the safer default for live traffic.
-    """
+    """The statistics' configuration the policy's spec asks for: a test per type (``auto``
+    unless set), score thresholds for the distance tests, alpha for ks and chi2."""
     tests = spec.get("tests") or {}
     thresholds = spec.get("thresholds") or {}
-    numerical = tests.get("numerical", "auto")
-    categorical = tests.get("categorical", "auto")
-    default = thresholds.get("default")
-    per_test: dict[str, float] = {}
-    if default is not None:
-        for test in {numerical, categorical} - {"auto"}:
-            per_test[test] = default
+    alpha = spec.get("alpha") or {}
+    score_thresholds = {test: thresholds[test] for test in sorted(DISTANCE_TESTS) if thresholds.get(test) is not None}
+    feature_thresholds = thresholds.get("features") or {}
+    feature_alphas = alpha.get("features") or {}
     features = {
-        name: FeatureSettings(threshold=value) for name, value in (thresholds.get("features") or {}).items()
+        name: FeatureSettings(threshold=feature_thresholds.get(name), alpha=feature_alphas.get(name))
+        for name in sorted({*feature_thresholds, *feature_alphas})
     }
     return DriftConfig(
-        numerical_test=numerical,
-        categorical_test=categorical,
-        thresholds=per_test,
+        numerical_test=tests.get("numerical", "auto"),
+        categorical_test=tests.get("categorical", "auto"),
+        thresholds=score_thresholds,
+        alpha=alpha.get("default", DEFAULT_ALPHA),
         features=features,
         drift_share=max(spec.get("driftShare", 0.5), 1e-9),
     )
+
+
+def invalid_spec(spec: Mapping[str, Any], profile: Profile) -> str | None:
+    """Why the spec cannot be followed as written against this reference profile, naming the
+    field and the fix; None when every setting is used.
+
+    The CRD refuses what the spec alone shows (:func:`kubeloop.api.driftpolicy.ignored_settings`,
+    checked here again for a CRD installed before those rules); what depends on the profile
+    (feature names, each feature's type) is checked here.
+    """
+    ignored = ignored_settings(spec)
+    if ignored:
+        field_name, message = ignored[0]
+        return f"{field_name}: {message}"
+    kinds = {f.name: f.kind for f in profile.all_features()}
+    known = ", ".join(kinds)
+    checked = set(spec.get("features") or [f.name for f in profile.features]) | {PREDICTION_FEATURE}
+    for name in spec.get("features") or []:
+        if name not in kinds:
+            return f"spec.features: {name!r} is not in the reference profile (it has: {known}); remove it or fix the name"
+    tests = spec.get("tests") or {}
+    per_feature = [
+        ("spec.thresholds.features", (spec.get("thresholds") or {}).get("features") or {}, DISTANCE_TESTS,
+         "a score threshold, for psi, wasserstein and jensenshannon", "alpha.features"),
+        ("spec.alpha.features", (spec.get("alpha") or {}).get("features") or {}, P_VALUE_TESTS,
+         "an alpha, for ks and chi2", "thresholds.features"),
+    ]
+    for field_name, settings, family, what, other in per_feature:
+        for name in settings:
+            if name not in kinds:
+                return f"{field_name}: {name!r} is not in the reference profile (it has: {known}); remove it or fix the name"
+            if name not in checked:
+                return f"{field_name}: {name!r} is not checked (spec.features leaves it out); remove it or add it to spec.features"
+            kind = kinds[name]
+            setting = tests.get(kind, "auto")
+            if not possible_tests(kind, setting) & family:
+                return (
+                    f"{field_name}: {name!r} is {kind} and tests.{kind} is {setting}, so this value ({what}) "
+                    f"is never used; move it to {other} or change tests.{kind}"
+                )
+    return None
 
 
 def next_schedule_time(schedule: str, after: datetime) -> datetime:
@@ -254,7 +297,7 @@ def _run_outcome(run: Mapping[str, Any] | None) -> tuple[str, str]:
                 f"champion {metric}={champion.get(metric)}"
             )
         return "Failed", status.get("message") or "the retrain failed"
-    return ("Running" if phase in {"Training", "Validating"} else "Pending"), f"retrain {run['metadata']['name']} is {phase}"
+    return ("Running" if phase == "Training" else "Pending"), f"retrain {run['metadata']['name']} is {phase}"
 
 
 def decide(
