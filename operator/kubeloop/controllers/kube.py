@@ -21,6 +21,8 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from kubeloop.controllers import metrics
+
 FIELD_MANAGER = "kubeloop"
 
 JsonObject = dict[str, Any]
@@ -222,6 +224,8 @@ def post_event(
 ) -> None:
     """Record an Event on ``obj`` (what `kubectl describe` shows under Events)."""
     meta = obj["metadata"]
+    # Counted before the write: an alert on the reason fires even if the Event cannot be stored.
+    metrics.EVENTS.labels(meta["namespace"], obj["kind"], meta["name"], type_, reason).inc()
     kube.create(
         {
             "apiVersion": "v1",

@@ -54,6 +54,14 @@ RETRAINS = Counter(
     ["namespace", "policy", "reason"],
     registry=REGISTRY,
 )
+EVENTS = Counter(
+    "kubeloop_events",
+    "Events the operator posted, by the object's namespace, kind and name, type (Normal, "
+    "Warning) and reason (the chart's alerts on aborted rollouts, drift and refused retrains "
+    "count these).",
+    ["namespace", "kind", "name", "type", "reason"],
+    registry=REGISTRY,
+)
 
 
 class PhaseTracker:
