@@ -69,13 +69,15 @@ DYNAMIC_CALLS: dict[str, frozenset[str]] = {
     "modeldeployment:service": frozenset({"Service"}),
     "modeldeployment:deployment": frozenset({"Deployment"}),
     "modeldeployment:decision.hpa": frozenset({"HorizontalPodAutoscaler"}),
+    "modeldeployment:decision.pdb": frozenset({"PodDisruptionBudget"}),
     # The traffic router's object: traffic.gatewayapi (HTTPRoute) or traffic.istio
     # (VirtualService); the replicas router has none.
     "modeldeployment:route.kind": frozenset({"HTTPRoute", "VirtualService"}),
     # `kind` is also the argument of the ownership check (ModelDeploymentController.conflicts):
-    # a get on every child the decision writes (Service, Deployment, HPA).
+    # a get on every child the decision writes (Service, Deployment, HPA, PDB).
     "modeldeployment:kind": frozenset(
-        {"HTTPRoute", "VirtualService", "Service", "Deployment", "HorizontalPodAutoscaler"}
+        {"HTTPRoute", "VirtualService", "Service", "Deployment", "HorizontalPodAutoscaler",
+         "PodDisruptionBudget"}
     ),
 }
 

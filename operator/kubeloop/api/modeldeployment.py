@@ -40,12 +40,24 @@ from kubeloop.api.common import (
     LabelValue,
     LastFailure,
     LocalObjectReference,
+    NodeSelector,
     ResourceName,
     ResourceRequirements,
     Sha256,
     StorageUri,
+    Toleration,
     cel,
     cel_rules,
+)
+from kubeloop.api.pods import (
+    Affinity,
+    DisruptionBudget,
+    Env,
+    PodAnnotations,
+    PodLabels,
+    TopologySpreadConstraint,
+    reserved_annotation_rule,
+    reserved_label_rule,
 )
 
 KIND: Final = "ModelDeployment"
@@ -115,6 +127,10 @@ class BatchingSpec(KubeModel):
 class ServerSpec(KubeModel):
     """The model server pods (``kubeloop serve``)."""
 
+    model_config = cel_rules(
+        reserved_label_rule("podLabels"), reserved_annotation_rule("podAnnotations")
+    )
+
     image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
     """Server container image; default: the operator's configured kubeloop image."""
     resources: ResourceRequirements | None = None
@@ -125,6 +141,39 @@ class ServerSpec(KubeModel):
     """Worker processes per pod."""
     batching: BatchingSpec | None = None
     """Micro-batching of concurrent requests; default: off."""
+    service_account_name: ResourceName | None = None
+    """ServiceAccount the server pods run as (in this namespace), e.g. one bound to a cloud
+    identity (EKS IRSA, GKE or Azure workload identity) so the servers read the model's storage
+    without static keys; default: the namespace's ``default``. Whoever writes the spec must be
+    allowed to ``get`` it (the chart's admission policy checks)."""
+    automount_service_account_token: bool = False
+    """Mount the ServiceAccount's Kubernetes API token into the server pods. The server never
+    calls the API; turn it on only for an identity provider that reads that token file
+    (IRSA and Azure workload identity inject their own token; GKE needs none)."""
+    node_selector: NodeSelector | None = None
+    """Labels a node must have to run the server pods, e.g. a GPU node pool's."""
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = None
+    """Taints the server pods tolerate, e.g. ``nvidia.com/gpu`` on GPU nodes."""
+    affinity: Affinity | None = None
+    """Node affinity, pod affinity and anti-affinity of the server pods, as in a Pod spec."""
+    topology_spread_constraints: (
+        Annotated[list[TopologySpreadConstraint], Field(max_length=8)] | None
+    ) = None
+    """How the server pods of each track spread over nodes or zones, as in a Pod spec; without
+    a labelSelector a constraint counts the pods of its own track."""
+    env: Env | None = None
+    """Extra environment variables of the server container (a value, or the pod's own fields).
+    Names the operator sets or pins are refused: every ``KUBELOOP_*``, ``PYTHONPATH``,
+    ``LD_PRELOAD``, ``HOME``... Secrets are not taken here: name them in model.credentials."""
+    pod_labels: PodLabels | None = None
+    """Labels added to the server pods (not to their selectors); keys under kubeloop.io/ and
+    app.kubernetes.io/managed-by and app.kubernetes.io/component are the operator's."""
+    pod_annotations: PodAnnotations | None = None
+    """Annotations added to the server pods; keys under kubeloop.io/ and the ones the operator
+    sets itself (e.g. prometheus.io/scrape) are refused."""
+    pod_disruption_budget: DisruptionBudget | None = None
+    """A PodDisruptionBudget (``NAME-stable``) that keeps stable pods serving through node
+    drains; default: none."""
 
 
 class AutoscalingSpec(KubeModel):
@@ -374,7 +423,9 @@ class ModelDeploymentSpec(KubeModel):
     """Pods serving the stable model (the canary gets its share on top); managed by the
     autoscaler when autoscaling is set."""
     server: ServerSpec | None = None
-    """Server image, resources, port, workers and batching."""
+    """Server image, resources, port, workers and batching, and how its pods are placed
+    (nodeSelector, tolerations, affinity, topology spread), who they run as
+    (serviceAccountName), their env, labels, annotations and disruption budget."""
     autoscaling: AutoscalingSpec | None = None
     """Scale on CPU with a HorizontalPodAutoscaler."""
     rollout: RolloutSpec | None = None

@@ -64,6 +64,7 @@ KINDS: dict[str, Kind] = {
     "Event": Kind("", "v1", "events"),
     "Deployment": Kind("apps", "v1", "deployments"),
     "HorizontalPodAutoscaler": Kind("autoscaling", "v2", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": Kind("policy", "v1", "poddisruptionbudgets"),
     "HTTPRoute": Kind("gateway.networking.k8s.io", "v1", "httproutes"),
     "VirtualService": Kind("networking.istio.io", "v1", "virtualservices"),
 }
@@ -84,9 +85,12 @@ class Kube:
         self.api_client = api_client
 
     @classmethod
-    def from_environment(cls, kubeconfig: str | None = None) -> Kube:
-        """In-cluster credentials when running in a pod, else the kubeconfig."""
+    def from_environment(cls, kubeconfig: str | None = None, connections: int | None = None) -> Kube:
+        """In-cluster credentials when running in a pod, else the kubeconfig; ``connections``:
+        how many threads call at once (each keeps a pooled connection)."""
         configuration = k8s_client.Configuration()
+        if connections is not None:
+            configuration.connection_pool_maxsize = connections
         try:
             k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except k8s_config.ConfigException:
@@ -131,8 +135,10 @@ class Kube:
         body: Any = None,
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> JsonObject:
-        data = self._call(method, path, body, query, content_type, "application/json")
+        """A JSON call; ``accept`` may ask for another JSON rendering (a server-side Table)."""
+        data = self._call(method, path, body, query, content_type, accept)
         if not data:
             return {}
         parsed: JsonObject = orjson.loads(data)

@@ -2,15 +2,15 @@
 
 One reconcile, safe to repeat at any moment (and after a crash):
 
-1. read the ModelDeployment, its two Deployments, its HPA, the router's object (HTTPRoute or
-   VirtualService) and the TrainingRun ``spec.model`` names;
+1. read the ModelDeployment, its two Deployments, its HPA and PodDisruptionBudget, the router's
+   object (HTTPRoute or VirtualService) and the TrainingRun ``spec.model`` names;
 2. if :func:`analysis_plan` says metrics are due, measure them (Prometheus over HTTP, or the
    pods' /metrics through the API server's pod proxy) - the only slow I/O, done here so the
    decision gets plain values;
 3. :func:`decide` with ``now``;
 4. apply in an order that never drops traffic: Services and router weights first (an abort
    moves users back to stable before any canary pod goes), then the Deployments, then the
-   autoscaler; then the status (as a merge patch that also removes what the decision dropped)
+   autoscaler and the disruption budget; then the status (as a merge patch that also removes what the decision dropped)
    and the Events.
 
 Time-based progress (pause and shadow durations, analysis intervals) is driven by a kopf timer
@@ -52,6 +52,7 @@ from kubeloop.resources.serving import (
     ServingSettings,
     deployment_name,
     hpa_name,
+    pdb_name,
 )
 from kubeloop.traffic import router_for
 from kubeloop.trust import ownership
@@ -136,6 +137,7 @@ class ModelDeploymentController:
             hpa=self.kube.get_or_none("HorizontalPodAutoscaler", namespace, hpa_name(name)),
             route=route,
             training_run=self.kube.get_or_none("TrainingRun", namespace, run_name) if run_name else None,
+            pdb=self.kube.get_or_none("PodDisruptionBudget", namespace, pdb_name(name)),
         )
 
     def _get_tolerant(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -208,8 +210,9 @@ class ModelDeploymentController:
             return decision
 
     def own_children(self, observed: Observed, owner: ownership.Owner) -> Observed:
-        """``observed`` without the Deployments and autoscaler that are not this
-        ModelDeployment's: their status is not read as ours, and nothing scales or deletes them."""
+        """``observed`` without the Deployments, autoscaler and disruption budget that are not
+        this ModelDeployment's: their status is not read as ours, and nothing scales or deletes
+        them."""
         md_name = owner.name
 
         def mine(kind: str, name: str, obj: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -221,6 +224,7 @@ class ModelDeploymentController:
             hpa=mine("HorizontalPodAutoscaler", hpa_name(md_name), observed.hpa),
             route=observed.route,
             training_run=observed.training_run,
+            pdb=mine("PodDisruptionBudget", pdb_name(md_name), observed.pdb),
         )
 
     def conflicts(
@@ -230,13 +234,15 @@ class ModelDeploymentController:
         this ModelDeployment does not own, read fresh from the API server."""
         namespace = md["metadata"]["namespace"]
         targets: dict[tuple[str, str], None] = {}
-        for obj in (*decision.services, *decision.deployments, decision.hpa):
+        for obj in (*decision.services, *decision.deployments, decision.hpa, decision.pdb):
             if obj is not None:
                 targets[(obj["kind"], obj["metadata"]["name"])] = None
         for name in decision.scale_to_zero:
             targets[("Deployment", name)] = None
         if decision.delete_hpa is not None:
             targets[("HorizontalPodAutoscaler", decision.delete_hpa)] = None
+        if decision.delete_pdb is not None:
+            targets[("PodDisruptionBudget", decision.delete_pdb)] = None
         problems = []
         for kind, name in targets:
             message = self.ownership_conflict(kind, name, self.kube.get_or_none(kind, namespace, name), owner)
@@ -265,6 +271,10 @@ class ModelDeploymentController:
             self.kube.apply(decision.hpa)
         if decision.delete_hpa is not None:
             self.kube.delete("HorizontalPodAutoscaler", namespace, decision.delete_hpa)
+        if decision.pdb is not None:
+            self.kube.apply(decision.pdb)
+        if decision.delete_pdb is not None:
+            self.kube.delete("PodDisruptionBudget", namespace, decision.delete_pdb)
 
     # --- time -------------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """What a ModelDeployment should look like next: the rollout state machine. Pure: no I/O, no clock.
 
-The controller reads the ModelDeployment, its Deployments, autoscaler, router object and the
-TrainingRun its spec names; runs the analysis measurements :func:`analysis_plan` asks for;
-then calls :func:`decide` with all of it and ``now``, and applies what comes back.
+The controller reads the ModelDeployment, its Deployments, autoscaler, disruption budget,
+router object and the TrainingRun its spec names; runs the analysis measurements
+:func:`analysis_plan` asks for; then calls :func:`decide` with all of it and ``now``, and
+applies what comes back.
 
 The state lives in ``status`` (so a crash and restart resume at the same step):
 
@@ -72,10 +73,13 @@ from kubeloop.resources.serving import (
     ServingSettings,
     Shadow,
     build_hpa,
+    build_pdb,
     build_services,
     build_track_deployment,
     deployment_name,
     hpa_name,
+    pdb_name,
+    pod_metadata_conflicts,
     selector_string,
     server_port,
     shadow_url,
@@ -111,12 +115,13 @@ class Observed:
     hpa: Mapping[str, Any] | None = None
     route: Mapping[str, Any] | None = None
     training_run: Mapping[str, Any] | None = None
+    pdb: Mapping[str, Any] | None = None
 
 
 @dataclass
 class Decision:
     """What the controller must do, in this order: route weights and Services, Deployments,
-    autoscaler, then status and events."""
+    autoscaler, disruption budget, then status and events."""
 
     status: dict[str, Any]
     deployments: list[dict[str, Any]] = field(default_factory=list)
@@ -125,6 +130,9 @@ class Decision:
     services: list[dict[str, Any]] = field(default_factory=list)
     hpa: dict[str, Any] | None = None
     delete_hpa: str | None = None
+    pdb: dict[str, Any] | None = None
+    """The stable track's PodDisruptionBudget (spec.server.podDisruptionBudget)."""
+    delete_pdb: str | None = None
     route: WeightPatch | None = None
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
@@ -459,6 +467,9 @@ def decide(
     )
     if image_problem is not None:
         return refused(md, now, IMAGE_NOT_ALLOWED, image_problem)
+    metadata_conflicts = pod_metadata_conflicts(md)
+    if metadata_conflicts:
+        return refused(md, now, Reason.INVALID_SPEC, "; ".join(metadata_conflicts))
 
     spec = md["spec"]
     total = int(spec.get("replicas", 1))
@@ -960,6 +971,9 @@ def _desired_children(
     decision.hpa = build_hpa(md)
     if decision.hpa is None and observed.hpa is not None:
         decision.delete_hpa = hpa_name(name)
+    decision.pdb = build_pdb(md)
+    if decision.pdb is None and observed.pdb is not None:
+        decision.delete_pdb = pdb_name(name)
     if router.object_kind is not None:
         decision.route = router.weight_patch(observed.route, _backends(md), weight)
         r.router_error = decision.route.error

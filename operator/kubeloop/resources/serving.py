@@ -11,6 +11,16 @@
   label, decides whether the canary answers users (a shadowing canary must answer no one).
 * an optional HorizontalPodAutoscaler scales the ModelDeployment itself through its scale
   subresource, so spec.replicas stays the one number every other rule reads.
+* an optional PodDisruptionBudget ``<name>-stable`` (spec.server.podDisruptionBudget) selects
+  the stable track's pods only: a drain may not empty the model users are served by, while a
+  canary (which gets no or little traffic) stays free to move.
+
+``spec.server`` also shapes both tracks' pod templates the same way: serviceAccountName,
+nodeSelector, tolerations, affinity, topologySpreadConstraints (without a labelSelector, a
+constraint counts its own track's pods), extra env (after the operator's own variables and
+before the pins of :mod:`kubeloop.trust.pod_env`; the API models refuse pinned names), and pod
+labels and annotations, under the operator's own (which keep their values and are refused in
+the spec: :func:`pod_metadata_conflicts`).
 
 Everything here is a pure function of its arguments (wire form in, wire form out).
 """
@@ -102,6 +112,10 @@ def hpa_name(md_name: str) -> str:
     return child_name(md_name, "")
 
 
+def pdb_name(md_name: str) -> str:
+    return child_name(md_name, "stable")
+
+
 def server_port(md: Mapping[str, Any]) -> int:
     return int(((md["spec"].get("server") or {}).get("port")) or DEFAULT_PORT)
 
@@ -177,6 +191,56 @@ def server_args(
     return args
 
 
+def operator_pod_annotations(md: Mapping[str, Any], sha256: str) -> dict[str, str]:
+    """The annotations the operator puts on every server pod (they win over the spec's)."""
+    return {
+        SHA_ANNOTATION: sha256,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(server_port(md)),
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def pod_metadata_conflicts(md: Mapping[str, Any]) -> list[str]:
+    """A message for every label or annotation of spec.server that a server pod already gets
+    from the operator (the API models refuse the kubeloop.io/ prefix and the operator's labels
+    up front; this also covers the rest, e.g. prometheus.io/scrape)."""
+    server = md["spec"].get("server") or {}
+    name = md["metadata"]["name"]
+    own_labels = {key for track in TRACKS for key in labels_for(KIND_LABEL, name, COMPONENT, track=track)}
+    own_annotations = set(operator_pod_annotations(md, ""))
+    problems = []
+    for field, own in (("podLabels", own_labels), ("podAnnotations", own_annotations)):
+        for key in sorted(set(server.get(field) or {}) & own):
+            problems.append(
+                f'spec.server.{field}["{key}"]: the operator sets this key on every server pod; '
+                "remove it from the spec"
+            )
+    return problems
+
+
+def pod_placement(md: Mapping[str, Any], track: Track) -> dict[str, Any]:
+    """Who a track's pods run as and where they may run, from spec.server (Pod spec fields)."""
+    server = md["spec"].get("server") or {}
+    placement: dict[str, Any] = {
+        # The server never calls the Kubernetes API: no token unless the spec asks for one.
+        "automountServiceAccountToken": bool(server.get("automountServiceAccountToken", False)),
+    }
+    if server.get("serviceAccountName"):
+        placement["serviceAccountName"] = server["serviceAccountName"]
+    for field in ("nodeSelector", "tolerations", "affinity"):
+        if server.get(field):
+            placement[field] = server[field]
+    constraints = server.get("topologySpreadConstraints") or []
+    if constraints:
+        own_pods = {"matchLabels": track_selector(md["metadata"]["name"], track)}
+        placement["topologySpreadConstraints"] = [
+            {**constraint, "labelSelector": constraint.get("labelSelector") or own_pods}
+            for constraint in constraints
+        ]
+    return placement
+
+
 def build_track_deployment(
     md: Mapping[str, Any],
     track: Track,
@@ -198,6 +262,7 @@ def build_track_deployment(
         models_root=settings.default_storage_uri,
     )
     labels = labels_for(KIND_LABEL, name, COMPONENT, track=track)
+    pod_labels = {**(server.get("podLabels") or {}), **labels}
     scratch, scratch_mount = scratch_volume()
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
@@ -209,6 +274,9 @@ def build_track_deployment(
         "env": [
             {"name": "HOME", "value": SCRATCH_DIR},
             {"name": "KUBELOOP_SERVE_SHUTDOWN_DELAY_SECONDS", "value": str(SHUTDOWN_DELAY_SECONDS)},
+            # The spec's own variables; the API models refuse the names the operator sets or
+            # pins (kubeloop.trust.pod_env.user_env_refusal), so none of them replaces one.
+            *[dict(entry) for entry in server.get("env") or []],
         ],
         "readinessProbe": {
             "httpGet": {"path": READY_PATH, "port": PORT_NAME},
@@ -234,10 +302,8 @@ def build_track_deployment(
         # ...and pins what the Secret may not set: an env entry wins over its key.
         container["env"] += pinned_env(container["env"])
     template_annotations = {
-        SHA_ANNOTATION: model.sha256,
-        "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(port),
-        "prometheus.io/path": "/metrics",
+        **(server.get("podAnnotations") or {}),
+        **operator_pod_annotations(md, model.sha256),
     }
     return {
         "apiVersion": "apps/v1",
@@ -254,9 +320,9 @@ def build_track_deployment(
                 "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
             },
             "template": {
-                "metadata": {"labels": labels, "annotations": template_annotations},
+                "metadata": {"labels": pod_labels, "annotations": template_annotations},
                 "spec": {
-                    "automountServiceAccountToken": False,
+                    **pod_placement(md, track),
                     "securityContext": restricted_pod_security(),
                     "terminationGracePeriodSeconds": SHUTDOWN_DELAY_SECONDS + 30,
                     "containers": [container],
@@ -299,6 +365,26 @@ def build_services(md: Mapping[str, Any], canary_weight: int) -> list[dict[str, 
             for track in TRACKS
         ),
     ]
+
+
+def build_pdb(md: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The PodDisruptionBudget of the stable track from spec.server.podDisruptionBudget (None
+    when it is not set). It selects by the track label, so whichever model the stable
+    Deployment runs (before, during and after a promotion) is covered, and never the canary."""
+    budget = (md["spec"].get("server") or {}).get("podDisruptionBudget")
+    if not budget:
+        return None
+    name = md["metadata"]["name"]
+    spec: dict[str, Any] = {"selector": {"matchLabels": track_selector(name, "stable")}}
+    for field in ("minAvailable", "maxUnavailable"):
+        if budget.get(field) is not None:
+            spec[field] = budget[field]
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(md, pdb_name(name), labels_for(KIND_LABEL, name, "disruption-budget")),
+        "spec": spec,
+    }
 
 
 def build_hpa(md: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -18,6 +18,13 @@ number or boolean). A variable the pod's own ``env`` already sets keeps that val
 Not pinned: the Secret's purpose (cloud credentials, endpoints, CA bundles, proxies), and
 ``PROMETHEUS_MULTIPROC_DIR``, whose mere presence (even empty) switches the metrics client to
 multi-process files.
+
+A spec's own ``env`` (``ModelDeployment.spec.server.env``) is the other way in, and a plain
+``env`` entry would *win* over the operator's pin of the same name. So :func:`user_env_refusal`
+refuses every pinned name, every ``KUBELOOP_*`` name (the runtime's own settings, including
+ones added later), and the few variables the pod builders set themselves
+(:data:`SET_BY_BUILDERS`). The API models call it (and say the same in CEL), so a refused name
+never reaches a builder.
 """
 
 from __future__ import annotations
@@ -82,6 +89,20 @@ PINNED: tuple[PinnedVariable, ...] = (
     PinnedVariable("KUBELOOP_SERVE_SHADOW_TIMEOUT_SECONDS", "5", "how long a mirrored request may take"),
     PinnedVariable("KUBELOOP_SERVE_SHADOW_TOLERANCE", "1e-09", "when a challenger's regression output agrees"),
     PinnedVariable("KUBELOOP_SERVE_FEEDBACK_CAPACITY", "100000", "recent predictions kept for /feedback"),
+    PinnedVariable("KUBELOOP_SERVE_FEEDBACK_MAX_BYTES", "67108864", "the byte budget of the predictions kept for /feedback"),
+    PinnedVariable("KUBELOOP_SERVE_FEEDBACK_MAX_AGE_SECONDS", "3600", "the oldest prediction that still takes a label"),
+    PinnedVariable("KUBELOOP_SERVE_MAX_BODY_BYTES", "16777216", "the largest request body (413 beyond)"),
+    PinnedVariable("KUBELOOP_SERVE_MAX_BUFFERED_BODY_BYTES", "67108864", "request bodies a worker holds at once"),
+    PinnedVariable("KUBELOOP_SERVE_MAX_REQUEST_ROWS", "100000", "the most rows in one request (413 beyond)"),
+    PinnedVariable("KUBELOOP_SERVE_MAX_CONCURRENT_REQUESTS", "256", "requests a worker handles at once (503 beyond)"),
+    PinnedVariable("KUBELOOP_SERVE_MAX_QUEUED_ROWS", "200000", "rows waiting for the model (503 beyond)"),
+    PinnedVariable("KUBELOOP_SERVE_RETRY_AFTER_SECONDS", "1", "the Retry-After of an overload 503"),
+    PinnedVariable("KUBELOOP_SERVE_HEADER_TIMEOUT_SECONDS", "10", "how long a client may take to send its headers"),
+    PinnedVariable("KUBELOOP_SERVE_BODY_TIMEOUT_SECONDS", "30", "how long a client may take to send its body"),
+    PinnedVariable("KUBELOOP_SERVE_KEEP_ALIVE_TIMEOUT_SECONDS", "30", "how long an idle connection is kept"),
+    PinnedVariable("KUBELOOP_SERVE_MAX_HEADER_BYTES", "65536", "the largest request head (431 beyond)"),
+    PinnedVariable("KUBELOOP_SERVE_AUTH_TOKEN", "", "the bearer token clients must send; spec.server.auth sets it from its Secret"),
+    PinnedVariable("KUBELOOP_SERVE_METRICS_PORT", "0", "the separate /metrics port; spec.server.metricsPort sets it"),
     PinnedVariable("KUBELOOP_SERVE_METRICS_FLUSH_SECONDS", "1", "how often drift counts reach the metrics"),
     PinnedVariable("KUBELOOP_SERVE_SHUTDOWN_DELAY_SECONDS", "0", "503 readiness after SIGTERM; the server Deployment sets it"),
     PinnedVariable("KUBELOOP_SERVE_DRAIN_TIMEOUT_SECONDS", "30", "the longest wait for in-flight requests at shutdown"),
@@ -90,6 +111,31 @@ PINNED: tuple[PinnedVariable, ...] = (
 )
 
 PINNED_NAMES: frozenset[str] = frozenset(variable.name for variable in PINNED)
+
+RUNTIME_PREFIX = "KUBELOOP_"
+"""The prefix of every setting the runtime reads from its environment."""
+
+SET_BY_BUILDERS: dict[str, str] = {
+    "HOME": "the pod's writable scratch directory (the root file system is read-only)",
+    "PROMETHEUS_MULTIPROC_DIR": "where the server's worker processes keep their metrics; the server chooses it",
+}
+"""Variables the pod builders or the runtime set themselves, and why a spec may not."""
+
+USER_REFUSED_NAMES: frozenset[str] = PINNED_NAMES | frozenset(SET_BY_BUILDERS)
+"""Names a spec's own ``env`` may not set (besides every ``KUBELOOP_*`` name)."""
+
+
+def user_env_refusal(name: str) -> str | None:
+    """Why a spec's own ``env`` may not set ``name`` (a sentence naming it), or None if it may."""
+    reasons = {variable.name: variable.reason for variable in PINNED} | SET_BY_BUILDERS
+    if name in reasons:
+        return f"{name} is set by the operator and may not be set in env ({reasons[name]}); remove it"
+    if name.startswith(RUNTIME_PREFIX):
+        return (
+            f"{name} is set by the operator and may not be set in env ({RUNTIME_PREFIX}* variables "
+            "are the runtime's own settings: use the spec's fields); remove it"
+        )
+    return None
 
 
 def pinned_env(env: Iterable[Mapping[str, Any]], *, indexed_job: bool = False) -> list[dict[str, str]]:
