@@ -10,8 +10,10 @@ The defence is the chart's ValidatingAdmissionPolicy (templates/admission-policy
 here exactly as ``helm template`` renders it and applied to the real kube-apiserver. The
 users are real RBAC subjects reached by impersonation (``kubectl --as``):
 
-* ``mallory`` may create and update the three kinds, but not read Secrets or claims;
-* ``alice`` may do the same, and ``get`` Secret ``s3`` and claim ``data``;
+* ``mallory`` may create and update the three kinds, but not read Secrets, claims or
+  ServiceAccounts;
+* ``alice`` may do the same, and ``get`` Secret ``s3``, claim ``data`` and ServiceAccount
+  ``model-reader`` (in a real cluster: bound to a cloud role that reads the model bucket);
 * ``carol`` may do the same, and ``get`` every Secret and claim of the namespace.
 
 Each attack runs twice: with a weakened policy (the same policy, its binding matching no
@@ -35,6 +37,7 @@ from clusterfixture import unique_name
 from harness import REPO, install_crds
 
 from kubeloop.decide.driftpolicy import retrain_run
+from kubeloop.resources.serving import ModelRef, ServingSettings, build_track_deployment
 from kubeloop.resources.trainingjob import credentials_env_from
 
 CHART = REPO / "charts" / "kubeloop"
@@ -79,11 +82,17 @@ def training_run(name: str, **kw: Any) -> dict[str, Any]:
     return {"apiVersion": API, "kind": "TrainingRun", "metadata": {"name": name}, "spec": training_spec(**kw)}
 
 
-def model_deployment(name: str, secret: str | None = None, uri: str = "s3://models/iris/model.skops") -> dict[str, Any]:
+def model_deployment(
+    name: str, secret: str | None = None, uri: str = "s3://models/iris/model.skops",
+    service_account: str | None = None,
+) -> dict[str, Any]:
     model: dict[str, Any] = {"storageUri": uri, "sha256": SHA}
     if secret:
         model["credentials"] = {"secretRef": {"name": secret}}
-    return {"apiVersion": API, "kind": "ModelDeployment", "metadata": {"name": name}, "spec": {"model": model}}
+    spec: dict[str, Any] = {"model": model}
+    if service_account:
+        spec["server"] = {"serviceAccountName": service_account}
+    return {"apiVersion": API, "kind": "ModelDeployment", "metadata": {"name": name}, "spec": spec}
 
 
 def drift_policy(name: str, source: dict[str, Any] | None = None, retrain: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -157,6 +166,10 @@ def rbac(kubectl: Kubectl, namespace: str) -> None:
     for user in ("mallory", "alice"):
         kubectl("create", "rolebinding", f"{user}-author", *n, "--role=author", f"--user={user}")
     kubectl("create", "rolebinding", "alice-reader", *n, "--role=reader", "--user=alice")
+    kubectl("create", "serviceaccount", "model-reader", *n)
+    kubectl("create", "role", "sa-reader", *n, "--verb=get", "--resource=serviceaccounts",
+            "--resource-name=model-reader")
+    kubectl("create", "rolebinding", "alice-sa-reader", *n, "--role=sa-reader", "--user=alice")
     kubectl("create", "role", "reader-of-all", *n, "--verb=get", "--resource=secrets,persistentvolumeclaims")
     kubectl("create", "rolebinding", "carol-author", *n, "--role=author", "--user=carol")
     kubectl("create", "rolebinding", "carol-reader", *n, "--role=reader-of-all", "--user=carol")
@@ -239,6 +252,35 @@ def test_a_modeldeployment_naming_an_unreadable_secret_or_claim_is_refused(world
     message = world.refused("mallory", model_deployment("steal-claim", uri="pvc://data/model.skops"))
     assert 'spec.model.storageUri: user "mallory" may not get PersistentVolumeClaim "data"' in message
     world.admitted("alice", model_deployment("alice", secret="s3", uri="pvc://data/model.skops"))
+
+
+def test_a_modeldeployment_running_as_an_unreadable_service_account_is_refused(world: World) -> None:
+    # Weakened: mallory's deployment naming ServiceAccount model-reader is stored, and the
+    # operator (not mallory) would create server pods running as it - with whatever cloud
+    # identity the account is bound to.
+    world.admitted("mallory", model_deployment("weak-sa", service_account="model-reader"))
+    stored = json.loads(world.kubectl("get", "modeldeployment", "weak-sa", "-n", world.namespace, "-o", "json").stdout)
+    stored["metadata"].setdefault("uid", "u")
+    pod = build_track_deployment(stored, "stable", ModelRef(uri="s3://m/model.skops", sha256=SHA), 1,
+                                 ServingSettings(image="kubeloop:test"))["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "model-reader"
+
+    world.enforce()
+    message = world.refused("mallory", model_deployment("steal-sa", service_account="model-reader"))
+    assert (
+        f'spec.server.serviceAccountName: user "mallory" may not get ServiceAccount "model-reader" in namespace '
+        f'"{world.namespace}"; ask for get on it or name a ServiceAccount you can read'
+    ) in message
+    # Nor by changing the spec of a deployment mallory may update.
+    world.admitted("mallory", model_deployment("mallorys"))
+    patch = world.kubectl("patch", "modeldeployment", "mallorys", "-n", world.namespace, "--as", "mallory",
+                          "--type=merge", "-p", json.dumps({"spec": {"server": {"serviceAccountName": "model-reader"}}}),
+                          check=False)
+    assert patch.returncode != 0 and 'may not get ServiceAccount "model-reader"' in patch.stderr
+    # alice may get it, so the same deployment is hers to create; and without a
+    # serviceAccountName (the namespace's default account) nothing is checked.
+    world.admitted("alice", model_deployment("alice-sa", service_account="model-reader"))
+    world.admitted("mallory", model_deployment("default-sa"))
 
 
 def test_a_driftpolicy_naming_an_unreadable_secret_or_claim_is_refused(world: World) -> None:

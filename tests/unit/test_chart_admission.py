@@ -1,8 +1,9 @@
 """The chart's ValidatingAdmissionPolicy (templates/admission-policy.yaml) as ``helm template``
 renders it: on by default, off with ``admissionPolicy.enabled: false``, and checking every
-place the API models name a Secret or a ``pvc://`` claim. The list of places is derived from
-the pydantic models (every ``Credentials`` field, every URI type that accepts ``pvc://``), so
-a new reference in the API fails here until the policy checks it.
+place the API models name a Secret, a ``pvc://`` claim or a ServiceAccount the pods run as. The
+list of places is derived from the pydantic models (every ``Credentials`` field, every URI type
+that accepts ``pvc://``, every ``serviceAccountName``), so a new reference in the API fails here
+until the policy checks it.
 
 That the policy refuses and admits the right requests on a real API server is shown by
 tests/security/test_admission_attacks.py.
@@ -47,10 +48,14 @@ def _models(annotation: Any) -> Iterator[Any]:
 
 
 def references(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str]]:
-    """(field path as users write it, "Secret" or "PersistentVolumeClaim") of every reference."""
+    """(field path as users write it, "Secret", "PersistentVolumeClaim" or "ServiceAccount") of
+    every reference."""
     for name, field in model.model_fields.items():
         path = f"{prefix}.{field.alias or name}"
         parts = [*field.metadata, *_models(field.annotation)]
+        if (field.alias or name) == "serviceAccountName":
+            yield path, "ServiceAccount"
+            continue
         if Credentials in parts:
             yield f"{path}.secretRef", "Secret"
             continue
@@ -69,7 +74,8 @@ def expected_references() -> set[tuple[str, str]]:
     return found
 
 
-MESSAGE = re.compile(r"""^'(?P<field>[\w.]+): user "' \+ variables\.user \+ '" may not get (?P<kind>Secret|PersistentVolumeClaim) "'""")
+MESSAGE = re.compile(r"""^'(?P<field>[\w.]+): user "' \+ variables\.user \+ '" may not get (?P<kind>Secret|PersistentVolumeClaim|ServiceAccount) "'""")
+RESOURCES = {"Secret": "secrets", "PersistentVolumeClaim": "persistentvolumeclaims", "ServiceAccount": "serviceaccounts"}
 
 
 COPY = re.compile(r"""^'spec\.retrain\.fromTrainingRun: user "' \+ variables\.user \+ '" may not get every (?P<kind>Secret|PersistentVolumeClaim)\s""")
@@ -87,7 +93,7 @@ def checked_references(policy: dict[str, Any]) -> set[tuple[str, str]]:
             continue
         match = MESSAGE.match(validation["messageExpression"])
         assert match, validation["messageExpression"]
-        resource = "secrets" if match["kind"] == "Secret" else "persistentvolumeclaims"
+        resource = RESOURCES[match["kind"]]
         # One authorizer check per expression (each costs 350,000 of 1,000,000), for `get`.
         assert validation["expression"].count("authorizer.") == 1
         assert f".resource('{resource}')" in validation["expression"] and ".check('get')" in validation["expression"]
@@ -113,8 +119,9 @@ def test_every_secret_and_claim_the_api_can_name_is_checked(tmp_path: Path) -> N
         ("spec.credentials.secretRef", "Secret"), ("spec.data.source", "PersistentVolumeClaim"),
         ("spec.model.storageUri", "PersistentVolumeClaim"), ("spec.source.dataset.uri", "PersistentVolumeClaim"),
         ("spec.retrain.template.spec.credentials.secretRef", "Secret"),
+        ("spec.server.serviceAccountName", "ServiceAccount"),
     } <= expected
-    assert len(expected) == 13
+    assert len(expected) == 14
     checked = checked_references(one(render(tmp_path), "ValidatingAdmissionPolicy"))
     # A DriftPolicy copying a TrainingRun (fromTrainingRun) names whatever that run names: its
     # author must be able to read every Secret and claim.
