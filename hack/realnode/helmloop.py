@@ -27,7 +27,7 @@ What it sets up (nothing of Kubeloop runs on the host: kubectl and helm only):
 
 Then the loop: the quickstart files applied byte for byte (``kubectl apply -f``), then a
 clearly-labelled SECOND STEP that patches only what the quickstart sets for production
-(minutes-long intervals, 1 h window, the indefinite human pause is answered by the driver as the
+(minutes-long intervals, the indefinite human pause is answered by the driver as the
 person would with kubeloop.io/promote) and points the DriftPolicy at Prometheus and at the newer
 data; traffic from a pod (hack/realnode/traffic.py), normal then shifted; a timeline printed as
 it happens; then a deliberately bad model (shuffled labels) that the canary analysis must abort.
@@ -563,11 +563,14 @@ class Loop:
         tl.mark("traffic normal", f"pod traffic-normal -> {self.service_url()}")
         self.apply_quickstart("driftpolicy.yaml")
         live = {"prometheusUrl": self.prometheus_url} if self.prometheus_url else {}
+        # window only means something with Prometheus (the API refuses it otherwise): without,
+        # the operator compares the pods' counters between two checks.
+        window = {"window": "45s"} if self.prometheus_url else {}
         self.second_step("dp", MODEL, {"spec": {
             "source": {"live": live},
-            "interval": "15s", "window": "45s",
+            "interval": "15s", **window,
             "retrain": {"overrides": {"data": {"source": f"pvc://{MODELS_PVC}/{NEWER_DATA}"}}},
-        }}, "live counts from Prometheus (chart's rollout.prometheusUrl), interval 5m -> 15s, window 1h -> 45s, "
+        }}, "live counts from Prometheus (chart's rollout.prometheusUrl) over a 45s window, interval 5m -> 15s, "
             "retrain on the newer data (the quickstart's commented `overrides: data`)")
         if self.prometheus_url:
             targets = wait_for(lambda: [t for t in prometheus_targets(self.prometheus_url)

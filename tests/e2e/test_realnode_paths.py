@@ -315,7 +315,7 @@ def test_live_drift_without_prometheus_scrapes_the_server_pod_and_turns_drifted(
     apply(real_node, e2e_namespace, {
         "apiVersion": "kubeloop.io/v1alpha1", "kind": "DriftPolicy", "metadata": {"name": "live-drift"},
         "spec": {"targetRef": {"name": MD}, "source": {"live": {}},
-                 "interval": "3s", "window": "30s", "minSamples": 50, "driftShare": 0.3},
+                 "interval": "3s", "minSamples": 50, "driftShare": 0.3},
     })
     try:
         with Traffic(url, shifted) as traffic:

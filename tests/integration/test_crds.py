@@ -217,6 +217,23 @@ REFUSED: list[tuple[str, str, Edit, tuple[str, ...]]] = [
     ("dp-six-field-cron", DP, at("spec.schedule", "0 0 3 * * 0"),
      ("spec.schedule", "cron expression with 5 fields")),
     ("dp-bad-window", DP, at("spec.window", "1d"), ("spec.window",)),
+    # Settings nothing would read are refused, naming the field and the fix.
+    ("dp-window-without-prometheus", DP, at("spec.window", "1h"),
+     ("spec.window", "set spec.source.live.prometheusUrl or remove window")),
+    ("dp-window-with-a-dataset", DP,
+     each(at("spec.source", {"dataset": {"uri": "s3://bucket/today.csv"}}), at("spec.window", "1h")),
+     ("spec.window", "a dataset is checked whole")),
+    ("dp-threshold-of-a-test-never-picked", DP, at("spec.thresholds.wasserstein", 0.1),
+     ("spec.thresholds.wasserstein", "thresholds.wasserstein is never used",
+      "set tests.numerical to auto or wasserstein")),
+    ("dp-alpha-without-a-hypothesis-test", DP,
+     at("spec.tests", {"numerical": "psi", "categorical": "psi"}),
+     ("spec.alpha", "alpha is never used")),
+    ("dp-score-thresholds-with-only-hypothesis-tests", DP,
+     each(at("spec.tests", {"numerical": "ks", "categorical": "chi2"}),
+          at("spec.thresholds", {"features": {"mean radius": 0.3}})),
+     ("spec.thresholds.features", "move the values to alpha.features")),
+    ("dp-alpha-of-1", DP, at("spec.alpha.default", 1), ("spec.alpha.default",)),
     ("dp-wrong-type", DP, at("spec.minSamples", "many"), ("spec.minSamples", "integer")),
     ("dp-both-sources", DP, at("spec.source.dataset", {"uri": "s3://bucket/today.csv"}),
      ("spec.source", "exactly one of live or dataset")),
@@ -250,6 +267,34 @@ def test_api_server_refuses_invalid_manifest_naming_the_field(
     name = document["metadata"]["name"]
     missing = kubectl("get", "-n", namespace, document["kind"], name, check=False)
     assert "NotFound" in missing.stderr
+
+
+def test_driftpolicy_test_left_out_is_auto_and_a_window_with_prometheus_is_accepted(
+    kubectl: Kubectl, namespace: str, crds: None
+) -> None:
+    policy = example(DP)
+    policy["spec"]["tests"] = {"numerical": "ks"}
+    policy["spec"]["thresholds"] = {"jensenshannon": 0.15}  # categorical auto can pick it
+    policy["spec"]["source"] = {"live": {"prometheusUrl": "http://prometheus.monitoring:9090"}}
+    policy["spec"]["window"] = "30m"
+    created = create(kubectl, namespace, policy)
+    assert created.returncode == 0, created.stderr
+    stored = get(kubectl, namespace, "driftpolicy", policy["metadata"]["name"])["spec"]
+    # The API server fills in what was left out with auto, the same as no tests at all (the
+    # old default was psi, which a user who set only numerical never asked for).
+    assert stored["tests"] == {"numerical": "ks", "categorical": "auto"}
+    assert stored["window"] == "30m"
+    assert "window" not in get_default_window_spec(kubectl, namespace)
+
+
+def get_default_window_spec(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    """The quickstart as stored: no window is filled in (it is only meaningful with Prometheus)."""
+    policy = example(DP)
+    policy["metadata"]["name"] = "no-window"
+    created = create(kubectl, namespace, policy)
+    assert created.returncode == 0, created.stderr
+    spec: dict[str, Any] = get(kubectl, namespace, "driftpolicy", "no-window")["spec"]
+    return spec
 
 
 def test_trainingrun_spec_cannot_be_edited_but_status_and_labels_can(
@@ -345,7 +390,9 @@ def test_statuses_from_the_models_are_accepted_and_shown_in_columns(
         conditions=set_condition([], ConditionType.READY, True, Reason.DRIFT_DETECTED, "", NOW),
         last_check_time=NOW, drifted=True, retrain_count=1, drifted_share=0.4,
         scores=[FeatureScore(feature="mean radius", test="psi", score=0.31, threshold=0.2,
-                             drifted=True)],
+                             drifted=True),
+                FeatureScore(feature="__prediction__", test="chi2", score=9.5, alpha=0.1,
+                             p_value=0.002, drifted=True)],
         last_retrain=RetrainRecord(name="breast-cancer-2", reason="Drift", time=NOW),
         message="4 of 10 features drifted",
     ))

@@ -115,9 +115,11 @@ def pinned_md(name: str, uri: str, sha: str, rollout: dict[str, Any] | None = No
 
 def live_policy(name: str, target: str, prometheus_url: str | None) -> dict[str, Any]:
     live = {"prometheusUrl": prometheus_url} if prometheus_url else {}
+    # window applies only to Prometheus; without it the API refuses one.
+    window = {"window": "30s"} if prometheus_url else {}
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftPolicy", "metadata": {"name": name},
-        "spec": {"targetRef": {"name": target}, "source": {"live": live}, "interval": "2s", "window": "30s",
+        "spec": {"targetRef": {"name": target}, "source": {"live": live}, "interval": "2s", **window,
                  "minSamples": 10},
     }
 

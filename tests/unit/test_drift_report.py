@@ -82,6 +82,9 @@ def test_per_feature_test_overrides_the_rule_and_must_fit_the_kind() -> None:
 
 
 # (config, feature, test, expected threshold)
+# (config, feature, test, what the result is compared with). ks and chi2 read alpha (drifted
+# when p < it), the distances read their score threshold (drifted when score >= it): a
+# setting of one kind never changes the other.
 THRESHOLD_TABLE = [
     ({}, "x", "ks", 0.05),
     ({}, "x", "chi2", 0.05),
@@ -90,7 +93,16 @@ THRESHOLD_TABLE = [
     ({}, "x", "jensenshannon", 0.1),
     ({"thresholds": {"psi": 0.25}}, "x", "psi", 0.25),
     ({"thresholds": {"psi": 0.25}}, "x", "ks", 0.05),
+    ({"thresholds": {"psi": 0.25}}, "x", "jensenshannon", 0.1),
+    ({"alpha": 0.2}, "x", "chi2", 0.2),
+    ({"alpha": 0.2}, "x", "ks", 0.2),
+    ({"alpha": 0.2}, "x", "psi", 0.2),  # psi's own default, not alpha
+    ({"alpha": 0.01}, "x", "wasserstein", 0.1),
     ({"features": {"x": {"threshold": 0.5}}}, "x", "psi", 0.5),
+    ({"features": {"x": {"threshold": 0.5}}}, "x", "ks", 0.05),
+    ({"features": {"x": {"alpha": 0.1}}, "alpha": 0.2}, "x", "chi2", 0.1),
+    ({"features": {"x": {"alpha": 0.1}}, "alpha": 0.2}, "y", "chi2", 0.2),
+    ({"features": {"x": {"alpha": 0.1}}}, "x", "jensenshannon", 0.1),
     ({"features": {"x": {"threshold": 0.5}}, "thresholds": {"psi": 0.3}}, "y", "psi", 0.3),
 ]
 
@@ -103,9 +115,12 @@ def test_thresholds(raw: dict[str, object], feature: str, test: str, expected: f
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"thresholds": {"ks": 1.5}}, "thresholds.ks: a p-value threshold must be between 0 and 1"),
-        ({"thresholds": {"psi": -1}}, "thresholds.psi: a distance threshold must be positive"),
-        ({"features": {"a": {"test": "chi2", "threshold": 2}}}, "features.a.threshold"),
+        ({"thresholds": {"ks": 0.05}}, "thresholds.ks"),  # ks is judged by alpha
+        ({"thresholds": {"psi": -1}}, "thresholds.psi: a score threshold must be positive"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"features": {"a": {"alpha": 0}}}, "features.a.alpha"),
+        ({"features": {"a": {"test": "chi2", "threshold": 0.2}}}, "chi2 is judged by alpha"),
+        ({"features": {"a": {"test": "psi", "alpha": 0.2}}}, "psi is judged by a score threshold"),
         ({"driftShare": 0}, "driftShare"),
         ({"numericalTest": "chi2"}, "numericalTest"),
         ({"unknownField": 1}, "unknownField"),

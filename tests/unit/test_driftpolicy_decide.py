@@ -210,11 +210,18 @@ def test_retrain_from_a_training_run_with_overrides() -> None:
 
 
 def test_drift_config_from_spec() -> None:
-    config = drift_config({"tests": {"numerical": "ks", "categorical": "chi2"}, "thresholds": {"default": 0.01, "features": {"age": 0.2}}, "driftShare": 0.3})
+    config = drift_config({
+        "tests": {"numerical": "ks", "categorical": "jensenshannon"},
+        "thresholds": {"jensenshannon": 0.3, "features": {"city": 0.4}},
+        "alpha": {"default": 0.01, "features": {"age": 0.2}}, "driftShare": 0.3,
+    })
     assert config.threshold_for("x", "ks") == 0.01
     assert config.threshold_for("age", "ks") == 0.2
+    assert config.threshold_for("x", "jensenshannon") == 0.3
+    assert config.threshold_for("city", "jensenshannon") == 0.4
     assert config.drift_share == 0.3
-    assert drift_config({}).numerical_test == "auto"
+    assert (drift_config({}).numerical_test, drift_config({}).categorical_test) == ("auto", "auto")
+    assert drift_config({"tests": {"numerical": "ks"}}).categorical_test == "auto"
 
 
 def test_live_query_and_grouping() -> None:

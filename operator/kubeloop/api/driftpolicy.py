@@ -14,6 +14,7 @@ value (``kubectl kubeloop retrain dp/NAME`` does); the handled value is recorded
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints, field_validator, model_validator
@@ -37,14 +38,27 @@ from kubeloop.api.common import (
     cel_rules,
 )
 from kubeloop.api.trainingrun import TrainingRunSpec
+from kubeloop.drift.defaults import (
+    AUTO_RULE,
+    AUTO_TESTS,
+    CATEGORICAL_TESTS,
+    DEFAULT_ALPHA,
+    DEFAULT_THRESHOLDS,
+    DISTANCE_TESTS,
+    NUMERICAL_TESTS,
+    P_VALUE_TESTS,
+    SMALL_SAMPLE_MAX,
+    possible_tests,
+)
 
 KIND: Final = "DriftPolicy"
 PLURAL = "driftpolicies"
 RETRAIN_ANNOTATION = "kubeloop.io/retrain"
 MAX_HISTORY = 50
+DEFAULT_PROMETHEUS_WINDOW: Final = "1h"
 
-NumericalTest = Literal["psi", "ks", "wasserstein", "jensenshannon"]
-CategoricalTest = Literal["psi", "chi2", "jensenshannon"]
+NumericalTest = Literal["auto", "psi", "ks", "wasserstein", "jensenshannon"]
+CategoricalTest = Literal["auto", "psi", "chi2", "jensenshannon"]
 
 # Five whitespace-separated fields of cron characters, or one of the @-macros. Enough to turn
 # away garbage at admission; the operator parses the expression fully (croniter) as well.
@@ -103,28 +117,71 @@ class DriftSource(KubeModel):
         return self
 
 
-class DriftTests(KubeModel):
-    """The statistic used per feature type."""
+def _auto_text(kind: str) -> str:
+    small, large = AUTO_TESTS[kind]
+    return f"{small} for at most {SMALL_SAMPLE_MAX:,} current values, {large} for more"
 
-    numerical: NumericalTest = "psi"
-    """For numbers: psi (population stability index), ks (Kolmogorov-Smirnov), wasserstein
-    (in units of the reference's standard deviation) or jensenshannon (distance)."""
-    categorical: CategoricalTest = "psi"
-    """For categories: psi, chi2 (chi-squared test) or jensenshannon."""
+
+class DriftTests(KubeModel):
+    """The statistic per feature type. Distance tests (psi, wasserstein, jensenshannon) are
+    judged by thresholds (drifted when score >= threshold); hypothesis tests (ks, chi2) by
+    alpha (drifted when the corrected p-value < alpha)."""
+
+    numerical: NumericalTest = Field(
+        default="auto",
+        description="For numbers: psi (population stability index), ks (Kolmogorov-Smirnov), "
+        "wasserstein (in units of the reference's standard deviation), jensenshannon "
+        f"(distance) or auto: {_auto_text('numerical')}.",
+    )
+    categorical: CategoricalTest = Field(
+        default="auto",
+        description="For categories: psi, chi2 (chi-squared test), jensenshannon or auto: "
+        f"{_auto_text('categorical')}.",
+    )
+
+
+_PSI_DEFAULT = DEFAULT_THRESHOLDS["psi"]
+_WASSERSTEIN_DEFAULT = DEFAULT_THRESHOLDS["wasserstein"]
+_JS_DEFAULT = DEFAULT_THRESHOLDS["jensenshannon"]
+ScoreThreshold = Annotated[float, Field(gt=0)]
+Alpha = Annotated[float, Field(gt=0, lt=1)]
 
 
 class DriftThresholds(KubeModel):
-    """When a feature counts as drifted. For psi, wasserstein and jensenshannon, a score above
-    the threshold is drift; for ks and chi2 the threshold is a p-value (corrected for testing
-    many features) and a p-value below it is drift."""
+    """Score thresholds of the distance tests: a feature judged by psi, wasserstein or
+    jensenshannon drifted when its score is at or above the threshold. Not for ks and chi2
+    (see alpha). A threshold for a test that tests can never pick is refused."""
 
-    default: Annotated[float, Field(ge=0)] | None = None
-    """Threshold for every feature without its own; default per test: psi 0.2,
-    jensenshannon 0.1, wasserstein 0.1, ks and chi2 p < 0.05."""
-    features: (
-        Annotated[dict[str, Annotated[float, Field(ge=0)]], Field(max_length=MAX_COLUMNS)] | None
-    ) = None
-    """Per-feature thresholds, e.g. ``{mean radius: 0.3, __prediction__: 0.1}``."""
+    psi: ScoreThreshold | None = Field(
+        default=None, description=f"Threshold of psi; default {_PSI_DEFAULT}."
+    )
+    wasserstein: ScoreThreshold | None = Field(
+        default=None,
+        description=f"Threshold of wasserstein, in reference standard deviations; default "
+        f"{_WASSERSTEIN_DEFAULT}.",
+    )
+    jensenshannon: ScoreThreshold | None = Field(
+        default=None,
+        description=f"Threshold of jensenshannon (base 2, 0 to 1); default {_JS_DEFAULT}.",
+    )
+    features: Annotated[dict[str, ScoreThreshold], Field(max_length=MAX_COLUMNS)] | None = None
+    """Per-feature score thresholds, replacing the test's for that feature, e.g.
+    ``{mean radius: 0.3}``. Each feature must be in the reference profile and able to get a
+    distance test; otherwise the policy reports InvalidSpec."""
+
+
+class DriftAlpha(KubeModel):
+    """Significance of the hypothesis tests: a feature judged by ks or chi2 drifted when its
+    p-value, corrected across features with Benjamini-Hochberg, is below alpha. Refused when
+    tests can pick neither ks nor chi2."""
+
+    default: Alpha | None = Field(
+        default=None,
+        description=f"Alpha of every feature without its own; default {DEFAULT_ALPHA}.",
+    )
+    features: Annotated[dict[str, Alpha], Field(max_length=MAX_COLUMNS)] | None = None
+    """Per-feature alpha, e.g. ``{__prediction__: 0.1}``. Each feature must be in the reference
+    profile and able to get ks or chi2; otherwise the policy reports InvalidSpec."""
 
 
 class TrainingRunTemplateMetadata(KubeModel):
@@ -188,8 +245,127 @@ Schedule = Annotated[
 ]
 
 
+# -- settings that would be ignored ---------------------------------------------------------------
+# Each rule is one text, used three ways: the CRD's CEL rule (refused on apply), the pydantic
+# validator (examples, the docs) and the operator (a CRD installed before the rule).
+
+_NUMERICAL_SETTINGS = ("auto", *sorted(NUMERICAL_TESTS))
+_CATEGORICAL_SETTINGS = ("auto", *sorted(CATEGORICAL_TESTS))
+_NUMERICAL_CEL = "(has(self.tests) && has(self.tests.numerical) ? self.tests.numerical : 'auto')"
+_CATEGORICAL_CEL = (
+    "(has(self.tests) && has(self.tests.categorical) ? self.tests.categorical : 'auto')"
+)
+WINDOW_MESSAGE = (
+    "window only applies to live traffic read from Prometheus (its increase() over the window): "
+    "without source.live.prometheusUrl the operator compares the pods' counters between two "
+    "checks (the span is interval), and a dataset is checked whole; set "
+    "spec.source.live.prometheusUrl or remove window"
+)
+
+
+def _settings_that_pick(tests: frozenset[str]) -> tuple[list[str], list[str]]:
+    """The tests.numerical and tests.categorical values under which one of ``tests`` is used."""
+    return (
+        [s for s in _NUMERICAL_SETTINGS if possible_tests("numerical", s) & tests],
+        [s for s in _CATEGORICAL_SETTINGS if possible_tests("categorical", s) & tests],
+    )
+
+
+def _fix(tests: frozenset[str]) -> str:
+    numerical, categorical = _settings_that_pick(tests)
+    options = [
+        *([f"tests.numerical to {' or '.join(numerical)}"] if numerical else []),
+        *([f"tests.categorical to {' or '.join(categorical)}"] if categorical else []),
+    ]
+    return "set " + ", or ".join(options)
+
+
+def _picks_cel(tests: frozenset[str]) -> str:
+    numerical, categorical = _settings_that_pick(tests)
+    parts = [
+        *([f"{_NUMERICAL_CEL} in {numerical!r}"] if numerical else []),
+        *([f"{_CATEGORICAL_CEL} in {categorical!r}"] if categorical else []),
+    ]
+    return "(" + " || ".join(parts) + ")"
+
+
+def _threshold_message(test: str) -> str:
+    return (
+        f"thresholds.{test} is never used: neither tests.numerical nor tests.categorical can "
+        f"pick {test}; remove thresholds.{test} or {_fix(frozenset({test}))}"
+    )
+
+
+FEATURE_THRESHOLDS_MESSAGE = (
+    "thresholds.features is never used: it holds score thresholds of psi, wasserstein and "
+    "jensenshannon, and tests picks only ks and chi2 (judged by alpha); move the values to "
+    f"alpha.features or {_fix(DISTANCE_TESTS)}"
+)
+ALPHA_MESSAGE = (
+    "alpha is never used: it judges ks and chi2, and tests picks neither (psi, wasserstein and "
+    f"jensenshannon are judged by thresholds); remove alpha or {_fix(P_VALUE_TESTS)}"
+)
+
+
+def _spec_rules() -> list[tuple[str, str, str]]:
+    """(CEL rule on spec, message, field under spec) for every setting that would be ignored."""
+    rules = [
+        (
+            f"!has(self.thresholds) || !has(self.thresholds.{test}) || "
+            f"{_picks_cel(frozenset({test}))}",
+            _threshold_message(test),
+            f".thresholds.{test}",
+        )
+        for test in sorted(DISTANCE_TESTS)
+    ]
+    rules += [
+        (
+            "!has(self.thresholds) || !has(self.thresholds.features) || "
+            f"{_picks_cel(DISTANCE_TESTS)}",
+            FEATURE_THRESHOLDS_MESSAGE,
+            ".thresholds.features",
+        ),
+        (f"!has(self.alpha) || {_picks_cel(P_VALUE_TESTS)}", ALPHA_MESSAGE, ".alpha"),
+        (
+            "!has(self.window) || (has(self.source.live) && has(self.source.live.prometheusUrl))",
+            WINDOW_MESSAGE,
+            ".window",
+        ),
+    ]
+    return rules
+
+
+def usable_tests(spec: Mapping[str, Any]) -> frozenset[str]:
+    """Every test a policy with this (wire) spec can pick, for some feature and sample size."""
+    tests = spec.get("tests") or {}
+    return possible_tests("numerical", tests.get("numerical", "auto")) | possible_tests(
+        "categorical", tests.get("categorical", "auto")
+    )
+
+
+def ignored_settings(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for each setting of this wire-format spec that nothing would use."""
+    usable = usable_tests(spec)
+    thresholds = spec.get("thresholds") or {}
+    problems = [
+        (f"spec.thresholds.{test}", _threshold_message(test))
+        for test in sorted(DISTANCE_TESTS)
+        if thresholds.get(test) is not None and test not in usable
+    ]
+    if thresholds.get("features") is not None and not usable & DISTANCE_TESTS:
+        problems.append(("spec.thresholds.features", FEATURE_THRESHOLDS_MESSAGE))
+    if spec.get("alpha") is not None and not usable & P_VALUE_TESTS:
+        problems.append(("spec.alpha", ALPHA_MESSAGE))
+    live = (spec.get("source") or {}).get("live")
+    if spec.get("window") is not None and not (live or {}).get("prometheusUrl"):
+        problems.append(("spec.window", WINDOW_MESSAGE))
+    return problems
+
+
 class DriftPolicySpec(KubeModel):
     """Which deployment to watch, how drift is measured, and what to do about it."""
+
+    model_config = cel_rules(*(cel(rule, message, path) for rule, message, path in _spec_rules()))
 
     target_ref: LocalObjectReference
     """The ModelDeployment whose stable model is watched (its TrainingRun's profile.json is
@@ -199,16 +375,27 @@ class DriftPolicySpec(KubeModel):
     features: Annotated[list[ColumnName], Field(max_length=MAX_COLUMNS)] | None = None
     """Features to check; default: every feature in the profile plus the prediction
     (``__prediction__``)."""
-    tests: DriftTests | None = None
-    """Statistic per feature type; default: psi for both."""
+    tests: DriftTests | None = Field(
+        default=None,
+        description="Statistic per feature type; a type left out (or no tests at all) is auto: "
+        f"{AUTO_RULE}.",
+    )
     thresholds: DriftThresholds | None = None
-    """When a feature counts as drifted."""
+    """Score thresholds of psi, wasserstein and jensenshannon (drifted when score >= it)."""
+    alpha: DriftAlpha | None = None
+    """Significance of ks and chi2 (drifted when the corrected p-value < alpha)."""
     drift_share: Annotated[float, Field(ge=0, le=1)] = 0.5
     """Share of checked features (0-1) that must drift for the model to count as drifted."""
-    window: Duration = "1h"
-    """Live traffic of this recent span is compared."""
+    window: Duration | None = Field(
+        default=None,
+        description="With source.live.prometheusUrl: the span of recent traffic compared "
+        f"(Prometheus' increase() over it); default {DEFAULT_PROMETHEUS_WINDOW}. Refused "
+        "otherwise: without Prometheus the operator compares the pods' counters between two "
+        "checks (the span is interval), and a dataset is checked whole.",
+    )
     min_samples: Annotated[int, Field(ge=1)] = 500
-    """Fewer samples in the window: no verdict (condition NotEnoughData)."""
+    """Fewer samples in the span compared (the window with Prometheus, else the time since the
+    previous check): no verdict (condition NotEnoughData)."""
     interval: Duration = "5m"
     """Time between checks."""
     schedule: Schedule | None = None
@@ -224,6 +411,13 @@ class DriftPolicySpec(KubeModel):
             raise ValueError(CRON_MESSAGE)
         return value
 
+    @model_validator(mode="after")
+    def _nothing_ignored(self) -> DriftPolicySpec:
+        problems = ignored_settings(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        if problems:
+            raise ValueError("; ".join(f"{field}: {message}" for field, message in problems))
+        return self
+
 
 # -- status -------------------------------------------------------------------------------------
 
@@ -237,8 +431,10 @@ class FeatureScore(KubeModel):
     """The statistic used."""
     score: float
     """The statistic's value."""
-    threshold: float
-    """The threshold it was compared with."""
+    threshold: float | None = None
+    """For psi, wasserstein and jensenshannon: the score threshold (drifted when score >= it)."""
+    alpha: float | None = None
+    """For ks and chi2: the significance (drifted when pValue < it)."""
     drifted: bool
     """Whether this feature counts as drifted."""
     p_value: float | None = None
@@ -273,7 +469,7 @@ class DriftCheck(KubeModel):
     drifted_share: Annotated[float, Field(ge=0, le=1)] | None = None
     """Share of checked features that drifted."""
     samples: Annotated[int, Field(ge=0)] | None = None
-    """Samples in the window."""
+    """Samples in the span compared."""
     retrain: Annotated[str, StringConstraints(max_length=253)] | None = None
     """Name of the TrainingRun this check created, if any."""
 
@@ -297,7 +493,7 @@ class DriftPolicyStatus(KubeModel):
     next_check_time: AwareDatetime | None = None
     """When the next check is due."""
     samples: Annotated[int, Field(ge=0)] | None = None
-    """Samples in the last check's window."""
+    """Samples in the span the last check compared."""
     scores: Annotated[list[FeatureScore], Field(max_length=2 * MAX_COLUMNS)] | None = None
     """Per-feature scores of the last check."""
     drifted: bool | None = None

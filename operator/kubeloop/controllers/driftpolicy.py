@@ -18,6 +18,7 @@ from kubeloop.analysis.prometheus import PrometheusClient, PrometheusError
 from kubeloop.analysis.scrape import ScrapeProvider
 from kubeloop.api.common import parse_duration
 from kubeloop.api.conditions import Reason
+from kubeloop.api.driftpolicy import DEFAULT_PROMETHEUS_WINDOW, ignored_settings
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
 from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, post_event
@@ -31,6 +32,7 @@ from kubeloop.decide.driftpolicy import (
     decide,
     drift_config,
     due_time,
+    invalid_spec,
     labelled_counts,
     live_counts_query,
     verdict_from_check,
@@ -158,6 +160,10 @@ class DriftPolicyController:
         spec = policy["spec"]
         target_name = spec["targetRef"]["name"]
         live = spec["source"].get("live")
+        ignored = ignored_settings(spec)
+        if ignored:
+            # The CRD refuses these on apply; a CRD from before those rules lets them through.
+            raise MeasurementError(Reason.INVALID_SPEC, "; ".join(f"{f}: {m}" for f, m in ignored))
         url: str | None = None
         if live is not None and live.get("prometheusUrl"):
             # Refused before anything is read or requested.
@@ -172,10 +178,13 @@ class DriftPolicyController:
         if not stable.get("uri") or not stable.get("sha256"):
             raise MeasurementError(Reason.MODEL_NOT_READY, f"ModelDeployment {target_name!r} serves no stable model yet")
         profile = self.load_profile(self.profile_uri(namespace, stable))
+        problem = invalid_spec(spec, profile)
+        if problem is not None:
+            raise MeasurementError(Reason.INVALID_SPEC, problem)
 
         if live is None:
             return self.dataset_check(policy, self.profile_uri(namespace, stable))
-        window = parse_duration(spec.get("window", "1h"))
+        window = parse_duration(spec.get("window") or DEFAULT_PROMETHEUS_WINDOW)
         short_sha = stable["sha256"][:12]
         if url:
             samples = prometheus_query(url, live_counts_query(target_name, short_sha, window))

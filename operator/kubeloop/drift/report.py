@@ -16,9 +16,11 @@ Rules (all overridable through :class:`DriftConfig`):
   distance (``wasserstein`` normalised by the reference std, numerical; ``jensenshannon``
   categorical). With many values every p-value test flags differences too small to matter, so
   large samples are judged by how far the distribution moved instead (the rule Evidently uses).
-* Thresholds: p-value tests drift when the corrected p-value is below 0.05; distances when the
-  score is at or above ``psi`` 0.2, ``wasserstein`` 0.1 (in reference standard deviations),
-  ``jensenshannon`` 0.1 (base 2). Per test (``thresholds``) or per feature (``features``).
+* Two units, configured apart (:mod:`kubeloop.drift.defaults`): hypothesis tests drift when
+  the corrected p-value is below ``alpha`` (0.05); distances when the score is at or above
+  their ``thresholds`` entry: ``psi`` 0.2, ``wasserstein`` 0.1 (in reference standard
+  deviations), ``jensenshannon`` 0.1 (base 2). Per feature: ``features.<name>.threshold`` and
+  ``features.<name>.alpha``.
 * Benjamini-Hochberg over the input features that use p-values (``correction: bh``), so twenty
   features do not make twenty chances of a false alarm. The prediction is one test on its own
   and is not corrected.
@@ -43,6 +45,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from kubeloop.drift import stats
+from kubeloop.drift.defaults import (
+    AUTO_TESTS,
+    CATEGORICAL_TESTS,
+    DEFAULT_ALPHA,
+    DEFAULT_THRESHOLDS,
+    DISTANCE_TESTS,
+    NUMERICAL_TESTS,
+    P_VALUE_TESTS,
+    SMALL_SAMPLE_MAX,
+    DistanceTest,
+    Kind,
+    TestName,
+)
 from kubeloop.drift.profile import (
     DEFAULT_NUMERIC_BINS,
     PREDICTION_FEATURE,
@@ -52,20 +67,6 @@ from kubeloop.drift.profile import (
     quantile_edges,
 )
 
-TestName = Literal["ks", "chi2", "psi", "wasserstein", "jensenshannon"]
-Kind = Literal["numerical", "categorical"]
-
-P_VALUE_TESTS: frozenset[str] = frozenset({"ks", "chi2"})
-NUMERICAL_TESTS: frozenset[str] = frozenset({"ks", "psi", "wasserstein", "jensenshannon"})
-CATEGORICAL_TESTS: frozenset[str] = frozenset({"chi2", "psi", "jensenshannon"})
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "ks": 0.05,
-    "chi2": 0.05,
-    "psi": 0.2,
-    "wasserstein": 0.1,
-    "jensenshannon": 0.1,
-}
-SMALL_SAMPLE_MAX = 1000
 MISSING_BIN_LABEL = "missing"
 """The model server's extra bin for missing values; drift compares present values only."""
 DEFAULT_DRIFT_SHARE = 0.5
@@ -78,10 +79,30 @@ class _CamelModel(BaseModel):
 
 
 class FeatureSettings(_CamelModel):
-    """Per-feature override of the test and/or its threshold."""
+    """Per-feature override of the test, its score threshold and/or its alpha."""
 
     test: TestName | None = None
-    threshold: float | None = Field(default=None, gt=0)
+    threshold: float | None = Field(
+        default=None, gt=0, description="Score threshold, when the feature gets a distance test."
+    )
+    alpha: float | None = Field(
+        default=None, gt=0, lt=1, description="Significance, when it gets ks or chi2."
+    )
+
+    @model_validator(mode="after")
+    def _limit_fits_the_test(self) -> FeatureSettings:
+        # A limit the named test never reads would be silently ignored.
+        if self.test in P_VALUE_TESTS and self.threshold is not None:
+            raise ValueError(
+                f"threshold is a score threshold and {self.test} is judged by alpha: "
+                "set alpha instead"
+            )
+        if self.test in DISTANCE_TESTS and self.alpha is not None:
+            raise ValueError(
+                f"alpha is for ks and chi2 and {self.test} is judged by a score threshold: "
+                "set threshold instead"
+            )
+        return self
 
 
 class DriftConfig(_CamelModel):
@@ -89,11 +110,18 @@ class DriftConfig(_CamelModel):
 
     numerical_test: Literal["auto", "ks", "psi", "wasserstein", "jensenshannon"] = "auto"
     categorical_test: Literal["auto", "chi2", "psi", "jensenshannon"] = "auto"
-    thresholds: dict[TestName, float] = Field(
-        default_factory=dict, description="Threshold per test, replacing the default."
+    thresholds: dict[DistanceTest, float] = Field(
+        default_factory=dict,
+        description="Score threshold per distance test (drifted when score >= it).",
+    )
+    alpha: float = Field(
+        default=DEFAULT_ALPHA,
+        gt=0,
+        lt=1,
+        description="Significance of ks and chi2 (drifted when the corrected p-value < it).",
     )
     features: dict[str, FeatureSettings] = Field(
-        default_factory=dict, description="Test and threshold per feature name."
+        default_factory=dict, description="Test, threshold and alpha per feature name."
     )
     drift_share: float = Field(default=DEFAULT_DRIFT_SHARE, gt=0, le=1)
     small_sample_max: int = Field(default=SMALL_SAMPLE_MAX, ge=0)
@@ -110,21 +138,23 @@ class DriftConfig(_CamelModel):
 
     @field_validator("thresholds")
     @classmethod
-    def _thresholds_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+    def _thresholds_positive(cls, value: dict[str, float]) -> dict[str, float]:
         for test, threshold in value.items():
-            _check_threshold(test, threshold, f"thresholds.{test}")
+            if threshold <= 0:
+                raise ValueError(
+                    f"thresholds.{test}: a score threshold must be positive, got {threshold}"
+                )
         return value
 
-    @model_validator(mode="after")
-    def _feature_thresholds_in_range(self) -> DriftConfig:
-        for name, settings in self.features.items():
-            if settings.threshold is not None and settings.test in P_VALUE_TESTS:
-                _check_threshold(settings.test, settings.threshold, f"features.{name}.threshold")
-        return self
-
     def threshold_for(self, feature: str, test: str) -> float:
-        """The threshold that applies to ``feature`` under ``test``."""
+        """What ``feature``'s result under ``test`` is compared with: alpha for ks and chi2
+        (drifted when p < it), the score threshold for the distances (drifted when score >= it).
+        """
         override = self.features.get(feature)
+        if test in P_VALUE_TESTS:
+            if override is not None and override.alpha is not None:
+                return override.alpha
+            return self.alpha
         if override is not None and override.threshold is not None:
             return override.threshold
         for configured_test, threshold in self.thresholds.items():
@@ -140,11 +170,8 @@ class DriftConfig(_CamelModel):
         else:
             test = self.numerical_test if kind == "numerical" else self.categorical_test
         if test == "auto":
-            small = sample_size <= self.small_sample_max
-            if kind == "numerical":
-                test = "ks" if small else "wasserstein"
-            else:
-                test = "chi2" if small else "jensenshannon"
+            small, large = AUTO_TESTS[kind]
+            test = small if sample_size <= self.small_sample_max else large
         allowed = NUMERICAL_TESTS if kind == "numerical" else CATEGORICAL_TESTS
         if test not in allowed:
             raise ValueError(
@@ -152,13 +179,6 @@ class DriftConfig(_CamelModel):
                 f"(use one of {', '.join(sorted(allowed))})"
             )
         return test
-
-
-def _check_threshold(test: str, threshold: float, where: str) -> None:
-    if test in P_VALUE_TESTS and not 0 < threshold < 1:
-        raise ValueError(f"{where}: a p-value threshold must be between 0 and 1, got {threshold}")
-    if threshold <= 0:
-        raise ValueError(f"{where}: a distance threshold must be positive, got {threshold}")
 
 
 class FeatureDrift(_CamelModel):
