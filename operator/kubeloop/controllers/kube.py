@@ -78,6 +78,10 @@ class Conflict(RuntimeError):
     """The object exists already or changed under us (HTTP 409)."""
 
 
+class TooLarge(ValueError):
+    """An answer longer than the caller's limit (read no further than the limit)."""
+
+
 class Kube:
     """A thin JSON client over the official client's transport."""
 
@@ -107,6 +111,7 @@ class Kube:
         query: Mapping[str, str] | None,
         content_type: str,
         accept: str,
+        limit: int | None = None,
     ) -> bytes:
         method_, url, headers, body_, _ = self.api_client.param_serialize(
             method=method,
@@ -117,8 +122,20 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         response = self.api_client.call_api(method_, url, headers, body_, _request_timeout=30)
-        response.read()  # type: ignore[no-untyped-call]
-        data: bytes = response.data or b""
+        data: bytes
+        if limit is None:
+            response.read()  # type: ignore[no-untyped-call]
+            data = response.data or b""
+        else:
+            # What a pod answers through the proxy is the pod's to choose: never hold more
+            # than the limit of it.
+            raw = response.response
+            try:
+                data = raw.read(limit + 1) or b""
+            finally:
+                raw.release_conn()
+            if len(data) > limit and response.status < 400:
+                raise TooLarge(f"{path}: the answer exceeds {limit} bytes")
         # call_api hands back error responses as they are; turn them into exceptions here.
         if response.status == 404:
             raise NotFound(f"{path}: {_message(data)}")
@@ -144,9 +161,12 @@ class Kube:
         parsed: JsonObject = orjson.loads(data)
         return parsed
 
-    def request_text(self, method: str, path: str, query: Mapping[str, str] | None = None) -> str:
-        """A call whose answer is text (pod logs, a pod's /metrics through the proxy)."""
-        return self._call(method, path, None, query, "application/json", "*/*").decode(errors="replace")
+    def request_text(
+        self, method: str, path: str, query: Mapping[str, str] | None = None, limit: int | None = None
+    ) -> str:
+        """A call whose answer is text (pod logs, a pod's /metrics through the proxy); with
+        ``limit``, an answer longer than ``limit`` bytes raises :class:`TooLarge`."""
+        return self._call(method, path, None, query, "application/json", "*/*", limit).decode(errors="replace")
 
     # --- verbs -------------------------------------------------------------------------------
 
