@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,14 +54,16 @@ class OperatorProcess:
     def __init__(
         self,
         kubeconfig: str,
-        namespace: str,
+        namespace: str | Sequence[str],
         log_path: Path,
         env: Mapping[str, str] | None = None,
         inherit_kubeloop_env: bool = True,
     ) -> None:
         self.inherit_kubeloop_env = inherit_kubeloop_env
         self.kubeconfig = kubeconfig
-        self.namespace = namespace
+        # One namespace, or several: the operator is started with a --namespace for each.
+        self.namespaces = [namespace] if isinstance(namespace, str) else list(namespace)
+        self.namespace = self.namespaces[0]
         self.log_path = log_path
         self.extra_env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
@@ -82,7 +84,10 @@ class OperatorProcess:
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kubeloop.cli", "operator", "--namespace", self.namespace],
+            [
+                sys.executable, "-m", "kubeloop.cli", "operator",
+                *(arg for ns in self.namespaces for arg in ("--namespace", ns)),
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
