@@ -1,5 +1,9 @@
 """Peer: Evidently's data-drift report (DataDriftPreset) with KS for numerical and chi-squared
-for categorical columns, per-column verdict at p < 0.05 (Evidently does not correct p-values)."""
+for categorical columns, per-column verdict at p < 0.05 (Evidently does not correct p-values).
+
+Phases: ``convert`` (``Dataset.from_pandas`` of both frames) and ``compute`` (``Report.run`` and
+reading its results), so the statistics are compared without the conversion and both are
+reported."""
 
 from __future__ import annotations
 
@@ -29,12 +33,15 @@ def main() -> None:
     reference = pd.read_parquet(data_dir / "reference.parquet")
     current = pd.read_parquet(data_dir / "current.parquet")
     timer.mark("load")
+    # Two phases, timed apart: Evidently's own dataset conversion (pandas -> its Dataset) and
+    # its statistics (the report itself). `compute` is the statistics alone, the same work the
+    # other tools' `compute` covers; `convert` is reported next to it.
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
+    current_dataset = Dataset.from_pandas(current, data_definition=definition)
+    reference_dataset = Dataset.from_pandas(reference, data_definition=definition)
+    timer.mark("convert")
     report = Report([DataDriftPreset(num_method="ks", cat_method="chisquare")])
-    snapshot = report.run(
-        Dataset.from_pandas(current, data_definition=definition),
-        Dataset.from_pandas(reference, data_definition=definition),
-    )
+    snapshot = report.run(current_dataset, reference_dataset)
     metrics = snapshot.dict()["metrics"]
     timer.mark("compute")
     features = {}
