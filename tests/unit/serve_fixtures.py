@@ -203,6 +203,7 @@ class RunningServer:
     process: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    grpc_address: str = ""  # host:port of the gRPC service; empty when started without it
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -246,6 +247,8 @@ def serving(
 ) -> Iterator[RunningServer]:
     """Run ``kubeloop serve`` for ``model`` until the block ends."""
     port = port or free_port()
+    # Every server gets its own gRPC port, so servers started side by side never share 8081.
+    grpc_port = 0 if "--grpc-port" in extra else free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"serve-{port}.log"
     command = [
@@ -255,6 +258,7 @@ def serving(
         "--host", "127.0.0.1",
         "--port", str(port),
         "--workers", str(workers),
+        *(["--grpc-port", str(grpc_port)] if grpc_port else []),
         *extra,
     ]  # fmt: skip
     full_env = {**os.environ, **(env or {})}
@@ -262,7 +266,7 @@ def serving(
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
     url = f"http://127.0.0.1:{port}"
-    server = RunningServer(process, url, log_path)
+    server = RunningServer(process, url, log_path, f"127.0.0.1:{grpc_port}" if grpc_port else "")
     try:
         wait_ready(url, process, log_path)
         yield server

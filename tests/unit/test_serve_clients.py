@@ -2,8 +2,8 @@
 
 - Shadow mode between two real servers: agreement counted exactly; a slow or dead
   challenger never slows or fails the user's request.
-- tritonclient (an existing Open Inference Protocol v2 client, not ours) gets metadata and
-  inference results.
+- tritonclient (an existing Open Inference Protocol v2 client, not ours), with its defaults
+  (binary tensor data), gets metadata and inference results.
 - schemathesis fuzzes the served OpenAPI document: no 5xx, no crash.
 - The committed openapi.json is exactly what the code generates.
 """
@@ -205,13 +205,12 @@ def test_tritonclient_metadata_and_infer(
     assert metadata["name"] == "cancer"
     assert metadata["inputs"][0]["shape"] == [-1, 30]
     rows = model.features[:9]
+    # tritonclient's defaults: binary tensor data for the input and for both outputs.
     tensor = triton.InferInput("input-0", list(rows.shape), "FP64")
-    tensor.set_data_from_numpy(rows, binary_data=False)
-    outputs = [
-        triton.InferRequestedOutput("predict", binary_data=False),
-        triton.InferRequestedOutput("predict_proba", binary_data=False),
-    ]
+    tensor.set_data_from_numpy(rows)
+    outputs = [triton.InferRequestedOutput("predict"), triton.InferRequestedOutput("predict_proba")]
     result = client.infer("cancer", [tensor], outputs=outputs, request_id="triton-1")
+    assert all("binary_data_size" in o["parameters"] for o in result.get_response()["outputs"])
     np.testing.assert_array_equal(result.as_numpy("predict"), model.estimator.predict(rows))
     np.testing.assert_array_equal(
         result.as_numpy("predict_proba"), model.estimator.predict_proba(rows)

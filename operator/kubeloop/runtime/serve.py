@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--profile-uri", help="reference profile (default: profile.json next to the model)")
     add("--host", help="address to listen on (default: 0.0.0.0)")
     add("--port", type=int, help="port to listen on (default: 8080)")
+    add("--grpc-port", type=int, help="also serve gRPC (Open Inference Protocol) here (0: no)")
     add("--workers", type=int, help="worker processes (default: CPU count)")
     add("--max-batch-size", type=int, help="most rows merged into one model call (64)")
     add("--max-batch-latency-ms", type=float, help="longest wait to fill a batch (2)")

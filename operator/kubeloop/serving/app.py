@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -27,6 +27,9 @@ from kubeloop.serving.model import ModelArtifact, ServedModel, load_model
 from kubeloop.serving.openapi import openapi_document
 from kubeloop.serving.settings import ServeSettings
 from kubeloop.serving.shadow import ShadowMirror
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("kubeloop.serve")
 
@@ -47,6 +50,7 @@ class Reply:
     body: bytes
     request_id: str | None = None
     content_type: bytes = b"application/json"
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 # Visible ASCII, inner spaces allowed: what h11 accepts as a header value.
@@ -167,6 +171,7 @@ class ServeApp:
             ("GET", "/openapi.json"): ("openapi", self._openapi_json),
         }
         self._exact_paths = {path for _, path in self._exact}
+        self.grpc_server: grpc.aio.Server | None = None
 
     def begin_drain(self) -> None:
         """SIGTERM received: readiness answers 503 from now on; requests are still served."""
@@ -204,10 +209,24 @@ class ServeApp:
         if state.shadow is not None:
             await state.shadow.start()
         state.background.append(asyncio.get_running_loop().create_task(self._flush_forever()))
+        settings = state.settings
+        if settings.grpc_port:
+            # gRPC runs in this event loop: the same data plane, batcher, metrics and drift.
+            from kubeloop.serving.grpc_server import start_server
+
+            host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            self.grpc_server = await start_server(
+                self.dataplane,
+                f"{host}:{settings.grpc_port}",
+                reuse_port=settings.workers > 1,
+                max_message_bytes=64 * 1024 * 1024,
+            )
 
     async def shutdown(self) -> None:
         """Answer what is queued, stop background work, flush the last drift counts."""
         state = self.state
+        if self.grpc_server is not None:  # in-flight calls are answered, new ones refused
+            await self.grpc_server.stop(state.settings.drain_timeout_seconds)
         await state.batcher.stop()
         for task in state.background:
             task.cancel()
@@ -242,6 +261,7 @@ class ServeApp:
         headers = [
             (b"content-type", reply.content_type),
             (b"content-length", str(len(reply.body)).encode()),
+            *reply.headers,
         ]
         if reply.request_id is not None and _HEADER_SAFE.fullmatch(reply.request_id):
             # An id with control or non-ASCII characters cannot be a header value
@@ -312,10 +332,23 @@ class ServeApp:
         batcher.request_started()
         try:
             body = await _read_body(receive)
-            request_id, document = await self.dataplane.infer(
-                name, body, _header(scope, b"x-request-id"), version
+            request_id, reply, json_length = await self.dataplane.infer_http(
+                name,
+                body,
+                _header(scope, b"inference-header-content-length"),
+                _header(scope, b"x-request-id"),
+                version,
             )
-            return Reply(200, dumps(document), request_id)
+            if json_length is None:
+                return Reply(200, reply, request_id)
+            # Binary tensor data: the JSON header, then the outputs' bytes.
+            return Reply(
+                200,
+                reply,
+                request_id,
+                content_type=b"application/octet-stream",
+                headers=[(b"inference-header-content-length", str(json_length).encode())],
+            )
         finally:
             batcher.request_finished()
 

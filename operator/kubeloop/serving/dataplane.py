@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from kubeloop.serving import binary_tensors
 from kubeloop.serving.batching import MicroBatcher, ModelInputError, Prediction
 from kubeloop.serving.feedback import FeedbackError, FeedbackScore, RecentPredictions, score
 from kubeloop.serving.metrics import ServeMetrics
@@ -131,25 +132,16 @@ def decode_tensor(tensor: Any, index: int, keep_bytes: bool = False) -> tuple[st
         )
     if "data" not in tensor:
         raise bad_request(
-            f"{where} has no 'data' (binary tensor data is not supported; send JSON data)"
+            f"{where} has no 'data': send its values in 'data', or as binary tensor data "
+            "(parameters.binary_data_size, with the Inference-Header-Content-Length header)"
         )
     data = tensor["data"]
-    if not isinstance(data, list):
-        data = [data]
-    if datatype == "BYTES":
-        values = _bytes_values(data, where) if keep_bytes else _bytes_as_numbers(data, where)
-    elif datatype == "BOOL":
-        values = _bools(data, where)
+    if isinstance(data, np.ndarray):  # binary tensor data or gRPC contents, already decoded
+        values = _decoded_values(data, datatype, where, keep_bytes)
     else:
-        values = _numbers(data, f"{where}.data", allow_null=datatype in FLOAT_TYPES)
-        if datatype in INT_TYPES:
-            finite = values[np.isfinite(values)]
-            if finite.size != values.size or not np.all(finite == np.round(finite)):
-                raise bad_request(f"{where} is {datatype} but its data holds non-integer values")
-        elif datatype != "FP64":
-            # The client declared lower precision: the values are what that type can hold.
-            with np.errstate(over="ignore"):
-                values = values.astype(FLOAT_TYPES[datatype]).astype(np.float64)
+        values = _json_tensor_values(
+            data if isinstance(data, list) else [data], datatype, where, keep_bytes
+        )
     expected = math.prod(shape)
     if values.size != expected:
         raise bad_request(
@@ -160,6 +152,33 @@ def decode_tensor(tensor: Any, index: int, keep_bytes: bool = False) -> tuple[st
         return name, values.reshape(shape)
     except ValueError as exc:  # e.g. more than 64 dimensions, or an empty shape too big to index
         raise bad_request(f"{where} declares shape {shape}, which numpy cannot hold: {exc}") from exc
+
+
+def _json_tensor_values(data: list[Any], datatype: str, where: str, keep_bytes: bool) -> Array:
+    """A tensor's JSON ``data`` as float64 (or, for text, an object array of what was sent)."""
+    if datatype == "BYTES":
+        return _bytes_values(data, where) if keep_bytes else _bytes_as_numbers(data, where)
+    if datatype == "BOOL":
+        return _bools(data, where)
+    values = _numbers(data, f"{where}.data", allow_null=datatype in FLOAT_TYPES)
+    if datatype in INT_TYPES:
+        finite = values[np.isfinite(values)]
+        if finite.size != values.size or not np.all(finite == np.round(finite)):
+            raise bad_request(f"{where} is {datatype} but its data holds non-integer values")
+    elif datatype != "FP64":
+        # The client declared lower precision: the values are what that type can hold.
+        with np.errstate(over="ignore"):
+            values = values.astype(FLOAT_TYPES[datatype]).astype(np.float64)
+    return values
+
+
+def _decoded_values(data: Array, datatype: str, where: str, keep_bytes: bool) -> Array:
+    """A tensor that arrived as raw bytes or typed gRPC contents (BYTES as an array of str)."""
+    if datatype != "BYTES":
+        return data.astype(np.float64)
+    if keep_bytes:
+        return data
+    return _bytes_as_numbers(data.tolist(), where)
 
 
 def _flat_objects(data: list[Any], where: str) -> list[Any]:
@@ -471,6 +490,15 @@ def dumps(document: Any) -> bytes:
 
 
 @dataclass
+class Inference:
+    """One answered v2 inference request, before it is encoded for its transport."""
+
+    request_id: str
+    outputs: list[tuple[str, Array]]  # (output name, values), in the order asked for
+    parameters: dict[str, Any] | None
+
+
+@dataclass
 class FeedbackOutcome:
     """What one /feedback call did, and the ids this worker did not know."""
 
@@ -508,7 +536,11 @@ class DataPlane:
         return not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": self.version, "extensions": []}
+        return {
+            "name": SERVER_NAME,
+            "version": self.version,
+            "extensions": [binary_tensors.EXTENSION],
+        }
 
     def check_model(self, name: str, version: str | None = None) -> None:
         """404 unless ``name`` (and ``version``, when given) is the served model."""
@@ -604,9 +636,50 @@ class DataPlane:
     async def infer(
         self, name: str, body: bytes, header_id: str | None = None, version: str | None = None
     ) -> tuple[str, dict[str, Any]]:
-        """Open Inference Protocol v2 inference; returns (request id, response document)."""
+        """Open Inference Protocol v2 inference, JSON only; returns (request id, response)."""
         self.check_model(name, version)
-        document = parse_json(body)
+        inference = await self.infer_document(name, parse_json(body), header_id, version)
+        return inference.request_id, self.response_document(inference)
+
+    async def infer_http(
+        self,
+        name: str,
+        body: bytes,
+        header_length: str | None = None,
+        header_id: str | None = None,
+        version: str | None = None,
+    ) -> tuple[str, bytes, int | None]:
+        """v2 inference over HTTP, JSON or binary tensor data (``Inference-Header-Content-Length``).
+
+        Returns (request id, response body, byte length of the JSON header when the response
+        carries binary outputs, else ``None``).
+        """
+        self.check_model(name, version)
+        try:
+            length = binary_tensors.header_length(header_length, len(body))
+            document = parse_json(body if length is None else body[:length])
+            if isinstance(document, dict):
+                binary_tensors.attach_binary_inputs(
+                    document, None if length is None else body[length:]
+                )
+        except binary_tensors.BinaryDataError as exc:
+            raise bad_request(str(exc)) from exc
+        inference = await self.infer_document(name, document, header_id, version)
+        binary = binary_tensors.binary_outputs(document, [n for n, _ in inference.outputs])
+        raw = {
+            name: binary_tensors.encode_raw(values, output_datatype(values))
+            for name, values in inference.outputs
+            if name in binary
+        }
+        response = self.response_document(inference, without_data=binary)
+        reply, json_length = binary_tensors.encode_response(response, raw)
+        return inference.request_id, reply, json_length
+
+    async def infer_document(
+        self, name: str, document: Any, header_id: str | None = None, version: str | None = None
+    ) -> Inference:
+        """Inference on a decoded request document (input ``data`` may be decoded arrays)."""
+        self.check_model(name, version)
         if not isinstance(document, dict):
             raise bad_request("request body must be a JSON object with 'inputs'")
         request_id = self.request_id(document, header_id)
@@ -621,18 +694,30 @@ class DataPlane:
         outputs = []
         for output in wanted:
             if output == PREDICT_OUTPUT:
-                outputs.append(encode_output(PREDICT_OUTPUT, result.predictions))
+                outputs.append((PREDICT_OUTPUT, result.predictions))
             elif result.probabilities is not None:
-                outputs.append(encode_output(PROBA_OUTPUT, result.probabilities))
+                outputs.append((PROBA_OUTPUT, result.probabilities))
+        return Inference(request_id, outputs, parameters or None)
+
+    def response_document(
+        self, inference: Inference, without_data: Collection[str] = ()
+    ) -> dict[str, Any]:
+        """The v2 response document; outputs named in ``without_data`` go as binary data."""
+        outputs = []
+        for name, values in inference.outputs:
+            output = encode_output(name, values)
+            if name in without_data:
+                del output["data"]
+            outputs.append(output)
         response: dict[str, Any] = {
             "model_name": self.model.name,
             "model_version": self.model.short_sha,
-            "id": request_id,
+            "id": inference.request_id,
             "outputs": outputs,
         }
-        if parameters:
-            response["parameters"] = parameters
-        return request_id, response
+        if inference.parameters:
+            response["parameters"] = inference.parameters
+        return response
 
     async def predict(
         self, body: bytes, header_id: str | None = None

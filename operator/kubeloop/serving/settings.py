@@ -64,6 +64,13 @@ class ServeSettings(BaseSettings):
     )
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
+    grpc_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol's gRPC service (ModelDeployment pods: "
+        "8081); 0: no gRPC.",
+    )
     workers: int = Field(default_factory=_default_workers, ge=1, le=256)
     max_batch_size: int = Field(default=64, ge=1, le=65536)
     max_batch_latency_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
@@ -117,6 +124,10 @@ class ServeSettings(BaseSettings):
             )
         if self.shadow_percent > 0 and not self.shadow_url:
             raise ValueError("shadow_percent is set but shadow_url is empty: give --shadow-url")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(
+                "grpc_port is the same as port: give --grpc-port another port (0: no gRPC)"
+            )
         return self
 
     def to_env(self) -> dict[str, str]:
