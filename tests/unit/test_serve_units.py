@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from kubeloop.drift.profile import PREDICTION_FEATURE, Profile, build_profile
 from kubeloop.serving.batching import MicroBatcher, ModelInputError
 from kubeloop.serving.drift_counters import MISSING_BIN, DriftCounts
-from kubeloop.serving.feedback import FeedbackError, RecentPredictions, score
+from kubeloop.serving.feedback import LABELLED, FeedbackError, RecentPredictions, score
 from kubeloop.serving.model import checked_fast_path, fast_path
 from kubeloop.serving.settings import ServeSettings
 
@@ -223,7 +223,7 @@ def test_recent_predictions_are_bounded() -> None:
     for i in range(3):
         recent.remember(f"id-{i}", np.array([i]))
     assert recent.peek("id-0") is None
-    assert recent.pop("id-2") is not None and len(recent) == 1
+    assert recent.peek("id-2") is not None and len(recent) == 2
 
 
 @pytest.mark.parametrize(
@@ -242,7 +242,7 @@ def test_recent_predictions_give_back_what_was_served(predictions: np.ndarray) -
     recent = RecentPredictions(capacity=4)
     recent.remember("id", predictions)
     kept = recent.peek("id")
-    assert kept is not None
+    assert isinstance(kept, np.ndarray)
     np.testing.assert_array_equal(kept, predictions)
     assert kept.shape == predictions.shape and kept.dtype.kind == predictions.dtype.kind
     for labels in (predictions.tolist(), [str(v) for v in predictions.ravel().tolist()]):
@@ -250,7 +250,8 @@ def test_recent_predictions_give_back_what_was_served(predictions: np.ndarray) -
             assert score(kept, labels, "classification") == score(
                 predictions, labels, "classification"
             )
-    assert recent.pop("id") is not None and recent.pop("id") is None
+    recent.mark_labelled("id")
+    assert recent.peek("id") is LABELLED
 
 
 @pytest.mark.parametrize(

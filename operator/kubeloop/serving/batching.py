@@ -40,6 +40,10 @@ ModelCall = Callable[[Array, bool], tuple[Array, Array | None]]
 BatchObserver = Callable[[Array, Array], None]
 
 
+class QueueFull(Exception):
+    """More rows are waiting for the model than ``max_queued_rows``: answer 503, not wait."""
+
+
 class ModelInputError(Exception):
     """The model refused the rows of one request (e.g. NaN for a model that needs values)."""
 
@@ -68,8 +72,11 @@ class MicroBatcher:
         max_batch_size: int,
         max_latency_seconds: float,
         observe_batch: BatchObserver | None = None,
+        max_queued_rows: int | None = None,
     ) -> None:
         self._model_call = model_call
+        self.max_queued_rows = max_queued_rows
+        self.queued_rows = 0
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_seconds
         self._observe_batch = observe_batch
@@ -121,8 +128,14 @@ class MicroBatcher:
 
     async def predict(self, rows: Array, want_proba: bool = False) -> Prediction:
         """Predictions for ``rows`` (2-D float64), computed together with concurrent requests."""
+        count = rows.shape[0]
+        limit = self.max_queued_rows
+        # One request alone is always taken (its size is limited by the HTTP layer).
+        if limit is not None and self.queued_rows and self.queued_rows + count > limit:
+            raise QueueFull(f"{self.queued_rows} rows are waiting for the model (limit {limit})")
         future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(rows, want_proba, future))
+        self.queued_rows += count
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
         return await future
@@ -145,6 +158,7 @@ class MicroBatcher:
     def _take(self, batch: list[_Pending], rows: int) -> int:
         while self._queue and rows + self._queue[0].rows.shape[0] <= self.max_batch_size:
             item = self._queue.popleft()
+            self.queued_rows -= item.rows.shape[0]
             batch.append(item)
             rows += item.rows.shape[0]
         return rows
@@ -155,6 +169,7 @@ class MicroBatcher:
                 await self._wait_for_work(None)
                 continue
             first = self._queue.popleft()
+            self.queued_rows -= first.rows.shape[0]
             batch = [first]
             rows = self._take(batch, first.rows.shape[0])
             deadline = time.monotonic() + self.max_latency
