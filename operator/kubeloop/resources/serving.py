@@ -50,6 +50,10 @@ COMPONENT = "serving"
 SERVER_CONTAINER = "server"
 PORT_NAME = "http"
 DEFAULT_PORT = 8080
+GRPC_PORT_NAME = "grpc"
+METRICS_PORT_NAME = "metrics"
+AUTH_TOKEN_ENV = "KUBELOOP_SERVE_AUTH_TOKEN"
+GRPC_PORT = 8081  # the Open Inference Protocol's gRPC port in KServe and MLServer too
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
 SHA_ANNOTATION = "kubeloop.io/model-sha256"
@@ -120,6 +124,26 @@ def server_port(md: Mapping[str, Any]) -> int:
     return int(((md["spec"].get("server") or {}).get("port")) or DEFAULT_PORT)
 
 
+def metrics_port(md: Mapping[str, Any]) -> int:
+    """The port serving /metrics and /profile: server.metricsPort, else server.port."""
+    separate = (md["spec"].get("server") or {}).get("metricsPort")
+    return int(separate) if separate else server_port(md)
+
+
+def auth_env(md: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The bearer token of spec.server.auth, by reference to its Secret (never its value)."""
+    auth = (md["spec"].get("server") or {}).get("auth")
+    if not auth:
+        return []
+    selector = {"name": auth["secretRef"]["name"], "key": auth.get("key") or "token"}
+    return [{"name": AUTH_TOKEN_ENV, "valueFrom": {"secretKeyRef": selector}}]
+
+
+def grpc_port(md: Mapping[str, Any]) -> int:
+    """The gRPC port: 8081, or 8080 when server.port (HTTP) is 8081."""
+    return DEFAULT_PORT if server_port(md) == GRPC_PORT else GRPC_PORT
+
+
 def track_selector(md_name: str, track: Track | None) -> dict[str, str]:
     """Pod selector of one track (or of both when ``track`` is None)."""
     selector = {OWNER_LABEL: md_name}
@@ -173,6 +197,8 @@ def server_args(
         md["metadata"]["name"],
         "--port",
         str(server_port(md)),
+        "--grpc-port",
+        str(grpc_port(md)),
         "--track",
         track,
         "--workers",
@@ -188,6 +214,8 @@ def server_args(
         ]
     if shadow is not None and shadow.percent > 0:
         args += ["--shadow-url", shadow.url, "--shadow-percent", str(shadow.percent)]
+    if server.get("metricsPort"):
+        args += ["--metrics-port", str(server["metricsPort"])]
     return args
 
 
@@ -196,7 +224,7 @@ def operator_pod_annotations(md: Mapping[str, Any], sha256: str) -> dict[str, st
     return {
         SHA_ANNOTATION: sha256,
         "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(server_port(md)),
+        "prometheus.io/port": str(metrics_port(md)),
         "prometheus.io/path": "/metrics",
     }
 
@@ -270,13 +298,22 @@ def build_track_deployment(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["kubeloop"],
         "args": server_args(md, track, model_uri, model, shadow),
-        "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        "ports": [
+            {"name": PORT_NAME, "containerPort": port, "protocol": "TCP"},
+            {"name": GRPC_PORT_NAME, "containerPort": grpc_port(md), "protocol": "TCP"},
+            *(
+                [{"name": METRICS_PORT_NAME, "containerPort": metrics_port(md), "protocol": "TCP"}]
+                if metrics_port(md) != port
+                else []
+            ),
+        ],
         "env": [
             {"name": "HOME", "value": SCRATCH_DIR},
             {"name": "KUBELOOP_SERVE_SHUTDOWN_DELAY_SECONDS", "value": str(SHUTDOWN_DELAY_SECONDS)},
             # The spec's own variables; the API models refuse the names the operator sets or
             # pins (kubeloop.trust.pod_env.user_env_refusal), so none of them replaces one.
             *[dict(entry) for entry in server.get("env") or []],
+            *auth_env(md),
         ],
         "readinessProbe": {
             "httpGet": {"path": READY_PATH, "port": PORT_NAME},
@@ -347,7 +384,15 @@ def build_service(
             "type": "ClusterIP",
             "selector": dict(selector),
             "ports": [
-                {"name": PORT_NAME, "port": port, "targetPort": PORT_NAME, "protocol": "TCP"}
+                {"name": PORT_NAME, "port": port, "targetPort": PORT_NAME, "protocol": "TCP"},
+                # appProtocol tells meshes and gateways this port speaks HTTP/2 gRPC.
+                {
+                    "name": GRPC_PORT_NAME,
+                    "port": grpc_port(md),
+                    "targetPort": GRPC_PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
             ],
         },
     }
