@@ -140,8 +140,10 @@ def auth_env(md: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def grpc_port(md: Mapping[str, Any]) -> int:
-    """The gRPC port: 8081, or 8080 when server.port (HTTP) is 8081."""
-    return DEFAULT_PORT if server_port(md) == GRPC_PORT else GRPC_PORT
+    """The gRPC port: 8081, or the next of 8082, 8083 that server.port and the metrics port
+    leave free."""
+    taken = {server_port(md), metrics_port(md)}
+    return next(p for p in (GRPC_PORT, GRPC_PORT + 1, GRPC_PORT + 2) if p not in taken)
 
 
 def track_selector(md_name: str, track: Track | None) -> dict[str, str]:
