@@ -42,6 +42,7 @@ from kubeloop.resources.serving import OWNER_LABEL, SERVER_CONTAINER, TRACK_LABE
 from kubeloop.resources.trainingjob import TRAINER_CONTAINER
 
 PROG = "kubectl kubeloop"
+DESCRIPTION = "Read and steer Kubeloop's TrainingRuns, ModelDeployments and DriftPolicies."
 GROUP = "kubeloop.io"
 
 # kind -> the words that name it on the command line (short name first), as in the CRDs.
@@ -547,7 +548,7 @@ def _connection_flags(*, on_subcommand: bool) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The plugin's argparse parser; :func:`parse_args` is what reads a command line."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n")[0], epilog=EPILOG,
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_connection_flags(on_subcommand=False)],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -556,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=command.help, description=command.help, parents=[flags])
         if command.kinds:
             forms = _ref_forms(command.kinds, command.implied)
-            p.add_argument("object", nargs="+", metavar="OBJECT", help=forms)
+            p.add_argument("object", metavar="OBJECT", help=forms)
+            p.add_argument("name", nargs="?", metavar="NAME", help="the name, when OBJECT is a kind")
         if name == "list":
             p.add_argument("kind", nargs="?", default="all", help="tr, md, dp or all (default: all)")
             p.add_argument("-A", "--all-namespaces", action="store_true", help="list in every namespace")
@@ -576,10 +578,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Read a command line as kubectl would; exits 2 with usage on a mistake, like argparse."""
     parser = build_parser()
     args, extras = parser.parse_known_args(list(argv))
-    # argparse ends OBJECT at the first option, so in `status md -n ml churn` the name is left
-    # over; kubectl reads it as part of the object, and so do we.
-    if extras and hasattr(args, "object") and not any(word.startswith("-") for word in extras):
-        args.object, extras = [*args.object, *extras], []
+    if hasattr(args, "object"):
+        # One list of words: ["md/x"] or ["md", "x"]. argparse leaves NAME over when an option
+        # sits between it and the kind (`status md -n ml churn`); kubectl reads it, and so do we.
+        words = [args.object, *([args.name] if args.name is not None else [])]
+        if extras and not any(word.startswith("-") for word in extras):
+            words, extras = [*words, *extras], []
+        args.object = words
+        del args.name
     if extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if hasattr(args, "object") and len(args.object) > 2:

@@ -1,0 +1,105 @@
+"""``kubectl kubeloop logs`` on the real node: real trainer and server containers, their real logs.
+
+Given the real node and ``kubeloop operator`` as a local process (the fixtures of
+test_realnode_paths.py: a hostPath models volume, no Prometheus), a TrainingRun trains in a real
+pod and a ModelDeployment serves it from a real pod; then:
+
+* ``logs tr NAME`` prints the trainer container's own output: its summary line and the metrics
+  it computed, which match what the operator wrote to ``status.model.metrics``, byte for byte
+  the same as ``kubectl logs`` of that pod; ``--tail 1`` prints one line;
+* ``logs md/NAME`` (and ``--track stable``) prints the server container's log, in which the
+  server says it verified the artifact with the sha256 the ModelDeployment's status names;
+  ``--track canary`` says there are no canary pods, exit 1;
+* the connection flags work in either position here too (``--kubeconfig`` and ``-n`` after the
+  object, before the command).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from harness import OperatorProcess
+from realnode import RealNode, apply
+
+# The real-node fixtures and helpers of the paths test, reused rather than copied.
+from test_realnode_paths import (  # noqa: F401 (models_dir and operator are pytest fixtures)
+    MD,
+    model_deployment,
+    models_dir,
+    operator,
+    pods_of,
+    training_run,
+    wait_status,
+)
+
+RUN = "cancer-1"
+
+
+def kubeloop(node: RealNode, *args: str) -> subprocess.CompletedProcess[str]:
+    """The plugin as a user runs it; KUBECONFIG points nowhere, so only the flags find the node."""
+    return subprocess.run(
+        [sys.executable, "-m", "kubeloop.plugin", *args],
+        env={**os.environ, "KUBECONFIG": "/nonexistent/kubeconfig"},
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(real_node: RealNode, e2e_namespace: str, operator: OperatorProcess) -> dict[str, Any]:  # noqa: F811
+    apply(real_node, e2e_namespace, training_run(RUN, {"n_estimators": 10, "max_depth": 3}))
+    status = wait_status(real_node, e2e_namespace, "trainingrun", RUN, "finished",
+                         lambda s: s.get("phase") in {"Succeeded", "Failed"}, 600, operator)
+    assert status["phase"] == "Succeeded", status
+    return status
+
+
+def test_logs_of_a_training_run_are_the_trainer_pod_s_own_output(
+    real_node: RealNode, e2e_namespace: str, trained: dict[str, Any],
+) -> None:
+    shown = kubeloop(real_node, "logs", "tr", RUN, "--kubeconfig", real_node.kubeconfig, "-n", e2e_namespace)
+    assert shown.returncode == 0, shown.stderr
+    assert "kubeloop train: Succeeded (exit 0" in shown.stdout, shown.stdout
+    # The metrics the trainer printed in the pod are the ones the operator recorded.
+    for name, value in trained["model"]["metrics"].items():
+        assert f"{name}={value:.6g}" in shown.stdout, (name, value, shown.stdout)
+
+    pod = real_node.kubectl("get", "pods", "-n", e2e_namespace, "-l", f"kubeloop.io/trainingrun={RUN}",
+                            "-o", "jsonpath={.items[0].metadata.name}").stdout
+    by_kubectl = real_node.kubectl("logs", "-n", e2e_namespace, pod, "-c", "trainer", "--tail", "200").stdout
+    assert shown.stdout == by_kubectl
+
+    last = kubeloop(real_node, "-n", e2e_namespace, "--kubeconfig", real_node.kubeconfig,
+                    "logs", f"trainingrun/{RUN}", "--tail", "1")
+    assert last.returncode == 0, last.stderr
+    assert last.stdout.splitlines() == by_kubectl.splitlines()[-1:]
+
+
+def test_logs_of_a_model_deployment_are_the_server_pods(
+    real_node: RealNode, e2e_namespace: str, operator: OperatorProcess, trained: dict[str, Any],  # noqa: F811
+) -> None:
+    apply(real_node, e2e_namespace, model_deployment(RUN))
+    status = wait_status(real_node, e2e_namespace, "modeldeployment", MD, "Healthy with a ready server",
+                         lambda s: s.get("phase") == "Healthy" and (s.get("stable") or {}).get("readyReplicas", 0) >= 1,
+                         300, operator)
+    sha256 = status["stable"]["sha256"]
+    assert sha256 == trained["model"]["sha256"]
+    [pod] = pods_of(real_node, e2e_namespace, "stable")
+
+    shown = kubeloop(real_node, "logs", f"md/{MD}", "-n", e2e_namespace, "--kubeconfig", real_node.kubeconfig)
+    assert shown.returncode == 0, shown.stderr
+    # The server logs that it checked the artifact against the sha256 the operator pinned.
+    assert f"(sha256 {sha256})" in shown.stdout, shown.stdout
+    by_kubectl = real_node.kubectl("logs", "-n", e2e_namespace, pod["metadata"]["name"], "-c", "server").stdout
+    assert f"(sha256 {sha256})" in by_kubectl
+
+    stable = kubeloop(real_node, "--kubeconfig", real_node.kubeconfig, "logs", "md", MD, "--track", "stable",
+                      "-n", e2e_namespace)
+    assert stable.returncode == 0 and f"(sha256 {sha256})" in stable.stdout, stable.stderr
+    canary = kubeloop(real_node, "--kubeconfig", real_node.kubeconfig, "-n", e2e_namespace,
+                      "logs", "md", MD, "--track", "canary")
+    assert canary.returncode == 1
+    assert canary.stderr == f"error: md/{MD} has no canary server pods (not created yet, or scaled to 0)\n"
