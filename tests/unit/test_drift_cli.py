@@ -156,6 +156,13 @@ def test_config_file_in_yaml(files: dict[str, Path], tmp_path: Path) -> None:
         (["--data", "{shifted}", "--profile", "{shifted}"], "ProfileUnavailable", "not a kubeloop profile.json"),
         (["--data", "{shifted}", "--profile", "{profile}", "--features", "age,height"], "DataMismatch", "height not in the profile"),
         (["--data", "{shifted}", "--profile", "{profile}", "--config", '{"driftShare": 2}'], "ConfigInvalid", "driftShare"),
+        # Per-feature limits nothing would read (the DriftPolicy's thresholds/alpha.features).
+        (["--data", "{shifted}", "--profile", "{profile}", "--config", '{"features": {"agee": {"alpha": 0.1}}}'], "ConfigInvalid",
+         "--config features.agee.alpha (a DriftPolicy's spec.alpha.features): 'agee' is not in the profile"),
+        (["--data", "{shifted}", "--profile", "{profile}", "--config", '{"numericalTest": "psi", "features": {"age": {"alpha": 0.1}}}'],
+         "ConfigInvalid", "'age' is numerical and its test is psi, which never reads an alpha"),
+        (["--data", "{shifted}", "--profile", "{profile}", "--features", "age,income", "--config", '{"features": {"plan": {"threshold": 0.3}}}'],
+         "ConfigInvalid", "'plan' is not checked (--features leaves it out)"),
         (["--data", "{shifted}", "--reference", "{reference}", "--features", "age,zip"], "DataMismatch", "--data lacks column(s) zip"),
     ],
 )  # fmt: skip

@@ -30,9 +30,9 @@ from kubeloop.api.common import parse_duration
 from kubeloop.api.conditions import ConditionType, Reason
 from kubeloop.api.driftpolicy import MAX_HISTORY, RETRAIN_ANNOTATION, ignored_settings
 from kubeloop.decide.common import Event, parse_wire_time, set_wire_condition, wire_time
-from kubeloop.drift.defaults import DEFAULT_ALPHA, DISTANCE_TESTS, P_VALUE_TESTS, possible_tests
+from kubeloop.drift.defaults import DEFAULT_ALPHA, DISTANCE_TESTS, P_VALUE_TESTS
 from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
-from kubeloop.drift.report import DriftConfig, DriftReport, FeatureSettings
+from kubeloop.drift.report import DriftConfig, DriftReport, FeatureSettings, unused_feature_settings
 from kubeloop.drift.result import DriftCheckResult
 from kubeloop.resources.meta import child_name, labels_for, owner_reference
 from kubeloop.trust.images import IMAGE_NOT_ALLOWED, ImagePolicy
@@ -145,38 +145,31 @@ def invalid_spec(spec: Mapping[str, Any], profile: Profile) -> str | None:
 
     The CRD refuses what the spec alone shows (:func:`kubeloop.api.driftpolicy.ignored_settings`,
     checked here again for a CRD installed before those rules); what depends on the profile
-    (feature names, each feature's type) is checked here.
+    (feature names, each feature's type) is checked here, by the rule a dataset check Job
+    applies too (:func:`kubeloop.drift.report.unused_feature_settings`).
     """
     ignored = ignored_settings(spec)
     if ignored:
         field_name, message = ignored[0]
         return f"{field_name}: {message}"
-    kinds = {f.name: f.kind for f in profile.all_features()}
-    known = ", ".join(kinds)
-    checked = set(spec.get("features") or [f.name for f in profile.features]) | {PREDICTION_FEATURE}
+    known = [f.name for f in profile.all_features()]
     for name in spec.get("features") or []:
-        if name not in kinds:
-            return f"spec.features: {name!r} is not in the reference profile (it has: {known}); remove it or fix the name"
-    tests = spec.get("tests") or {}
-    per_feature = [
-        ("spec.thresholds.features", (spec.get("thresholds") or {}).get("features") or {}, DISTANCE_TESTS,
-         "a score threshold, for psi, wasserstein and jensenshannon", "alpha.features"),
-        ("spec.alpha.features", (spec.get("alpha") or {}).get("features") or {}, P_VALUE_TESTS,
-         "an alpha, for ks and chi2", "thresholds.features"),
-    ]
-    for field_name, settings, family, what, other in per_feature:
-        for name in settings:
-            if name not in kinds:
-                return f"{field_name}: {name!r} is not in the reference profile (it has: {known}); remove it or fix the name"
-            if name not in checked:
-                return f"{field_name}: {name!r} is not checked (spec.features leaves it out); remove it or add it to spec.features"
-            kind = kinds[name]
-            setting = tests.get(kind, "auto")
-            if not possible_tests(kind, setting) & family:
-                return (
-                    f"{field_name}: {name!r} is {kind} and tests.{kind} is {setting}, so this value ({what}) "
-                    f"is never used; move it to {other} or change tests.{kind}"
-                )
+        if name not in known:
+            return f"spec.features: {name!r} is not in the reference profile (it has: {', '.join(known)}); remove it or fix the name"
+    checked = spec.get("features") or [f.name for f in profile.features]
+    for unused in unused_feature_settings(drift_config(spec), profile, checked):
+        field_name, other = (
+            ("spec.thresholds.features", "alpha.features") if unused.setting == "threshold" else ("spec.alpha.features", "thresholds.features")
+        )
+        if unused.cause == "unknown":
+            return f"{field_name}: {unused.feature!r} is not in the reference profile (it has: {', '.join(known)}); remove it or fix the name"
+        if unused.cause == "unchecked":
+            return f"{field_name}: {unused.feature!r} is not checked (spec.features leaves it out); remove it or add it to spec.features"
+        what = "a score threshold, for psi, wasserstein and jensenshannon" if unused.setting == "threshold" else "an alpha, for ks and chi2"
+        return (
+            f"{field_name}: {unused.feature!r} is {unused.kind} and tests.{unused.kind} is {unused.test}, so this value ({what}) "
+            f"is never used; move it to {other} or change tests.{unused.kind}"
+        )
     return None
 
 

@@ -57,6 +57,7 @@ from kubeloop.drift.defaults import (
     DistanceTest,
     Kind,
     TestName,
+    possible_tests,
 )
 from kubeloop.drift.profile import (
     DEFAULT_NUMERIC_BINS,
@@ -179,6 +180,48 @@ class DriftConfig(_CamelModel):
                 f"(use one of {', '.join(sorted(allowed))})"
             )
         return test
+
+
+@dataclass(frozen=True)
+class UnusedFeatureSetting:
+    """A per-feature threshold or alpha that no check would read, and why."""
+
+    feature: str
+    setting: Literal["threshold", "alpha"]
+    cause: Literal["unknown", "unchecked", "wrong_kind"]
+    kind: Kind | None = None  # wrong_kind: the feature's type...
+    test: str = ""  # ...and its test setting (auto or a test name)
+
+
+def unused_feature_settings(
+    config: DriftConfig, profile: Profile, checked: Collection[str]
+) -> list[UnusedFeatureSetting]:
+    """Per-feature settings of ``config`` that a check against ``profile`` would never read: a
+    name the profile lacks, a feature not among ``checked`` (the prediction always is), or a
+    limit of the other kind than every test the feature can get (a score threshold where only
+    ks/chi2 can run, an alpha where only a distance can)."""
+    kinds: dict[str, Kind] = {f.name: f.kind for f in profile.all_features()}
+    unused: list[UnusedFeatureSetting] = []
+    for name, settings in config.features.items():
+        limits: tuple[tuple[Literal["threshold", "alpha"], float | None, frozenset[str]], ...] = (
+            ("threshold", settings.threshold, DISTANCE_TESTS),
+            ("alpha", settings.alpha, P_VALUE_TESTS),
+        )
+        for setting, value, family in limits:
+            if value is None:
+                continue
+            if name not in kinds:
+                unused.append(UnusedFeatureSetting(name, setting, "unknown"))
+            elif name not in checked and name != PREDICTION_FEATURE:
+                unused.append(UnusedFeatureSetting(name, setting, "unchecked"))
+            else:
+                kind = kinds[name]
+                test = settings.test or (
+                    config.numerical_test if kind == "numerical" else config.categorical_test
+                )
+                if not possible_tests(kind, test) & family:
+                    unused.append(UnusedFeatureSetting(name, setting, "wrong_kind", kind, test))
+    return unused
 
 
 class FeatureDrift(_CamelModel):

@@ -32,9 +32,11 @@ from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 from kubeloop.drift.report import (
     DriftConfig,
     DriftReport,
+    UnusedFeatureSetting,
     counts_from_samples,
     drift_report,
     drift_report_from_samples,
+    unused_feature_settings,
 )
 from kubeloop.runtime import termination
 from kubeloop.runtime.usage import UsageError, UsageParser
@@ -167,6 +169,11 @@ def run_check(
                 f"--features {', '.join(unknown)} not in the profile; "
                 f"it has {', '.join(f.name for f in profile.features)}",
             )
+        unused = unused_feature_settings(config, profile, names)
+        if unused:
+            raise _InputError(
+                drift_result.REASON_CONFIG_INVALID, _unused_message(unused[0], profile)
+            )
     else:
         names = features or [str(c) for c in current.columns]
     _require_columns(
@@ -201,6 +208,26 @@ def run_check(
         return drift_report(profile, counts_from_samples(profile, columns), config)
     except ValueError as exc:
         raise _InputError(drift_result.REASON_DATA_MISMATCH, str(exc)) from None
+
+
+_POLICY_FIELD = {"threshold": "thresholds.features", "alpha": "alpha.features"}
+
+
+def _unused_message(unused: UnusedFeatureSetting, profile: Profile) -> str:
+    """A per-feature setting nothing reads, named as in the config and in a DriftPolicy."""
+    where = (
+        f"--config features.{unused.feature}.{unused.setting} "
+        f"(a DriftPolicy's spec.{_POLICY_FIELD[unused.setting]})"
+    )
+    if unused.cause == "unknown":
+        known = ", ".join(f.name for f in profile.all_features())
+        return f"{where}: {unused.feature!r} is not in the profile (it has: {known}); remove it"
+    if unused.cause == "unchecked":
+        return f"{where}: {unused.feature!r} is not checked (--features leaves it out); remove it"
+    return (
+        f"{where}: {unused.feature!r} is {unused.kind} and its test is {unused.test}, which never "
+        f"reads {'a score threshold' if unused.setting == 'threshold' else 'an alpha'}; remove it"
+    )
 
 
 def _require_columns(frame: pd.DataFrame, names: Sequence[str], flag: str) -> None:
