@@ -270,7 +270,18 @@ def openapi_document(model_name: str | None = None) -> dict[str, Any]:
             "/v2/models/{model_name}/infer": {
                 "post": {
                     "operationId": "infer",
-                    "parameters": [model_name_param],
+                    "parameters": [
+                        model_name_param,
+                        {
+                            "name": "Inference-Header-Content-Length",
+                            "in": "header",
+                            "required": False,
+                            "description": "Binary tensor data extension: the byte length of "
+                            "the JSON document at the start of the body; the raw bytes of the "
+                            "inputs with parameters.binary_data_size follow it.",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("InferenceRequest")}},
