@@ -40,6 +40,14 @@ def exported_series() -> dict[str, set[str]]:
 
 
 SERIES = exported_series()
+SERVER_TARGET_LABELS = {"namespace", "pod", "container", "job", "instance"}
+"""Labels a model server's series get from its scrape target, not from the server: the chart's
+PodMonitor and the documented scrape_config attach them (test_chart_monitoring.py checks)."""
+
+
+def labels_of(name: str) -> set[str]:
+    """The labels a stored series of ``name`` carries once Prometheus scraped it."""
+    return SERIES[name] | (SERVER_TARGET_LABELS if name.startswith("kubeloop_serve_") else set())
 
 
 def queries() -> list[tuple[str, str, str]]:
@@ -77,7 +85,7 @@ def test_the_dashboard_queries_only_exported_metrics() -> None:
 @pytest.mark.parametrize(("title", "expr", "legend"), queries(), ids=[q[0] for q in queries()])
 def test_labels_in_queries_and_legends_exist_on_the_metric(title: str, expr: str, legend: str) -> None:
     names = metric_names(expr)
-    available = set.intersection(*(SERIES[n] for n in names))
+    available = set.intersection(*(labels_of(n) for n in names))
     grouped = set()
     for clause in re.findall(r"by \(([^)]*)\)", expr):
         grouped |= {label.strip() for label in clause.split(",") if label.strip()}
@@ -120,6 +128,24 @@ def test_variables_feed_the_queries() -> None:
     assert variables["datasource"]["query"] == "prometheus"
     exprs = " ".join(expr for _, expr, _ in queries())
     assert "$namespace" in exprs and "$policy" in exprs
+
+
+def test_every_panel_follows_the_namespace_variable() -> None:
+    # Serving series carry the namespace their pod runs in (from the scrape target); operator
+    # series name the object's namespace themselves. Only cluster-level operator panels
+    # (training, reconciles) and the variables' own queries are exempt.
+    exempt = {"TrainingRuns by phase", "Training duration", "TrainingRuns finished", "Reconciles",
+              "Reconcile duration p95"}
+    for panel in PANELS:
+        if panel["title"] in exempt:
+            continue
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for name in metric_names(expr):
+                selectors = re.findall(re.escape(name) + r"\{([^}]*)\}", expr)
+                assert selectors and all('namespace=~"$namespace"' in s for s in selectors), (
+                    f"panel {panel['title']!r}: {name} is not filtered by $namespace in {expr}"
+                )
 
 
 def test_promql_words_are_not_mistaken_for_labels() -> None:

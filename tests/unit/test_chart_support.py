@@ -51,9 +51,16 @@ def template_args(
     release: str = "kl",
     namespace: str = "kubeloop",
     values_file: Path | None = None,
+    helm_tests: bool = False,
 ) -> list[str]:
-    """``helm template`` arguments; ``values`` go in as one JSON values file (exact types)."""
+    """``helm template`` arguments; ``values`` go in as one JSON values file (exact types).
+
+    Without ``helm_tests`` the `helm test` hooks (objects only `helm test` creates, with their
+    own RBAC: test_chart_monitoring.py checks them) are left out, so the other tests see what
+    `helm install` creates."""
     args = ["template", release, str(CHART), "--namespace", namespace]
+    if not helm_tests:
+        args.append("--skip-tests")
     if values is not None:
         if values_file is None:
             raise ValueError("values need a values_file path to be written to")
@@ -63,19 +70,27 @@ def template_args(
 
 
 def render_text(
-    tmp_path: Path, values: Mapping[str, Any] | None = None, namespace: str = "kubeloop"
+    tmp_path: Path,
+    values: Mapping[str, Any] | None = None,
+    namespace: str = "kubeloop",
+    helm_tests: bool = False,
 ) -> str:
     """The chart's manifests as ``helm template`` prints them."""
     return helm(
-        *template_args(values, namespace=namespace, values_file=tmp_path / "values.json")
+        *template_args(
+            values, namespace=namespace, values_file=tmp_path / "values.json", helm_tests=helm_tests
+        )
     ).stdout
 
 
 def render(
-    tmp_path: Path, values: Mapping[str, Any] | None = None, namespace: str = "kubeloop"
+    tmp_path: Path,
+    values: Mapping[str, Any] | None = None,
+    namespace: str = "kubeloop",
+    helm_tests: bool = False,
 ) -> list[dict[str, Any]]:
     """The chart's manifests, parsed (empty documents dropped)."""
-    text = render_text(tmp_path, values, namespace)
+    text = render_text(tmp_path, values, namespace, helm_tests)
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 

@@ -1,0 +1,93 @@
+"""`helm test` for a Kubeloop release: the CRDs are established and the operator answers.
+
+Runs in the operator's own image (python and the kubernetes client are there; kubectl is not)
+under a ServiceAccount of its own that may only read the three CRDs and the release's pods.
+Settings come from the environment the test Pod template sets. Exit code 0: every check
+passed; otherwise each failed check is printed with what to look at.
+"""
+
+import json
+import os
+import sys
+import urllib.request
+
+from kubernetes import client, config
+
+CRDS = ("trainingruns.kubeloop.io", "modeldeployments.kubeloop.io", "driftpolicies.kubeloop.io")
+# A family every operator registers at start-up (kubeloop/controllers/metrics.py).
+METRICS_FAMILY = "# TYPE kubeloop_reconcile_total counter"
+TIMEOUT = 10
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        return response.status, response.read().decode("utf-8", "replace")
+
+
+def check_crds(extensions):
+    problems = []
+    for name in CRDS:
+        crd = extensions.read_custom_resource_definition(name)
+        conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+        if conditions.get("Established") != "True" or conditions.get("NamesAccepted") != "True":
+            problems.append(f"CRD {name} is not established: conditions {conditions}")
+        else:
+            print(f"ok: CRD {name} is established")
+    return problems
+
+
+def check_operator_pods(core, namespace, selector, health_port):
+    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    ready = [
+        p for p in pods
+        if p.status.pod_ip and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+    ]
+    if not ready:
+        return [f"no Ready operator pod in {namespace} (selector {selector}): kubectl -n {namespace} describe pods -l {selector}"]
+    problems = []
+    for pod in ready:
+        url = f"http://{pod.status.pod_ip}:{health_port}/healthz"
+        try:
+            status, _ = get(url)
+        except OSError as error:
+            problems.append(f"operator pod {pod.metadata.name}: {url} did not answer: {error}")
+            continue
+        if status != 200:
+            problems.append(f"operator pod {pod.metadata.name}: {url} answered {status}")
+        else:
+            print(f"ok: operator pod {pod.metadata.name} answers {url}")
+    return problems
+
+
+def check_metrics_service(url):
+    try:
+        status, body = get(url)
+    except OSError as error:
+        return [f"the operator's metrics Service did not answer {url}: {error}"]
+    if status != 200 or METRICS_FAMILY not in body:
+        return [f"{url} answered {status} without {METRICS_FAMILY!r}"]
+    print(f"ok: the metrics Service answers {url}")
+    return []
+
+
+def main():
+    problems = []
+    if os.environ.get("CHECK_API") == "true":
+        config.load_incluster_config()
+        problems += check_crds(client.ApiextensionsV1Api())
+        problems += check_operator_pods(
+            client.CoreV1Api(), os.environ["RELEASE_NAMESPACE"], os.environ["OPERATOR_SELECTOR"],
+            int(os.environ["HEALTH_PORT"]),
+        )
+    else:
+        print("skipped: CRDs and operator pods (rbac.create=false: this test has no RBAC of its own)")
+    if os.environ.get("METRICS_URL"):
+        problems += check_metrics_service(os.environ["METRICS_URL"])
+    for problem in problems:
+        print(f"FAILED: {problem}")
+    print(json.dumps({"passed": not problems, "problems": len(problems)}))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,661 @@
+"""The chart's monitoring objects are valid and say what the code does.
+
+* The PodMonitor, ServiceMonitor and PrometheusRule pass kubeconform (strict) against JSON
+  schemas converted from prometheus-operator's own CRDs (vendored, version in
+  ``crds/prometheus-operator/VERSION``; ``hack/chart/prometheus-operator-crds`` refreshes them).
+* The PodMonitor selects the pods ``kubeloop.resources.serving`` builds, on the port name the
+  server container declares, and keeps the server's ``endpoint`` label.
+* Every alert parses with the real ``promtool``, names only series the code exports and only
+  Event reasons the code writes; ``promtool test rules`` shows the event alerts fire on a
+  first abort (a counter series born at 1) and stay quiet otherwise.
+* The plain Prometheus scrape_config in docs/metrics.md passes ``promtool check config``.
+* values.schema.json refuses the storage roots the trainer and operator refuse, and accepts
+  the ones they accept, on one table.
+* The ``helm test`` hook runs the operator image under its own minimal RBAC.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import TypeAdapter, ValidationError
+from test_chart_dashboard import exported_series
+from test_chart_support import CHART, REPO, by_kind, helm, one, render, template_args, tool
+
+from kubeloop.analysis.builtin import INFERENCE_ENDPOINTS
+from kubeloop.api.common import OutputUri
+from kubeloop.api.conditions import Reason
+from kubeloop.resources.serving import (
+    SERVER_CONTAINER,
+    ModelRef,
+    ServingSettings,
+    build_track_deployment,
+)
+from kubeloop.resources.storage import PodStorage
+from kubeloop.training.data import DataError, resolve_uri
+from kubeloop.trust.urls import operator_read_problem
+
+PROMETHEUS_OPERATOR_CRDS = Path(__file__).parent / "crds" / "prometheus-operator"
+MONITORING_ON = {
+    "metrics": {"serviceMonitor": {"enabled": True}},
+    "monitoring": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+}
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    return path
+
+
+# -- kubeconform with prometheus-operator's CRD schemas ------------------------------------------
+
+
+def json_schema(node: Any) -> Any:
+    """A CRD's OpenAPI v3 schema as the strict JSON Schema (draft-07) kubeconform reads."""
+    if isinstance(node, list):
+        return [json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {name: json_schema(child) for name, child in value.items()}
+        elif key.startswith("x-kubernetes-") or key in ("nullable", "default", "example"):
+            continue
+        else:
+            out[key] = json_schema(value)
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["oneOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    # Strict: a misspelled field is an error (the API server would prune it silently).
+    if "properties" in out and "additionalProperties" not in out and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="module")
+def schema_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("schemas")
+    kinds = set()
+    for path in sorted(PROMETHEUS_OPERATOR_CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            schema = json_schema(version["schema"]["openAPIV3Schema"])
+            schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+            kind = crd["spec"]["names"]["kind"]
+            target = directory / crd["spec"]["group"] / f"{kind.lower()}_{version['name']}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(schema))
+            kinds.add(kind)
+    assert kinds == {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+    return directory
+
+
+def kubeconform(schema_dir: Path, manifest: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [tool("kubeconform"), "-strict", "-summary", "-output", "json",
+         "-schema-location", str(schema_dir) + "/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json",
+         str(manifest)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    report: dict[str, Any] = json.loads(proc.stdout)
+    report["returncode"] = proc.returncode
+    return report
+
+
+def monitoring_manifest(tmp_path: Path, values: dict[str, Any]) -> tuple[Path, list[dict[str, Any]]]:
+    docs = [d for d in render(tmp_path, values) if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    manifest = tmp_path / "monitoring.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    return manifest, docs
+
+
+def test_vendored_crds_name_their_version() -> None:
+    module, version, digest = (PROMETHEUS_OPERATOR_CRDS / "VERSION").read_text().split()
+    assert module == "github.com/prometheus-operator/prometheus-operator"
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", version) and digest.startswith("h1:")
+    for path in PROMETHEUS_OPERATOR_CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        assert crd["metadata"]["annotations"]["operator.prometheus.io/version"] == version.removeprefix("v")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [MONITORING_ON, {**MONITORING_ON, "watchNamespaces": ["ml-a", "ml-b"]},
+     {**MONITORING_ON, "monitoring": {**MONITORING_ON["monitoring"],
+                                      "podMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                                      "prometheusRule": {"enabled": True, "alertLabels": {"team": "ml"}}}}],
+    ids=["cluster-wide", "namespaced", "labels"],
+)  # fmt: skip
+def test_monitoring_objects_are_valid_against_prometheus_operator_crds(
+    tmp_path: Path, schema_dir: Path, values: dict[str, Any]
+) -> None:
+    manifest, docs = monitoring_manifest(tmp_path, values)
+    assert sorted(d["kind"] for d in docs) == ["PodMonitor", "PrometheusRule", "ServiceMonitor"]
+    report = kubeconform(schema_dir, manifest)
+    assert report["returncode"] == 0, json.dumps(report["resources"], indent=1)
+    assert report["summary"] == {"valid": 3, "invalid": 0, "errors": 0, "skipped": 0}, report["summary"]
+
+
+def test_the_crd_schemas_catch_a_broken_monitor(tmp_path: Path, schema_dir: Path) -> None:
+    _, docs = monitoring_manifest(tmp_path, MONITORING_ON)
+    pod_monitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["action"] = "dropLabel"
+    pod_monitor["spec"]["podMetricEndpoints"] = []
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(pod_monitor))
+    report = kubeconform(schema_dir, broken)
+    assert report["summary"]["invalid"] == 1, report
+    message = json.dumps(report["resources"])
+    assert "podMetricEndpoints" in message and "/spec/podMetricsEndpoints/0/relabelings/0/action" in message
+
+
+def test_monitoring_is_off_by_default(tmp_path: Path) -> None:
+    docs = render(tmp_path)
+    assert not [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+
+
+# -- the PodMonitor scrapes the servers the operator builds --------------------------------------
+
+MD = {
+    "apiVersion": "kubeloop.io/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {"name": "churn", "namespace": "ml-a", "uid": "0f0e0d0c-0000-4000-8000-000000000001"},
+    "spec": {"model": {"trainingRunRef": {"name": "churn-1"}}, "replicas": 2},
+}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        present = expression["key"] in labels
+        if expression["operator"] == "Exists" and not present:
+            return False
+        if expression["operator"] == "In" and labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def relabel_address(relabelings: list[dict[str, Any]], meta: dict[str, str]) -> str | None:
+    """The scrape address after the PodMonitor's own ``__address__`` relabeling (Prometheus'
+    ``replace``: source values joined by ';', the regex anchored, $n expanded)."""
+    for rule in relabelings:
+        if rule.get("targetLabel") == "__address__":
+            value = ";".join(meta.get(label, "") for label in rule["sourceLabels"])
+            match = re.fullmatch(rule["regex"], value)
+            if match is None:
+                return None
+            return match.expand(re.sub(r"\$(\d)", r"\\\1", rule["replacement"]))
+    return None
+
+
+@pytest.mark.parametrize("track", ["stable", "canary"])
+@pytest.mark.parametrize("server", [{}, {"port": 9000}, {"metricsPort": 9090}], ids=["default", "port", "metricsPort"])
+def test_pod_monitor_scrapes_the_model_server_pods_on_their_metrics_port(
+    tmp_path: Path, track: str, server: dict[str, int]
+) -> None:
+    monitor = one(render(tmp_path, MONITORING_ON), "PodMonitor")
+    md = {**MD, "spec": {**MD["spec"], "server": server}}
+    model = ModelRef("file:///var/lib/kubeloop/models/churn/churn-1/model.skops", "a" * 64, "churn-1")
+    deployment = build_track_deployment(md, track, model, 2, ServingSettings(image="kubeloop:0.1.0"))  # type: ignore[arg-type]
+    template = deployment["spec"]["template"]
+    assert selects(monitor["spec"]["selector"], template["metadata"]["labels"])
+    container = next(c for c in template["spec"]["containers"] if c["name"] == SERVER_CONTAINER)
+    declared = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in declared, f"the PodMonitor finds port {endpoint['port']!r}, the server declares {sorted(declared)}"
+    assert endpoint["path"] == template["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    # The port that serves /metrics: `metrics` when declared (spec.server.metricsPort; then
+    # /metrics is not on `http`), else `http`; the PodMonitor scrapes that one.
+    serving_metrics = declared.get("metrics", declared["http"])
+    meta = {"__meta_kubernetes_pod_ip": "10.1.2.3",
+            "__meta_kubernetes_pod_annotation_prometheus_io_port": template["metadata"]["annotations"]["prometheus.io/port"]}  # fmt: skip
+    assert relabel_address(endpoint["relabelings"], meta) == f"10.1.2.3:{serving_metrics}"
+    assert ("--metrics-port" in container["args"]) == ("metricsPort" in server)
+
+
+def test_pod_monitor_selects_no_other_kubeloop_pod(tmp_path: Path) -> None:
+    monitor = one(render(tmp_path, MONITORING_ON), "PodMonitor")
+    operator_pod = one(render(tmp_path), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    training_pod = {"app.kubernetes.io/managed-by": "kubeloop", "app.kubernetes.io/component": "training",
+                    "kubeloop.io/trainingrun": "churn-1"}  # fmt: skip
+    assert not selects(monitor["spec"]["selector"], operator_pod)
+    assert not selects(monitor["spec"]["selector"], training_pod)
+
+
+def test_pod_monitor_keeps_the_servers_endpoint_label_and_follows_watch_namespaces(tmp_path: Path) -> None:
+    monitor = one(render(tmp_path, MONITORING_ON), "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    # prometheus-operator appends these after its own relabelings, which set `endpoint` to the
+    # port name; dropping it there leaves the server's `endpoint` (predict, infer) unrenamed.
+    assert {"action": "labeldrop", "regex": "endpoint"} in endpoint["relabelings"]
+    assert not endpoint.get("honorLabels"), "the target's namespace and pod must win over the server's"
+    monitor = one(render(tmp_path, {**MONITORING_ON, "watchNamespaces": ["ml-a", "ml-b"]}), "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ml-a", "ml-b"]}
+
+
+def test_service_monitor_keeps_the_operators_namespace_label(tmp_path: Path) -> None:
+    # kubeloop_canary_weight{namespace="ml-a"} names the ModelDeployment's namespace; without
+    # honorLabels Prometheus would rename it exported_namespace and write the operator's.
+    monitor = one(render(tmp_path, MONITORING_ON), "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    assert "namespace" in exported_series()["kubeloop_canary_weight"]
+
+
+# -- the PrometheusRule -----------------------------------------------------------------------------
+
+ISSUE_ALERTS = {"KubeloopRolloutAborted", "KubeloopDriftDetected", "KubeloopModelServerErrorRate", "KubeloopRetrainRefused"}
+
+
+def rule_spec(tmp_path: Path, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    rule: dict[str, Any] = one(render(tmp_path, values or MONITORING_ON), "PrometheusRule")["spec"]
+    return rule
+
+
+def alerts(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["alert"]: r for group in spec["groups"] for r in group["rules"]}
+
+
+def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule_spec(tmp_path)))
+    proc = subprocess.run([promtool(), "check", "rules", str(rules)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(alerts(rule_spec(tmp_path)))} rules found" in proc.stdout
+
+
+def test_the_alerts_the_issue_asks_for_are_there(tmp_path: Path) -> None:
+    found = alerts(rule_spec(tmp_path))
+    assert set(found) >= ISSUE_ALERTS
+    for name, rule in found.items():
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}, name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+
+
+def test_alerts_query_only_exported_series_and_real_reasons(tmp_path: Path) -> None:
+    series = exported_series()
+    reasons = {v for k, v in vars(Reason).items() if k.isupper() and isinstance(v, str)}
+    for name, rule in alerts(rule_spec(tmp_path)).items():
+        expr = rule["expr"]
+        used = set(re.findall(r"\bkubeloop_\w+", expr))
+        assert used and used <= set(series), f"{name}: {used - set(series)} is exported by no code"
+        for match in re.findall(r'reason=~?"([^"]+)"', expr):
+            assert set(match.split("|")) <= reasons, f"{name}: {match} names a reason no code writes"
+        for match in re.findall(r'kind="([^"]+)"', expr):
+            assert match in {"TrainingRun", "ModelDeployment", "DriftPolicy"}, name
+        for match in re.findall(r'endpoint=~"([^"]+)"', expr):
+            assert set(match.split("|")) == set(INFERENCE_ENDPOINTS), name
+        for label in re.findall(r"by \(([^)]*)\)", expr):
+            for one_label in (x.strip() for x in label.split(",")):
+                on_some = any(one_label in series[n] | {"namespace"} for n in used)
+                assert on_some, f"{name}: groups by {one_label!r}, which {used} do not carry"
+
+
+def test_alert_values_reach_the_rules(tmp_path: Path) -> None:
+    values = {**MONITORING_ON, "monitoring": {"prometheusRule": {
+        "enabled": True, "eventWindow": "2h", "errorRateThreshold": 0.2, "errorRateFor": "3m", "alertLabels": {"team": "ml"},
+    }}}  # fmt: skip
+    found = alerts(rule_spec(tmp_path, values))
+    assert "[2h]" in found["KubeloopRolloutAborted"]["expr"] and "offset 2h" in found["KubeloopDriftDetected"]["expr"]
+    assert found["KubeloopModelServerErrorRate"]["expr"].endswith("> 0.2")
+    assert found["KubeloopModelServerErrorRate"]["for"] == "3m"
+    assert all(rule["labels"]["team"] == "ml" for rule in found.values())
+
+
+def test_event_alerts_fire_on_a_first_event_and_resolve(tmp_path: Path) -> None:
+    """promtool's rule unit tests: a series of kubeloop_events_total that appears at 1 (the
+    first abort of a ModelDeployment) fires; an older series that does not move stays quiet;
+    the alert resolves after the window."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule_spec(tmp_path)))
+    aborted = 'kubeloop_events_total{namespace="ml-a",kind="ModelDeployment",name="churn",type="Warning",reason="AnalysisFailed"}'
+    old_abort = 'kubeloop_events_total{namespace="ml-b",kind="ModelDeployment",name="old",type="Warning",reason="Aborted"}'
+    drift = 'kubeloop_events_total{namespace="ml-a",kind="DriftPolicy",name="churn",type="Warning",reason="DriftDetected"}'
+    cooldown = 'kubeloop_events_total{namespace="ml-a",kind="DriftPolicy",name="churn",type="Normal",reason="CooldownActive"}'
+    limit = 'kubeloop_events_total{namespace="ml-a",kind="DriftPolicy",name="churn",type="Normal",reason="RetrainLimitReached"}'
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": aborted, "values": "_x60 1x120"},  # born at minute 60 with value 1
+                {"series": old_abort, "values": "1x180"},  # aborted long ago, nothing since
+                {"series": drift, "values": "_x10 1x50 2x120"},  # drifted at 10, again at 60
+                {"series": cooldown, "values": "1+1x180"},
+                {"series": limit, "values": "0x100 1x80"},  # exists, moves at 100
+            ],
+            "alert_rule_test": [
+                {"eval_time": "59m", "alertname": "KubeloopRolloutAborted", "exp_alerts": []},
+                {"eval_time": "70m", "alertname": "KubeloopRolloutAborted", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "namespace": "ml-a", "name": "churn", "reason": "AnalysisFailed"},
+                     "exp_annotations": {"summary": "Rollout of ModelDeployment ml-a/churn aborted (AnalysisFailed)",
+                        "description": "The canary was rolled back and all traffic is on stable. See the failing metric with: kubectl kubeloop status md/churn -n ml-a; retry with kubectl kubeloop retry md/churn once fixed."}},
+                ]},
+                {"eval_time": "100m", "alertname": "KubeloopRolloutAborted", "exp_alerts": []},
+                {"eval_time": "20m", "alertname": "KubeloopDriftDetected", "exp_alerts": [
+                    {"exp_labels": {"severity": "info", "namespace": "ml-a", "name": "churn", "reason": "DriftDetected"},
+                     "exp_annotations": {
+                        "summary": "DriftPolicy ml-a/churn detected drift",
+                        "description": "The served data moved away from the training data. Scores per feature: kubectl kubeloop status dp/churn -n ml-a; with a retrain template the policy retrains on its own."}},
+                ]},
+                {"eval_time": "45m", "alertname": "KubeloopDriftDetected", "exp_alerts": []},
+                {"eval_time": "75m", "alertname": "KubeloopDriftDetected", "exp_alerts": [
+                    {"exp_labels": {"severity": "info", "namespace": "ml-a", "name": "churn", "reason": "DriftDetected"},
+                     "exp_annotations": {
+                        "summary": "DriftPolicy ml-a/churn detected drift",
+                        "description": "The served data moved away from the training data. Scores per feature: kubectl kubeloop status dp/churn -n ml-a; with a retrain template the policy retrains on its own."}},
+                ]},
+                {"eval_time": "90m", "alertname": "KubeloopRetrainRefused", "exp_alerts": []},
+                {"eval_time": "110m", "alertname": "KubeloopRetrainRefused", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "namespace": "ml-a", "name": "churn", "reason": "RetrainLimitReached"},
+                     "exp_annotations": {
+                        "summary": "DriftPolicy ml-a/churn could not retrain (RetrainLimitReached)",
+                        "description": "The model keeps serving while it drifts. kubectl describe dp/churn -n ml-a shows the Event with the limit or the refused image."}},
+                ]},
+            ],
+        }],
+    }  # fmt: skip
+    test_file = tmp_path / "tests.yaml"
+    test_file.write_text(yaml.safe_dump(tests))
+    proc = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_error_rate_alert_fires_on_5xx_of_inference_only(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule_spec(tmp_path)))
+    base = 'kubeloop_serve_requests_total{namespace="ml-a",pod="churn-canary-0",model="churn",sha="0123456789ab",track="canary"'
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": base + ',endpoint="predict",code="200"}', "values": "0+90x40"},
+                {"series": base + ',endpoint="predict",code="500"}', "values": "0+10x40"},  # 10 %
+                {"series": base + ',endpoint="health",code="503"}', "values": "0+1000x40"},  # not inference
+                {"series": base.replace("canary", "stable") + ',endpoint="infer",code="400"}', "values": "0+1000x40"},  # 4xx
+            ],
+            "alert_rule_test": [
+                {"eval_time": "8m", "alertname": "KubeloopModelServerErrorRate", "exp_alerts": []},  # pending (for: 10m)
+                {"eval_time": "20m", "alertname": "KubeloopModelServerErrorRate", "exp_alerts": [
+                    {"exp_labels": {"severity": "critical", "namespace": "ml-a", "model": "churn", "track": "canary"},
+                     "exp_annotations": {
+                        "summary": "Model ml-a/churn (canary) answers 10% of inference requests with 5xx",
+                        "description": "More than 5 % of the requests to /predict and /v2/models/*/infer failed with a server error for 10m. Look at the server logs: kubectl logs -n ml-a -l kubeloop.io/modeldeployment=churn,kubeloop.io/track=canary"}},
+                ]},
+            ],
+        }],
+    }  # fmt: skip
+    test_file = tmp_path / "tests.yaml"
+    test_file.write_text(yaml.safe_dump(tests))
+    proc = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- the plain Prometheus scrape_config (no prometheus-operator) ----------------------------------
+
+
+def documented_scrape_config() -> dict[str, Any]:
+    text = (REPO / "docs" / "metrics.md").read_text()
+    blocks = re.findall(r"```yaml\n(scrape_configs:.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) == 1, "docs/metrics.md needs one ```yaml block starting with scrape_configs:"
+    config: dict[str, Any] = yaml.safe_load(blocks[0])
+    return config
+
+
+def prometheus_with_kubernetes_sd() -> str:
+    """Prometheus v3 built from its Go module by hack/realnode/helmloop.py (Debian's 2.42 and
+    its promtool are built without Kubernetes service discovery)."""
+    sys.path.insert(0, str(REPO / "hack" / "realnode"))
+    import helmloop
+
+    binary = helmloop.CACHE / "bin" / f"prometheus-{helmloop.PROMETHEUS_VERSION}" / "prometheus"
+    if not binary.exists():
+        pytest.skip(f"{binary} is not built: hack/realnode/helmloop.py builds it (`make demo`)")
+    return str(binary)
+
+
+def test_documented_scrape_config_loads_in_prometheus(tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(documented_scrape_config()))
+    log = tmp_path / "prometheus.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [prometheus_with_kubernetes_sd(), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             "--web.listen-address=127.0.0.1:0"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and server.poll() is None:
+            if "Completed loading of configuration file" in log.read_text():
+                break
+            time.sleep(0.2)
+        text = log.read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "Completed loading of configuration file" in text, text
+    assert "Error loading config" not in text, text
+    # Both jobs got a Kubernetes discoverer (it cannot reach a cluster here, which is fine).
+    for job in ("kubeloop-model-servers", "kubeloop-operator"):
+        assert f"config={job}" in text, text
+
+
+def test_documented_scrape_config_selects_what_the_pod_monitor_selects(tmp_path: Path) -> None:
+    jobs = {job["job_name"]: job for job in documented_scrape_config()["scrape_configs"]}
+    servers, operator = jobs["kubeloop-model-servers"], jobs["kubeloop-operator"]
+    assert servers["kubernetes_sd_configs"] == [{"role": "pod"}]
+    monitor = one(render(tmp_path, MONITORING_ON), "PodMonitor")
+    keeps = {tuple(r["source_labels"]): r["regex"] for r in servers["relabel_configs"] if r.get("action") == "keep"}
+    for key, value in monitor["spec"]["selector"]["matchLabels"].items():
+        sanitized = re.sub(r"[^a-zA-Z0-9_]", "_", key)
+        assert keeps[(f"__meta_kubernetes_pod_label_{sanitized}",)] == value
+    assert keeps[("__meta_kubernetes_pod_labelpresent_kubeloop_io_modeldeployment",)] == "true"
+    assert keeps[("__meta_kubernetes_pod_container_port_name",)] == monitor["spec"]["podMetricsEndpoints"][0]["port"]
+    address = next(r for r in servers["relabel_configs"] if r.get("target_label") == "__address__")
+    pod_monitor_address = next(r for r in monitor["spec"]["podMetricsEndpoints"][0]["relabelings"] if r.get("targetLabel") == "__address__")
+    assert (address["source_labels"], address["regex"], address["replacement"]) == (
+        pod_monitor_address["sourceLabels"], pod_monitor_address["regex"], pod_monitor_address["replacement"])
+    targets = {r.get("target_label") for r in servers["relabel_configs"]}
+    assert {"namespace", "pod", "__address__"} <= targets and "endpoint" not in targets
+    # The operator's own namespace label wins, as with the ServiceMonitor's honorLabels.
+    assert operator["honor_labels"] is True
+
+
+# -- values.schema.json: the storage roots the trainer and the operator accept --------------------
+
+_OUTPUT_URI = TypeAdapter(OutputUri)
+_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def python_accepts_storage_root(uri: str) -> bool:
+    """Whether the code accepts ``uri`` as the default storage root: the trainer writes under
+    it (the API's OutputUri rule for spec.output.storageUri; resolve_uri for pvc://) and the
+    operator reads the profiles written there back (operator_read_problem for file://, s3://
+    and gs://; a pvc:// root is mounted as a local path, so the same path rules apply to it,
+    and its claim must be a name Kubernetes accepts in the pod's volume)."""
+    try:
+        _OUTPUT_URI.validate_python(uri)
+    except ValidationError:
+        return False
+    if uri.startswith("pvc://"):
+        try:
+            resolve_uri(uri)
+        except DataError:
+            return False
+        storage = PodStorage()
+        local = storage.resolve(uri, read_only=False)
+        claim = storage.volumes[0]["persistentVolumeClaim"]["claimName"]
+        return bool(_CLAIM.match(claim)) and operator_read_problem(f"file://{local}", "file:///") is None
+    profile = uri.rstrip("/") + "/churn/churn-1/profile.json"
+    return operator_read_problem(uri, uri) is None and operator_read_problem(profile, uri) is None
+
+
+STORAGE_ROOTS = [
+    # accepted by both
+    "file:///var/lib/kubeloop/models",
+    "file:///var/lib/kubeloop/models/",
+    "file:///",
+    "file:///data/.hidden/models",
+    "file:///data/..models/x",
+    "s3://models",
+    "s3://models/",
+    "s3://models/kubeloop/root",
+    "s3://minio.local:9000/models",
+    "gs://bucket-1/prefix",
+    "pvc://kubeloop-models/models",
+    "pvc://kubeloop-models/",
+    "pvc://models.team-a/a/b/c",
+    # refused by both
+    "/var/lib/kubeloop/models",
+    "models",
+    "",
+    "https://models.example.com/root",
+    "http://models/root",
+    "sklearn://iris",
+    "s3a://bucket/models",
+    "S3://bucket/models",
+    "file://host/var/models",
+    "file://",
+    "file:///var/../etc",
+    "file:///var/./models",
+    "file:///var//models",
+    "file:///var/models/..",
+    "s3://",
+    "s3:///models",
+    "s3://user:secret@bucket/models",
+    "s3://bucket/models?versionId=1",
+    "gs://bucket/models#frag",
+    "gs://bucket/a/../b",
+    "s3://[bucket/models",
+    "file:///var/lib/kube loop",
+    "file:///var/lib/kube\tloop",
+    "pvc://kubeloop-models",
+    "pvc:///kubeloop-models/models",
+    "pvc://Kubeloop_Models/models",
+    "pvc://kubeloop-models/../../etc",
+    "pvc://kubeloop-models//x",
+    "gs://bucket/" + "x" * 2048,
+]
+
+
+def test_the_table_has_both_verdicts() -> None:
+    verdicts = [python_accepts_storage_root(uri) for uri in STORAGE_ROOTS]
+    assert verdicts.count(True) >= 10 and verdicts.count(False) >= 20
+
+
+@pytest.mark.parametrize("uri", STORAGE_ROOTS)
+def test_schema_and_code_agree_on_storage_roots(tmp_path: Path, uri: str) -> None:
+    accepted = python_accepts_storage_root(uri)
+    proc = helm(*template_args({"storage": {"storageUri": uri}}, values_file=tmp_path / "v.json"), check=False)
+    if accepted:
+        assert proc.returncode == 0, f"the code accepts {uri!r}, the chart refuses it:\n{proc.stderr}"
+    else:
+        assert proc.returncode != 0, f"the code refuses {uri!r}, the chart accepts it"
+        assert "/storage/storageUri" in proc.stderr, proc.stderr
+
+
+# -- helm test -------------------------------------------------------------------------------------
+
+
+def test_helm_test_hook_runs_the_operator_image_under_its_own_minimal_rbac(tmp_path: Path) -> None:
+    docs = render(tmp_path, {"image": {"repository": "registry.example/kubeloop", "tag": "1.2"}}, helm_tests=True)
+    hooks = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    assert sorted(d["kind"] for d in hooks) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Pod", "Role", "RoleBinding", "ServiceAccount"]
+    pod = one(hooks, "Pod")
+    operator = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == operator["image"] == "registry.example/kubeloop:1.2"
+    assert container["command"] == ["python", "/helm-test/helm-test.py"]
+    # The setup objects exist before the Pod (lower weight).
+    assert all(int(h["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0 for h in hooks if h["kind"] != "Pod")
+    account = one(hooks, "ServiceAccount")["metadata"]["name"]
+    assert pod["spec"]["serviceAccountName"] == account != one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    # Least privilege: list pods in the release namespace, get the three CRDs; nothing else.
+    assert one(hooks, "Role")["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+    assert one(hooks, "ClusterRole")["rules"] == [{
+        "apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+        "resourceNames": ["trainingruns.kubeloop.io", "modeldeployments.kubeloop.io", "driftpolicies.kubeloop.io"],
+        "verbs": ["get"],
+    }]  # fmt: skip
+    for binding in (one(hooks, "RoleBinding"), one(hooks, "ClusterRoleBinding")):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "kubeloop"}]
+    # The restricted Pod Security level, like the operator.
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    service = one(docs, "Service")
+    assert env["METRICS_URL"] == f"http://{service['metadata']['name']}.kubeloop.svc:8080/metrics"
+    selector = dict(pair.split("=") for pair in env["OPERATOR_SELECTOR"].split(","))
+    assert selector == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    # The test Pod is neither an operator pod it would probe nor a backend of the Service.
+    assert not selects({"matchLabels": selector}, pod["metadata"]["labels"])
+    assert not selects({"matchLabels": service["spec"]["selector"]}, pod["metadata"]["labels"])
+    assert env["HEALTH_PORT"] == "8081"
+    script = one(hooks, "ConfigMap")["data"]["helm-test.py"]
+    assert script == (CHART / "files" / "helm-test.py").read_text().rstrip("\n")
+    assert {"trainingruns.kubeloop.io", "/healthz", "kubeloop_reconcile_total"} <= {
+        word for word in ("trainingruns.kubeloop.io", "/healthz", "kubeloop_reconcile_total") if word in script
+    }
+
+
+def test_helm_test_script_compiles_and_checks_a_family_the_operator_registers() -> None:
+    script = (CHART / "files" / "helm-test.py").read_text()
+    compile(script, "helm-test.py", "exec")
+    family = re.search(r'METRICS_FAMILY = "# TYPE (\w+) (\w+)"', script)
+    assert family is not None
+    assert f"{family.group(1)}" in exported_series()
+
+
+def test_helm_test_can_be_left_out(tmp_path: Path) -> None:
+    docs = render(tmp_path, {"helmTest": {"enabled": False}}, helm_tests=True)
+    assert not [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    assert not by_kind(docs, "Pod")
+
+
+def test_helm_test_without_rbac_checks_only_the_metrics_service(tmp_path: Path) -> None:
+    # rbac.create=false: whoever installs may not create RBAC, so the hook brings none and
+    # its Pod, under the namespace's default ServiceAccount, asks the API server nothing.
+    docs = render(tmp_path, {"rbac": {"create": False}}, helm_tests=True)
+    hooks = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    assert sorted(d["kind"] for d in hooks) == ["ConfigMap", "Pod"]
+    pod = one(hooks, "Pod")
+    assert "serviceAccountName" not in pod["spec"] and pod["spec"]["automountServiceAccountToken"] is False
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["CHECK_API"] == "false" and env["METRICS_URL"].endswith("/metrics")
+
+
+# -- docs --------------------------------------------------------------------------------------------
+
+
+def test_every_new_value_is_in_the_chart_readme() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def leaves(node: Any, path: str) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [leaf for key, child in node.items() for leaf in leaves(child, f"{path}.{key}" if path else key)]
+        return [path]
+
+    for leaf in leaves({"monitoring": values["monitoring"], "helmTest": values["helmTest"]}, ""):
+        assert f"`{leaf}`" in readme, f"charts/kubeloop/README.md does not document {leaf}"
