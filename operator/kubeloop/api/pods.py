@@ -4,8 +4,9 @@ Each model here has the shape and the field names of its Kubernetes counterpart 
 ``TopologySpreadConstraint``, ``EnvVar``...), so a block copied from a Pod spec works as written
 and ``kubectl explain`` shows the same fields. They are typed rather than passed through
 (``x-kubernetes-preserve-unknown-fields``): a misspelt field is refused when the object is
-written, not when the operator later applies the Deployment. Fields Kubernetes marks alpha are
-left out; the API server validates the rest again when the operator applies the pod template.
+written, not when the operator later applies the Deployment. Left out: a pod-affinity term's
+``matchLabelKeys`` and ``mismatchLabelKeys`` (newer than the rest; ask if you need them). The API
+server validates everything again when the operator applies the pod template.
 
 What differs from Kubernetes, and why:
 
