@@ -4,7 +4,8 @@ Given a ServiceAccount and kwok nodes of which two carry the GPU pool's label, w
 ModelDeployment asks for every pod option, then both tracks' Deployments carry them, the
 ReplicaSet controller creates pods that run as the ServiceAccount, the scheduler places them
 on the GPU nodes spread one per node, and the stable track gets a PodDisruptionBudget that the
-disruption controller counts over the stable pods only; dropping the field deletes it. Names
+disruption controller counts over the stable pods only: the eviction API refuses to evict a
+stable pod and evicts a canary pod; dropping the field deletes the budget. Names
 the operator pins are refused by the API server itself, naming ``spec.server.env[i].name``;
 the operator's selector labels are refused too; an annotation the operator sets is refused by
 the operator with a condition naming it.
@@ -76,7 +77,7 @@ SERVER: dict[str, Any] = {
     ],
     "podLabels": {"team": "risk"},
     "podAnnotations": {"example.com/owner": "risk-team"},
-    "podDisruptionBudget": {"minAvailable": 1},
+    "podDisruptionBudget": {"minAvailable": 2},
 }
 
 
@@ -113,6 +114,11 @@ class Cluster:
         selector = f"kubeloop.io/modeldeployment=churn,kubeloop.io/track={track}"
         items = self.core.list_namespaced_pod(self.ns, label_selector=selector).items
         return [p for p in items if p.metadata.deletion_timestamp is None]
+
+    def evict(self, pod: str) -> None:
+        """What ``kubectl drain`` does to each pod: the Eviction API, which honours budgets."""
+        eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod, namespace=self.ns))
+        self.core.create_namespaced_pod_eviction(pod, self.ns, eviction)
 
     def pdb(self, name: str) -> Any:
         try:
@@ -175,7 +181,7 @@ def test_every_pod_option_reaches_both_tracks_pods_and_the_stable_budget(
     # And a PodDisruptionBudget owned by the ModelDeployment selects the stable pods
     uid = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "churn")["metadata"]["uid"]
     pdb = wait_for(lambda: cluster.pdb("churn-stable"), timeout=TIMEOUT, what="PodDisruptionBudget")
-    assert pdb.spec.min_available == 1 and pdb.spec.max_unavailable is None
+    assert pdb.spec.min_available == 2 and pdb.spec.max_unavailable is None
     assert pdb.spec.selector.match_labels == {"kubeloop.io/modeldeployment": "churn", "kubeloop.io/track": "stable"}
     assert [(o.kind, o.uid, o.controller) for o in pdb.metadata.owner_references] == [("ModelDeployment", uid, True)]
     # (the disruption controller's own count: the budget covers the two stable pods)
@@ -193,10 +199,19 @@ def test_every_pod_option_reaches_both_tracks_pods_and_the_stable_budget(
     canary_pods = placed_pods(cluster, "canary", 2)
     assert {p.spec.node_name for p in canary_pods} == GPU_NODES
     assert {p.spec.service_account_name for p in canary_pods} == {"churn-reader"}
-    # ... and the budget still counts the stable pods only, never the canary's.
-    stable_now = len(placed_pods(cluster, "stable", 2))
-    wait_for(lambda: cluster.pdb("churn-stable").status.expected_pods == stable_now, timeout=TIMEOUT,
-             what="budget counting the stable pods only")
+    # ... and the budget still counts the stable pods only, never the canary's: a drain may
+    # not take a stable pod (2 of 2 must stay), and may take a canary pod.
+    stable_pods = placed_pods(cluster, "stable", 2)
+
+    def budget_settled() -> bool:
+        status = cluster.pdb("churn-stable").status
+        return status.expected_pods == 2 and status.current_healthy == 2 and status.disruptions_allowed == 0
+
+    wait_for(budget_settled, timeout=TIMEOUT, what="budget counting the 2 stable pods only")
+    with pytest.raises(client.exceptions.ApiException) as refused:
+        cluster.evict(stable_pods[0].metadata.name)
+    assert refused.value.status == 429 and "disruption budget" in str(refused.value.body)
+    cluster.evict(canary_pods[0].metadata.name)
 
     # When the spec drops the budget, the operator deletes it
     cluster.custom.patch_namespaced_custom_object(
