@@ -1,8 +1,8 @@
 """DriftPolicy: watch a served model's inputs and predictions for drift; retrain and re-roll.
 
-Every ``interval`` the operator compares the recent ``window`` of live traffic (histograms the
-model servers export over the reference bins of profile.json) or a dataset with the training
-data's reference profile. When the share of drifted features reaches ``driftShare``, the model
+Every ``interval`` the operator compares recent live traffic (histograms the model servers
+export over the reference bins of profile.json: over ``window`` when read from Prometheus,
+else since the previous check) or a dataset with the training data's reference profile. When the share of drifted features reaches ``driftShare``, the model
 is drifted and, with ``retrain`` set, a new TrainingRun is created; with ``autoPromote``, a run
 that beats the champion is pointed at by the ModelDeployment, which starts a canary.
 
