@@ -24,7 +24,7 @@ from test_chart_support import by_kind, helm, one, render, template_args
 
 from kubeloop.api.common import Credentials, Matches
 from kubeloop.api.driftpolicy import DriftPolicySpec
-from kubeloop.api.modeldeployment import ModelDeploymentSpec
+from kubeloop.api.modeldeployment import ModelDeploymentSpec, ServerAuth
 from kubeloop.api.trainingrun import TrainingRunSpec
 
 KINDS = {"TrainingRun": TrainingRunSpec, "ModelDeployment": ModelDeploymentSpec, "DriftPolicy": DriftPolicySpec}
@@ -56,7 +56,7 @@ def references(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str]]
         if (field.alias or name) == "serviceAccountName":
             yield path, "ServiceAccount"
             continue
-        if Credentials in parts:
+        if Credentials in parts or ServerAuth in parts:
             yield f"{path}.secretRef", "Secret"
             continue
         if any(isinstance(p, Matches) and "pvc" in p.pattern for p in parts):
@@ -121,7 +121,7 @@ def test_every_secret_and_claim_the_api_can_name_is_checked(tmp_path: Path) -> N
         ("spec.retrain.template.spec.credentials.secretRef", "Secret"),
         ("spec.server.serviceAccountName", "ServiceAccount"),
     } <= expected
-    assert len(expected) == 14
+    assert len(expected) == 15
     checked = checked_references(one(render(tmp_path), "ValidatingAdmissionPolicy"))
     # A DriftPolicy copying a TrainingRun (fromTrainingRun) names whatever that run names: its
     # author must be able to read every Secret and claim.

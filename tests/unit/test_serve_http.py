@@ -225,13 +225,14 @@ def test_an_id_that_cannot_be_a_header_is_echoed_in_the_body_only(
     forest: RunningServer, odd_id: str
 ) -> None:
     rows = np.zeros((1, 30))
-    for path, body in [
-        ("/v2/models/cancer/infer", v2_request(rows, id=odd_id)),
-        ("/predict", {"instances": rows.tolist(), "id": odd_id}),
+    # Two ids: an id names one prediction (a second request under it is a 409).
+    for path, body, sent in [
+        ("/v2/models/cancer/infer", v2_request(rows, id=odd_id), odd_id),
+        ("/predict", {"instances": rows.tolist(), "id": odd_id * 2}, odd_id * 2),
     ]:
         answer = httpx.post(forest.url + path, json=body)
         assert answer.status_code == 200, answer.text
-        assert answer.json()["id"] == odd_id
+        assert answer.json()["id"] == sent
         assert "x-request-id" not in answer.headers
 
 

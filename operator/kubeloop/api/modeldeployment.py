@@ -43,6 +43,7 @@ from kubeloop.api.common import (
     NodeSelector,
     ResourceName,
     ResourceRequirements,
+    SecretReference,
     Sha256,
     StorageUri,
     Toleration,
@@ -124,11 +125,27 @@ class BatchingSpec(KubeModel):
     """Longest a request waits for others to join its batch, in milliseconds."""
 
 
+METRICS_PORT_MESSAGE = "metricsPort must differ from port"
+
+
+class ServerAuth(KubeModel):
+    """Bearer-token authentication of the inference and /feedback endpoints."""
+
+    secret_ref: SecretReference
+    """A Secret in this namespace holding the token. The server container reads it as an
+    environment variable from the Secret (``secretKeyRef``): the token is never in the pod
+    spec. Clients send ``Authorization: Bearer <token>``; health endpoints stay open."""
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253)] = "token"
+    """The Secret's key holding the token."""
+
+
 class ServerSpec(KubeModel):
     """The model server pods (``kubeloop serve``)."""
 
     model_config = cel_rules(
-        reserved_label_rule("podLabels"), reserved_annotation_rule("podAnnotations")
+        reserved_label_rule("podLabels"),
+        reserved_annotation_rule("podAnnotations"),
+        cel("!has(self.metricsPort) || self.metricsPort != self.port", METRICS_PORT_MESSAGE),
     )
 
     image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
@@ -136,7 +153,13 @@ class ServerSpec(KubeModel):
     resources: ResourceRequirements | None = None
     """CPU, memory and GPU of each server pod."""
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
-    """Container port for HTTP (inference, health, /metrics)."""
+    """Container port for HTTP (inference, health, and /metrics unless metricsPort is set)."""
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """A separate container port (named ``metrics``) for /metrics and /profile alone, so a
+    NetworkPolicy can open it to Prometheus and the operator only; default: on ``port``."""
+    auth: ServerAuth | None = None
+    """Require a bearer token from a Secret on /predict, /v2/models/*/infer and /feedback
+    (the Open Inference Protocol's gRPC service too); default: no authentication."""
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     """Worker processes per pod."""
     batching: BatchingSpec | None = None
@@ -174,6 +197,12 @@ class ServerSpec(KubeModel):
     pod_disruption_budget: DisruptionBudget | None = None
     """A PodDisruptionBudget (``NAME-stable``) that keeps stable pods serving through node
     drains; default: none."""
+
+    @model_validator(mode="after")
+    def _separate_metrics_port(self) -> ServerSpec:
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError(METRICS_PORT_MESSAGE)
+        return self
 
 
 class AutoscalingSpec(KubeModel):

@@ -12,7 +12,7 @@ from typing import Any
 from kubeloop.analysis.base import AnalysisTarget
 from kubeloop.analysis.scrape import PodTarget, ScrapeProvider, ScrapeRound
 from kubeloop.controllers.kube import Kube
-from kubeloop.resources.serving import OWNER_LABEL, TRACK_LABEL, server_port
+from kubeloop.resources.serving import OWNER_LABEL, TRACK_LABEL, metrics_port
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:
@@ -23,21 +23,29 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     )
 
 
+def ready_pods(kube: Kube, md: Mapping[str, Any], track: str | None = None) -> list[PodTarget]:
+    """The ready server pods of ``md`` (of one track, if given)."""
+    labels = {OWNER_LABEL: md["metadata"]["name"], **({TRACK_LABEL: track} if track else {})}
+    port = metrics_port(md)
+    return [
+        PodTarget(pod["metadata"]["name"], port, pod["metadata"]["labels"].get(TRACK_LABEL, ""))
+        for pod in kube.list("Pod", md["metadata"]["namespace"], labels=labels)
+        if pod_ready(pod)
+    ]
+
+
+def proxy_get(kube: Kube, md: Mapping[str, Any], pod: str, path: str, limit: int | None = None) -> str:
+    """GET ``path`` (/metrics or /profile) of one of ``md``'s server pods through the API
+    server's pod proxy, on the port that serves them (spec.server.metricsPort, else port)."""
+    namespace = md["metadata"]["namespace"]
+    return kube.request_text(
+        "GET", f"/api/v1/namespaces/{namespace}/pods/{pod}:{metrics_port(md)}/proxy{path}", limit=limit
+    )
+
+
 def scrape_round(
     kube: Kube, provider: ScrapeProvider, md: Mapping[str, Any], target: AnalysisTarget, track: str | None = None
 ) -> ScrapeRound:
     """Scrape the ready server pods of ``md`` (of one track, if given) and compare with the
     provider's previous round."""
-    namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
-    port = server_port(md)
-    labels = {OWNER_LABEL: name, **({TRACK_LABEL: track} if track else {})}
-    pods = [
-        PodTarget(pod["metadata"]["name"], port, pod["metadata"]["labels"].get(TRACK_LABEL, ""))
-        for pod in kube.list("Pod", namespace, labels=labels)
-        if pod_ready(pod)
-    ]
-
-    def fetch(pod: str, pod_port: int) -> str:
-        return kube.request_text("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}:{pod_port}/proxy/metrics")
-
-    return provider.round(target, pods, fetch)
+    return provider.round(target, ready_pods(kube, md, track), lambda pod, _port: proxy_get(kube, md, pod, "/metrics"))

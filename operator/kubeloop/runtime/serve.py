@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--shadow-url", help="challenger server to mirror requests to")
     add("--shadow-percent", type=float, help="share of requests to mirror, 0-100")
     add("--feedback-capacity", type=int, help="recent predictions kept for /feedback")
+    add("--feedback-max-bytes", type=int, help="their byte budget per worker (64 MiB)")
+    add("--feedback-max-age-seconds", type=float, help="oldest labelled prediction (3600 s)")
+    add("--max-body-bytes", type=int, help="largest request body; more is 413 (16 MiB)")
+    add("--max-buffered-body-bytes", type=int, help="bodies held at once per worker (64 MiB)")
+    add("--max-request-rows", type=int, help="most rows per request; more is 413 (100000)")
+    add("--max-concurrent-requests", type=int, help="requests per worker; more is 503 (256)")
+    add("--max-queued-rows", type=int, help="rows waiting for the model; more is 503 (200000)")
+    add("--retry-after-seconds", type=int, help="Retry-After of an overload 503 (1)")
+    add("--header-timeout-seconds", type=float, help="deadline for a request's headers (10)")
+    add("--body-timeout-seconds", type=float, help="deadline for a request's body (30)")
+    add("--keep-alive-timeout-seconds", type=float, help="idle keep-alive connection (30)")
+    add("--max-header-bytes", type=int, help="largest request head; more is 431 (65536)")
+    add("--metrics-port", type=int, help="serve /metrics on this port only (default: --port)")
     add("--shutdown-delay-seconds", type=float, help="seconds of 503 readiness after SIGTERM")
     add("--drain-timeout-seconds", type=float, help="longest wait for in-flight requests")
     add(
@@ -242,6 +255,8 @@ def _run_server(
 
     import uvicorn
 
+    from kubeloop.serving.connection import DeadlineProtocol
+
     class DrainingServer(uvicorn.Server):
         """uvicorn, with readiness flipped first and the listener kept open for a delay."""
 
@@ -276,14 +291,19 @@ def _run_server(
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=DeadlineProtocol.configured(
+            settings.header_timeout_seconds,
+            settings.body_timeout_seconds,
+            settings.keep_alive_timeout_seconds,
+            settings.max_header_bytes,
+        ),
         lifespan="on",
         access_log=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds),
         server_header=False,
         date_header=False,
-        timeout_keep_alive=30,
+        timeout_keep_alive=max(1, round(settings.keep_alive_timeout_seconds)),
     )
     server = DrainingServer(config)
     # The model and its arrays live for the whole process: keep them out of GC passes.
@@ -317,9 +337,11 @@ def _serve_in_process(settings: ServeSettings, box: list[ModelArtifact]) -> int:
     if early.signal is not None:
         log.info("stopped before serving (%s)", signal.Signals(early.signal).name)
         return EXIT_OK
-    sock = _listen(settings.host, settings.port, reuse_port=False)
+    sockets = [_listen(settings.host, settings.port, reuse_port=False)]
+    if settings.metrics_port is not None:
+        sockets.append(_listen(settings.host, settings.metrics_port, reuse_port=False))
     log.info("serving %r on %s:%d (1 worker)", settings.model_name, settings.host, settings.port)
-    return _run_server(app, settings, [sock], early)
+    return _run_server(app, settings, sockets, early)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,6 +383,8 @@ def _worker_main(
         _listen(settings.host, settings.port, reuse_port=True),
         _unix_listener(str(own)),
     ]
+    if settings.metrics_port is not None:
+        sockets.append(_listen(settings.host, settings.metrics_port, reuse_port=True))
     sys.exit(_run_server(app, settings, sockets, early))
 
 

@@ -22,6 +22,7 @@ from kubeloop.serving.batching import MicroBatcher
 from kubeloop.serving.dataplane import DataPlane, ProtocolError, dumps
 from kubeloop.serving.drift_counters import DriftCounts
 from kubeloop.serving.feedback import RecentPredictions
+from kubeloop.serving.limits import Admission, BodyReader, Disconnected, authorized, header
 from kubeloop.serving.metrics import CONTENT_TYPE, MetricLabels, ServeMetrics
 from kubeloop.serving.model import ModelArtifact, ServedModel, load_model
 from kubeloop.serving.openapi import openapi_document
@@ -61,6 +62,12 @@ def _error(status: int, message: str) -> Reply:
     return Reply(status, orjson.dumps({"error": message}))
 
 
+# The endpoints that cost work or change state: admitted, and authenticated when auth is on.
+_GUARDED = {"predict", "feedback", "infer"}
+# What Prometheus and the operator read; open like health, so it can sit behind a NetworkPolicy.
+_METRICS_PORT_ENDPOINTS = {"metrics", "profile"}
+
+
 @dataclass
 class ServerState:
     """Everything one worker process holds; built once at start-up."""
@@ -74,6 +81,9 @@ class ServerState:
     shadow: ShadowMirror | None
     sibling_sockets: list[str] = field(default_factory=list)
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    # GET /profile: the verified model's sha256 and the profile loaded beside it, for the
+    # operator's live drift checks (it reads nothing from model storage itself).
+    profile_answer: bytes = b'{"modelSha256":"","profile":null}'
 
     def flush_drift(self) -> None:
         """Move accumulated drift counts into the Prometheus counters."""
@@ -120,6 +130,7 @@ def build_state(
         settings.max_batch_size,
         settings.max_batch_latency_ms / 1000.0,
         observe_batch,
+        max_queued_rows=settings.max_queued_rows,
     )
     shadow = None
     if settings.shadow_url and settings.shadow_percent > 0:
@@ -137,9 +148,14 @@ def build_state(
         model,
         batcher,
         metrics,
-        RecentPredictions(settings.feedback_capacity),
+        RecentPredictions(
+            settings.feedback_capacity,
+            settings.feedback_max_bytes,
+            settings.feedback_max_age_seconds,
+        ),
         mirror=shadow.offer if shadow is not None else None,
         version=version,
+        max_request_rows=settings.max_request_rows,
     )
     return ServerState(
         settings=settings,
@@ -150,7 +166,14 @@ def build_state(
         drift=drift,
         shadow=shadow,
         sibling_sockets=list(sibling_sockets or []),
+        profile_answer=profile_answer(artifact),
     )
+
+
+def profile_answer(artifact: ModelArtifact) -> bytes:
+    """What ``GET /profile`` answers: ``{"modelSha256": ..., "profile": {...} | null}``."""
+    profile = artifact.profile.to_json_bytes() if artifact.profile is not None else b"null"
+    return b'{"modelSha256":' + orjson.dumps(artifact.sha256) + b',"profile":' + profile + b"}"
 
 
 class ServeApp:
@@ -165,13 +188,21 @@ class ServeApp:
             ("GET", "/v2/health/ready"): ("health_ready", self._ready),
             ("GET", "/v2"): ("server_metadata", self._server_metadata),
             ("GET", "/metrics"): ("metrics", self._metrics),
+            ("GET", "/profile"): ("profile", self._profile),
             ("POST", "/predict"): ("predict", self._predict),
             ("POST", "/feedback"): ("feedback", self._feedback),
             ("GET", "/v2/openapi.json"): ("openapi", self._openapi_json),
             ("GET", "/openapi.json"): ("openapi", self._openapi_json),
         }
         self._exact_paths = {path for _, path in self._exact}
+        settings = state.settings
+        self.bodies = BodyReader(settings.max_body_bytes, settings.max_buffered_body_bytes)
+        self.admission = Admission(settings.max_concurrent_requests)
+        token = settings.auth_token
+        self._token = token.get_secret_value().encode() if token is not None else None
         self.grpc_server: grpc.aio.Server | None = None
+        self._metrics_port = settings.metrics_port
+        self._retry_after = str(settings.retry_after_seconds).encode()
 
     def begin_drain(self) -> None:
         """SIGTERM received: readiness answers 503 from now on; requests are still served."""
@@ -219,7 +250,9 @@ class ServeApp:
                 self.dataplane,
                 f"{host}:{settings.grpc_port}",
                 reuse_port=settings.workers > 1,
-                max_message_bytes=64 * 1024 * 1024,
+                max_message_bytes=settings.max_body_bytes,
+                max_concurrent_rpcs=settings.max_concurrent_requests,
+                auth_token=self._token,
             )
 
     async def shutdown(self) -> None:
@@ -240,29 +273,65 @@ class ServeApp:
             await asyncio.sleep(self.state.settings.metrics_flush_seconds)
             self.state.flush_drift()
 
+    def _on_metrics_port(self, scope: Scope) -> bool:
+        server = scope.get("server")
+        return server is not None and server[1] == self._metrics_port
+
+    def _endpoint_of(self, method: str, path: str) -> str:
+        route = self._exact.get((method, path))
+        if route is not None:
+            return route[0]
+        if method == "POST" and path.startswith("/v2/models/") and path.endswith("/infer"):
+            return "infer"
+        return "unknown"
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         method: str = scope["method"]
         path: str = scope["path"]
-        route = self._exact.get((method, path))
-        endpoint = route[0] if route is not None else "unknown"
+        endpoint = self._endpoint_of(method, path)
+        admitted = False
         try:
-            if route is not None:
-                reply = await route[1](scope, receive)
+            if self._metrics_port is not None and (
+                self._on_metrics_port(scope) != (endpoint in _METRICS_PORT_ENDPOINTS)
+            ):
+                # The metrics port serves /metrics and /profile alone, and only it serves them.
+                reply = _error(404, f"no such endpoint on this port: {path}")
+            elif endpoint in _GUARDED:
+                if self._token is not None and not authorized(scope, self._token):
+                    reply = _error(401, "this endpoint needs Authorization: Bearer <token>")
+                    reply.headers.append((b"www-authenticate", b'Bearer realm="kubeloop"'))
+                elif not self.admission.enter():
+                    reply = _error(503, "overloaded: too many requests in flight; retry later")
+                else:
+                    admitted = True
+                    reply = await self._dispatch(method, path, scope, receive)
             else:
-                endpoint, reply = await self._model_route(method, path, scope, receive)
+                route = self._exact.get((method, path))
+                if route is not None:
+                    reply = await route[1](scope, receive)
+                else:
+                    endpoint, reply = await self._model_route(method, path, scope, receive)
         except ProtocolError as exc:
             reply = _error(exc.status, exc.message)
-        except _Disconnected:
+            if exc.close:
+                reply.headers.append((b"connection", b"close"))
+        except Disconnected:
             return
         except Exception as exc:  # a bug, not a bad request: say so, keep serving
             log.exception("unexpected error on %s %s", method, path)
             reply = _error(500, f"internal error: {type(exc).__name__}")
+        finally:
+            if admitted:
+                self.admission.leave()
+            self.bodies.release(scope)
         headers = [
             (b"content-type", reply.content_type),
             (b"content-length", str(len(reply.body)).encode()),
             *reply.headers,
         ]
+        if reply.status == 503 and endpoint in _GUARDED:
+            headers.append((b"retry-after", self._retry_after))
         if reply.request_id is not None and _HEADER_SAFE.fullmatch(reply.request_id):
             # An id with control or non-ASCII characters cannot be a header value
             # (h11 drops the connection); the body still carries it exactly.
@@ -270,6 +339,12 @@ class ServeApp:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
         self.state.metrics.observe_request(endpoint, reply.status, time.perf_counter() - started)
+
+    async def _dispatch(self, method: str, path: str, scope: Scope, receive: Receive) -> Reply:
+        route = self._exact.get((method, path))
+        if route is not None:
+            return await route[1](scope, receive)
+        return (await self._model_route(method, path, scope, receive))[1]
 
     async def _model_route(
         self, method: str, path: str, scope: Scope, receive: Receive
@@ -322,6 +397,9 @@ class ServeApp:
     async def _openapi_json(self, scope: Scope, receive: Receive) -> Reply:
         return Reply(200, self._openapi)
 
+    async def _profile(self, scope: Scope, receive: Receive) -> Reply:
+        return Reply(200, self.state.profile_answer)
+
     async def _metrics(self, scope: Scope, receive: Receive) -> Reply:
         self.state.flush_drift()
         return Reply(200, self.state.metrics.render(), content_type=CONTENT_TYPE.encode())
@@ -331,12 +409,12 @@ class ServeApp:
         batcher = self.state.batcher
         batcher.request_started()
         try:
-            body = await _read_body(receive)
+            body = await self.bodies.read(scope, receive)
             request_id, reply, json_length = await self.dataplane.infer_http(
                 name,
                 body,
-                _header(scope, b"inference-header-content-length"),
-                _header(scope, b"x-request-id"),
+                header(scope, b"inference-header-content-length"),
+                header(scope, b"x-request-id"),
                 version,
             )
             if json_length is None:
@@ -356,35 +434,56 @@ class ServeApp:
         batcher = self.state.batcher
         batcher.request_started()
         try:
-            body = await _read_body(receive)
+            body = await self.bodies.read(scope, receive)
             request_id, document = await self.dataplane.predict(
-                body, _header(scope, b"x-request-id")
+                body, header(scope, b"x-request-id")
             )
             return Reply(200, dumps(document), request_id)
         finally:
             batcher.request_finished()
 
     async def _feedback(self, scope: Scope, receive: Receive) -> Reply:
-        body = await _read_body(receive)
+        body = await self.bodies.read(scope, receive)
         items = self.dataplane.parse_feedback(body)
-        forwarded = _header(scope, FORWARDED_HEADER) is not None
+        forwarded = header(scope, FORWARDED_HEADER) is not None
         outcome = self.dataplane.feedback(items, count_unknown=False)
         matched = list(outcome.matched)
         unknown = outcome.unknown
+        already = list(outcome.already_labelled)
         if unknown and not forwarded and self.state.sibling_sockets:
-            found = await self._ask_siblings(unknown)
+            found, labelled = await self._ask_siblings(unknown)
             matched += found
-            unknown = [item for item in unknown if item["id"] not in set(found)]
+            already += labelled
+            done = set(found) | set(labelled)
+            unknown = [item for item in unknown if item["id"] not in done]
         if not forwarded:
             self.dataplane.count_unknown_feedback(len(unknown))
-        return Reply(200, dumps({"matched": matched, "unknown": [item["id"] for item in unknown]}))
+            self.dataplane.count_already_labelled(len(already))
+        document: dict[str, Any] = {
+            "matched": matched,
+            "unknown": [item["id"] for item in unknown],
+        }
+        if already:
+            # Each id takes one label: a second one (or someone else's first) is refused,
+            # not counted over the first. The matched items of the same request did count.
+            document["already_labelled"] = already
+            document["error"] = f"ids already labelled, not counted again: {already[:10]}"
+            return Reply(409, dumps(document))
+        return Reply(200, dumps(document))
 
-    async def _ask_siblings(self, items: list[dict[str, Any]]) -> list[str]:
-        """Offer labels this worker did not serve to the other workers of this server."""
+    async def _ask_siblings(self, items: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+        """Offer labels this worker did not serve to the other workers of this server.
+
+        Returns the ids a sibling matched and those a sibling had already labelled.
+        """
         import httpx
 
         found: list[str] = []
+        labelled: list[str] = []
         remaining = items
+        headers = {FORWARDED_HEADER.decode(): "1"}
+        if self._token is not None:
+            headers["authorization"] = "Bearer " + self._token.decode()
         for socket_path in self.state.sibling_sockets:
             if not remaining:
                 break
@@ -394,42 +493,17 @@ class ServeApp:
                     response = await client.post(
                         "http://worker/feedback",
                         content=orjson.dumps(remaining),
-                        headers={FORWARDED_HEADER.decode(): "1"},
+                        headers=headers,
                     )
             except httpx.HTTPError as exc:
                 log.warning("feedback: sibling worker at %s did not answer: %s", socket_path, exc)
                 continue
-            if response.status_code == 200:
-                got = orjson.loads(response.content)["matched"]
+            if response.status_code in (200, 409):
+                answer = orjson.loads(response.content)
+                got = answer["matched"]
+                refused = answer.get("already_labelled", [])
                 found += got
-                remaining = [item for item in remaining if item["id"] not in set(got)]
-        return found
-
-
-class _Disconnected(Exception):
-    """The client went away before sending its whole request."""
-
-
-async def _read_body(receive: Receive) -> bytes:
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise _Disconnected
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    chunks = [body]
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            decoded: str = value.decode("latin-1")
-            return decoded
-    return None
+                labelled += refused
+                done = set(got) | set(refused)
+                remaining = [item for item in remaining if item["id"] not in done]
+        return found, labelled

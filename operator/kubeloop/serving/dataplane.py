@@ -8,7 +8,6 @@ client can send that the model cannot take is a 4xx here, never a 5xx.
 
 from __future__ import annotations
 
-import itertools
 import math
 import secrets
 from collections.abc import Callable, Collection
@@ -20,8 +19,15 @@ import numpy.typing as npt
 import orjson
 
 from kubeloop.serving import binary_tensors
-from kubeloop.serving.batching import MicroBatcher, ModelInputError, Prediction
-from kubeloop.serving.feedback import FeedbackError, FeedbackScore, RecentPredictions, score
+from kubeloop.serving.batching import MicroBatcher, ModelInputError, Prediction, QueueFull
+from kubeloop.serving.feedback import (
+    LABELLED,
+    FeedbackError,
+    FeedbackScore,
+    IdInUse,
+    RecentPredictions,
+    score,
+)
 from kubeloop.serving.metrics import ServeMetrics
 from kubeloop.serving.model import ServedModel
 
@@ -38,10 +44,11 @@ SERVER_NAME = "kubeloop"
 class ProtocolError(Exception):
     """A request the server refuses; ``status`` is the HTTP status to answer with."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.close = close  # answer, then close the connection (e.g. a body left unread)
 
 
 def bad_request(message: str) -> ProtocolError:
@@ -53,14 +60,10 @@ def bad_request(message: str) -> ProtocolError:
 
 
 class RequestIds:
-    """Unique, cheap ids: a random per-process prefix and a counter."""
-
-    def __init__(self) -> None:
-        self._prefix = secrets.token_hex(6)
-        self._counter = itertools.count(1)
+    """Unguessable ids: 128 random bits each, so nobody can label another client's request."""
 
     def new(self) -> str:
-        return f"{self._prefix}-{next(self._counter):x}"
+        return secrets.token_hex(16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,6 +507,7 @@ class FeedbackOutcome:
 
     matched: list[str] = field(default_factory=list)
     unknown: list[dict[str, Any]] = field(default_factory=list)
+    already_labelled: list[str] = field(default_factory=list)
 
 
 class DataPlane:
@@ -517,6 +521,7 @@ class DataPlane:
         recent: RecentPredictions,
         mirror: Callable[[Array, Array], None] | None = None,
         version: str = "0",
+        max_request_rows: int = 100_000,
     ) -> None:
         self.model = model
         self.batcher = batcher
@@ -524,6 +529,7 @@ class DataPlane:
         self.recent = recent
         self.mirror = mirror
         self.version = version
+        self.max_request_rows = max_request_rows
         self.ids = RequestIds()
         self.draining = False
         self._versions = {model.short_sha, model.sha256}
@@ -616,22 +622,41 @@ class DataPlane:
             names.append(name)
         return names
 
+    def check_rows(self, count: int) -> None:
+        """413 for a request of more rows than ``max_request_rows``."""
+        if count > self.max_request_rows:
+            raise ProtocolError(
+                413,
+                f"the request has {count} rows; this server takes at most "
+                f"{self.max_request_rows} per request (--max-request-rows): split it",
+            )
+
     async def _predict(self, rows: Array, want_proba: bool) -> Prediction:
+        self.check_rows(rows.shape[0])
         try:
             return await self.batcher.predict(rows, want_proba)
         except ModelInputError as exc:
             raise bad_request(f"the model rejected the input: {exc}") from exc
+        except QueueFull as exc:
+            raise ProtocolError(503, f"overloaded: {exc}; retry later") from exc
 
     def request_id(self, document: dict[str, Any], header_id: str | None) -> str:
-        """The id a response carries: the client's (body, then header) or a new one."""
+        """The id a response carries: the client's (body, then header) or a new one.
+
+        A client's id that this worker still holds a prediction or label for is refused
+        (409): an id names one prediction, so a second request cannot take over its label.
+        """
         given = document.get("id")
         if given is not None:
             if not isinstance(given, str) or not given or len(given) > 256:
                 raise bad_request("id must be a non-empty string of at most 256 characters")
-            return given
-        if header_id:
-            return header_id[:256]
-        return self.ids.new()
+        elif header_id:
+            given = header_id[:256]
+        else:
+            return self.ids.new()
+        if self.recent.holds(given):
+            raise _id_in_use(given)
+        return given
 
     async def infer(
         self, name: str, body: bytes, header_id: str | None = None, version: str | None = None
@@ -726,6 +751,8 @@ class DataPlane:
         document = parse_json(body)
         if isinstance(document, list):
             document = {"instances": document}
+        if isinstance(document, dict) and isinstance(document.get("instances"), list):
+            self.check_rows(len(document["instances"]))  # before any conversion
         if not isinstance(document, dict) or "instances" not in document:
             raise bad_request(
                 'request body must be {"instances": [[...], ...]} or '
@@ -747,7 +774,10 @@ class DataPlane:
         return request_id, response
 
     def _after_prediction(self, request_id: str, rows: Array, predictions: Array) -> None:
-        self.recent.remember(request_id, predictions)
+        try:
+            self.recent.remember(request_id, predictions)
+        except IdInUse as exc:  # a concurrent request with the same id got there first
+            raise _id_in_use(request_id) from exc
         if self.mirror is not None:
             self.mirror(rows, predictions)
 
@@ -777,22 +807,29 @@ class DataPlane:
     def feedback(self, items: list[dict[str, Any]], count_unknown: bool = True) -> FeedbackOutcome:
         """Score labels against remembered predictions and update the live metrics.
 
-        All items are checked before any is counted, so a 400 has no side effects.
+        All items are checked before any is counted, so a 400 has no side effects. Each id
+        is scored once: a label for an id already labelled is listed in ``already_labelled``
+        (the HTTP layer answers 409) and changes nothing.
         """
         scored: list[tuple[str, FeedbackScore]] = []
         outcome = FeedbackOutcome()
+        seen: set[str] = set()
         for item in items:
             predictions = self.recent.peek(item["id"])
-            if predictions is None:
+            if predictions is LABELLED or item["id"] in seen:
+                outcome.already_labelled.append(item["id"])
+                continue
+            if not isinstance(predictions, np.ndarray):
                 outcome.unknown.append(item)
                 continue
+            seen.add(item["id"])
             try:
                 scored.append((item["id"], score(predictions, item["labels"], self.model.task)))
             except FeedbackError as exc:
                 raise bad_request(f"feedback for id {item['id']!r}: {exc}") from exc
         base = self.metrics.labels.values()
         for request_id, result in scored:
-            self.recent.pop(request_id)
+            self.recent.mark_labelled(request_id)
             outcome.matched.append(request_id)
             self.metrics.feedback.labels(*base, "matched").inc()
             self.metrics.feedback_rows.inc(result.rows)
@@ -803,6 +840,20 @@ class DataPlane:
             self.count_unknown_feedback(len(outcome.unknown))
         return outcome
 
+    def count_already_labelled(self, count: int) -> None:
+        if count:
+            self.metrics.feedback.labels(*self.metrics.labels.values(), "already_labelled").inc(
+                count
+            )
+
     def count_unknown_feedback(self, count: int) -> None:
         if count:
             self.metrics.feedback.labels(*self.metrics.labels.values(), "unknown").inc(count)
+
+
+def _id_in_use(request_id: str) -> ProtocolError:
+    return ProtocolError(
+        409,
+        f"id {request_id!r} is already used by a prediction this server keeps for /feedback; "
+        "give each request its own id (or none: the server then makes an unguessable one)",
+    )

@@ -4,8 +4,9 @@ The HTTP adapter (``app.py``) asks this module before doing any work for a reque
 
 - :class:`BodyReader` reads a body under two limits: one request's body (``max_body_bytes``,
   413, refused from ``Content-Length`` before a byte of it is read, or as soon as a chunked
-  body passes it) and every body the worker holds at once (``max_buffered_body_bytes``, 503):
-  a flood of large requests costs at most that budget, not one body per connection.
+  body passes it) and every body the worker holds at once (``max_buffered_body_bytes``, 503,
+  the rest of that body read and dropped): a flood of large requests costs at most that
+  budget, not one body per connection.
 - :class:`Admission` counts the prediction and feedback requests a worker is handling and
   refuses those beyond ``max_concurrent_requests`` at once (503 with ``Retry-After``) instead
   of queueing them without bound.
@@ -77,11 +78,24 @@ class BodyReader:
             self.buffered += len(body)
             scope[HELD_KEY] = scope.get(HELD_KEY, 0) + len(body)
             if self.buffered > self.max_buffered_bytes:
+                # Let go of this body at once, and read the rest without keeping it: the
+                # client then reads its 503 on a healthy connection (closing on an unread
+                # body resets it before the client sees the answer).
+                self.release(scope)
+                chunks.clear()
+                more = message.get("more_body", False)
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise Disconnected
+                    total += len(message.get("body", b""))
+                    if total > self.max_body_bytes:
+                        raise self._too_large(f"more than {self.max_body_bytes} bytes")
+                    more = message.get("more_body", False)
                 raise ProtocolError(
                     503,
                     "overloaded: this worker holds too many request bodies at once "
                     "(--max-buffered-body-bytes); retry later",
-                    close=True,
                 )
             chunks.append(body)
             if not message.get("more_body", False):

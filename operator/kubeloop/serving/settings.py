@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "KUBELOOP_SERVE_"
+MIB = 1024 * 1024
 
 
 def _default_workers() -> int:
@@ -86,6 +87,70 @@ class ServeSettings(BaseSettings):
     feedback_capacity: int = Field(
         default=100_000, ge=0, description="Recent predictions kept for /feedback (per worker)."
     )
+    feedback_max_bytes: int = Field(
+        default=64 * MIB,
+        ge=0,
+        description="Byte budget of the predictions kept for /feedback (per worker); the "
+        "oldest are forgotten first.",
+    )
+    feedback_max_age_seconds: float = Field(
+        default=3600.0, gt=0.0, description="Predictions older than this take no label."
+    )
+    max_body_bytes: int = Field(
+        default=16 * MIB, ge=1, description="Largest request body; larger ones get 413."
+    )
+    max_buffered_body_bytes: int = Field(
+        default=64 * MIB,
+        ge=1,
+        description="Request bodies one worker holds at once; beyond it requests get 503.",
+    )
+    max_request_rows: int = Field(
+        default=100_000, ge=1, description="Most rows in one request; more get 413."
+    )
+    max_concurrent_requests: int = Field(
+        default=256,
+        ge=1,
+        description="Prediction and feedback requests one worker handles at once; beyond it "
+        "requests get 503 with Retry-After.",
+    )
+    max_queued_rows: int = Field(
+        default=200_000,
+        ge=1,
+        description="Rows waiting for the model in one worker; beyond it requests get 503.",
+    )
+    retry_after_seconds: int = Field(
+        default=1, ge=0, description="The Retry-After of a 503 for an overloaded worker."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="From connection (or first byte of a request) to the end of its headers; "
+        "slower clients are cut (408).",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="From the end of the headers to the end of the body; slower clients are "
+        "cut (408).",
+    )
+    keep_alive_timeout_seconds: float = Field(
+        default=30.0, gt=0.0, description="An idle keep-alive connection is closed after this."
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest request line and headers; more get 431."
+    )
+    auth_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token required on /predict, /v2/models/*/infer and /feedback "
+        "(environment only: KUBELOOP_SERVE_AUTH_TOKEN, from a Secret). Empty: no auth.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics on this port only (not on --port), so a NetworkPolicy "
+        "can open it to Prometheus alone. Unset or 0: /metrics on --port.",
+    )
     metrics_flush_seconds: float = Field(
         default=1.0, gt=0.0, description="How often drift counts reach the shared metric files."
     )
@@ -114,6 +179,18 @@ class ServeSettings(BaseSettings):
             )
         return digest
 
+    @field_validator("auth_token")
+    @classmethod
+    def _empty_token_is_no_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _zero_metrics_port_is_unset(cls, value: int | None) -> int | None:
+        return value or None
+
     @model_validator(mode="after")
     def _verification_is_explicit(self) -> ServeSettings:
         if self.sha256 is None and not self.insecure_skip_verify:
@@ -124,9 +201,15 @@ class ServeSettings(BaseSettings):
             )
         if self.shadow_percent > 0 and not self.shadow_url:
             raise ValueError("shadow_percent is set but shadow_url is empty: give --shadow-url")
-        if self.grpc_port and self.grpc_port == self.port:
+        if self.grpc_port and self.grpc_port in (self.port, self.metrics_port):
             raise ValueError(
-                "grpc_port is the same as port: give --grpc-port another port (0: no gRPC)"
+                "grpc_port is the same as port or metrics_port: give --grpc-port another port "
+                "(0: no gRPC)"
+            )
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError(
+                "metrics_port is the same as port: give --metrics-port another port, or leave "
+                "it unset to serve /metrics on --port"
             )
         return self
 
@@ -136,6 +219,8 @@ class ServeSettings(BaseSettings):
         for name, value in self.model_dump().items():
             if value is None:
                 continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             env[ENV_PREFIX + name.upper()] = (
                 str(value).lower() if isinstance(value, bool) else str(value)
             )
