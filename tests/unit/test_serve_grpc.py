@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -417,3 +418,57 @@ def test_two_workers_serve_grpc_on_one_port(
             client.close()
         served = metric_sum(s.metrics(), "kubeloop_serve_requests_total", endpoint="grpc_infer")
     assert served == 4
+
+
+def test_grpc_readiness_follows_the_drain_and_calls_are_still_answered(
+    models: dict[str, StoredModel], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """SIGTERM: gRPC ServerReady turns false with HTTP readiness, calls keep being answered."""
+    import signal
+
+    import tritonclient.grpc as triton
+
+    model = models["forest"]
+    rows = model.features[:3]
+    with serving(
+        model, tmp_path_factory.mktemp("logs"), "--model-name", "cancer",
+        "--shutdown-delay-seconds", "4",
+    ) as server:  # fmt: skip
+        client = triton.InferenceServerClient(url=server.grpc_address)
+        assert client.is_server_ready()
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        while client.is_server_ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not client.is_server_ready()
+        assert httpx.get(server.url + "/v2/health/ready").status_code == 503
+        tensor = triton.InferInput("input-0", list(rows.shape), "FP64")
+        tensor.set_data_from_numpy(rows)
+        result = client.infer("cancer", [tensor])
+        np.testing.assert_array_equal(result.as_numpy("predict"), model.estimator.predict(rows))
+        assert server.process.wait(timeout=60) == 0
+
+
+def test_grpc_infer_takes_the_same_bearer_token_as_http(
+    models: dict[str, StoredModel], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    model = models["forest"]
+    rows = model.features[:2]
+    env = {"KUBELOOP_SERVE_AUTH_TOKEN": "s3cret-token"}
+    with serving(model, tmp_path_factory.mktemp("logs"), "--model-name", "cancer", env=env) as s:
+        client = triton.InferenceServerClient(url=s.grpc_address)
+        tensor = triton.InferInput("input-0", list(rows.shape), "FP64")
+        tensor.set_data_from_numpy(rows)
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("cancer", [tensor])
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        with pytest.raises(InferenceServerException) as wrong:
+            client.infer("cancer", [tensor], headers={"authorization": "Bearer nope"})
+        assert wrong.value.status() == "StatusCode.UNAUTHENTICATED"
+        result = client.infer("cancer", [tensor], headers={"authorization": "Bearer s3cret-token"})
+        np.testing.assert_array_equal(result.as_numpy("predict"), model.estimator.predict(rows))
+        text = s.metrics()
+    assert metric_sum(text, "kubeloop_serve_requests_total", endpoint="grpc_infer", code="401") == 2
