@@ -177,13 +177,13 @@ class Server:
     """``kubeloop serve`` as a real process on a free port."""
 
     def __init__(self, model_uri: str, sha256: str, track: str, log: Path, model_name: str,
-                 shadow_url: str | None = None) -> None:
-        self.port = free_port()
+                 shadow_url: str | None = None, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [
             sys.executable, "-c", "from kubeloop.cli import main; main()", "serve",
             "--model-uri", model_uri, "--sha256", sha256,
-            "--model-name", model_name, "--host", "127.0.0.1", "--port", str(self.port),
+            "--model-name", model_name, "--host", host, "--port", str(self.port),
             "--track", track, "--workers", "1",
         ]
         if shadow_url:
@@ -210,6 +210,32 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def host_address() -> str:
+    """This machine's first non-loopback IPv4 address: one the API server's pod proxy dials
+    (it refuses loopback)."""
+    addresses = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=True).stdout.split()
+    return next(a for a in addresses if "." in a and not a.startswith("127."))
+
+
+def route_pods_to_host(core: Any, namespace: str, label_selector: str) -> list[str]:
+    """Point the ready pods matching ``label_selector`` at this machine: their status.podIP
+    becomes :func:`host_address`, so the API server's pod proxy reaches a real ``kubeloop
+    serve`` listening here on the ModelDeployment's port. kwok marked them Ready with a made-up
+    address and leaves a Ready pod's status alone; a kubelet would have written its own.
+    Returns the pods routed."""
+    address = host_address()
+    routed = []
+    for pod in core.list_namespaced_pod(namespace, label_selector=label_selector).items:
+        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        if ready and not pod.metadata.deletion_timestamp:
+            # A merge patch replaces the list (a strategic one would add a second address).
+            core.patch_namespaced_pod_status(pod.metadata.name, namespace, {
+                "status": {"podIP": address, "podIPs": [{"ip": address}]}},
+                _content_type="application/merge-patch+json")
+            routed.append(pod.metadata.name)
+    return routed
 
 
 class Prometheus:

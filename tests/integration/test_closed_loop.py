@@ -33,6 +33,7 @@ from harness import (
     Server,
     free_port,
     install_crds,
+    route_pods_to_host,
     wait_for,
 )
 from kubernetes import client
@@ -151,11 +152,18 @@ def test_drift_retrains_beats_the_champion_and_starts_a_canary(
     traffic_stop = threading.Event()
     try:
         # Given a champion, trained for real and served.
-        stable = serve_champion(custom, namespace, {"replicas": 2, "rollout": {"steps": [{"setWeight": 50}, {"pause": {}}]}})
+        port = free_port()
+        stable = serve_champion(custom, namespace, {
+            "replicas": 2, "server": {"port": port}, "rollout": {"steps": [{"setWeight": 50}, {"pause": {}}]}})
 
-        # The same artifact, served for real here (kwok's pods serve nothing), scraped by Prometheus.
-        server = Server(stable["uri"], stable["sha256"], "stable", tmp_path / "serve.log", "loop")
+        # The same artifact, served for real here (kwok's pods serve nothing), scraped by
+        # Prometheus; the stable pods' addresses point here, so the operator reads the reference
+        # profile from this server through the API server's pod proxy, as from a real pod.
+        server = Server(stable["uri"], stable["sha256"], "stable", tmp_path / "serve.log", "loop",
+                        host="0.0.0.0", port=port)
         server.wait_ready()
+        selector = "kubeloop.io/modeldeployment=loop,kubeloop.io/track=stable"
+        wait_for(lambda: len(route_pods_to_host(core, namespace, selector)) == 2, 60, 1, "stable pods routed here")
         prometheus = Prometheus(
             tmp_path / "prometheus", {"stable": f"127.0.0.1:{server.port}"}, namespace, port=prometheus_port
         )
@@ -174,6 +182,21 @@ def test_drift_retrains_beats_the_champion_and_starts_a_canary(
                     time.sleep(0.05)
 
         threading.Thread(target=send, daemon=True).start()
+
+        # A per-feature alpha for a feature the model does not have would never be read: only
+        # the reference profile tells, so the operator refuses it on the policy, naming the field.
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftPolicy", "metadata": {"name": "misnamed"},
+            "spec": {"targetRef": {"name": "loop"}, "source": {"live": {"prometheusUrl": prometheus.url}},
+                     "interval": "3s", "alpha": {"features": {"no_such_column": 0.1}}},
+        })
+        refused = wait_for(lambda: next((c for c in status_of(custom, namespace, "driftpolicies", "misnamed").get("conditions") or []
+                                         if c["type"] == "Ready" and c["reason"] == "InvalidSpec"), None), 60, 1, "InvalidSpec")
+        assert refused["status"] == "False"
+        assert refused["message"].startswith("spec.alpha.features: 'no_such_column' is not in the reference profile"), refused
+        assert "drifted" not in status_of(custom, namespace, "driftpolicies", "misnamed")
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", "misnamed")
+
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftPolicy", "metadata": {"name": "loop-drift"},
             "spec": {

@@ -9,7 +9,7 @@ name the endpoint as ``prometheusUrl``, and TrainingRun statuses name it (or a l
 the secret) as ``profileUri``.
 
 Each attack runs against a weakened policy first, where it must reach its target (the endpoint
-records the request, the file is read), then against the real one, where the endpoint is never
+records the request, the file is handed to a check Job), then against the real one, where the endpoint is never
 contacted, the condition names the refusal, and the secret appears nowhere: not in status, not
 in Events, not in the operator's log.
 """
@@ -23,13 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import pytest
 from harness import OperatorProcess, install_crds, wait_for
 from kubernetes import client
-
-from kubeloop.drift.profile import build_profile
 
 GROUP, VERSION = "kubeloop.io", "v1alpha1"
 SECRET = "AKIA-SECRET-7d1e2b9c"
@@ -99,13 +96,6 @@ def operator_process(kubeconfig: str, namespace: str, log: Path, env: dict[str, 
     return process
 
 
-def write_profile(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    rows = np.random.default_rng(0).normal(size=(200, 2))
-    profile = build_profile({"f0": rows[:, 0], "f1": rows[:, 1]})
-    (directory / "profile.json").write_bytes(profile.to_json_bytes())
-
-
 def pinned_md(name: str, uri: str, sha: str, rollout: dict[str, Any] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"model": {"storageUri": uri, "sha256": sha}, "replicas": 1}
     if rollout:
@@ -144,7 +134,6 @@ def test_prometheus_url_attack_on_drift_policies_and_canary_analysis(
 ) -> None:
     core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
     root = tmp_path / "models"
-    write_profile(root / "served")
     # The weakened policy: the operator is configured to allow the metadata endpoint's
     # ".../reader" path (and /err). The real policy: ".../admin" is not allowed, and a '#'
     # (which would cut off the appended /api/v1/query) is refused even on an allowed base.
@@ -238,11 +227,16 @@ def test_prometheus_url_attack_on_drift_policies_and_canary_analysis(
 def test_profile_uri_attack_reads_nothing_outside_the_storage_root(
     kubeconfig_path: str, kube_api: Any, namespace: str, crds: None, tmp_path: Path, metadata: MetadataEndpoint,
 ) -> None:
+    """A poisoned ``status.model.profileUri`` (a trainer's termination message sets it) must
+    not make anything read outside the storage roots. The operator itself reads no profile
+    (live checks ask the stable server, ``kubeloop.controllers.profiles``; the import contract
+    "The operator reads nothing from model storage" keeps it so); a dataset check hands the URI
+    to its Job, which reads it, so the URI is checked before any Job exists."""
     core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    batch = client.BatchV1Api(kube_api)
     root = tmp_path / "models"
     root.mkdir()
-    # A "profile" outside the storage root that holds the secret: pydantic's validation error
-    # used to echo what it read into status.
+    # A "profile" outside the storage root that holds the secret.
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (outside / "profile.json").write_bytes(orjson.dumps(CREDENTIALS))
@@ -254,8 +248,8 @@ def test_profile_uri_attack_reads_nothing_outside_the_storage_root(
     template = {"model": {"name": "m", "estimator": "sklearn.linear_model.LogisticRegression", "task": "classification"},
                 "data": {"source": "sklearn://breast_cancer", "target": "target"}}
     for name, uri in attacks.items():
-        # A trainer's termination message sets status.model.profileUri; the attacker plays it
-        # by patching the status before the operator sees the run (a finished run is a record).
+        # The attacker plays the termination message by patching the status before the
+        # operator sees the run (a finished run is a record).
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": f"run-{name}"},
             "spec": template})
@@ -265,26 +259,30 @@ def test_profile_uri_attack_reads_nothing_outside_the_storage_root(
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": f"md-{name}"},
             "spec": {"model": {"trainingRunRef": {"name": f"run-{name}"}}, "replicas": 1}})
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies",
-                                               live_policy(f"dp-{name}", f"md-{name}", None))
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftPolicy", "metadata": {"name": f"dp-{name}"},
+            "spec": {"targetRef": {"name": f"md-{name}"}, "interval": "2s",
+                     "source": {"dataset": {"uri": f"file://{root}/current.csv"}}}})
 
     def ready(name: str) -> dict[str, Any]:
         return condition(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", name), "Ready")
 
-    # Weakened policy: a storage root that covers the outside directory. The file is read (the
-    # refusal turns into "not a valid profile", which only reading can tell), and even then
-    # its content is not repeated.
+    def check_jobs(policy: str) -> list[Any]:
+        return batch.list_namespaced_job(namespace, label_selector=f"kubeloop.io/driftpolicy={policy}").items
+
+    # Weakened policy: a storage root that covers the outside directory. The attack reaches its
+    # target: a check Job is created that reads the outside file as its profile.
     weak = operator_process(kubeconfig_path, namespace, tmp_path / "weak.log", {"KUBELOOP_DEFAULT_STORAGE_URI": f"file://{tmp_path}"})
     try:
-        read = wait_for(lambda: (lambda c: c if c.get("reason") == "ProfileNotFound" else None)(ready("dp-file")),
-                        timeout=60, what="the weakened operator reads the outside file")
-        assert "not a valid Kubeloop profile (content not shown)" in read["message"]
+        jobs = wait_for(lambda: check_jobs("dp-file"), timeout=60, what="the weakened operator hands the outside file to a Job")
+        assert f"file://{outside}/profile.json" in " ".join(jobs[0].spec.template.spec.containers[0].args)
         said_weak = everything_said(core, custom, namespace, weak)
     finally:
         weak.stop()
-    assert SECRET not in said_weak
+    assert SECRET not in said_weak  # the operator itself read nothing
+    weak_jobs = {job.metadata.name for name in attacks for job in check_jobs(f"dp-{name}")}
 
-    # Real policy: the storage root is the models directory; nothing outside it is opened.
+    # Real policy: the storage root is the models directory; no Job gets the URI.
     real = operator_process(kubeconfig_path, namespace, tmp_path / "real.log", {"KUBELOOP_DEFAULT_STORAGE_URI": f"file://{root}"})
     try:
         for name in attacks:
@@ -294,6 +292,8 @@ def test_profile_uri_attack_reads_nothing_outside_the_storage_root(
             assert refused["message"].startswith(f"TrainingRun 'run-{name}' status.model.profileUri ")
             # The refused URI itself is not repeated.
             assert "/etc/passwd" not in refused["message"] and "elsewhere" not in refused["message"]
+            # No Job of its own: only what the weakened operator left.
+            assert {job.metadata.name for job in check_jobs(f"dp-{name}")} <= weak_jobs
         assert "storage roots" in ready("dp-file")["message"] and "http://" in ready("dp-metadata")["message"]
         events = [e for e in core.list_namespaced_event(namespace).items if e.reason == "StorageUriNotAllowed"]
         assert {e.involved_object.name for e in events} >= {"dp-file", "dp-passwd", "dp-metadata"}

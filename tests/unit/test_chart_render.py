@@ -132,18 +132,16 @@ def test_defaults_give_a_cluster_wide_standalone_operator(tmp_path: Path, monkey
     assert not by_kind(docs, "KopfPeering") and not by_kind(docs, "ClusterKopfPeering")
 
 
-def test_models_pvc_is_mounted_read_only_at_the_file_root(tmp_path: Path) -> None:
+def test_the_models_claim_is_created_and_not_mounted_in_the_operator(tmp_path: Path) -> None:
     docs = render(tmp_path, {"storage": {"storageUri": "file:///var/lib/kubeloop/models/", "modelsPvc": {"name": "models", "create": True, "size": "5Gi"}}})
-    container = operator_container(docs)
-    mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
-    assert mount == {"name": "models", "mountPath": "/var/lib/kubeloop/models", "readOnly": True}
+    # The operator reads nothing from storage (docs/storage.md): only runtime pods mount it.
+    assert [m["name"] for m in operator_container(docs)["volumeMounts"]] == ["tmp"]
+    assert all(v["name"] != "models" for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"])
+    assert env_of(operator_container(docs))["KUBELOOP_MODELS_PVC"] == "models"
     pvc = one(docs, "PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == "models"
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi"
-    # An object-store root needs no mount.
-    docs = render(tmp_path, {"storage": {"storageUri": "s3://b/models", "modelsPvc": {"name": "models"}}})
-    assert all(m["name"] != "models" for m in operator_container(docs)["volumeMounts"])
 
 
 # -- peering ------------------------------------------------------------------------------------

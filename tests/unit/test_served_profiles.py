@@ -115,3 +115,12 @@ def test_a_failing_pod_is_skipped_and_its_error_not_quoted() -> None:
         ServedProfiles().of(_md("ns", STABLE), ["broken"], fetch)
     assert "no /profile endpoint" in caught.value.message
     assert "the pod's own words" not in caught.value.message
+
+
+def test_a_new_stable_model_replaces_the_kept_profile() -> None:
+    theirs = _profile([100.0, 200.0, 300.0, 400.0])
+    answers = {STABLE: _answer(STABLE, MINE), OTHER: _answer(OTHER, theirs)}
+    profiles = ServedProfiles()
+    assert profiles.of(_md("ns", STABLE), ["pod"], lambda _pod: answers[STABLE]) == MINE
+    assert profiles.of(_md("ns", OTHER), ["pod"], lambda _pod: answers[OTHER]) == theirs
+    assert list(profiles._cache) == [("ns", "churn", OTHER)]

@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import fsspec
 import kopf
 
 from kubeloop import API_GROUP, API_VERSION
@@ -22,7 +21,13 @@ from kubeloop.api.driftpolicy import DEFAULT_PROMETHEUS_WINDOW, ignored_settings
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
 from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, post_event
-from kubeloop.controllers.scraping import scrape_round
+from kubeloop.controllers.profiles import (
+    MAX_PROFILE_BYTES,
+    PROFILE_PATH,
+    ProfileUnavailable,
+    ServedProfiles,
+)
+from kubeloop.controllers.scraping import proxy_get, ready_pods, scrape_round
 from kubeloop.controllers.trainingrun import trainer_settings
 from kubeloop.decide.common import wire_time
 from kubeloop.decide.driftpolicy import (
@@ -48,14 +53,11 @@ from kubeloop.trust.urls import (
     PrometheusUrlPolicy,
     UrlNotAllowed,
     check_operator_read,
-    error_summary,
 )
 
 log = logging.getLogger("kubeloop.driftpolicy")
 KIND = "DriftPolicy"
 POLICY_LABEL = "kubeloop.io/driftpolicy"
-MAX_PROFILE_BYTES = 64 * 1024 * 1024
-"""Largest reference profile the operator reads (a profile is a few KiB to MiB)."""
 # The sample name prometheus_client's parser gives the server's per-bin counter.
 FEATURE_BIN_SAMPLE = "kubeloop_serve_feature_bin_total"
 
@@ -91,7 +93,7 @@ class DriftPolicyController:
         self.config = config
         self.clock = clock or (lambda: datetime.now(UTC))
         self.locks = KeyedLocks()
-        self._profiles: dict[str, Profile] = {}
+        self.profiles = ServedProfiles()
         self.scrape = ScrapeProvider()
         # One URL policy (kubeloop.trust.urls): the same the canary analysis applies.
         self.prometheus_urls = PrometheusUrlPolicy.from_settings(
@@ -103,10 +105,11 @@ class DriftPolicyController:
     # --- measuring ----------------------------------------------------------------------------
 
     def profile_uri(self, namespace: str, stable: Mapping[str, Any]) -> str:
-        """Where the stable model's reference profile is: the run's ``status.model.profileUri``,
-        else ``profile.json`` beside the model. Either must lie under the operator's storage
-        roots (:func:`~kubeloop.trust.urls.check_operator_read`): a termination message or a
-        pinned URI must not make the operator (or the check Job) read anything else."""
+        """Where the stable model's reference profile is, for a dataset check Job: the run's
+        ``status.model.profileUri``, else ``profile.json`` beside the model. Either must lie
+        under the storage roots (:func:`~kubeloop.trust.urls.check_operator_read`): a
+        termination message or a pinned URI must not make the Job read anything else. (The
+        operator reads no profile itself: :meth:`served_profile`.)"""
         run_name = stable.get("trainingRun")
         run_root: str | None = None
         if run_name:
@@ -127,27 +130,17 @@ class DriftPolicyController:
         except UrlNotAllowed as error:
             raise MeasurementError(error.reason, error.message) from None
 
-    def load_profile(self, uri: str) -> Profile:
-        if uri not in self._profiles:
-            try:
-                with fsspec.open(uri, "rb") as handle:
-                    payload = handle.read(MAX_PROFILE_BYTES + 1)
-            except OSError as error:
-                raise MeasurementError(
-                    Reason.PROFILE_NOT_FOUND, f"cannot read the reference profile {uri}: {error_summary(error)}"
-                ) from None
-            try:
-                if len(payload) > MAX_PROFILE_BYTES:
-                    raise ValueError("too large")
-                self._profiles[uri] = Profile.from_json_bytes(payload)
-            except ValueError:
-                # A validation error quotes the input: a fixed message instead.
-                raise MeasurementError(
-                    Reason.PROFILE_NOT_FOUND,
-                    f"the reference profile {uri} is not a valid Kubeloop profile (content not shown); "
-                    "re-run the TrainingRun to write it again",
-                ) from None
-        return self._profiles[uri]
+    def served_profile(self, target: Mapping[str, Any]) -> Profile:
+        """The stable model's reference profile, as the namespace's own stable servers loaded it
+        (:mod:`kubeloop.controllers.profiles`): the operator reads nothing from model storage."""
+        try:
+            return self.profiles.of(
+                target,
+                [pod.name for pod in ready_pods(self.kube, target, track="stable")],
+                lambda pod: proxy_get(self.kube, target, pod, PROFILE_PATH, limit=MAX_PROFILE_BYTES).encode(),
+            )
+        except ProfileUnavailable as error:
+            raise MeasurementError(error.reason, error.message) from None
 
     def measure(self, policy: Mapping[str, Any]) -> DriftMeasurement | None:
         try:
@@ -177,12 +170,9 @@ class DriftPolicyController:
         stable = (target.get("status") or {}).get("stable") or {}
         if not stable.get("uri") or not stable.get("sha256"):
             raise MeasurementError(Reason.MODEL_NOT_READY, f"ModelDeployment {target_name!r} serves no stable model yet")
-        profile = self.load_profile(self.profile_uri(namespace, stable))
-        problem = invalid_spec(spec, profile)
-        if problem is not None:
-            raise MeasurementError(Reason.INVALID_SPEC, problem)
-
         if live is None:
+            # The check Job reads the profile from the namespace's own claim and checks the
+            # feature names against it; the operator reads none.
             return self.dataset_check(policy, self.profile_uri(namespace, stable))
         window = parse_duration(spec.get("window") or DEFAULT_PROMETHEUS_WINDOW)
         short_sha = stable["sha256"][:12]
@@ -193,6 +183,10 @@ class DriftPolicyController:
             if scraped is None:
                 return DriftMeasurement(samples=0)
             samples = scraped
+        profile = self.served_profile(target)
+        problem = invalid_spec(spec, profile)
+        if problem is not None:
+            raise MeasurementError(Reason.INVALID_SPEC, problem)
         try:
             grouped = labelled_counts(samples)
         except KeyError:

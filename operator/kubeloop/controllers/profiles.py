@@ -97,7 +97,7 @@ def choose_profile(stable_sha256: str, answers: list[tuple[str, ServedProfile | 
 
 
 class ServedProfiles:
-    """Profiles fetched once per (namespace, deployment, model sha256) and kept."""
+    """Profiles fetched once per (namespace, deployment, model sha256), the current one kept."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str, str], Profile] = {}
@@ -121,13 +121,12 @@ class ServedProfiles:
                     answers.append((pod, _summary(error)))
                 if isinstance(answers[-1][1], ServedProfile) and answers[-1][1].model_sha256 == sha:
                     break
-            self._cache[key] = choose_profile(sha, answers)
+            profile = choose_profile(sha, answers)
+            # One model per deployment is stable at a time: the previous one's profile goes.
+            for stale in [k for k in self._cache if k[:2] == key[:2]]:
+                del self._cache[stale]
+            self._cache[key] = profile
         return self._cache[key]
-
-    def forget(self, namespace: str, name: str) -> None:
-        """Drop a deleted deployment's profiles."""
-        for key in [k for k in self._cache if k[:2] == (namespace, name)]:
-            del self._cache[key]
 
 
 def _summary(error: Exception) -> str:
