@@ -240,6 +240,53 @@ def test_model_deployment_answers_v2_inference_through_its_cluster_ip(
     assert [int(v) for v in predicted["data"]] == [int(v) for v in expected]
 
 
+def test_the_readme_requests_answer_through_kubectl_port_forward(
+    real_node: RealNode, e2e_namespace: str, operator: OperatorProcess, first_run: dict[str, Any]
+) -> None:
+    # The README's copy-paste requests, taken from the README (tests/unit/docs_blocks.py), sent
+    # the way it says: through `kubectl port-forward svc/<name> 8080:8080` to the model's
+    # Service. The one change, loudly: this module's ModelDeployment is `cancer`, the
+    # quickstart's `breast-cancer`, so the v2 path names `cancer` (tests/unit/
+    # test_readme_requests.py posts them unchanged to a server named breast-cancer).
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+    from harness import free_port
+    from test_readme_requests import readme_curls, request_of
+
+    kubectl_apply(real_node, e2e_namespace, model_deployment("cancer-1"))
+    wait_status(real_node, e2e_namespace, "modeldeployment", "cancer", "Healthy with a ready server",
+                lambda s: s.get("phase") == "Healthy" and (s.get("stable") or {}).get("readyReplicas", 0) >= 1,
+                300, operator)
+    port = free_port()
+    forward = subprocess.Popen(
+        [real_node.kubectl_path, "--kubeconfig", real_node.kubeconfig, "port-forward", "-n", e2e_namespace,
+         "svc/cancer", f"{port}:8080"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        curls = readme_curls()
+        assert len(curls) == 2, [c.text for c in curls]
+        for item in curls:
+            path, headers, body = request_of(item.data)
+            path = path.replace("/v2/models/breast-cancer/", "/v2/models/cancer/")
+
+            def post(path: str = path, headers: dict[str, str] = headers, body: str = body) -> httpx.Response | None:
+                try:
+                    return httpx.post(f"http://127.0.0.1:{port}{path}", content=body, headers=headers, timeout=30)
+                except httpx.HTTPError:
+                    return None  # the port-forward is not listening yet
+
+            response = wait_for(post, timeout=60, interval=0.5, what=f"{item.where} through kubectl port-forward")
+            assert response.status_code == 200, f"{item.where}: {response.status_code} {response.text}"
+            answer = response.json()
+            predicted = answer["predictions"] if path == "/predict" else answer["outputs"][0]["data"]
+            assert predicted == [0], answer  # the README: the first row, class 0 (malignant)
+    finally:
+        forward.terminate()
+        forward.wait(timeout=30)
+
+
 def _try_infer(url: str, rows: np.ndarray) -> dict[str, Any] | None:
     try:
         return infer(url, rows)
