@@ -16,15 +16,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -586,8 +589,15 @@ def test_helm_test_hook_runs_the_operator_image_under_its_own_minimal_rbac(tmp_p
     container = pod["spec"]["containers"][0]
     assert container["image"] == operator["image"] == "registry.example/kubeloop:1.2"
     assert container["command"] == ["python", "/helm-test/helm-test.py"]
-    # The setup objects exist before the Pod (lower weight).
-    assert all(int(h["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0 for h in hooks if h["kind"] != "Pod")
+    # The setup objects exist before the Pod (lower weight) and go when the test passed; the
+    # Pod stays for `helm test --logs`, which reads it after that cleanup (helm/helm#9098).
+    for hook in hooks:
+        annotations = hook["metadata"]["annotations"]
+        if hook["kind"] == "Pod":
+            assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation"
+        else:
+            assert int(annotations["helm.sh/hook-weight"]) < 0
+            assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
     account = one(hooks, "ServiceAccount")["metadata"]["name"]
     assert pod["spec"]["serviceAccountName"] == account != one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     # Least privilege: list pods in the release namespace, get the three CRDs; nothing else.
@@ -659,3 +669,125 @@ def test_every_new_value_is_in_the_chart_readme() -> None:
 
     for leaf in leaves({"monitoring": values["monitoring"], "helmTest": values["helmTest"]}, ""):
         assert f"`{leaf}`" in readme, f"charts/kubeloop/README.md does not document {leaf}"
+
+
+# -- the PodMonitor's relabelings on a real Prometheus scraping a real model server ---------------
+
+
+def operator_generated_relabelings(port_name: str, job: str) -> list[dict[str, Any]]:
+    """What prometheus-operator (pkg/prometheus/promcfg.go, generatePodMonitorConfig, v0.85)
+    puts before a PodMonitor endpoint's own relabelings: keep the named port, then namespace,
+    container and pod, the job, and the port name as `endpoint`."""
+    return [
+        {"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": port_name},
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        {"target_label": "job", "replacement": job},
+        {"target_label": "endpoint", "replacement": port_name},
+    ]
+
+
+def prometheus_relabeling(rule: dict[str, Any]) -> dict[str, Any]:
+    """A PodMonitor relabeling (camelCase) as Prometheus writes it (snake_case)."""
+    names = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    return {names.get(key, key): value for key, value in rule.items()}
+
+
+def query(url: str, promql: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10).json()
+    assert response["status"] == "success", response
+    result: list[dict[str, Any]] = response["data"]["result"]
+    return result
+
+
+@pytest.mark.slow
+def test_pod_monitor_relabelings_keep_namespace_and_the_servers_endpoint_on_real_prometheus(tmp_path: Path) -> None:
+    """Given a real `kubeloop serve` answering inference requests and a real Prometheus that
+    scrapes it through the relabelings prometheus-operator generates for the chart's PodMonitor
+    (the pod's Kubernetes metadata given as the target's labels: the only stand-in here, for
+    the service discovery), then the stored series carry `namespace` and `pod` and keep the
+    server's `endpoint`, so the dashboard's serving panels and the canary analysis' PromQL find
+    them. The same scrape without the chart's relabelings loses `endpoint` (renamed
+    exported_endpoint): the PodMonitor's labeldrop is what keeps it."""
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")
+    from serve_fixtures import free_port, serving, store_model, v2_request
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+
+    from kubeloop.analysis.base import AnalysisTarget
+    from kubeloop.analysis.builtin import promql
+
+    monitor = one(render(tmp_path, MONITORING_ON), "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    data = load_breast_cancer()
+    model = store_model(tmp_path / "churn" / "run-1", LogisticRegression(max_iter=5000), data.data, data.target,
+                        [f"f{i}" for i in range(data.data.shape[1])], classification=True)  # fmt: skip
+    with serving(model, tmp_path / "logs", "--model-name", "churn", "--track", "canary") as server:
+        for _ in range(20):
+            answer = httpx.post(f"{server.url}/v2/models/churn/infer", json=v2_request(data.data[:5]), timeout=10)
+            assert answer.status_code == 200, answer.text
+        port = server.url.rsplit(":", 1)[1]
+        pod_metadata = {
+            "__meta_kubernetes_namespace": "ml-a",
+            "__meta_kubernetes_pod_name": "churn-canary-7d9f-abcde",
+            "__meta_kubernetes_pod_container_name": "server",
+            "__meta_kubernetes_pod_container_port_name": endpoint["port"],
+            "__meta_kubernetes_pod_ip": "127.0.0.1",
+            "__meta_kubernetes_pod_annotation_prometheus_io_port": port,
+        }
+        job = "kubeloop/kl-kubeloop-model-servers"
+        # The target is found on a port that serves nothing: only the address relabeling
+        # (to the annotated port) makes the scrape reach the server.
+        static = [{"targets": [f"127.0.0.1:{free_port()}"], "labels": pod_metadata}]
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [
+                {"job_name": job, "metrics_path": endpoint["path"], "static_configs": static,
+                 "relabel_configs": operator_generated_relabelings(endpoint["port"], job)
+                 + [prometheus_relabeling(r) for r in endpoint["relabelings"]]},
+                {"job_name": "without-chart-relabelings", "metrics_path": "/metrics",
+                 "static_configs": [{"targets": [f"127.0.0.1:{port}"], "labels": pod_metadata}],
+                 "relabel_configs": operator_generated_relabelings(endpoint["port"], "without-chart-relabelings")},
+            ],
+        }  # fmt: skip
+        config_file = tmp_path / "prometheus.yml"
+        config_file.write_text(yaml.safe_dump(config))
+        web = f"127.0.0.1:{free_port()}"
+        log = (tmp_path / "prometheus.log").open("w")
+        process = subprocess.Popen(
+            [prometheus, f"--config.file={config_file}", f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address={web}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        url = f"http://{web}"
+        try:
+            deadline = time.monotonic() + 60
+            found: list[dict[str, Any]] = []
+            while time.monotonic() < deadline:
+                time.sleep(1)
+                # Traffic while Prometheus scrapes: increase() over the window sees it.
+                httpx.post(f"{server.url}/v2/models/churn/infer", json=v2_request(data.data[:5]), timeout=10)
+                with contextlib.suppress(httpx.HTTPError):
+                    found = query(url, f'kubeloop_serve_requests_total{{job="{job}"}}')
+                    if found and len(query(url, f'kubeloop_serve_requests_total{{job="{job}"}}[30s]')[0]["values"]) >= 8:
+                        break
+            assert found, (tmp_path / "prometheus.log").read_text()[-3000:]
+            inference = [s["metric"] for s in found if s["metric"].get("endpoint") == "infer"]
+            assert inference, found
+            labels = inference[0]
+            assert (labels["namespace"], labels["pod"], labels["container"]) == ("ml-a", "churn-canary-7d9f-abcde", "server")
+            assert (labels["model"], labels["track"]) == ("churn", "canary") and "exported_endpoint" not in labels
+            # The canary analysis' PromQL (rollout.prometheusUrl) and the dashboard find them.
+            target = AnalysisTarget(namespace="ml-a", name="churn", window=timedelta(seconds=30))
+            assert query(url, promql("errorRate", target))[0]["value"][1] == "0"
+            served = query(url, 'sum by (namespace, model, track) (rate(kubeloop_serve_predictions_total{namespace=~"ml-a"}[30s]))')
+            assert served and served[0]["metric"] == {"namespace": "ml-a", "model": "churn", "track": "canary"}
+            # Without the chart's relabelings, the server's endpoint label is renamed.
+            plain = query(url, 'kubeloop_serve_requests_total{job="without-chart-relabelings"}')
+            assert plain and all(s["metric"]["endpoint"] == "http" and "exported_endpoint" in s["metric"] for s in plain)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            log.close()

@@ -9,6 +9,7 @@ passed; otherwise each failed check is printed with what to look at.
 import json
 import os
 import sys
+import time
 import urllib.request
 
 from kubernetes import client, config
@@ -17,6 +18,7 @@ CRDS = ("trainingruns.kubeloop.io", "modeldeployments.kubeloop.io", "driftpolici
 # A family every operator registers at start-up (kubeloop/controllers/metrics.py).
 METRICS_FAMILY = "# TYPE kubeloop_reconcile_total counter"
 TIMEOUT = 10
+RETRY_SECONDS = 3
 
 
 def get(url):
@@ -70,7 +72,7 @@ def check_metrics_service(url):
     return []
 
 
-def main():
+def check_all():
     problems = []
     if os.environ.get("CHECK_API") == "true":
         config.load_incluster_config()
@@ -83,6 +85,18 @@ def main():
         print("skipped: CRDs and operator pods (rbac.create=false: this test has no RBAC of its own)")
     if os.environ.get("METRICS_URL"):
         problems += check_metrics_service(os.environ["METRICS_URL"])
+    return problems
+
+
+def main():
+    # `helm install --wait` returns once the operator container runs; kopf opens /healthz and
+    # the metrics server a moment later, so failed checks are retried for a while.
+    deadline = time.monotonic() + float(os.environ.get("SETTLE_SECONDS", "60"))
+    problems = check_all()
+    while problems and time.monotonic() < deadline:
+        print(f"retrying in {RETRY_SECONDS}s: {len(problems)} check(s) failed")
+        time.sleep(RETRY_SECONDS)
+        problems = check_all()
     for problem in problems:
         print(f"FAILED: {problem}")
     print(json.dumps({"passed": not problems, "problems": len(problems)}))
