@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -43,6 +44,30 @@ def apply(node: RealNode, namespace: str, body: dict[str, Any]) -> None:
          "--server-side", "--field-manager=e2e-user", "--force-conflicts", "-f", "-"],
         input=json.dumps(body), capture_output=True, text=True, check=True, timeout=60,
     )
+
+
+def host_claim(node: RealNode, namespace: str, claim: str, directory: Path, uid: int) -> str:
+    """A hostPath PersistentVolume on ``directory`` (owned by ``uid``, the pods' user) bound to
+    claim ``claim`` of ``namespace``: a namespace's own models claim on this one node. Not below
+    /root: the pods' user could not traverse their own image's /root to reach it. Returns the
+    volume's name (cluster-scoped: delete it after the namespace)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.parent.chmod(0o755)
+    os.chown(directory, uid, uid)
+    volume = f"models-{namespace}"
+    apply(node, namespace, {
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                 "hostPath": {"path": str(directory), "type": "Directory"},
+                 "claimRef": {"namespace": namespace, "name": claim}},
+    })
+    apply(node, namespace, {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    return volume
 
 
 def get(node: RealNode, namespace: str, kind: str, name: str) -> dict[str, Any]:

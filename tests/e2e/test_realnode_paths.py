@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 from harness import OperatorProcess, install_crds
 from prometheus_client.parser import text_string_to_metric_families
-from realnode import TIMINGS, RealNode, apply, diagnostics, get, poll, status_of
+from realnode import TIMINGS, RealNode, apply, diagnostics, get, host_claim, poll, status_of
 from sklearn.datasets import load_breast_cancer
 
 from kubeloop.resources.serving import OWNER_LABEL, TRACK_LABEL
@@ -153,26 +153,10 @@ def shadow_counts(pod_ip: str) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def models_dir(real_node: RealNode, e2e_namespace: str) -> Iterator[Path]:
-    """A hostPath PersistentVolume + claim, mounted in the pods at the very path it has on this
-    host: the operator (a host process here) reads the profiles the pods wrote at the same URI.
-    Not below /root: the pods' user could not traverse their own image's /root to reach it."""
+    """The namespace's models claim (a hostPath volume), mounted in the pods at the very path it
+    has on this host."""
     directory = HOST_MODELS / e2e_namespace
-    directory.mkdir(parents=True, exist_ok=True)
-    HOST_MODELS.chmod(0o755)
-    os.chown(directory, RUNTIME_UID, RUNTIME_UID)
-    pv_name = f"models-{e2e_namespace}"
-    apply(real_node, e2e_namespace, {
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-                 "hostPath": {"path": str(directory), "type": "Directory"},
-                 "claimRef": {"namespace": e2e_namespace, "name": MODELS_PVC}},
-    })
-    apply(real_node, e2e_namespace, {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": MODELS_PVC},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
-                 "resources": {"requests": {"storage": "1Gi"}}},
-    })
+    pv_name = host_claim(real_node, e2e_namespace, MODELS_PVC, directory, RUNTIME_UID)
     yield directory
     real_node.kubectl("delete", "pv", pv_name, "--wait=false", check=False)
     shutil.rmtree(directory, ignore_errors=True)

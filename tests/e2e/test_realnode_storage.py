@@ -15,7 +15,6 @@ other), which only its own profile names.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -25,9 +24,9 @@ from typing import Any
 
 import pytest
 from harness import OperatorProcess, install_crds
-from realnode import TIMINGS, RealNode, apply, diagnostics, get, poll, status_of
+from realnode import TIMINGS, RealNode, apply, get, host_claim
 from sklearn.datasets import load_breast_cancer, load_wine
-from test_realnode_paths import Traffic
+from test_realnode_paths import Traffic, wait_status
 
 MODELS_PVC = "kubeloop-models"
 HOST_MODELS = Path("/var/lib/kubeloop-e2e")
@@ -74,28 +73,6 @@ DRIFT_POLICY = {
 }
 
 
-def _claim(node: RealNode, namespace: str) -> Path:
-    """The namespace's own models claim: a hostPath volume on its own directory."""
-    directory = HOST_MODELS / namespace
-    directory.mkdir(parents=True, exist_ok=True)
-    HOST_MODELS.chmod(0o755)
-    os.chown(directory, RUNTIME_UID, RUNTIME_UID)
-    pv_name = f"models-{namespace}"
-    apply(node, namespace, {
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-                 "hostPath": {"path": str(directory), "type": "Directory"},
-                 "claimRef": {"namespace": namespace, "name": MODELS_PVC}},
-    })
-    apply(node, namespace, {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": MODELS_PVC},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
-                 "resources": {"requests": {"storage": "1Gi"}}},
-    })
-    return directory
-
-
 @pytest.fixture(scope="module")
 def tenants(real_node: RealNode) -> Iterator[dict[str, tuple[str, Path]]]:
     """Two namespaces (restricted Pod Security, as users run), each with its own claim."""
@@ -104,7 +81,8 @@ def tenants(real_node: RealNode) -> Iterator[dict[str, tuple[str, Path]]]:
         namespace = f"e2e-team-{team}-{uuid.uuid4().hex[:6]}"
         real_node.kubectl("create", "namespace", namespace)
         real_node.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-        found[team] = (namespace, _claim(real_node, namespace))
+        host_claim(real_node, namespace, MODELS_PVC, HOST_MODELS / namespace, RUNTIME_UID)
+        found[team] = (namespace, HOST_MODELS / namespace)
     yield found
     for namespace, directory in found.values():
         real_node.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
@@ -132,25 +110,14 @@ def operator(real_node: RealNode, tenants: dict[str, tuple[str, Path]],
     process.stop()
 
 
-def _wait(node: RealNode, namespace: str, kind: str, name: str, what: str, check: Any, timeout: float,
-          operator: OperatorProcess) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        assert operator.alive(), operator.log_tail()
-        status = status_of(node, namespace, kind, name)
-        return status if check(status) else None
-
-    return poll(done, timeout, f"{namespace} {kind}/{name}: {what}",
-                lambda: f"{diagnostics(node, namespace)}\n--- operator\n{operator.log_tail(40)}")
-
-
 def test_each_namespace_drift_check_reads_only_its_own_profile(
     real_node: RealNode, tenants: dict[str, tuple[str, Path]], operator: OperatorProcess
 ) -> None:
     started = time.monotonic()
     for team, (namespace, _) in tenants.items():
         apply(real_node, namespace, _training_run(DATASETS[team][0]))
-    for team, (namespace, directory) in tenants.items():
-        status = _wait(real_node, namespace, "trainingrun", RUN, "finished",
+    for namespace, directory in tenants.values():
+        status = wait_status(real_node, namespace, "trainingrun", RUN, "finished",
                        lambda s: s.get("phase") in {"Succeeded", "Failed"}, 600, operator)
         assert status["phase"] == "Succeeded", status
         # Same model, same run, same URI: but each file is on its own namespace's claim.
@@ -158,7 +125,7 @@ def test_each_namespace_drift_check_reads_only_its_own_profile(
         assert (directory / MODEL / RUN / "profile.json").is_file()
         apply(real_node, namespace, _model_deployment())
     for namespace, _ in tenants.values():
-        _wait(real_node, namespace, "modeldeployment", MODEL, "Healthy with a ready server",
+        wait_status(real_node, namespace, "modeldeployment", MODEL, "Healthy with a ready server",
               lambda s: s.get("phase") == "Healthy" and (s.get("stable") or {}).get("readyReplicas", 0) >= 1,
               300, operator)
         apply(real_node, namespace, DRIFT_POLICY)
@@ -169,7 +136,7 @@ def test_each_namespace_drift_check_reads_only_its_own_profile(
         cluster_ip = get(real_node, namespace, "service", MODEL)["spec"]["clusterIP"]
         shifted = DATASETS[team][1]().data * 4.0
         with Traffic(f"http://{cluster_ip}:{PORT}/v2/models/{MODEL}/infer", shifted) as traffic:
-            status = _wait(real_node, namespace, "driftpolicy", "tenant-drift", "Drifted",
+            status = wait_status(real_node, namespace, "driftpolicy", "tenant-drift", "Drifted",
                            lambda s: s.get("drifted") is True, 120, operator)
         assert traffic.ok > 0
         drifted[team] = set(status["driftedFeatures"])
