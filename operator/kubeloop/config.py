@@ -60,6 +60,13 @@ class OperatorConfig(BaseSettings):
     resync_seconds: float = Field(
         30.0, description="Level-based safety net: every object is reconciled at least this often."
     )
+    settled_resync_seconds: float = Field(
+        1800.0,
+        description=(
+            "Resync of a Healthy ModelDeployment with no rollout: it and its Deployments are "
+            "watched, so this only catches a hand-deleted Service or autoscaler."
+        ),
+    )
     prometheus_url: str = Field(
         "",
         description="Prometheus for canary analysis (builtin checks); empty: scrape pods directly.",

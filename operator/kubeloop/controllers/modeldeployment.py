@@ -36,8 +36,9 @@ from kubeloop.analysis.prometheus import PrometheusProvider
 from kubeloop.analysis.scrape import ScrapeProvider, ScrapeRound
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
-from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, NotFound, post_event
+from kubeloop.controllers.kube import Conflict, Kube, NotFound, post_event
 from kubeloop.controllers.scraping import scrape_round
+from kubeloop.controllers.workqueue import CoalescingLocks
 from kubeloop.decide.common import wire_time
 from kubeloop.decide.modeldeployment import (
     AnalysisPlan,
@@ -102,7 +103,7 @@ class ModelDeploymentController:
     ) -> None:
         self.kube = kube
         self.settings = serving_settings(config)
-        self.locks = KeyedLocks()
+        self.locks = CoalescingLocks()
         self.phases = metrics.PhaseTracker(KIND)
         self.clock = clock
         # One URL policy (kubeloop.trust.urls): a metric's prometheusUrl must be configured.
@@ -180,7 +181,12 @@ class ModelDeploymentController:
     # --- the reconcile ------------------------------------------------------------------------
 
     def reconcile(self, namespace: str, name: str) -> Decision | None:
-        with self.locks.hold(KIND, namespace, name), metrics.reconcile_timer(KIND):
+        """One reconcile; None if it is gone, or if a waiting reconcile covers this call."""
+        with self.locks.turn(KIND, namespace, name) as mine:
+            return self._reconcile(namespace, name) if mine else None
+
+    def _reconcile(self, namespace: str, name: str) -> Decision | None:
+        with metrics.reconcile_timer(KIND):
             md = self.kube.get_or_none(KIND, namespace, name)
             if md is None or md["metadata"].get("deletionTimestamp"):
                 self.forget(namespace, name)
@@ -325,6 +331,15 @@ def _rolling_out(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -
     return rolling or status.get("phase") in (None, "Progressing")
 
 
+def _settled(status: Mapping[str, Any], **_: Any) -> bool:
+    """Healthy with no canary: every change of it or its Deployments is an event that reconciles it."""
+    return status.get("phase") == "Healthy" and not status.get("canary")
+
+
+def _not_settled(status: Mapping[str, Any], **_: Any) -> bool:
+    return not _settled(status)
+
+
 def register(
     registry: kopf.OperatorRegistry, controller: ModelDeploymentController, config: OperatorConfig
 ) -> None:
@@ -349,11 +364,22 @@ def register(
         if namespace:
             controller.reconcile(namespace, name)
 
+    # A reconcile is ~15 requests (reads, ownership checks, server-side applies): every 30 s
+    # for every settled ModelDeployment, that was the idle API load. Settled ones are resynced
+    # at the slow interval; timers start after one interval (the object's event reconciled it).
     @kopf.timer(
-        API_GROUP, API_VERSION, "modeldeployments",
-        interval=config.resync_seconds, registry=registry,
+        API_GROUP, API_VERSION, "modeldeployments", interval=config.resync_seconds,
+        initial_delay=config.resync_seconds, when=_not_settled, registry=registry,
     )
     def resync(name: str, namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, name)
+
+    @kopf.timer(
+        API_GROUP, API_VERSION, "modeldeployments", interval=config.settled_resync_seconds,
+        initial_delay=config.settled_resync_seconds, when=_settled, registry=registry,
+    )
+    def resync_settled(name: str, namespace: str | None, **_: Any) -> None:
         if namespace:
             controller.reconcile(namespace, name)
 
@@ -362,12 +388,19 @@ def register(
         if namespace:
             controller.reconcile(namespace, labels[OWNER_LABEL])
 
+    @kopf.index(API_GROUP, API_VERSION, "modeldeployments", registry=registry)
+    def deployments_by_run(
+        name: str, namespace: str | None, spec: Mapping[str, Any], **_: Any
+    ) -> dict[tuple[str | None, str], str] | None:
+        # In memory, from the watch: a run's event costs no LIST of ModelDeployments.
+        ref = ((spec.get("model") or {}).get("trainingRunRef") or {}).get("name")
+        return {(namespace, ref): name} if ref else None
+
     @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", registry=registry)
-    def on_trainingrun_event(name: str, namespace: str | None, **_: Any) -> None:
+    def on_trainingrun_event(name: str, namespace: str | None, **kwargs: Any) -> None:
         # A run a ModelDeployment waits for may just have succeeded.
         if not namespace:
             return
-        for md in controller.kube.list(KIND, namespace):
-            ref = ((md.get("spec") or {}).get("model") or {}).get("trainingRunRef") or {}
-            if ref.get("name") == name:
-                controller.reconcile(namespace, md["metadata"]["name"])
+        index: kopf.Index[tuple[str | None, str], str] = kwargs["deployments_by_run"]
+        for md_name in sorted(set(index.get((namespace, name), ()))):
+            controller.reconcile(namespace, md_name)

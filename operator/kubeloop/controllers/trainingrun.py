@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +14,8 @@ import kopf
 from kubeloop import API_GROUP, API_VERSION
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
-from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, post_event
+from kubeloop.controllers.kube import Conflict, Kube, post_event
+from kubeloop.controllers.workqueue import CoalescingLocks
 from kubeloop.decide.artifact_cleanup import (
     Action,
     decide_cleanup,
@@ -55,7 +58,7 @@ class TrainingRunController:
     def __init__(self, kube: Kube, config: OperatorConfig) -> None:
         self.kube = kube
         self.settings = trainer_settings(config)
-        self.locks = KeyedLocks()
+        self.locks = CoalescingLocks()
         self.phases = metrics.PhaseTracker(KIND)
         # Deleted runs whose artifacts a ModelDeployment still serves: a change to any
         # ModelDeployment in their namespace looks at them again (kopf stops timers on deletion).
@@ -97,7 +100,12 @@ class TrainingRunController:
         return champion, None
 
     def reconcile(self, namespace: str, name: str) -> None:
-        with self.locks.hold(KIND, namespace, name), metrics.reconcile_timer(KIND):
+        with self.locks.turn(KIND, namespace, name) as mine:
+            if mine:
+                self._reconcile(namespace, name)
+
+    def _reconcile(self, namespace: str, name: str) -> None:
+        with metrics.reconcile_timer(KIND):
             run = self.kube.get_or_none(KIND, namespace, name)
             if run is None or run["metadata"].get("deletionTimestamp"):
                 self.phases.observe(namespace, name, None)
@@ -226,6 +234,13 @@ def _observe_training_time(status: Mapping[str, Any], phase: str) -> None:
     metrics.TRAINING_SECONDS.labels(phase).observe(elapsed.total_seconds())
 
 
+def _import_scikit_learn() -> None:
+    try:
+        importlib.import_module("sklearn.base")
+    except ImportError:
+        log.info("scikit-learn is not installed: estimator paths are checked as strings only")
+
+
 def register(registry: kopf.OperatorRegistry, controller: TrainingRunController, config: OperatorConfig) -> None:
     """Wire the triggers: the run's own events, its Job's and pods' events, and a resync timer."""
 
@@ -237,9 +252,18 @@ def register(registry: kopf.OperatorRegistry, controller: TrainingRunController,
         if type != "DELETED" and namespace:
             controller.reconcile(namespace, name)
 
+    @kopf.on.startup(registry=registry)
+    def import_scikit_learn_early(**_: Any) -> None:
+        # The first estimator check imports scikit-learn: seconds on a busy node, which every
+        # run reconciled meanwhile would wait for after a start or a standby's takeover.
+        threading.Thread(target=_import_scikit_learn, name="import-scikit-learn", daemon=True).start()
+
+    # No firing at once: the run's own event has just reconciled it (kopf starts timers with
+    # the object, so 1,000 new runs would otherwise be reconciled twice in the same second).
     @kopf.timer(
         API_GROUP, API_VERSION, "trainingruns",
-        interval=config.resync_seconds, when=not_finished, registry=registry,
+        interval=config.resync_seconds, initial_delay=config.resync_seconds, when=not_finished,
+        registry=registry,
     )
     def resync(name: str, namespace: str | None, **_: Any) -> None:
         if namespace:
