@@ -374,3 +374,25 @@ def test_oversized_headers_are_431(limited: RunningServer) -> None:
     head = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (200 * 1024)
     answer = raw_request(limited, head)
     assert status_of(answer) == 431, answer[:200]
+
+
+def test_the_batch_queue_is_bounded_in_rows() -> None:
+    from kubeloop.serving.batching import MicroBatcher, QueueFull
+
+    async def run() -> None:
+        batcher = MicroBatcher(lambda rows, _: (rows[:, 0], None), 64, 0.0, max_queued_rows=100)
+        # Not started yet: nothing takes rows off the queue.
+        first = asyncio.ensure_future(batcher.predict(np.zeros((60, 2))))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="60 rows are waiting"):
+            await batcher.predict(np.zeros((60, 2)))
+        alone = MicroBatcher(lambda rows, _: (rows[:, 0], None), 64, 0.0, max_queued_rows=100)
+        alone.start()
+        assert (await alone.predict(np.ones((500, 2)))).predictions.shape == (500,)  # one alone
+        batcher.start()
+        assert (await first).predictions.shape == (60,)
+        assert batcher.queued_rows == 0
+        await batcher.stop()
+        await alone.stop()
+
+    asyncio.run(run())

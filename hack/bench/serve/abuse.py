@@ -14,8 +14,12 @@ twice for --duration seconds:
 
 Reports the normal clients' p50/p99 in both phases and their ratio (target: attacked p99 at
 most 2x the quiet p99), how many slow connections the server cut and how long they had been
-open, the large-body sender's answers, and the server's peak RSS (VmHWM). Writes
-abuse.json and abuse.md next to this file (or --out).
+open, the large-body sender's attempts and the server's count of 413 answers, and the
+server's peak RSS (VmHWM). Writes abuse.json and abuse.md next to this file (or --out).
+
+On Linux with 2 or more CPUs, the server and the normal clients are pinned to CPU 0 and the
+attackers to CPU 1 (in both phases): a real attacker's CPU is not the server's, and on a small
+machine an unpinned attacker would measure its own CPU use, not the server's defences.
 
     python hack/bench/serve/abuse.py                 # 40 s per phase
     python hack/bench/serve/abuse.py --duration 5    # quick look
@@ -88,7 +92,9 @@ def start_server(directory: Path, port: int, log: Path) -> subprocess.Popen[byte
         "--port", str(port), "--workers", "1", "--grpc-port", "0", "--log-level", "warning",
     ]  # fmt: skip
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=lambda: pin(SERVER_CPU)
+        )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -103,6 +109,28 @@ def start_server(directory: Path, port: int, log: Path) -> subprocess.Popen[byte
         time.sleep(0.2)
     process.kill()
     raise SystemExit(f"server not ready:\n{log.read_text()}")
+
+
+SERVER_CPU, ATTACKER_CPU = 0, 1
+
+
+def pin(cpu: int) -> None:
+    """Run this process on one CPU (when the machine has more than one)."""
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {cpu})
+
+
+def count_413(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        text = b""
+        while data := sock.recv(65536):
+            text += data
+    return sum(
+        int(float(line.rsplit(b" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith(b"kubeloop_serve_requests_total{") and b'code="413"' in line
+    )
 
 
 def peak_rss(pid: int) -> int:
@@ -207,6 +235,7 @@ async def _large_body_sender(port: int, stop: float, answers: dict[str, int]) ->
 
 
 def attack(port: int, seconds: float, out: Any) -> None:
+    pin(ATTACKER_CPU)
     cuts: list[float] = []
     answers: dict[str, int] = {}
 
@@ -246,6 +275,7 @@ def main() -> int:
     row = train(workdir / "model")
     port = free_port()
     server = start_server(workdir / "model", port, workdir / "serve.log")
+    pin(SERVER_CPU)  # the normal clients share the server's CPU, in both phases
     try:
         measure_normal(port, row, 2.0)  # warm-up
         quiet = measure_normal(port, row, args.duration)
@@ -258,6 +288,7 @@ def main() -> int:
         report = receiver.recv()
         attacker.join()
         peak = peak_rss(server.pid)
+        refused = count_413(port)
         alive = server.poll() is None
     finally:
         server.send_signal(signal.SIGTERM)
@@ -276,7 +307,8 @@ def main() -> int:
             "median": round(statistics.median(cuts), 2) if cuts else None,
             "max": round(max(cuts), 2) if cuts else None,
         },
-        "large_body_answers": report["large_body_answers"],
+        "large_body_attempts": report["large_body_answers"],
+        "large_body_413s_counted_by_server": refused,
         "server_peak_rss_mib": round(peak / 2**20, 1),
         "server_alive": alive,
     }
@@ -295,7 +327,8 @@ def markdown(r: dict[str, Any]) -> str:
 {r["normal_clients"]} normal keep-alive clients sending one-row `/predict` requests back to back
 for {r["duration_s"]} s, quiet and then while {r["slow_clients"]} slow clients (a byte a second:
 half headers, half bodies; reconnecting when cut) and one sender of 33 MB bodies attack, on
-one `kubeloop serve --workers 1` with default limits. {r["cpus"]} CPUs, load average
+one `kubeloop serve --workers 1` with default limits (server and normal clients on CPU 0,
+attackers on CPU 1). {r["cpus"]} CPUs, load average
 {", ".join(f"{x:.1f}" for x in r["load_average"])} at the end (a shared machine).
 
 | phase | requests | p50 ms | p99 ms | max ms |
@@ -307,7 +340,10 @@ one `kubeloop serve --workers 1` with default limits. {r["cpus"]} CPUs, load ave
 - Slow connections cut by the server: {r["slow_connections_cut"]}, open for a median
   {r["slow_connection_open_s"]["median"]} s, at most {r["slow_connection_open_s"]["max"]} s
   (header deadline 10 s, body deadline 30 s).
-- 33 MB bodies: {r["large_body_answers"]} (413 is refused from Content-Length).
+- 33 MB bodies sent: {sum(r["large_body_attempts"].values())} attempts ({r["large_body_attempts"]}
+  as the sender saw them: the server answers 413 from Content-Length and closes, so the
+  sender, still writing, mostly sees a reset); the server counted
+  {r["large_body_413s_counted_by_server"]} answers 413.
 - Server peak RSS: {r["server_peak_rss_mib"]} MiB; still serving afterwards: {r["server_alive"]}.
 """
 
