@@ -33,7 +33,8 @@ def readme_curls() -> list[Item]:
     return [
         item
         for item in all_items()
-        if item.kind == "command" and item.where.startswith("README.md:") and item.data[0] == "curl"
+        if item.kind == "command" and item.where.startswith("README.md:")
+        and isinstance(item.data, list) and item.data[0] == "curl"
     ]
 
 
