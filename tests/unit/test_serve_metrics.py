@@ -137,8 +137,10 @@ def test_feedback_updates_accuracy_counters(
             server.url + "/feedback", json={"id": "never-served", "label": 1}
         ).json()
         assert single == {"matched": [], "unknown": ["never-served"]}
-        again = httpx.post(server.url + "/feedback", json=items[0]).json()
-        assert again["unknown"] == [ids[0]]  # each prediction is scored once
+        again = httpx.post(server.url + "/feedback", json=items[0])
+        # Each prediction is scored once: a second label is refused, not counted.
+        assert again.status_code == 409
+        assert again.json()["already_labelled"] == [ids[0]] and again.json()["unknown"] == []
         wrong_count = httpx.post(server.url + "/feedback", json={"id": ids[-1], "labels": [1]})
         assert wrong_count.status_code == 400
         assert "6 rows" in wrong_count.json()["error"]
@@ -149,7 +151,8 @@ def test_feedback_updates_accuracy_counters(
     assert metric_sum(text, "kubeloop_serve_feedback_correct_total") == correct
     assert correct < 54
     assert metric_sum(text, "kubeloop_serve_feedback_total", result="matched") == 9
-    assert metric_sum(text, "kubeloop_serve_feedback_total", result="unknown") == 2
+    assert metric_sum(text, "kubeloop_serve_feedback_total", result="unknown") == 1
+    assert metric_sum(text, "kubeloop_serve_feedback_total", result="already_labelled") == 1
 
 
 def test_feedback_updates_error_counters_for_a_regressor(
