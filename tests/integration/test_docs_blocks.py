@@ -76,8 +76,8 @@ def served_resource_names(kubectl: Any) -> set[str]:
 
 
 def monitoring_values() -> dict[str, Any]:
-    """Chart values that turn on every ``enabled`` switch under ``metrics`` (ServiceMonitor,
-    and any PrometheusRule the chart may offer), so their queries are rendered too."""
+    """Chart values that turn on every ``enabled`` switch under ``metrics`` and ``monitoring``
+    (ServiceMonitor, PodMonitor, PrometheusRule), so their queries are rendered too."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())
 
     def switch_on(node: Any) -> Any:
@@ -85,7 +85,7 @@ def monitoring_values() -> dict[str, Any]:
             return {k: (True if k == "enabled" and isinstance(v, bool) else switch_on(v)) for k, v in node.items()}
         return node
 
-    return {"metrics": switch_on(values.get("metrics") or {})}
+    return {key: switch_on(values[key]) for key in ("metrics", "monitoring") if isinstance(values.get(key), dict)}
 
 
 def dry_run(kubectl: Any, document: dict[str, Any], namespace: str, directory: Path) -> tuple[bool, str]:
@@ -144,6 +144,8 @@ def test_promql_parses_and_selects_only_exported_series(ledger: Ledger) -> None:
     promql = [o for o in ledger.outcomes if o.item.kind == "promql"]
     assert any(o.item.where.startswith("examples/") for o in promql), "the quickstart's query was not found"
     assert any(o.item.where.startswith("docs/metrics.md") for o in promql)
+    if list((CHART / "templates").glob("prometheusrule*.yaml")):
+        assert any(o.item.where.startswith("chart PrometheusRule") for o in promql), "the chart's alerts were not rendered"
     problems = failures(ledger, "promql", "metric")
     assert not problems, "\n".join(problems)
 
