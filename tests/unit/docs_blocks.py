@@ -456,12 +456,14 @@ def check_metric_name(item: Item, series: Mapping[str, set[str]]) -> Outcome:
 # -- commands -----------------------------------------------------------------------------------
 
 
-def _parse_with(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
-    """argparse's complaint about ``args``, or None when the parser accepts them."""
+def _parse_with(parser: argparse.ArgumentParser | Callable[[list[str]], Any], args: list[str]) -> str | None:
+    """argparse's complaint about ``args``, or None when the parser (or the command's own
+    parse function) accepts them."""
+    parse = parser.parse_args if isinstance(parser, argparse.ArgumentParser) else parser
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            parser.parse_args(args)
+            parse(args)
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             return stderr.getvalue().strip().splitlines()[-1] if stderr.getvalue().strip() else f"exit {exit_.code}"
@@ -478,9 +480,14 @@ def kubeloop_parser(subcommand: str) -> argparse.ArgumentParser | None:
     return build() if callable(build) else None
 
 
-def plugin_parser() -> argparse.ArgumentParser:
+def plugin_parser() -> argparse.ArgumentParser | Callable[[list[str]], Any]:
+    """What reads ``kubectl kubeloop``'s command line: the plugin's ``parse_args`` (argparse
+    plus kubectl's word order) where it has one, else its argparse parser."""
     from kubeloop import plugin
 
+    parse = getattr(plugin, "parse_args", None)
+    if callable(parse):
+        return parse  # type: ignore[no-any-return]
     parser: argparse.ArgumentParser = plugin.build_parser()
     return parser
 
@@ -609,7 +616,7 @@ def check_kubectl(argv: list[str], resources: set[str] | None) -> tuple[str, str
         problem = _parse_with(plugin_parser(), args[at + 1 :])
         if problem:
             return "failed", f"kubectl kubeloop: {problem}"
-        return "checked", "parsed by the plugin's parser"
+        return "checked", "parsed by the plugin's own parser"
     if verb in {"apply", "create"} and ("-f" in args or any(a.startswith("--filename") for a in args)):
         paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a in {"-f", "--filename"}]
         missing = [p for p in paths if "://" not in p and not (REPO / p).exists()]
