@@ -322,6 +322,7 @@ def test_the_docs_table_of_defaults_quotes_the_code() -> None:
         "chi2": str(DEFAULT_ALPHA),
     }
     assert rows == expected
+    assert f"at most {SMALL_SAMPLE_MAX:,} current values get a hypothesis test" in prose
 
 
 def test_the_docs_worked_example_is_a_valid_policy_that_sets_nothing_ignored() -> None:
