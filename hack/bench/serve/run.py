@@ -1,9 +1,10 @@
-"""Benchmark `kubeloop serve` against MLServer (default and tuned) and KServe, in one run.
+"""Benchmark `kubeloop serve` against MLServer (default, tuned, batching) and KServe, in one run.
 
 Same models (a 100-tree RandomForestClassifier and a LogisticRegression on 20 features,
 trained once here and saved in each server's format), same single-row Open Inference
 Protocol v2 request, same load generator (wrk, one thread, a Lua POST script) on 127.0.0.1
-at concurrency 1, 8 and 64, same worker count for every server. Reports req/s, p50/p99
+at concurrency 1, 8 and 64, same worker count for every server; the gRPC rows (ours and
+MLServer's) load the same request as a ModelInferRequest with ghz. Reports req/s, p50/p99
 latency and peak RSS (summed over each server's processes), and ratios against MLServer's
 default and against the best tuned peer. Writes results.json and results.md next to this
 file (or --out).
@@ -41,8 +42,19 @@ CONCURRENCY = (1, 8, 64)
 MODELS = ("rf", "lr")
 # kubeloop-sklearn: our server with --no-fast-paths, i.e. scikit-learn's own predict, to show
 # how much comes from batching and the HTTP stack alone.
-SERVERS = ("kubeloop", "kubeloop-sklearn", "mlserver-default", "mlserver-tuned", "kserve")
-TUNED_PEERS = ("mlserver-tuned", "kserve")
+# kubeloop-binary: the same request with binary tensor data (tritonclient's default form);
+# kubeloop-grpc / mlserver-grpc: the Open Inference Protocol over gRPC. mlserver-batching is
+# MLServer tuned with its own adaptive batching on (max_batch_size / max_batch_time, the same
+# 64 rows / 2 ms as ours): the fair tuned peer; mlserver-grpc is that server over gRPC.
+SERVERS = (
+    "kubeloop", "kubeloop-binary", "kubeloop-grpc", "kubeloop-sklearn",
+    "mlserver-default", "mlserver-tuned", "mlserver-batching", "mlserver-grpc", "kserve",
+)  # fmt: skip
+TUNED_PEERS = ("mlserver-tuned", "mlserver-batching", "kserve")
+GRPC_SERVERS = ("kubeloop-grpc", "mlserver-grpc")
+MLSERVER_BATCHING = {"max_batch_size": 64, "max_batch_time": 0.002}
+PROTO = HERE.parents[2] / "operator" / "kubeloop" / "serving" / "oip" / "open_inference_grpc.proto"
+GHZ_VERSION = "v0.120.0"
 
 
 def sklearn_version() -> str:
@@ -132,7 +144,38 @@ def train(workdir: Path) -> dict[str, dict[str, str]]:
         ]
     }
     (workdir / "body.json").write_text(json.dumps(body))
+    # The same row as binary tensor data: a JSON header, then the 160 bytes of the row.
+    raw = row.astype("<f8").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "input-0", "shape": [1, 20], "datatype": "FP64",
+                 "parameters": {"binary_data_size": len(raw)}}
+            ],
+            "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
+        }
+    ).encode()  # fmt: skip
+    (workdir / "body.bin").write_bytes(header + raw)
+    (workdir / "body.bin.header-length").write_text(str(len(header)))
     return out
+
+
+def grpc_request(model: str, workdir: Path) -> Path:
+    """The benchmark row as a ModelInferRequest (ghz's JSON form), typed FP64 contents."""
+    row = json.loads((workdir / "body.json").read_text())["inputs"][0]["data"]
+    path = workdir / f"grpc-{model}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "model_name": model,
+                "inputs": [
+                    {"name": "input-0", "datatype": "FP64", "shape": [1, 20],
+                     "contents": {"fp64_contents": row}}
+                ],
+            }
+        )
+    )  # fmt: skip
+    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +196,7 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     log: Path
+    grpc_port: int = 0
 
     @property
     def infer_url(self) -> str:
@@ -163,16 +207,18 @@ def start_server(
     kind: str, model: str, info: dict[str, str], workdir: Path, workers: int
 ) -> Server:
     port = free_port()
+    grpc_port = free_port()
     log = workdir / f"{kind}-{model}.log"
     env = {**os.environ}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     cwd = None
-    if kind in ("kubeloop", "kubeloop-sklearn"):
+    if kind.startswith("kubeloop"):
+        # Every kubeloop row serves gRPC too, as ModelDeployment pods do (its RSS counts).
         command = [
             sys.executable, "-c", "from kubeloop.cli import main; main()", "serve",
             "--model-uri", info["dir"], "--sha256", info["sha256"], "--model-name", model,
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-            "--log-level", "warning",
+            "--grpc-port", str(grpc_port), "--log-level", "warning",
             *(["--no-fast-paths"] if kind == "kubeloop-sklearn" else []),
         ]  # fmt: skip
     elif kind.startswith("mlserver"):
@@ -182,9 +228,14 @@ def start_server(
         (repo / model).mkdir(parents=True)
         for file in ("model.joblib", "model-settings.json"):
             shutil.copy(Path(info["dir"]) / file, repo / model / file)
+        if kind in ("mlserver-batching", "mlserver-grpc"):
+            model_settings = json.loads((repo / model / "model-settings.json").read_text())
+            (repo / model / "model-settings.json").write_text(
+                json.dumps({**model_settings, **MLSERVER_BATCHING})
+            )
         settings: dict[str, object] = {
             "http_port": port,
-            "grpc_port": free_port(),
+            "grpc_port": grpc_port,
             "metrics_port": free_port(),
             "host": "127.0.0.1",
         }
@@ -209,7 +260,7 @@ def start_server(
             command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd,
             start_new_session=True,
         )  # fmt: skip
-    server = Server(kind, model, process, port, log)
+    server = Server(kind, model, process, port, log, grpc_port)
     wait_until_serving(server, info["expected"], workdir / "body.json")
     return server
 
@@ -334,14 +385,16 @@ def _ms(text: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def wrk(url: str, body_file: Path, concurrency: int, duration: float) -> dict[str, float]:
+def wrk(
+    url: str, body_file: Path, concurrency: int, duration: float, header_length: str = ""
+) -> dict[str, float]:
+    environment = {**os.environ, "BODY_FILE": str(body_file), "HEADER_LENGTH": header_length}
     result = subprocess.run(
         [
             "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s",
             "-s", str(HERE / "post.lua"), url,
         ],
-        capture_output=True, text=True, env={**os.environ, "BODY_FILE": str(body_file)},
-        check=True,
+        capture_output=True, text=True, env=environment, check=True,
     )  # fmt: skip
     out = result.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -355,6 +408,55 @@ def wrk(url: str, body_file: Path, concurrency: int, duration: float) -> dict[st
     if socket_errors:
         errors += sum(int(g) for g in socket_errors.groups())
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+
+
+def ghz_binary() -> str | None:
+    """ghz (a gRPC load generator, a Go module): on PATH, or installed with `go install`."""
+    found = shutil.which("ghz")
+    if found:
+        return found
+    local = CACHE / "bin" / "ghz"
+    if not local.exists() and shutil.which("go"):
+        subprocess.run(
+            ["go", "install", f"github.com/bojand/ghz/cmd/ghz@{GHZ_VERSION}"],
+            env={**os.environ, "GOBIN": str(local.parent)}, check=True,
+        )  # fmt: skip
+    return str(local) if local.exists() else None
+
+
+def ghz(address: str, request_file: Path, concurrency: int, duration: float) -> dict[str, float]:
+    """ModelInfer at ``concurrency`` for ``duration`` seconds over one HTTP/2 connection."""
+    binary = ghz_binary()
+    if binary is None:
+        raise RuntimeError("ghz not found and no Go toolchain to install it")
+    result = subprocess.run(
+        [
+            binary, "--insecure", "--proto", str(PROTO),
+            "--call", "inference.GRPCInferenceService/ModelInfer",
+            "--data-file", str(request_file), "-c", str(concurrency),
+            "-z", f"{max(1, round(duration))}s", "--format", "json", address,
+        ],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    percentiles = {p["percentage"]: p["latency"] / 1e6 for p in report["latencyDistribution"]}
+    statuses = report.get("statusCodeDistribution") or {}
+    errors = sum(count for status, count in statuses.items() if status != "OK")
+    return {"rps": report["rps"], "p50_ms": percentiles[50], "p99_ms": percentiles[99],
+            "errors": errors}  # fmt: skip
+
+
+def load(
+    server: Server, workdir: Path, concurrency: int, duration: float
+) -> dict[str, float]:
+    """One load cell in the server's own protocol: JSON, binary tensor data or gRPC."""
+    if server.name in GRPC_SERVERS:
+        request = grpc_request(server.model, workdir)
+        return ghz(f"127.0.0.1:{server.grpc_port}", request, concurrency, duration)
+    if server.name == "kubeloop-binary":
+        length = (workdir / "body.bin.header-length").read_text()
+        return wrk(server.infer_url, workdir / "body.bin", concurrency, duration, length)
+    return wrk(server.infer_url, workdir / "body.json", concurrency, duration)
 
 
 def load_avg() -> float:
@@ -381,9 +483,13 @@ def render(cells: list[Cell], meta: dict[str, object]) -> str:
         "(FP64, 20 features).",
         "",
         "Peers: MLServer 1.7.1 + mlserver-sklearn as installed (`parallel_workers` default), "
-        "MLServer tuned (`parallel_workers=0` + httptools), KServe "
+        "MLServer tuned (`parallel_workers=0` + httptools), MLServer batching (tuned + its "
+        "adaptive batching: `max_batch_size` 64, `max_batch_time` 2 ms; `mlserver-grpc` is it "
+        "over gRPC), KServe "
         f"{meta.get('kserve_version', '?')} custom `kserve.Model` (its documented path). "
-        "Peak RSS is summed over every process of a server.",
+        "Peak RSS is summed over every process of a server. `kubeloop-binary`: the same row "
+        "as binary tensor data (wrk); `*-grpc`: ModelInfer with typed FP64 contents (ghz, one "
+        "HTTP/2 connection); every kubeloop row also listens on gRPC, as its pods do.",
         "",
     ]
     for model in MODELS:
@@ -421,6 +527,26 @@ def render(cells: list[Cell], meta: dict[str, object]) -> str:
                 f"({best.server}) | {ours.p99_ms:.2f} vs {best.p99_ms:.2f} ms | "
                 f"{ours.peak_rss_mb:.0f} vs {default.peak_rss_mb:.0f} MB |"
             )
+        lines += [
+            "",
+            "| c | kubeloop-grpc / mlserver-grpc | p99 gRPC kubeloop vs MLServer | "
+            "kubeloop-binary / kubeloop (JSON) |",
+            "|---:|---:|---:|---:|",
+        ]
+        for c in CONCURRENCY:
+            ours_grpc = by.get(("kubeloop-grpc", model, c))
+            peer_grpc = by.get(("mlserver-grpc", model, c))
+            binary, json_cell = by.get(("kubeloop-binary", model, c)), by.get(("kubeloop", model, c))
+            if ours_grpc is None and binary is None:
+                continue
+            grpc_ratio = ratio(ours_grpc.rps, peer_grpc.rps) if ours_grpc and peer_grpc else "n/a"
+            grpc_p99 = (
+                f"{ours_grpc.p99_ms:.2f} vs {peer_grpc.p99_ms:.2f} ms"
+                if ours_grpc and peer_grpc
+                else "n/a"
+            )
+            binary_ratio = ratio(binary.rps, json_cell.rps) if binary and json_cell else "n/a"
+            lines.append(f"| {c} | {grpc_ratio} | {grpc_p99} | {binary_ratio} |")
         lines.append("")
     lines += targets(by)
     return "\n".join(lines) + "\n"
@@ -434,10 +560,14 @@ def targets(by: dict[tuple[str, str, int], Cell]) -> list[str]:
         r = by[("kubeloop", model, c)].rps / by[("mlserver-default", model, c)].rps
         return r >= target, f"{r:.2f}x (target >= {target}x)"
 
-    def vs_best(model: str, c: int, target: float) -> tuple[bool, str]:
-        best = max(by[(p, model, c)].rps for p in TUNED_PEERS)
-        r = by[("kubeloop", model, c)].rps / best
-        return r >= target, f"{r:.2f}x (target >= {target}x)"
+    def vs_best(model: str, c: int, target: float, ours: str = "kubeloop",
+                peers: tuple[str, ...] = TUNED_PEERS) -> tuple[bool, str]:
+        present = [p for p in peers if (p, model, c) in by]
+        if not present:
+            raise KeyError(peers)  # not measured in this run: the target is left out
+        best = max(present, key=lambda p: by[(p, model, c)].rps)
+        r = by[(ours, model, c)].rps / by[(best, model, c)].rps
+        return r >= target, f"{r:.2f}x vs {best} (target >= {target}x)"
 
     def p99(model: str, c: int) -> tuple[bool, str]:
         ours = by[("kubeloop", model, c)].p99_ms
@@ -461,6 +591,10 @@ def targets(by: dict[tuple[str, str, int], Cell]) -> list[str]:
         ("LR vs MLServer default at c=64 >= 3x", lambda: vs_default("lr", 64, 3.0)),
         ("RF vs best tuned peer at c=64 >= 1.5x", lambda: vs_best("rf", 64, 1.5)),
         ("LR vs best tuned peer at c=64 >= 1.5x", lambda: vs_best("lr", 64, 1.5)),
+        ("RF gRPC vs MLServer gRPC (batching) at c=64 >= 1.5x",
+         lambda: vs_best("rf", 64, 1.5, "kubeloop-grpc", ("mlserver-grpc",))),
+        ("LR gRPC vs MLServer gRPC (batching) at c=64 >= 1.5x",
+         lambda: vs_best("lr", 64, 1.5, "kubeloop-grpc", ("mlserver-grpc",))),
     ]
     for model in MODELS:
         for c in CONCURRENCY:
@@ -505,7 +639,6 @@ def main() -> int:
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     info = train(args.workdir)
-    body_file = args.workdir / "body.json"
     meta: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpus": os.cpu_count(),
@@ -531,9 +664,9 @@ def main() -> int:
                 server = start_server(kind, model, info[model], args.workdir, args.workers)
                 sampler = PeakRss(server.process.pid)
                 try:
-                    wrk(server.infer_url, body_file, 8, args.warmup)
+                    load(server, args.workdir, 8, args.warmup)
                     for c in CONCURRENCY:
-                        result = wrk(server.infer_url, body_file, c, args.duration)
+                        result = load(server, args.workdir, c, args.duration)
                         samples.setdefault((kind, model, c), []).append(result)
                         print(
                             f"bench: [{repeat + 1}/{args.repeats}] {kind:17s} {model} c={c:<3d}"
