@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,23 @@ from kubeloop.controllers import driftpolicy, metrics, modeldeployment, training
 from kubeloop.controllers.kube import Kube
 
 FINALIZER = f"{API_GROUP}/finalizer"
+#: Seconds a replica's peering keep-alive counts. kopf writes a keep-alive every
+#: ``lifetime - 5..10`` s (at least every 1 s) and a standby resumes once the active replica's
+#: last keep-alive is older than this, so a killed active replica is replaced within it.
+PEERING_LIFETIME_SECONDS = 12
+#: Sync handlers run in kopf's thread pool; each thread needs its own pooled connection, else
+#: urllib3 discards connections and every call pays a new TLS handshake.
+HANDLER_THREADS = 32
+
+
+def peering_priority() -> int:
+    """A random priority per replica process.
+
+    kopf pauses *every* replica that sees a live peer of the same priority, and all replicas of
+    one Deployment share their arguments: with one fixed priority, two replicas would both
+    stand still. With distinct priorities the highest one works and the others are standbys.
+    """
+    return random.SystemRandom().randint(1, 2**31 - 1)
 
 
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -31,11 +49,15 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.posting.level = logging.WARNING  # our own Events are written by the controllers
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = HANDLER_THREADS
     settings.batching.worker_limit = 64
     if config.peering:
         settings.peering.name = config.peering
         settings.peering.standalone = False
+        # A replica waits for the peering before it touches anything (no two workers at start).
+        settings.peering.mandatory = True
+        settings.peering.priority = peering_priority()
+        settings.peering.lifetime = PEERING_LIFETIME_SECONDS
     else:
         settings.peering.standalone = True
 
@@ -76,7 +98,7 @@ def main(argv: Sequence[str]) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it from there
     config = OperatorConfig()
     namespaces = args.namespace or config.namespaces
-    kube = Kube.from_environment(args.kubeconfig)
+    kube = Kube.from_environment(args.kubeconfig, connections=HANDLER_THREADS + 4)
     registry = build_registry(kube, config)
     if config.metrics_port:
         start_http_server(config.metrics_port, registry=metrics.REGISTRY)
