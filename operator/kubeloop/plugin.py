@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -482,6 +484,9 @@ def pod_log(kube: Kube, namespace: str, pod: str, container: str, tail: int, pre
 
 def show_logs(kube: Kube, ref: ObjectRef, args: argparse.Namespace, namespace: str) -> None:
     pods, container = log_sources(kube, ref, namespace, args.track)
+    if args.follow:
+        follow_logs(kube, namespace, [p["metadata"]["name"] for p in pods], container, args.tail)
+        return
     for pod in pods:
         name = pod["metadata"]["name"]
         if len(pods) > 1:
@@ -490,6 +495,50 @@ def show_logs(kube: Kube, ref: ObjectRef, args: argparse.Namespace, namespace: s
         text = pod_log(kube, namespace, name, container, args.tail, args.previous)
         sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
     sys.stdout.flush()
+
+
+def _server_message(error: ApiException) -> str:
+    """The message of the Status the API server answered with (the official client keeps the body)."""
+    try:
+        return str(orjson.loads(error.body or b"{}").get("message") or error.reason)
+    except (orjson.JSONDecodeError, AttributeError):
+        return str(error.reason)
+
+
+def follow_logs(kube: Kube, namespace: str, pods: Sequence[str], container: str, tail: int) -> None:
+    """Stream each pod's log until its container ends, or until Ctrl-C (as ``kubectl logs -f``).
+    With several pods the streams run at once and each line starts with ``[pod/NAME]``."""
+    core = k8s_client.CoreV1Api(kube.api_client)
+    printing = threading.Lock()
+
+    def emit(text: str) -> None:
+        with printing:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def stream(pod: str) -> None:
+        prefix = f"[pod/{pod}] " if len(pods) > 1 else ""
+        try:
+            # Typed as str by the generated client; with _preload_content=False it is the
+            # unread urllib3 response.
+            response: Any = core.read_namespaced_pod_log(
+                pod, namespace, container=container, follow=True, tail_lines=tail, _preload_content=False
+            )
+        except ApiException as error:
+            emit(f"{prefix}(no log: {_server_message(error)})\n")
+            return
+        try:
+            for line in response:  # urllib3 yields whole lines as the chunks arrive
+                emit(prefix + line.decode(errors="replace").rstrip("\n") + "\n")
+        finally:
+            response.release_conn()
+
+    threads = [threading.Thread(target=stream, args=(pod,), daemon=True) for pod in pods]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():  # join in slices: Ctrl-C reaches the main thread at once
+            thread.join(0.2)
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -569,6 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--tail", type=int, default=200, help="lines per pod (default: 200)")
             p.add_argument("--track", choices=["stable", "canary"], help="md only: one track's server pods")
             p.add_argument("-p", "--previous", action="store_true", help="the previous container's log (after a restart)")
+            p.add_argument("-f", "--follow", action="store_true",
+                           help="stream new lines until the containers end (Ctrl-C to stop)")
         elif name == "version":
             p.add_argument("--client", action="store_true", help="the plugin's version only (no cluster needed)")
     return parser
@@ -631,6 +682,8 @@ def object_of(args: argparse.Namespace) -> ObjectRef | None:
     command = COMMANDS[args.command]
     if args.command == "list":
         list_kinds(args.kind)
+    if args.command == "logs" and args.follow and args.previous:
+        raise UsageError("--follow streams the running container and --previous reads an ended one: use one")
     if not command.kinds:
         return None
     return parse_ref(args.object, command.kinds, command.implied)
@@ -666,7 +719,10 @@ def run_command(kube: Kube, args: argparse.Namespace, namespace: str | None, con
         except KeyboardInterrupt:
             return 0
     if args.command == "logs":
-        show_logs(kube, ref, args, namespace)
+        try:  # Ctrl-C is how a followed log ends, whenever it comes
+            show_logs(kube, ref, args, namespace)
+        except KeyboardInterrupt:
+            return 0
     elif args.command == "retrain":
         token = annotate(kube, ref, namespace, RETRAIN_ANNOTATION)
         console.print(f"driftpolicy/{ref.name}: retrain requested ({RETRAIN_ANNOTATION}={token})")

@@ -10,6 +10,8 @@ pod and a ModelDeployment serves it from a real pod; then:
 * ``logs md/NAME`` (and ``--track stable``) prints the server container's log, in which the
   server says it verified the artifact with the sha256 the ModelDeployment's status names;
   ``--track canary`` says there are no canary pods, exit 1;
+* ``logs -f`` streams: on the finished trainer it prints the log and ends by itself (exit 0);
+  on the running server it keeps streaming until Ctrl-C, then exits 0;
 * the connection flags work in either position here too (``--kubeconfig`` and ``-n`` after the
   object, before the command).
 """
@@ -17,13 +19,16 @@ pod and a ModelDeployment serves it from a real pod; then:
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import OperatorProcess
-from realnode import RealNode, apply
+from realnode import RealNode, apply, poll
 
 # The real-node fixtures and helpers of the paths test, reused rather than copied.
 from test_realnode_paths import (  # noqa: F401 (models_dir and operator are pytest fixtures)
@@ -77,6 +82,11 @@ def test_logs_of_a_training_run_are_the_trainer_pod_s_own_output(
     assert last.returncode == 0, last.stderr
     assert last.stdout.splitlines() == by_kubectl.splitlines()[-1:]
 
+    # Following a container that has ended prints its log and returns, as kubectl logs -f does.
+    followed = kubeloop(real_node, "logs", "-f", f"tr/{RUN}", "-n", e2e_namespace, "--kubeconfig", real_node.kubeconfig)
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout == by_kubectl
+
 
 def test_logs_of_a_model_deployment_are_the_server_pods(
     real_node: RealNode, e2e_namespace: str, operator: OperatorProcess, trained: dict[str, Any],  # noqa: F811
@@ -103,3 +113,30 @@ def test_logs_of_a_model_deployment_are_the_server_pods(
                       "logs", "md", MD, "--track", "canary")
     assert canary.returncode == 1
     assert canary.stderr == f"error: md/{MD} has no canary server pods (not created yet, or scaled to 0)\n"
+
+
+def test_logs_follow_streams_a_running_server_until_ctrl_c(
+    real_node: RealNode, e2e_namespace: str, trained: dict[str, Any], tmp_path: Path,
+) -> None:
+    # After test_logs_of_a_model_deployment_are_the_server_pods: the server pod is running.
+    [pod] = pods_of(real_node, e2e_namespace, "stable")
+    out = tmp_path / "followed.log"
+    with out.open("w") as sink:
+        following = subprocess.Popen(
+            [sys.executable, "-m", "kubeloop.plugin", "--kubeconfig", real_node.kubeconfig, "-n", e2e_namespace,
+             "logs", "md", MD, "-f"],
+            env={**os.environ, "KUBECONFIG": "/nonexistent/kubeconfig"}, stdout=sink, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            poll(lambda: "(sha256 " in out.read_text(), 90, "the followed server log")
+            time.sleep(3)
+            assert following.poll() is None, following.communicate()[1]  # still streaming: the server runs
+            following.send_signal(signal.SIGINT)
+            _, errors = following.communicate(timeout=30)
+        finally:
+            if following.poll() is None:
+                following.kill()
+    assert following.returncode == 0, errors
+    assert "Traceback" not in errors
+    assert f"(sha256 {trained['model']['sha256']})" in out.read_text()
+    assert pod["status"]["phase"] == "Running"

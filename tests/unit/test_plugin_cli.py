@@ -158,6 +158,12 @@ def test_a_bad_object_is_told_before_any_cluster_is_asked(tmp_path: Path, capsys
     assert err.startswith("error: unknown kind 'deploy'") and "Traceback" not in err
 
 
+def test_follow_and_previous_together_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_kubeconfig(tmp_path / "config", "dev", {"dev": "ml"})
+    assert main(["--kubeconfig", config, "logs", "-f", "-p", "tr/churn-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --follow streams the running container")
+
+
 def test_no_kubeconfig_and_no_server_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--kubeconfig", str(tmp_path / "missing"), "list"]) == 1
     assert capsys.readouterr().err == f"error: kubeconfig ({tmp_path / 'missing'}): {tmp_path / 'missing'}: no such file\n"
