@@ -126,6 +126,7 @@ def test_an_oversized_body_is_413_before_it_is_read_and_memory_stays_flat(
     answer = raw_request(limited, chunked_head, (chunk for _ in range(size // 65536)))
     assert status_of(answer) == 413, answer[:300]
     grown = rss_bytes(limited) - before
+    print(f"6 refused 33 MB bodies: RSS grew {grown / MIB:.1f} MiB")
     # Stated bound: 6 refused bodies of 33 MB cost less than 8 MiB of resident memory.
     assert grown < 8 * MIB, f"RSS grew by {grown / MIB:.1f} MiB"
     assert httpx.post(limited.url + "/predict", json={"instances": [[0.0] * 10]}).status_code == 200
@@ -161,6 +162,9 @@ def test_a_flood_of_large_bodies_stays_within_the_stated_peak(limited: RunningSe
 
     statuses = asyncio.run(flood())
     peak = rss_bytes(limited, "VmHWM")
+    print(
+        f"flood of 40 x 4 MiB: peak RSS {(peak - baseline) / MIB:.1f} MiB above baseline, {statuses}"
+    )
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 3, statuses
     # Stated bound: the bodies held at once (--max-buffered-body-bytes, 12 MiB here) plus
     # the decoding of one body (its JSON as Python objects, then float64 rows), under
@@ -178,9 +182,13 @@ def test_server_ids_are_128_random_bits(limited: RunningServer) -> None:
         for _ in range(20)
     ]
     assert len(set(ids)) == 20
-    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
-    # No shared prefix or counter: the ids agree in about 1/16 of their hex digits, by chance.
-    same = sum(a == b for x, y in itertools.pairwise(ids) for a, b in zip(x, y, strict=True))
+    # "<worker process prefix>-<32 hex digits>": the same prefix (one worker), then 128 bits.
+    prefixes = {i.split("-")[0] for i in ids}
+    randoms = [i.split("-")[1] for i in ids]
+    assert len(prefixes) == 1
+    assert all(len(r) == 32 and int(r, 16) >= 0 for r in randoms)
+    # No counter: the random parts agree in about 1/16 of their hex digits, by chance.
+    same = sum(a == b for x, y in itertools.pairwise(randoms) for a, b in zip(x, y, strict=True))
     assert same < 19 * 32 / 4
 
 
@@ -236,6 +244,7 @@ def test_the_feedback_store_stays_within_its_byte_budget(limited: RunningServer)
     before = rss_bytes(limited)
     send(60)
     grown = rss_bytes(limited) - before
+    print(f"60 x 160 KB predictions past a full 2 MiB budget: RSS grew {grown / MIB:.1f} MiB")
     # The oldest were forgotten first; the newest still take their labels.
     oldest = httpx.post(limited.url + "/feedback", json={"id": ids[0], "labels": [1.0] * 20_000})
     newest = httpx.post(limited.url + "/feedback", json={"id": ids[-1], "labels": [1.0] * 20_000})

@@ -60,10 +60,14 @@ def bad_request(message: str) -> ProtocolError:
 
 
 class RequestIds:
-    """Unguessable ids: 128 random bits each, so nobody can label another client's request."""
+    """Unguessable ids: 128 random bits each, so nobody can label another client's request,
+    after a random prefix of this worker process (which worker served an id, for logs)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6) + "-"
 
     def new(self) -> str:
-        return secrets.token_hex(16)
+        return self._prefix + secrets.token_hex(16)
 
 
 # --------------------------------------------------------------------------------------------
