@@ -43,7 +43,10 @@ from operatorload import (
 
 pytestmark = pytest.mark.slow
 
-RUNS, ROLLOUTS, KILLS = 60, 10, 3
+# CI's size; the benchmark's (300 runs, 50 rollouts) through the same variables.
+RUNS = int(os.environ.get("KUBELOOP_TAKEOVER_RUNS", "60"))
+ROLLOUTS = int(os.environ.get("KUBELOOP_TAKEOVER_ROLLOUTS", "10"))
+KILLS = int(os.environ.get("KUBELOOP_TAKEOVER_KILLS", "3"))
 SHA_OLD, SHA_NEW = "a" * 64, "b" * 64
 STEPS = [
     {"setWeight": 25}, {"pause": {"duration": "6s"}},
@@ -114,7 +117,7 @@ def active_replica(api: Any, namespace: str, peering: str, alive: set[str]) -> s
 def load(kube_api: Any, kubectl: Any, namespace: str, crds: None, tmp_path: Path) -> Iterator[tuple[Recorder, str]]:
     peering = install_peering(kubectl, namespace, tmp_path)
     message = trainer_message()
-    with FakeNodes(kube_api, f"takeover-{namespace}"[:50], 2):
+    with FakeNodes(kube_api, f"takeover-{namespace}"[:50], (RUNS + 3 * ROLLOUTS) // 100 + 2):
         recorder = Recorder(kube_api, namespace)
         kubelet = WatchKubelet(kube_api, namespace, message)
         recorder.listeners.append(kubelet)
@@ -148,7 +151,7 @@ def test_standby_takes_over_from_a_killed_active_replica_without_losing_or_dupli
             md["spec"]["replicas"] = 2
         apply_all(kube_api, namespace, "modeldeployments", mds)
         wait_for(lambda: all("Healthy" in recorder.timeline.md_phase_at[m["metadata"]["name"]] for m in mds),
-                 120, interval=0.5, what="ModelDeployments Healthy on the old model")
+                 120 + 2 * ROLLOUTS, interval=0.5, what="ModelDeployments Healthy on the old model")
 
         # When the runs are applied and every model changes (rollouts start) ...
         names = [f"run-{i:03d}" for i in range(RUNS)]
@@ -186,7 +189,7 @@ def test_standby_takes_over_from_a_killed_active_replica_without_losing_or_dupli
         # Then every run and every rollout ends as it would have without the kills
         everything = names + probes
         wait_for(lambda: all(recorder.timeline.run_phase.get(n) == "Succeeded" for n in everything),
-                 240, interval=1, what="every run Succeeded")
+                 240 + RUNS, interval=1, what="every run Succeeded")
 
         def rolled_out() -> bool:
             for md in mds:
@@ -195,7 +198,7 @@ def test_standby_takes_over_from_a_killed_active_replica_without_losing_or_dupli
                     return False
             return True
 
-        wait_for(rolled_out, 240, interval=1, what="every rollout finished on the new model")
+        wait_for(rolled_out, 240 + 2 * ROLLOUTS, interval=1, what="every rollout finished on the new model")
     finally:
         replicas.stop_all()
 

@@ -1,0 +1,483 @@
+"""Benchmark: one ``kubeloop operator`` under N TrainingRuns / M ModelDeployments at once.
+
+On the real API server of ``hack/cluster`` (kube-controller-manager's Job controller, the real
+scheduler, kwok fake nodes added for the load). Per case, in one run:
+
+* apply -> Job created, apply -> status Training, all runs Succeeded (watches started before the
+  load, stamped with this machine's clock: sub-second, unlike ``creationTimestamp``);
+* the yardstick: Job -> first Pod, created by kube-controller-manager's Job controller for the
+  same Jobs in the same run;
+* the operator's peak RSS and CPU seconds (/proc);
+* the operator's API requests, counted by the API server: the operator runs under a
+  ServiceAccount token of its own that a FlowSchema of its own matches
+  (``apiserver_flowcontrol_dispatched_requests_total{flow_schema}``; the API server's
+  ``apiserver_request_total`` has no user or user-agent label), sent to ``workload-low`` like
+  an in-cluster operator's ServiceAccount; APF queueing of those requests too;
+* ModelDeployments: apply -> Healthy, and the idle API load once everything is Healthy.
+
+    python hack/bench/operator/run.py --runs 100,300 --deployments 100,300 --reps 1
+    python hack/bench/operator/run.py --runs 1000 --deployments 300 --profile
+
+Writes results.json (every repetition) and results.md (medians, targets met / not met) next to
+this file (or --out DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+sys.path[:0] = [str(REPO / "tests" / "integration"), str(REPO / "operator")]
+# The operator and trainer subprocesses import kubeloop from this checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "operator"), os.environ.get("PYTHONPATH")]))
+
+from clusterfixture import acquire_cluster  # noqa: E402
+from harness import OperatorProcess, install_crds  # noqa: E402
+from kubernetes import client  # noqa: E402
+from kubernetes import config as kube_config  # noqa: E402
+from operatorload import (  # noqa: E402
+    FakeNodes,
+    Recorder,
+    WatchKubelet,
+    apf_wait,
+    apply_all,
+    dispatched,
+    modeldeployment_body,
+    operator_identity,
+    percentile,
+    process_use,
+    remove_identity,
+    trainer_message,
+    trainingrun_body,
+)
+
+MANUAL_KUBELET = {"kubeloop.io/test-kubelet": "manual"}
+TARGETS = {
+    "runs_apply_to_job_p99_s": 5.0,
+    "runs_job_ratio": 2.0,
+    "runs_peak_rss_mib": 300.0,
+    "md_apply_to_healthy_p99_s": 10.0,
+    "md_idle_requests_per_object_minute": 1.0,
+}
+
+
+def uptime() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split(" ")[0:3])
+
+
+def start_operator(api: Any, namespace: str, out: Path, tag: str) -> tuple[OperatorProcess, str]:
+    kubeconfig, flow_schema = operator_identity(api, namespace, "kubeloop-operator", out / f"{tag}.kubeconfig")
+    env = {
+        "KUBELOOP_POD_LABELS": json.dumps(MANUAL_KUBELET),
+        "KUBELOOP_RUNTIME_IMAGE": "kubeloop:test",
+        # The chart's defaults (values.yaml), not the tests' fast resync.
+        "KUBELOOP_RESYNC_SECONDS": "30",
+        "KUBELOOP_ROLLOUT_TICK_SECONDS": "5",
+    }
+    operator = OperatorProcess(str(kubeconfig), namespace, out / f"{tag}.operator.log", env=env)
+    operator.start()
+    # Ready once kopf has logged in; then a few seconds for its first lists.
+    deadline = time.monotonic() + 60
+    while "Initial authentication has finished" not in operator.log_tail(400):
+        assert operator.alive(), operator.log_tail()
+        assert time.monotonic() < deadline, operator.log_tail()
+        time.sleep(0.2)
+    time.sleep(3)
+    return operator, flow_schema
+
+
+def namespace_for(api: Any, prefix: str) -> str:
+    core = client.CoreV1Api(api)
+    name = f"{prefix}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"kubeloop.io/test": "true"}}})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return name
+        except client.ApiException:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
+def profile_start(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes] | None:
+    try:
+        return subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "50", "--subprocesses",
+             "--duration", str(seconds), "--output", str(out), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        return None
+
+
+def profile_summary(raw: Path, top: int = 25) -> list[tuple[str, float]]:
+    """Share of samples per frame anywhere on the stack (inclusive), from py-spy's raw output."""
+    if not raw.exists():
+        return []
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        for frame in set(stack.split(";")):
+            inclusive[frame] += count
+    return [(frame, round(100 * n / total, 1)) for frame, n in inclusive.most_common(top)] if total else []
+
+
+def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
+    """Reconciles and their summed seconds by kind, from the operator's own /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    try:
+        text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return out
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            kind = sample.labels.get("kind", "")
+            if sample.name == "kubeloop_reconcile_duration_seconds_count":
+                out[f"reconciles_{kind}"] = out.get(f"reconciles_{kind}", 0) + sample.value
+            elif sample.name == "kubeloop_reconcile_duration_seconds_sum":
+                out[f"reconcile_seconds_{kind}"] = round(out.get(f"reconcile_seconds_{kind}", 0) + sample.value, 1)
+    return out
+
+
+def bench_runs(api: Any, kubectl: Any, n: int, out: Path, message: str, profile: bool) -> dict[str, Any]:
+    namespace = namespace_for(api, f"bench-runs-{n}")
+    result: dict[str, Any] = {"case": "trainingruns", "n": n, "namespace": namespace, "load_before": uptime()}
+    with FakeNodes(api, f"bench-{namespace}", math.ceil(n / 100) + 1):
+        operator, flow_schema = start_operator(api, namespace, out, f"runs-{n}")
+        recorder = Recorder(api, namespace)
+        kubelet = WatchKubelet(api, namespace, message)
+        recorder.listeners.append(kubelet)
+        recorder.start()
+        spy = None
+        try:
+            assert operator.process is not None
+            if profile:
+                spy = profile_start(operator.process.pid, out / f"runs-{n}.pyspy.raw", 600)
+            before, use_before = dispatched(api, flow_schema), process_use(operator.process.pid)
+            apf_before = apf_wait(api, flow_schema)
+            started = time.time()
+            sent = apply_all(api, namespace, "trainingruns", [trainingrun_body(f"run-{i:04d}") for i in range(n)])
+            result["apply_seconds"] = round(time.time() - started, 2)
+            deadline = time.monotonic() + max(300, n * 1.5)
+            while time.monotonic() < deadline:
+                with recorder.lock:
+                    done = sum(1 for p in recorder.timeline.run_phase.values() if p in ("Succeeded", "Failed"))
+                if done >= n:
+                    break
+                time.sleep(1)
+            finished = time.time()
+            time.sleep(5)  # the last status patches and Events of the operator are counted too
+            after, use_after = dispatched(api, flow_schema), process_use(operator.process.pid)
+            apf_after = apf_wait(api, flow_schema)
+            result["operator_metrics"] = operator_metrics(operator)
+        finally:
+            if spy is not None:
+                spy.terminate()
+                spy.wait(timeout=30)
+            recorder.stop()
+            kubelet.close()
+            operator.stop()
+            remove_identity(api, flow_schema)
+        t = recorder.timeline
+        to_job = [t.job_added[r] - sent[r] for r in sent if r in t.job_added]
+        to_training = [t.run_phase_at[r]["Training"] - sent[r] for r in sent if "Training" in t.run_phase_at[r]]
+        job_to_pod = [t.first_pod[r] - t.job_added[r] for r in sent if r in t.first_pod and r in t.job_added]
+        succeeded = [r for r in sent if t.run_phase.get(r) == "Succeeded"]
+        last_done = max((t.run_phase_at[r].get("Succeeded", 0.0) for r in sent), default=0.0)
+        result.update({
+            "jobs_seen": len(to_job),
+            "apply_to_job_p50_s": round(statistics.median(to_job), 3) if to_job else None,
+            "apply_to_job_p99_s": round(percentile(to_job, 99), 3) if to_job else None,
+            "apply_to_training_p50_s": round(statistics.median(to_training), 3) if to_training else None,
+            "apply_to_training_p99_s": round(percentile(to_training, 99), 3) if to_training else None,
+            "job_to_pod_p50_s": round(statistics.median(job_to_pod), 3) if job_to_pod else None,
+            "job_to_pod_p99_s": round(percentile(job_to_pod, 99), 3) if job_to_pod else None,
+            "succeeded": len(succeeded),
+            "failed": sum(1 for r in sent if t.run_phase.get(r) == "Failed"),
+            "all_succeeded_after_s": round(last_done - started, 1) if len(succeeded) == n else None,
+            "waited_s": round(finished - started, 1),
+            "duplicate_jobs": sum(1 for r in sent if t.job_adds[r] > 1 or len(t.job_uids[r]) > 1),
+            "operator_peak_rss_mib": round(use_after.peak_rss_mib, 1) if use_after else None,
+            "operator_cpu_seconds": round(use_after.cpu_seconds - use_before.cpu_seconds, 1)
+            if use_after and use_before else None,
+            "operator_requests": after - before,
+            "operator_requests_per_run": round((after - before) / n, 1),
+            "apf_queued_requests": apf_after["queued_requests"] - apf_before["queued_requests"],
+            "apf_queued_seconds": round(apf_after["queued_seconds"] - apf_before["queued_seconds"], 2),
+            "apf_rejected": apf_after["rejected"] - apf_before["rejected"],
+            "load_after": uptime(),
+        })
+        if profile:
+            result["profile_top_frames"] = profile_summary(out / f"runs-{n}.pyspy.raw")
+    client.CoreV1Api(api).delete_namespace(namespace)
+    return result
+
+
+def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[str, Any]:
+    namespace = namespace_for(api, f"bench-md-{m}")
+    result: dict[str, Any] = {"case": "modeldeployments", "m": m, "namespace": namespace, "load_before": uptime()}
+    with FakeNodes(api, f"bench-{namespace}", math.ceil(m / 100) + 1):
+        operator, flow_schema = start_operator(api, namespace, out, f"md-{m}")
+        recorder = Recorder(api, namespace).start()
+        try:
+            assert operator.process is not None
+            before = dispatched(api, flow_schema)
+            sent = apply_all(api, namespace, "modeldeployments",
+                             [modeldeployment_body(f"md-{i:04d}", "a" * 64) for i in range(m)])
+            deadline = time.monotonic() + max(300, m * 1.5)
+            while time.monotonic() < deadline:
+                with recorder.lock:
+                    healthy = sum(1 for r in sent if "Healthy" in recorder.timeline.md_phase_at[r])
+                if healthy >= m:
+                    break
+                time.sleep(1)
+            after_load = dispatched(api, flow_schema)
+            time.sleep(30)  # let the last status writes and Deployment rollouts settle
+            idle_start, idle_t0 = dispatched(api, flow_schema), time.monotonic()
+            time.sleep(idle_seconds)
+            idle_end, idle_t1 = dispatched(api, flow_schema), time.monotonic()
+            use = process_use(operator.process.pid)
+            result["operator_metrics"] = operator_metrics(operator)
+        finally:
+            recorder.stop()
+            operator.stop()
+            remove_identity(api, flow_schema)
+        t = recorder.timeline
+        to_healthy = [t.md_phase_at[r]["Healthy"] - sent[r] for r in sent if "Healthy" in t.md_phase_at[r]]
+        minutes = (idle_t1 - idle_t0) / 60
+        result.update({
+            "healthy": len(to_healthy),
+            "apply_to_healthy_p50_s": round(statistics.median(to_healthy), 3) if to_healthy else None,
+            "apply_to_healthy_p99_s": round(percentile(to_healthy, 99), 3) if to_healthy else None,
+            "operator_requests_during_load": after_load - before,
+            "idle_window_s": round(idle_t1 - idle_t0, 1),
+            "idle_requests": idle_end - idle_start,
+            "idle_requests_per_object_minute": round((idle_end - idle_start) / m / minutes, 3),
+            "operator_peak_rss_mib": round(use.peak_rss_mib, 1) if use else None,
+            "load_after": uptime(),
+        })
+    client.CoreV1Api(api).delete_namespace(namespace)
+    return result
+
+
+def median_of(reps: list[dict[str, Any]], key: str) -> Any:
+    values = [r[key] for r in reps if r.get(key) is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    lines = [
+        "# Operator scale benchmark: results",
+        "",
+        f"Written by `hack/bench/operator/run.py` on {results['date']}. Command: `{results['command']}`.",
+        "",
+        "## Environment",
+        "",
+        f"- Machine: {results['env']['cpus']} CPUs, {results['env']['platform']}, Python {results['env']['python']}",
+        f"- Load average before / after (1, 5, 15 min): {results['env']['load_before']} / {results['env']['load_after']}"
+        " (other work shared the machine; see each case's own figures in results.json)",
+        f"- Control plane: hack/cluster (Kubernetes {results['env']['kubernetes']}, kwok fake nodes added per case,"
+        " 110 pods each, tainted for the load alone); the operator as a process on this machine, with the"
+        " chart's resync (30 s) and rollout tick (5 s), under its own ServiceAccount token and FlowSchema"
+        " (priority level workload-low)",
+        f"- Repetitions per case: {results['reps']} (figures below are medians of the repetitions)",
+        "",
+        "## TrainingRuns applied at once",
+        "",
+        *runs_table(results["runs"]),
+        "",
+        "## ModelDeployments applied at once",
+        "",
+        *deployments_table(results["deployments"]),
+    ]
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for row in results["targets"]:
+        lines.append(f"| {row['target']} | {row['measured']} | {row['met']} |")
+    before = results.get("before")
+    if before:
+        lines += [
+            "",
+            "## Before the fixes (same script, same kind of day)",
+            "",
+            f"{before['note']} Written {before['date']}; load average before / after: "
+            f"{before['env']['load_before']} / {before['env'].get('load_after', '?')}.",
+            "",
+            *runs_table(before["runs"]),
+            "",
+            *deployments_table(before["deployments"]),
+        ]
+    if results.get("profile"):
+        lines += ["", "## Where the operator's time went (py-spy, inclusive share of samples)", ""]
+        for n, frames in results["profile"].items():
+            lines.append(f"N = {n}:")
+            lines.append("")
+            lines += [f"- {share} % `{frame}`" for frame, share in frames[:15]]
+            lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def runs_table(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    lines = [
+        "| N | apply→Job p50 / p99 (s) | apply→Training p50 / p99 (s) | Job controller Job→Pod p50 / p99 (s)"
+        " | all Succeeded after (s) | Succeeded | duplicate Jobs | peak RSS (MiB) | CPU (s) | API requests / run"
+        " | APF queued |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, reps in sorted(runs.items(), key=lambda kv: int(kv[0])):
+        def m(key: str, reps: list[dict[str, Any]] = reps) -> Any:
+            return median_of(reps, key)
+        lines.append(
+            f"| {n} | {m('apply_to_job_p50_s')} / {m('apply_to_job_p99_s')} | {m('apply_to_training_p50_s')} / "
+            f"{m('apply_to_training_p99_s')} | {m('job_to_pod_p50_s')} / {m('job_to_pod_p99_s')} | "
+            f"{m('all_succeeded_after_s')} | {min(r['succeeded'] for r in reps)}/{n} | "
+            f"{max(r['duplicate_jobs'] for r in reps)} | {m('operator_peak_rss_mib')} | {m('operator_cpu_seconds')} | "
+            f"{m('operator_requests_per_run')} | {m('apf_queued_requests')} |"
+        )
+    return lines
+
+
+def deployments_table(deployments: dict[str, list[dict[str, Any]]]) -> list[str]:
+    lines = [
+        "| M | apply→Healthy p50 / p99 (s) | Healthy | idle requests / object / minute | idle window (s) | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mm, reps in sorted(deployments.items(), key=lambda kv: int(kv[0])):
+        def d(key: str, reps: list[dict[str, Any]] = reps) -> Any:
+            return median_of(reps, key)
+        lines.append(
+            f"| {mm} | {d('apply_to_healthy_p50_s')} / {d('apply_to_healthy_p99_s')} | "
+            f"{min(r['healthy'] for r in reps)}/{mm} | {d('idle_requests_per_object_minute')} | "
+            f"{d('idle_window_s')} | {d('operator_peak_rss_mib')} |"
+        )
+    return lines
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    runs = results["runs"]
+    biggest = max(runs, key=int) if runs else None
+    if biggest is not None:
+        reps = runs[biggest]
+        p99 = median_of(reps, "apply_to_job_p99_s")
+        yard = median_of(reps, "job_to_pod_p99_s")
+        rss = median_of(reps, "operator_peak_rss_mib")
+        ok_all = all(r["succeeded"] == int(biggest) for r in reps)
+        note = "" if int(biggest) == 1000 else f" (target is for N = 1,000; largest N run: {biggest})"
+        rows += [
+            {"target": "apply→Job p99 ≤ 5 s" + note, "measured": f"{p99} s",
+             "met": "met" if p99 is not None and p99 <= TARGETS["runs_apply_to_job_p99_s"] else "not met"},
+            {"target": "apply→Job p99 ≤ 2 x Job controller's Job→Pod p99" + note,
+             "measured": f"{p99} s vs 2 x {yard} s",
+             "met": "met" if p99 is not None and yard is not None and p99 <= 2 * yard else "not met"},
+            {"target": "all runs Succeeded" + note, "measured": f"{min(r['succeeded'] for r in reps)}/{biggest}",
+             "met": "met" if ok_all else "not met"},
+            {"target": "operator peak RSS ≤ 300 MiB" + note, "measured": f"{rss} MiB",
+             "met": "met" if rss is not None and rss <= TARGETS["runs_peak_rss_mib"] else "not met"},
+        ]
+    mds = results["deployments"]
+    if mds:
+        biggest_md = max(mds, key=int)
+        reps = mds[biggest_md]
+        p99 = median_of(reps, "apply_to_healthy_p99_s")
+        idle = median_of(reps, "idle_requests_per_object_minute")
+        note = "" if int(biggest_md) == 300 else f" (target is for M = 300; largest M run: {biggest_md})"
+        rows += [
+            {"target": "ModelDeployments apply→Healthy p99 ≤ 10 s" + note, "measured": f"{p99} s",
+             "met": "met" if p99 is not None and p99 <= TARGETS["md_apply_to_healthy_p99_s"] else "not met"},
+            {"target": "idle API load ≤ 1 request / object / minute" + note, "measured": f"{idle}",
+             "met": "met" if idle is not None and idle <= TARGETS["md_idle_requests_per_object_minute"] else "not met"},
+        ]
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="100,300", help="comma-separated N of TrainingRuns (default 100,300)")
+    parser.add_argument("--deployments", default="100,300", help="comma-separated M of ModelDeployments")
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--idle-seconds", type=int, default=90, help="idle window for the API load")
+    parser.add_argument("--profile", action="store_true", help="py-spy the operator during the largest N")
+    parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="results.json of an earlier run to show side by side (e.g. before a change)")
+    parser.add_argument("--before-note", default="", help="what the --before run was")
+    parser.add_argument("--operator-src", type=Path, default=None,
+                        help="import the operator from this copy of operator/ (e.g. a 'before' snapshot)")
+    args = parser.parse_args()
+    if args.operator_src is not None:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(args.operator_src), os.environ["PYTHONPATH"]])
+    runs = [int(x) for x in args.runs.split(",") if x]
+    deployments = [int(x) for x in args.deployments.split(",") if x]
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"kubeloop-operator-bench-{uuid.uuid4().hex[:6]}"
+    work.mkdir(parents=True)
+
+    cluster = acquire_cluster()
+    os.environ["KUBECONFIG"] = cluster.kubeconfig
+    api = kube_config.new_client_from_config(config_file=cluster.kubeconfig)
+    install_crds(cluster.kubectl)
+    message = trainer_message()
+    version = client.VersionApi(api).get_code().git_version
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python", "hack/bench/operator/run.py", *sys.argv[1:]]),
+        "reps": args.reps,
+        "env": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                "kubernetes": version, "load_before": uptime()},
+        "runs": {}, "deployments": {}, "profile": {},
+    }
+    for rep in range(args.reps):
+        for n in runs:
+            profile = args.profile and n == max(runs) and rep == 0
+            row = bench_runs(api, cluster.kubectl, n, work, message, profile)
+            print(json.dumps({k: v for k, v in row.items() if k != "profile_top_frames"}), flush=True)
+            if profile:
+                results["profile"][str(n)] = row.pop("profile_top_frames", [])
+            results["runs"].setdefault(str(n), []).append(row)
+        for m in deployments:
+            row = bench_deployments(api, m, work, args.idle_seconds)
+            print(json.dumps(row), flush=True)
+            results["deployments"].setdefault(str(m), []).append(row)
+    results["env"]["load_after"] = uptime()
+    finish(results, args)
+    return 0
+
+
+def finish(results: dict[str, Any], args: argparse.Namespace) -> None:
+    results["targets"] = targets(results)
+    if args.before is not None:
+        before = json.loads(args.before.read_text())
+        results["before"] = {k: before[k] for k in ("date", "env", "runs", "deployments")}
+        results["before"]["note"] = args.before_note
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    path = args.out / "results.md"
+    write_markdown(results, path)
+    if args.notes is not None:
+        path.write_text(path.read_text() + "\n" + args.notes.read_text())
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
