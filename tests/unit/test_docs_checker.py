@@ -4,6 +4,7 @@ tests/integration/test_docs_blocks.py, against the API server."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,19 @@ def test_commands_the_real_parsers_accept_pass() -> None:
     lines = "kubectl kubeloop status md/x\nkubeloop serve --model-uri /m --port 8080\nmake test\nkubectl get tr\n"
     outcomes = [check_command(i, {"trainingruns", "tr"}, chart_schema()) for i in shell_commands(Block("x.md", 1, "sh", lines))]
     assert [o.status for o in outcomes] == ["checked"] * 4, outcomes
+
+
+def test_every_measured_figure_in_the_readme_names_its_results_file() -> None:
+    # Issue 20: figures only from committed results files. Each row of the Measured table links
+    # the results files its figures are copied from, and those files exist.
+    from docs_blocks import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Measured", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| benchmark")]
+    assert len(rows) >= 4, rows
+    for row in rows:
+        links = re.findall(r"\]\(([^)]+)\)", row.rsplit("|", 2)[-2])
+        assert links, f"no results file named in: {row[:80]}"
+        for link in links:
+            assert link.endswith(("results.md", "demo-results.md")) and (REPO / link).is_file(), link
