@@ -76,7 +76,8 @@ def doc_files() -> list[Path]:
 
 
 def example_files() -> list[Path]:
-    return sorted((REPO / "examples").rglob("*.yaml"))
+    """YAML files users apply: examples/ and the manifests the docs keep beside them."""
+    return sorted([*(REPO / "examples").rglob("*.yaml"), *(REPO / "docs").rglob("*.yaml")])
 
 
 def relative(path: Path) -> str:
