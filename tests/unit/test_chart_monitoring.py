@@ -11,7 +11,8 @@
 * The plain Prometheus scrape_config in docs/metrics.md passes ``promtool check config``.
 * values.schema.json refuses the storage roots the trainer and operator refuse, and accepts
   the ones they accept, on one table.
-* The ``helm test`` hook runs the operator image under its own minimal RBAC.
+* The ``helm test`` hook (the chart's only test hook) runs the operator image under its own
+  list-only, namespaced RBAC.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import pytest
 import yaml
 from pydantic import TypeAdapter, ValidationError
 from test_chart_dashboard import exported_series
-from test_chart_support import CHART, REPO, by_kind, helm, one, render, template_args, tool
+from test_chart_support import CHART, REPO, helm, one, render, template_args, tool
 
 from kubeloop.analysis.builtin import INFERENCE_ENDPOINTS
 from kubeloop.api.common import OutputUri
@@ -580,76 +581,76 @@ def test_schema_and_code_agree_on_storage_roots(tmp_path: Path, uri: str) -> Non
 # -- helm test -------------------------------------------------------------------------------------
 
 
+def hook_pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+
+
 def test_helm_test_hook_runs_the_operator_image_under_its_own_minimal_rbac(tmp_path: Path) -> None:
     docs = render(tmp_path, {"image": {"repository": "registry.example/kubeloop", "tag": "1.2"}}, helm_tests=True)
-    hooks = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
-    assert sorted(d["kind"] for d in hooks) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Pod", "Role", "RoleBinding", "ServiceAccount"]
-    pod = one(hooks, "Pod")
+    # The Pod is the only test hook: `helm test --logs` reads a log for every test hook by its
+    # name (helm/helm#9098), and a kept Pod because it reads them after the hooks' cleanup.
+    (pod,) = hook_pods(docs)
+    assert pod["kind"] == "Pod"
+    assert pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation"
     operator = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     container = pod["spec"]["containers"][0]
     assert container["image"] == operator["image"] == "registry.example/kubeloop:1.2"
-    assert container["command"] == ["python", "/helm-test/helm-test.py"]
-    # The setup objects exist before the Pod (lower weight) and go when the test passed; the
-    # Pod stays for `helm test --logs`, which reads it after that cleanup (helm/helm#9098).
-    for hook in hooks:
-        annotations = hook["metadata"]["annotations"]
-        if hook["kind"] == "Pod":
-            assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation"
-        else:
-            assert int(annotations["helm.sh/hook-weight"]) < 0
-            assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
-    account = one(hooks, "ServiceAccount")["metadata"]["name"]
-    assert pod["spec"]["serviceAccountName"] == account != one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
-    # Least privilege: list pods in the release namespace, get the three CRDs; nothing else.
-    assert one(hooks, "Role")["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
-    assert one(hooks, "ClusterRole")["rules"] == [{
-        "apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
-        "resourceNames": ["trainingruns.kubeloop.io", "modeldeployments.kubeloop.io", "driftpolicies.kubeloop.io"],
-        "verbs": ["get"],
-    }]  # fmt: skip
-    for binding in (one(hooks, "RoleBinding"), one(hooks, "ClusterRoleBinding")):
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "kubeloop"}]
+    assert container["command"] == ["python", "-c"]
+    assert container["args"] == [(CHART / "files" / "helm-test.py").read_text()]
+    # Its identity: release objects (removed by `helm uninstall`), namespaced, list-only.
+    own = [d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "helm-test" and d is not pod]
+    assert sorted(d["kind"] for d in own) == ["Role", "RoleBinding", "ServiceAccount"]
+    account = one(own, "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False and pod["spec"]["automountServiceAccountToken"] is True
+    assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    assert account["metadata"]["name"] != one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert one(own, "Role")["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": ["kubeloop.io"], "resources": ["trainingruns", "modeldeployments", "driftpolicies"], "verbs": ["list"]},
+    ]
+    assert one(own, "RoleBinding")["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "kubeloop"}]
+    assert one(own, "RoleBinding")["roleRef"]["name"] == one(own, "Role")["metadata"]["name"]
     # The restricted Pod Security level, like the operator.
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     env = {e["name"]: e["value"] for e in container["env"]}
     service = one(docs, "Service")
     assert env["METRICS_URL"] == f"http://{service['metadata']['name']}.kubeloop.svc:8080/metrics"
+    assert env["CHECK_API"] == "true" and env["HEALTH_PORT"] == "8081" and env["RELEASE_NAMESPACE"] == "kubeloop"
     selector = dict(pair.split("=") for pair in env["OPERATOR_SELECTOR"].split(","))
     assert selector == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
     # The test Pod is neither an operator pod it would probe nor a backend of the Service.
     assert not selects({"matchLabels": selector}, pod["metadata"]["labels"])
     assert not selects({"matchLabels": service["spec"]["selector"]}, pod["metadata"]["labels"])
-    assert env["HEALTH_PORT"] == "8081"
-    script = one(hooks, "ConfigMap")["data"]["helm-test.py"]
-    assert script == (CHART / "files" / "helm-test.py").read_text().rstrip("\n")
-    assert {"trainingruns.kubeloop.io", "/healthz", "kubeloop_reconcile_total"} <= {
-        word for word in ("trainingruns.kubeloop.io", "/healthz", "kubeloop_reconcile_total") if word in script
-    }
 
 
-def test_helm_test_script_compiles_and_checks_a_family_the_operator_registers() -> None:
+def test_helm_test_script_compiles_and_checks_what_the_code_registers() -> None:
     script = (CHART / "files" / "helm-test.py").read_text()
     compile(script, "helm-test.py", "exec")
     family = re.search(r'METRICS_FAMILY = "# TYPE (\w+) (\w+)"', script)
-    assert family is not None
-    assert f"{family.group(1)}" in exported_series()
+    assert family is not None and family.group(1) in exported_series()
+    kinds = re.search(r"KINDS = \(([^)]*)\)", script)
+    assert kinds is not None
+    from kubeloop.api import crdgen
+
+    assert set(re.findall(r'"(\w+)"', kinds.group(1))) == {info.crd_name.split(".")[0] for info in crdgen.KIND_INFOS}
 
 
 def test_helm_test_can_be_left_out(tmp_path: Path) -> None:
     docs = render(tmp_path, {"helmTest": {"enabled": False}}, helm_tests=True)
-    assert not [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
-    assert not by_kind(docs, "Pod")
+    assert not hook_pods(docs)
+    assert not [d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "helm-test"]
 
 
-def test_helm_test_without_rbac_checks_only_the_metrics_service(tmp_path: Path) -> None:
-    # rbac.create=false: whoever installs may not create RBAC, so the hook brings none and
-    # its Pod, under the namespace's default ServiceAccount, asks the API server nothing.
-    docs = render(tmp_path, {"rbac": {"create": False}}, helm_tests=True)
-    hooks = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
-    assert sorted(d["kind"] for d in hooks) == ["ConfigMap", "Pod"]
-    pod = one(hooks, "Pod")
+@pytest.mark.parametrize("values", [{"rbac": {"create": False}}, {"serviceAccount": {"create": False, "name": "mine"}}])
+def test_helm_test_without_its_own_identity_checks_only_the_metrics_service(tmp_path: Path, values: dict[str, Any]) -> None:
+    # Whoever installs may not create RBAC (or brings identities): the test brings none, and
+    # its Pod mounts no token and asks the API server nothing.
+    docs = render(tmp_path, values, helm_tests=True)
+    assert [d["kind"] for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "helm-test"] == ["Pod"]
+    (pod,) = hook_pods(docs)
     assert "serviceAccountName" not in pod["spec"] and pod["spec"]["automountServiceAccountToken"] is False
     env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
     assert env["CHECK_API"] == "false" and env["METRICS_URL"].endswith("/metrics")

@@ -348,9 +348,16 @@ def test_the_derivation_sees_the_calls_we_know_about() -> None:
     } <= needed
 
 
+def operator_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chart's objects without the `helm test` Pod's own identity (a ServiceAccount, Role
+    and RoleBinding that may list pods and the three kinds: test_chart_monitoring.py checks
+    them, test_no_wildcards_secrets_or_escalation below covers them too)."""
+    return [d for d in docs if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "helm-test"]
+
+
 @pytest.mark.parametrize("peering", [False, True], ids=["standalone", "peering"])
 def test_cluster_wide_rbac_is_exactly_what_the_code_needs(tmp_path: Path, peering: bool) -> None:
-    docs = render(tmp_path, {"replicaCount": 2 if peering else 1})
+    docs = operator_objects(render(tmp_path, {"replicaCount": 2 if peering else 1}))
     roles = by_kind(docs, "ClusterRole")
     assert len(roles) == 1 and not by_kind(docs, "Role")
     needed, _ = needed_permissions(peering=peering, cluster_wide=True)
@@ -367,7 +374,7 @@ def test_cluster_wide_rbac_is_exactly_what_the_code_needs(tmp_path: Path, peerin
 
 @pytest.mark.parametrize("peering", [False, True], ids=["standalone", "peering"])
 def test_namespaced_rbac_is_a_role_per_watched_namespace(tmp_path: Path, peering: bool) -> None:
-    docs = render(tmp_path, {"watchNamespaces": ["ml-a", "ml-b"], "peering": {"enabled": peering}})
+    docs = operator_objects(render(tmp_path, {"watchNamespaces": ["ml-a", "ml-b"], "peering": {"enabled": peering}}))
     roles = by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-a", "ml-b"]
     needed, _ = needed_permissions(peering=peering, cluster_wide=False)

@@ -1,7 +1,8 @@
-"""`helm test` for a Kubeloop release: the CRDs are established and the operator answers.
+"""`helm test` for a Kubeloop release: the three kinds are served and the operator answers.
 
 Runs in the operator's own image (python and the kubernetes client are there; kubectl is not)
-under a ServiceAccount of its own that may only read the three CRDs and the release's pods.
+under a ServiceAccount of its own that may only list pods and the three kinds in the release
+namespace.
 Settings come from the environment the test Pod template sets. Exit code 0: every check
 passed; otherwise each failed check is printed with what to look at.
 """
@@ -14,7 +15,8 @@ import urllib.request
 
 from kubernetes import client, config
 
-CRDS = ("trainingruns.kubeloop.io", "modeldeployments.kubeloop.io", "driftpolicies.kubeloop.io")
+GROUP, VERSION = "kubeloop.io", "v1alpha1"
+KINDS = ("trainingruns", "modeldeployments", "driftpolicies")
 # A family every operator registers at start-up (kubeloop/controllers/metrics.py).
 METRICS_FAMILY = "# TYPE kubeloop_reconcile_total counter"
 TIMEOUT = 10
@@ -26,15 +28,19 @@ def get(url):
         return response.status, response.read().decode("utf-8", "replace")
 
 
-def check_crds(extensions):
+def check_kinds(custom, namespace):
+    """Each kind is served: a list answers only once its CRD is established."""
     problems = []
-    for name in CRDS:
-        crd = extensions.read_custom_resource_definition(name)
-        conditions = {c.type: c.status for c in (crd.status.conditions or [])}
-        if conditions.get("Established") != "True" or conditions.get("NamesAccepted") != "True":
-            problems.append(f"CRD {name} is not established: conditions {conditions}")
-        else:
-            print(f"ok: CRD {name} is established")
+    for plural in KINDS:
+        try:
+            custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, limit=1)
+        except client.ApiException as error:
+            problems.append(
+                f"{plural}.{GROUP} is not served ({error.status} {error.reason}): "
+                f"kubectl get crd {plural}.{GROUP} -o yaml shows its conditions"
+            )
+            continue
+        print(f"ok: {plural}.{GROUP} is served (CRD established)")
     return problems
 
 
@@ -76,13 +82,13 @@ def check_all():
     problems = []
     if os.environ.get("CHECK_API") == "true":
         config.load_incluster_config()
-        problems += check_crds(client.ApiextensionsV1Api())
+        problems += check_kinds(client.CustomObjectsApi(), os.environ["RELEASE_NAMESPACE"])
         problems += check_operator_pods(
             client.CoreV1Api(), os.environ["RELEASE_NAMESPACE"], os.environ["OPERATOR_SELECTOR"],
             int(os.environ["HEALTH_PORT"]),
         )
     else:
-        print("skipped: CRDs and operator pods (rbac.create=false: this test has no RBAC of its own)")
+        print("skipped: kinds and operator pods (rbac.create or serviceAccount.create is false: no identity of its own)")
     if os.environ.get("METRICS_URL"):
         problems += check_metrics_service(os.environ["METRICS_URL"])
     return problems
