@@ -34,7 +34,7 @@ from harness import install_crds
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from docs_blocks import (
     CHART,
-    PROMETHEUS_CONFIG_LABEL,
+    FRAGMENT_LABELS_CHECKED_HERE,
     Ledger,
     Outcome,
     all_items,
@@ -128,9 +128,9 @@ def ledger(kubectl: Any, docs_namespace: str, tmp_path_factory: pytest.TempPathF
         if item.kind == "manifest":
             ok, detail = dry_run(kubectl, item.data, docs_namespace, directory)
             result.outcomes.append(Outcome(item, "checked" if ok else "failed", detail))
-        elif item.kind == "fragment" and item.label != PROMETHEUS_CONFIG_LABEL:
+        elif item.kind == "fragment" and item.label not in FRAGMENT_LABELS_CHECKED_HERE:
             if fragment_target(item) is None:
-                result.add(item, "skipped", "a YAML fragment without a label (`<!-- docs-test: fragment <Kind>.spec -->` or `<!-- docs-test: prometheus config -->`): nothing says what it is part of")
+                result.add(item, "skipped", "a YAML fragment without a label (`<!-- docs-test: fragment <Kind>.spec -->`, `chart values` or `prometheus config`): nothing says what it is part of")
                 continue
             ok, detail = dry_run(kubectl, merged_into_quickstart(item), docs_namespace, directory)
             result.outcomes.append(Outcome(item, "checked" if ok else "failed", detail + f", merged into the quickstart {fragment_target(item)}"))

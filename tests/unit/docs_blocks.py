@@ -7,8 +7,10 @@ PrometheusRule the chart renders. Each piece becomes an :class:`Item`:
 - ``manifest``: a YAML document with apiVersion and kind (the API server judges it: the
   integration test creates it with ``--dry-run=server``);
 - ``fragment``: a YAML block without kind. It is checked only when labelled, right above its
-  fence, ``<!-- docs-test: fragment <Kind>.spec -->``: it is merged into the quickstart
-  example of that kind and that whole object goes to the API server;
+  fence: ``<!-- docs-test: fragment <Kind>.spec -->`` merges it into the quickstart example of
+  that kind and that whole object goes to the API server; ``<!-- docs-test: chart values -->``
+  renders the chart with it (helm, values.schema.json); ``<!-- docs-test: prometheus config
+  -->`` goes through ``promtool check config``;
 - ``promql``: a query; parsed by the real ``promtool`` and every series it selects must be one
   the operator or the model server exports (or a standard Kubernetes/Prometheus series listed
   here), with labels those series carry;
@@ -723,6 +725,8 @@ def check_pure(items: Iterable[Item], resources: set[str] | None = None) -> Ledg
             ledger.add(item, "skipped", item.label or "text")
         elif item.kind == "fragment" and item.label == PROMETHEUS_CONFIG_LABEL:
             ledger.outcomes.append(check_prometheus_config(item))
+        elif item.kind == "fragment" and item.label == CHART_VALUES_LABEL:
+            ledger.outcomes.append(check_chart_values(item))
     return ledger
 
 
@@ -749,6 +753,23 @@ def merged_into_quickstart(item: Item) -> dict[str, Any]:
 
 
 PROMETHEUS_CONFIG_LABEL = "prometheus config"
+CHART_VALUES_LABEL = "chart values"
+FRAGMENT_LABELS_CHECKED_HERE = {PROMETHEUS_CONFIG_LABEL, CHART_VALUES_LABEL}
+
+
+def check_chart_values(item: Item) -> Outcome:
+    """Chart values (a values.yaml excerpt) rendered by the real helm: values.schema.json and
+    the templates judge them."""
+    from test_chart_support import tool
+
+    with tempfile.TemporaryDirectory() as directory:
+        values = Path(directory) / "values.yaml"
+        values.write_text(yaml.safe_dump(item.data))
+        proc = subprocess.run([tool("helm"), "template", "kubeloop", str(CHART), "-f", str(values)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    if proc.returncode != 0:
+        return Outcome(item, "failed", "helm template: " + " ".join(proc.stderr.split()))
+    return Outcome(item, "checked", "helm renders the chart with these values")
 
 
 def check_prometheus_config(item: Item) -> Outcome:
