@@ -198,7 +198,7 @@ def test_no_prometheus_url_says_which_setting() -> None:
 @pytest.mark.parametrize(
     ("builtin", "fragments"),
     [
-        ("errorRate", ['track="canary"', 'code=~"5.."', "or vector(0)", "[30s]", 'endpoint=~"infer|predict"']),
+        ("errorRate", ['track="canary"', 'code=~"5.."', "or vector(0)", "[30s]", 'endpoint=~"infer|predict|grpc_infer"']),
         ("latencyP99", ["histogram_quantile(0.99", "kubeloop_serve_request_duration_seconds_bucket", "by (le)"]),
         ("shadowAgreement", ['track="stable"', 'result="agree"', "kubeloop_serve_shadow_requests_total"]),
         ("predictionShift", ['feature="__prediction__"', "by (track, bin)", 'track=~"stable|canary"']),

@@ -47,7 +47,7 @@ REQUESTS = "kubeloop_serve_requests_total"
 DURATION_BUCKET = "kubeloop_serve_request_duration_seconds_bucket"
 FEATURE_BINS = "kubeloop_serve_feature_bin_total"
 SHADOW_REQUESTS = "kubeloop_serve_shadow_requests_total"
-INFERENCE_ENDPOINTS = ("infer", "predict")
+INFERENCE_ENDPOINTS = ("infer", "predict", "grpc_infer")  # grpc_infer: gRPC ModelInfer
 LATENCY_QUANTILE = 0.99
 MIN_PREDICTIONS = 20
 """Fewest predictions per track before a prediction shift is judged (PSI of a handful of
