@@ -25,6 +25,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -385,21 +386,22 @@ def process_use(pid: int) -> ProcessUse | None:
 
 # --- fake nodes of our own ------------------------------------------------------------------------
 
-BENCH_TAINT = {"key": "kubeloop.io/load-test", "value": "true", "effect": "NoSchedule"}
-#: Placement of every load pod: only on :class:`FakeNodes` (tainted, so nobody else's pods land
-#: there and deleting the nodes afterwards disturbs no other test).
-PLACEMENT = {
-    "nodeSelector": {"kubeloop.io/load-test": "true"},
-    "tolerations": [{"key": BENCH_TAINT["key"], "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
-}
+LOAD_LABEL = "kubeloop.io/load-test"
 
 
 class FakeNodes:
-    """kwok nodes for one load (110 pods each), tainted for it alone; deleted on exit."""
+    """kwok nodes for one load (110 pods each), labelled and tainted for it alone (a token of its
+    own: nobody else's pods land there, and its pods land nowhere else, so deleting the nodes
+    afterwards disturbs no other test); deleted on exit. Put :attr:`placement` into the specs."""
 
     def __init__(self, api: Any, prefix: str, count: int) -> None:
         self.core = client.CoreV1Api(api)
         self.names = [f"{prefix}-{i}" for i in range(count)]
+        self.token = uuid.uuid4().hex[:12]
+        self.placement: dict[str, Any] = {
+            "nodeSelector": {LOAD_LABEL: self.token},
+            "tolerations": [{"key": LOAD_LABEL, "operator": "Equal", "value": self.token, "effect": "NoSchedule"}],
+        }
 
     def __enter__(self) -> FakeNodes:
         for name in self.names:
@@ -409,9 +411,9 @@ class FakeNodes:
                     "name": name,
                     "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
                     "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "type": "kwok",
-                               "kubeloop.io/fake-node": "true", "kubeloop.io/load-test": "true"},
+                               "kubeloop.io/fake-node": "true", LOAD_LABEL: self.token},
                 },
-                "spec": {"taints": [BENCH_TAINT]},
+                "spec": {"taints": [{"key": LOAD_LABEL, "value": self.token, "effect": "NoSchedule"}]},
                 "status": {
                     "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
                     "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
@@ -446,7 +448,7 @@ class FakeNodes:
 # --- objects --------------------------------------------------------------------------------------
 
 
-def trainingrun_body(name: str) -> dict[str, Any]:
+def trainingrun_body(name: str, placement: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The spec test_trainingrun_controller.py trains for real (its termination message fits it)."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": name},
@@ -456,15 +458,17 @@ def trainingrun_body(name: str) -> dict[str, Any]:
             "data": {"source": "sklearn://breast_cancer", "target": "target",
                      "split": {"testFraction": 0.25, "seed": 7}},
             "evaluation": {"metric": "accuracy", "threshold": 0.8},
-            **PLACEMENT,
+            **(placement or {}),
         },
     }
 
 
-def modeldeployment_body(name: str, sha: str, steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def modeldeployment_body(
+    name: str, sha: str, steps: list[dict[str, Any]] | None = None, placement: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "model": {"storageUri": f"s3://models/{sha[:4]}/model.skops", "sha256": sha}, "replicas": 1,
-        **PLACEMENT,
+        **(placement or {}),
     }
     if steps is not None:
         spec["rollout"] = {"steps": steps}

@@ -114,25 +114,27 @@ def active_replica(api: Any, namespace: str, peering: str, alive: set[str]) -> s
 
 
 @pytest.fixture
-def load(kube_api: Any, kubectl: Any, namespace: str, crds: None, tmp_path: Path) -> Iterator[tuple[Recorder, str]]:
+def load(
+    kube_api: Any, kubectl: Any, namespace: str, crds: None, tmp_path: Path
+) -> Iterator[tuple[Recorder, str, dict[str, Any]]]:
     peering = install_peering(kubectl, namespace, tmp_path)
     message = trainer_message()
-    with FakeNodes(kube_api, f"takeover-{namespace}"[:50], (RUNS + 3 * ROLLOUTS) // 100 + 2):
+    with FakeNodes(kube_api, f"takeover-{namespace}"[:50], (RUNS + 3 * ROLLOUTS) // 100 + 2) as nodes:
         recorder = Recorder(kube_api, namespace)
         kubelet = WatchKubelet(kube_api, namespace, message)
         recorder.listeners.append(kubelet)
         recorder.start()
         try:
-            yield recorder, peering
+            yield recorder, peering, nodes.placement
         finally:
             recorder.stop()
             kubelet.close()
 
 
 def test_standby_takes_over_from_a_killed_active_replica_without_losing_or_duplicating_work(
-    kube_api: Any, kubeconfig_path: str, namespace: str, load: tuple[Recorder, str], tmp_path: Path
+    kube_api: Any, kubeconfig_path: str, namespace: str, load: tuple[Recorder, str, dict[str, Any]], tmp_path: Path
 ) -> None:
-    recorder, peering = load
+    recorder, peering, placement = load
     custom = client.CustomObjectsApi(kube_api)
     seed = int(os.environ.get("KUBELOOP_TAKEOVER_SEED", "20261206"))
     rng = random.Random(seed)
@@ -146,7 +148,7 @@ def test_standby_takes_over_from_a_killed_active_replica_without_losing_or_dupli
         print(f"active at start: {first}")
 
         # Given healthy ModelDeployments on the old model
-        mds = [modeldeployment_body(f"md-{i:02d}", SHA_OLD, STEPS) for i in range(ROLLOUTS)]
+        mds = [modeldeployment_body(f"md-{i:02d}", SHA_OLD, STEPS, placement) for i in range(ROLLOUTS)]
         for md in mds:
             md["spec"]["replicas"] = 2
         apply_all(kube_api, namespace, "modeldeployments", mds)
@@ -155,7 +157,7 @@ def test_standby_takes_over_from_a_killed_active_replica_without_losing_or_dupli
 
         # When the runs are applied and every model changes (rollouts start) ...
         names = [f"run-{i:03d}" for i in range(RUNS)]
-        apply_all(kube_api, namespace, "trainingruns", [trainingrun_body(n) for n in names])
+        apply_all(kube_api, namespace, "trainingruns", [trainingrun_body(n, placement) for n in names])
         for md in mds:
             custom.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, "modeldeployments", md["metadata"]["name"],
@@ -176,7 +178,7 @@ def test_standby_takes_over_from_a_killed_active_replica_without_losing_or_dupli
             killed_at = time.time()
             probe = f"probe-{kill}"
             probes.append(probe)
-            apply_all(kube_api, namespace, "trainingruns", [trainingrun_body(probe)])
+            apply_all(kube_api, namespace, "trainingruns", [trainingrun_body(probe, placement)])
             print(f"kill {kill}: SIGKILL {', '.join(killed)} at {killed_at:.3f}")
             for _ in killed:
                 replicas.start()  # as the Deployment would start a new pod

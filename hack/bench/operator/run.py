@@ -164,7 +164,7 @@ def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
 def bench_runs(api: Any, kubectl: Any, n: int, out: Path, message: str, profile: bool) -> dict[str, Any]:
     namespace = namespace_for(api, f"bench-runs-{n}")
     result: dict[str, Any] = {"case": "trainingruns", "n": n, "namespace": namespace, "load_before": uptime()}
-    with FakeNodes(api, f"bench-{namespace}", math.ceil(n / 100) + 1):
+    with FakeNodes(api, f"bench-{namespace}", math.ceil(n / 100) + 1) as nodes:
         operator, flow_schema = start_operator(api, namespace, out, f"runs-{n}")
         recorder = Recorder(api, namespace)
         kubelet = WatchKubelet(api, namespace, message)
@@ -178,7 +178,7 @@ def bench_runs(api: Any, kubectl: Any, n: int, out: Path, message: str, profile:
             before, use_before = dispatched(api, flow_schema), process_use(operator.process.pid)
             apf_before = apf_wait(api, flow_schema)
             started = time.time()
-            sent = apply_all(api, namespace, "trainingruns", [trainingrun_body(f"run-{i:04d}") for i in range(n)])
+            sent = apply_all(api, namespace, "trainingruns", [trainingrun_body(f"run-{i:04d}", nodes.placement) for i in range(n)])
             result["apply_seconds"] = round(time.time() - started, 2)
             deadline = time.monotonic() + max(300, n * 1.5)
             while time.monotonic() < deadline:
@@ -238,14 +238,14 @@ def bench_runs(api: Any, kubectl: Any, n: int, out: Path, message: str, profile:
 def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[str, Any]:
     namespace = namespace_for(api, f"bench-md-{m}")
     result: dict[str, Any] = {"case": "modeldeployments", "m": m, "namespace": namespace, "load_before": uptime()}
-    with FakeNodes(api, f"bench-{namespace}", math.ceil(m / 100) + 1):
+    with FakeNodes(api, f"bench-{namespace}", math.ceil(m / 100) + 1) as nodes:
         operator, flow_schema = start_operator(api, namespace, out, f"md-{m}")
         recorder = Recorder(api, namespace).start()
         try:
             assert operator.process is not None
             before = dispatched(api, flow_schema)
             sent = apply_all(api, namespace, "modeldeployments",
-                             [modeldeployment_body(f"md-{i:04d}", "a" * 64) for i in range(m)])
+                             [modeldeployment_body(f"md-{i:04d}", "a" * 64, placement=nodes.placement) for i in range(m)])
             deadline = time.monotonic() + max(300, m * 1.5)
             while time.monotonic() < deadline:
                 with recorder.lock:
