@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +39,8 @@ from kubeloop.trust import estimators, ownership
 log = logging.getLogger("kubeloop.trainingrun")
 KIND = "TrainingRun"
 RUN_LABEL = "kubeloop.io/trainingrun"
+#: Threads that only reconcile runs with no status yet (their first reconcile creates the Job).
+NEW_RUN_THREADS = 8
 
 
 def trainer_settings(config: OperatorConfig) -> TrainerSettings:
@@ -59,6 +63,9 @@ class TrainingRunController:
         self.kube = kube
         self.settings = trainer_settings(config)
         self.locks = CoalescingLocks()
+        # A lane of its own for new runs: their Job is not queued behind the Job and pod events
+        # of the runs already training (kopf's one handler pool serves every event in order).
+        self.new_runs = ThreadPoolExecutor(NEW_RUN_THREADS, thread_name_prefix="new-runs")
         self.phases = metrics.PhaseTracker(KIND)
         # Deleted runs whose artifacts a ModelDeployment still serves: a change to any
         # ModelDeployment in their namespace looks at them again (kopf stops timers on deletion).
@@ -247,7 +254,18 @@ def register(registry: kopf.OperatorRegistry, controller: TrainingRunController,
     def not_finished(status: Mapping[str, Any], **_: Any) -> bool:
         return status.get("phase") not in TERMINAL_PHASES
 
-    @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", registry=registry)
+    def is_new(status: Mapping[str, Any], **_: Any) -> bool:
+        return not status.get("phase")
+
+    def not_new(status: Mapping[str, Any], **_: Any) -> bool:
+        return bool(status.get("phase"))
+
+    @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", when=is_new, registry=registry)
+    async def on_new_run_event(name: str, namespace: str | None, type: str, **_: Any) -> None:
+        if type != "DELETED" and namespace:
+            await asyncio.get_running_loop().run_in_executor(controller.new_runs, controller.reconcile, namespace, name)
+
+    @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", when=not_new, registry=registry)
     def on_run_event(name: str, namespace: str | None, type: str, **_: Any) -> None:
         if type != "DELETED" and namespace:
             controller.reconcile(namespace, name)
