@@ -302,7 +302,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         " 110 pods each, tainted for the load alone); the operator as a process on this machine, with the"
         " chart's resync (30 s) and rollout tick (5 s), under its own ServiceAccount token and FlowSchema"
         " (priority level workload-low)",
-        f"- Repetitions per case: {results['reps']} (figures below are medians of the repetitions)",
+        f"- Repetitions per case: {results['reps']} (figures below are medians of the repetitions; with one repetition, that run's figures)",
         "",
         "## TrainingRuns applied at once",
         "",
@@ -425,7 +425,13 @@ def main() -> int:
     parser.add_argument("--before-note", default="", help="what the --before run was")
     parser.add_argument("--operator-src", type=Path, default=None,
                         help="import the operator from this copy of operator/ (e.g. a 'before' snapshot)")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="only write results.md from this results.json (with --before, --notes)")
+    parser.add_argument("--notes", type=Path, default=None, help="markdown appended to results.md")
     args = parser.parse_args()
+    if args.from_json is not None:
+        finish(json.loads(args.from_json.read_text()), args)
+        return 0
     if args.operator_src is not None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(args.operator_src), os.environ["PYTHONPATH"]])
     runs = [int(x) for x in args.runs.split(",") if x]
