@@ -407,6 +407,19 @@ def helm_install(namespace: str, release: str, prometheus_url: str, helm: str, k
     return done.stdout
 
 
+def helm_test(namespace: str, release: str, helm: str, kubeconfig: str) -> str:
+    """``helm test``: the chart's test Pod checks the three kinds are served (CRDs established)
+    and the operator answers (/healthz of its pod, /metrics through its Service); helm's
+    report with the Pod's log is returned."""
+    done = subprocess.run(
+        [helm, "--kubeconfig", kubeconfig, "test", release, "-n", namespace, "--logs", "--timeout", "180s"],
+        capture_output=True, text=True, timeout=240,
+    )
+    if done.returncode != 0:
+        raise LoopError(f"helm test failed: {done.stderr.strip()}\n{done.stdout.strip()}")
+    return done.stdout
+
+
 def image_archive() -> str:
     archives = sorted((CACHE / "realnode" / "images").glob("runtime-*.tar"), key=lambda p: p.stat().st_mtime)
     return archives[-1].name if archives else "unknown"
@@ -477,6 +490,9 @@ class Loop:
         self.facts["operator_image"] = (pod.get("spec", {}).get("containers") or [{}])[0].get("image")
         tl.mark("operator installed", f"helm release {self.release}: pod {self.facts['operator_pod']} "
                 f"(serviceAccount {self.facts['operator_service_account']}, image {self.facts['operator_image']})")
+        self.out(f"$ helm test {self.release} -n {ns} --logs")
+        self.facts["helm_test"] = helm_test(ns, self.release, self.helm, self.kube.kubeconfig)
+        tl.mark("helm test passed", "kinds served, operator /healthz and /metrics answer")
         claim = self.kube.get(ns, "pvc", MODELS_PVC) or {}
         self.facts["claim_phase"] = (claim.get("status") or {}).get("phase")
         self.facts["claim_volume"] = (claim.get("spec") or {}).get("volumeName")

@@ -20,6 +20,7 @@ the canary's first request, stable unchanged, Degraded naming the failing metric
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 import uuid
@@ -63,6 +64,17 @@ def test_operator_runs_from_the_chart(loop_result: Any) -> None:
         "examples/quickstart/trainingrun.yaml", "examples/quickstart/modeldeployment.yaml",
         "examples/quickstart/driftpolicy.yaml",
     ]
+
+
+def test_helm_test_passes_after_install(loop_result: Any) -> None:
+    # `helm test --logs` ran the chart's test Pod (operator image, its own ServiceAccount) right
+    # after `helm install`; helm exits non-zero, and the loop stops, when it fails.
+    output = loop_result.facts["helm_test"]
+    assert re.search(r"^Phase:\s+Succeeded$", output, flags=re.MULTILINE), output
+    for check in ("ok: trainingruns.kubeloop.io is served", "ok: modeldeployments.kubeloop.io is served",
+                  "ok: driftpolicies.kubeloop.io is served", "/healthz", "ok: the metrics Service answers",
+                  '{"passed": true, "problems": 0}'):
+        assert check in output, f"{check!r} not in the test Pod's log:\n{output}"
 
 
 def test_prometheus_found_the_servers_itself(loop_result: Any) -> None:
