@@ -79,6 +79,7 @@ PINNED: tuple[PinnedVariable, ...] = (
     PinnedVariable("KUBELOOP_SERVE_HOST", "0.0.0.0", "the address the server listens on"),
     PinnedVariable("KUBELOOP_SERVE_PORT", "", "the port the probes and Services use; the server is given --port"),
     PinnedVariable("KUBELOOP_SERVE_WORKERS", "", "worker processes; the server is given --workers"),
+    PinnedVariable("KUBELOOP_SERVE_GRPC_PORT", "0", "the gRPC port the Services use; the server is given --grpc-port"),
     PinnedVariable("KUBELOOP_SERVE_MAX_BATCH_SIZE", "64", "rows per model call, unless spec.server.batching sets it"),
     PinnedVariable("KUBELOOP_SERVE_MAX_BATCH_LATENCY_MS", "2", "batch wait, unless spec.server.batching sets it"),
     PinnedVariable("KUBELOOP_SERVE_TRACK", "", "the track label of the metrics; the server is given --track"),
