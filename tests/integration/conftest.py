@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from clusterfixture import Cluster, acquire_cluster, hack_cluster, unique_name, wait_until
+from harness import install_crds
 
 _HERE = Path(__file__).resolve().parent
 
@@ -101,3 +102,9 @@ def namespace(request: pytest.FixtureRequest, kube_api: Any) -> Iterator[str]:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+@pytest.fixture(scope="module")
+def crds(kubectl: Any) -> None:
+    """The generated CRDs, applied and Established on the API server (once per module)."""
+    install_crds(kubectl)

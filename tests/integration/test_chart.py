@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 from clusterfixture import unique_name
-from harness import REPO, OperatorProcess, install_crds, play_kubelet_terminate, wait_for
+from harness import REPO, OperatorProcess, play_kubelet_terminate, wait_for
 from kubernetes import client
 
 CHART = REPO / "charts" / "kubeloop"
@@ -235,10 +235,6 @@ def test_examples_are_valid_against_the_chart_crds(schema_dir: Path) -> None:
     assert report["returncode"] == 0 and report["summary"]["invalid"] == 0, json.dumps(report, indent=1)
     assert report["summary"]["valid"] >= 3
 
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Any) -> None:
-    install_crds(kubectl)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import OperatorProcess, install_crds, wait_for
+from harness import OperatorProcess, wait_for
 from kubernetes import client
 
 GROUP, VERSION, PLURAL = "kubeloop.io", "v1alpha1", "modeldeployments"
@@ -28,10 +28,6 @@ GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api@v1.2.1"
 SHA_A, SHA_B, SHA_C = "a" * 64, "b" * 64, "c" * 64
 STEP_TIMEOUT = 90
 
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Any) -> None:
-    install_crds(kubectl)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,6 @@ from harness import (
     Prometheus,
     Server,
     free_port,
-    install_crds,
     wait_for,
 )
 from kubernetes import client
@@ -233,10 +232,6 @@ def test_failing_model_fails_the_error_rate(tmp_path: Path, models: dict[str, St
 
 # --- the operator, the real Prometheus, the rollout ---------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Any) -> None:
-    install_crds(kubectl)
 
 
 @pytest.fixture

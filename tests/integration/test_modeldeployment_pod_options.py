@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import OperatorProcess, install_crds, wait_for
+from harness import OperatorProcess, wait_for
 from kubernetes import client
 
 from kubeloop.trust.pod_env import USER_REFUSED_NAMES
@@ -32,10 +32,6 @@ SHA_A, SHA_B = "a" * 64, "b" * 64
 TIMEOUT = 90
 GPU_NODES = {"kwok-node-1", "kwok-node-2"}  # hack/controlplane/nodes.yaml: nvidia.com/gpu.present
 
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Any) -> None:
-    install_crds(kubectl)
 
 
 @pytest.fixture

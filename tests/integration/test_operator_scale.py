@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import OperatorProcess, install_crds, wait_for
+from harness import OperatorProcess, wait_for
 from kubernetes import client
 from operatorload import (
     GROUP,
@@ -36,10 +36,6 @@ pytestmark = pytest.mark.slow
 RUNS = 300
 MANUAL_KUBELET = {"kubeloop.io/test-kubelet": "manual"}
 
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Any) -> None:
-    install_crds(kubectl)
 
 
 @pytest.fixture

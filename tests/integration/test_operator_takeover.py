@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import OperatorProcess, install_crds, wait_for
+from harness import OperatorProcess, wait_for
 from kubernetes import client
 from operatorload import (
     GROUP,
@@ -58,10 +58,6 @@ STEPS = [
 TAKEOVER_BOUND_S = 30.0
 MANUAL_KUBELET = {"kubeloop.io/test-kubelet": "manual"}
 
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Any) -> None:
-    install_crds(kubectl)
 
 
 class Replicas:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import OperatorProcess, install_crds, play_kubelet_terminate, wait_for
+from harness import OperatorProcess, play_kubelet_terminate, wait_for
 from kubernetes import client
 
 GROUP, VERSION, PLURAL = "kubeloop.io", "v1alpha1", "trainingruns"
@@ -32,10 +32,6 @@ MANUAL_KUBELET = {"kubeloop.io/test-kubelet": "manual"}
 # kwok's chaos stage fails pods with this label (exit code set in the container status).
 CHAOS = {"pod-container-running-failed.stage.kwok.x-k8s.io": "true"}
 
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Any) -> None:
-    install_crds(kubectl)
 
 
 @pytest.fixture

@@ -29,3 +29,4 @@ kubeconfig_path = _fixtures.kubeconfig_path
 kube_api = _fixtures.kube_api
 kubectl = _fixtures.kubectl
 namespace = _fixtures.namespace
+crds = _fixtures.crds

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 import yaml
 from clusterfixture import unique_name
-from harness import REPO, install_crds
+from harness import REPO
 
 from kubeloop.decide.driftpolicy import retrain_run
 from kubeloop.resources.serving import ModelRef, ServingSettings, build_track_deployment
@@ -177,10 +177,6 @@ def rbac(kubectl: Kubectl, namespace: str) -> None:
         kubectl("create", "serviceaccount", sa, *n)
         kubectl("create", "rolebinding", f"{sa}-author", *n, "--role=author", f"--serviceaccount={namespace}:{sa}")
 
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Kubectl) -> None:
-    install_crds(kubectl)
 
 
 @pytest.fixture

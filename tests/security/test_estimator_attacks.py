@@ -120,13 +120,6 @@ def test_the_trainer_refuses_the_function_before_calling_it(
 # --- (c) the real operator on the real API server --------------------------------------------
 
 
-@pytest.fixture
-def crds(kubectl: Any) -> None:
-    from harness import install_crds
-
-    install_crds(kubectl)
-
-
 def test_the_operator_fails_the_run_without_creating_a_job(
     kubeconfig_path: str, kube_api: Any, namespace: str, crds: None, tmp_path: Path,
 ) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import OperatorProcess, install_crds, wait_for
+from harness import OperatorProcess, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -42,10 +42,6 @@ SHA = "a" * 64
 RUNTIME_IMAGE = "kubeloop:test"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 
-
-@pytest.fixture
-def crds(kubectl: Any) -> None:
-    install_crds(kubectl)
 
 
 def victim_service(name: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 import pytest
-from harness import OperatorProcess, install_crds, wait_for
+from harness import OperatorProcess, wait_for
 from kubernetes import client
 
 GROUP, VERSION = "kubeloop.io", "v1alpha1"
@@ -80,10 +80,6 @@ def metadata() -> Iterator[MetadataEndpoint]:
     yield endpoint
     endpoint.close()
 
-
-@pytest.fixture
-def crds(kubectl: Any) -> None:
-    install_crds(kubectl)
 
 
 def operator_process(kubeconfig: str, namespace: str, log: Path, env: dict[str, str]) -> OperatorProcess:
