@@ -25,7 +25,6 @@ from serve_fixtures import (
     StoredModel,
     metric_sum,
     serving,
-    train_models,
     train_with_kubeloop,
 )
 
@@ -33,11 +32,6 @@ from kubeloop.serving import binary_tensors
 from kubeloop.serving.binary_tensors import BinaryDataError
 
 TEXT = ["plan", "region"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, StoredModel]:
-    return train_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,8 @@ from serve_fixtures import (
     StoredModel,
     metric_sum,
     serving,
-    train_models,
     v2_request,
 )
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, StoredModel]:
-    return train_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

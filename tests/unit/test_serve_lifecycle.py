@@ -26,7 +26,6 @@ from serve_fixtures import (
     StoredModel,
     free_port,
     serving,
-    train_models,
     v2_request,
     wait_ready,
 )
@@ -34,11 +33,6 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, StoredModel]:
-    return train_models(tmp_path_factory.mktemp("models"))
 
 
 def run_serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

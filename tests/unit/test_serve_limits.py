@@ -23,16 +23,11 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from serve_fixtures import RunningServer, StoredModel, metric_sum, serving, train_models
+from serve_fixtures import RunningServer, StoredModel, metric_sum, serving
 
 from kubeloop.serving.feedback import LABELLED, RecentPredictions
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, StoredModel]:
-    return train_models(tmp_path_factory.mktemp("models"))
 
 
 def rss_bytes(server: RunningServer, field: str = "VmRSS") -> int:

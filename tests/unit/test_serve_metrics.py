@@ -21,18 +21,12 @@ from serve_fixtures import (
     metric_sum,
     parse_metrics,
     serving,
-    train_models,
     v2_request,
 )
 
 from kubeloop.drift.profile import OTHER_CATEGORY, Profile
 
 BIN_METRIC = "kubeloop_serve_feature_bin_total"
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, StoredModel]:
-    return train_models(tmp_path_factory.mktemp("models"))
 
 
 def profile_of(model: StoredModel) -> Profile:
