@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import OperatorProcess
+from harness import OperatorProcess, sigint_as_in_a_terminal
 from realnode import RealNode, apply, poll
 
 # The real-node fixtures and helpers of the paths test, reused rather than copied.
@@ -126,6 +126,7 @@ def test_logs_follow_streams_a_running_server_until_ctrl_c(
             [sys.executable, "-m", "kubeloop.plugin", "--kubeconfig", real_node.kubeconfig, "-n", e2e_namespace,
              "logs", "md", MD, "-f"],
             env={**os.environ, "KUBECONFIG": "/nonexistent/kubeconfig"}, stdout=sink, stderr=subprocess.PIPE, text=True,
+            preexec_fn=sigint_as_in_a_terminal,
         )
         try:
             poll(lambda: "(sha256 " in out.read_text(), 90, "the followed server log")

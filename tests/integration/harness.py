@@ -212,6 +212,13 @@ class Server:
                 self.process.wait()
 
 
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child the test stops with SIGINT, as Ctrl-C would: a shell that runs
+    a job in the background (CI's, for one) starts it with SIGINT ignored, children inherit
+    that, and Python then installs no KeyboardInterrupt handler. A terminal gives the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def host_address() -> str:
     """This machine's first non-loopback IPv4 address: one the API server's pod proxy dials
     (it refuses loopback)."""

@@ -32,7 +32,13 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import OperatorProcess, install_crds, play_kubelet_terminate, wait_for
+from harness import (
+    OperatorProcess,
+    install_crds,
+    play_kubelet_terminate,
+    sigint_as_in_a_terminal,
+    wait_for,
+)
 from kubernetes import client
 from test_trainingrun_controller import (
     MANUAL_KUBELET,
@@ -146,7 +152,7 @@ def test_plugin_steers_a_rollout_and_shows_lineage(kube_api: Any, kubeconfig_pat
     watching = subprocess.Popen(
         [sys.executable, "-m", "kubeloop.plugin", "-n", namespace, "watch", "md/cancer"],
         env={**os.environ, "KUBECONFIG": kubeconfig_path, "COLUMNS": "200"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal,
     )
     # Ctrl-C once it talks to the API server (imports alone take seconds on a loaded box),
     # after a first refresh.
