@@ -98,9 +98,9 @@ def test_profiles_are_fetched_once_per_namespace_deployment_and_model() -> None:
 
     profiles = ServedProfiles()
     # The same deployment name and model in two namespaces: each reads its own pods' profile.
-    assert profiles.of(_md("team-a", STABLE), ["team-a-pod"], fetch) == MINE
-    assert profiles.of(_md("team-b", STABLE), ["team-b-pod"], fetch) == theirs
-    assert profiles.of(_md("team-a", STABLE), ["team-a-pod"], fetch) == MINE
+    assert profiles.of(_md("team-a", STABLE), lambda: ["team-a-pod"], fetch) == MINE
+    assert profiles.of(_md("team-b", STABLE), lambda: ["team-b-pod"], fetch) == theirs
+    assert profiles.of(_md("team-a", STABLE), lambda: ["team-a-pod"], fetch) == MINE
     assert asked == ["team-a-pod", "team-b-pod"]
 
 
@@ -110,9 +110,9 @@ def test_a_failing_pod_is_skipped_and_its_error_not_quoted() -> None:
             raise NotFound("/api/v1/.../proxy/profile: <the pod's own words>")
         return _answer(STABLE, MINE)
 
-    assert ServedProfiles().of(_md("ns", STABLE), ["broken", "good"], fetch) == MINE
+    assert ServedProfiles().of(_md("ns", STABLE), lambda: ["broken", "good"], fetch) == MINE
     with pytest.raises(ProfileUnavailable) as caught:
-        ServedProfiles().of(_md("ns", STABLE), ["broken"], fetch)
+        ServedProfiles().of(_md("ns", STABLE), lambda: ["broken"], fetch)
     assert "no /profile endpoint" in caught.value.message
     assert "the pod's own words" not in caught.value.message
 
@@ -121,6 +121,6 @@ def test_a_new_stable_model_replaces_the_kept_profile() -> None:
     theirs = _profile([100.0, 200.0, 300.0, 400.0])
     answers = {STABLE: _answer(STABLE, MINE), OTHER: _answer(OTHER, theirs)}
     profiles = ServedProfiles()
-    assert profiles.of(_md("ns", STABLE), ["pod"], lambda _pod: answers[STABLE]) == MINE
-    assert profiles.of(_md("ns", OTHER), ["pod"], lambda _pod: answers[OTHER]) == theirs
+    assert profiles.of(_md("ns", STABLE), lambda: ["pod"], lambda _pod: answers[STABLE]) == MINE
+    assert profiles.of(_md("ns", OTHER), lambda: ["pod"], lambda _pod: answers[OTHER]) == theirs
     assert list(profiles._cache) == [("ns", "churn", OTHER)]

@@ -136,7 +136,7 @@ class DriftPolicyController:
         try:
             return self.profiles.of(
                 target,
-                [pod.name for pod in ready_pods(self.kube, target, track="stable")],
+                lambda: [pod.name for pod in ready_pods(self.kube, target, track="stable")],
                 lambda pod: proxy_get(self.kube, target, pod, PROFILE_PATH, limit=MAX_PROFILE_BYTES).encode(),
             )
         except ProfileUnavailable as error:

@@ -59,7 +59,7 @@ def parse_served_profile(payload: bytes) -> ServedProfile:
     if raw is None:
         return ServedProfile(document["modelSha256"], None)
     try:
-        profile = Profile.from_json_bytes(orjson.dumps(raw))
+        profile = Profile.model_validate(raw)
     except ValueError:
         raise ValueError("the profile is not a valid Kubeloop profile") from None
     return ServedProfile(document["modelSha256"], profile)
@@ -105,16 +105,17 @@ class ServedProfiles:
     def of(
         self,
         md: Mapping[str, Any],
-        stable_pods: list[str],
+        stable_pods: Callable[[], list[str]],
         fetch: Callable[[str], bytes],
     ) -> Profile:
-        """The stable model's profile; ``fetch(pod)`` returns a pod's ``/profile`` answer."""
+        """The stable model's profile; ``stable_pods()`` lists the ready stable pods (asked only
+        when the profile is not kept yet), ``fetch(pod)`` returns a pod's ``/profile`` answer."""
         namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
         sha = str(((md.get("status") or {}).get("stable") or {}).get("sha256") or "")
         key = (namespace, name, sha)
         if key not in self._cache:
             answers: list[tuple[str, ServedProfile | str]] = []
-            for pod in stable_pods:
+            for pod in stable_pods():
                 try:
                     answers.append((pod, parse_served_profile(fetch(pod))))
                 except Exception as error:  # any failure of one pod: ask the next
