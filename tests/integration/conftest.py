@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from clusterfixture import Cluster, acquire_cluster, hack_cluster, unique_name, wait_until
-from harness import install_crds
+from harness import OperatorProcess, install_crds
 
 _HERE = Path(__file__).resolve().parent
 
@@ -108,3 +108,17 @@ def namespace(request: pytest.FixtureRequest, kube_api: Any) -> Iterator[str]:
 def crds(kubectl: Any) -> None:
     """The generated CRDs, applied and Established on the API server (once per module)."""
     install_crds(kubectl)
+
+
+@pytest.fixture
+def rollout_operator(kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None) -> Iterator[OperatorProcess]:
+    """``kubeloop operator`` on the test's namespace with a 1 s rollout tick (its log tail is
+    printed at the end)."""
+    process = OperatorProcess(
+        kubeconfig_path, namespace, tmp_path / "operator.log",
+        env={"KUBELOOP_RUNTIME_IMAGE": "kubeloop:test", "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
+    )
+    process.start()
+    yield process
+    process.stop()
+    print(process.log_tail(40))

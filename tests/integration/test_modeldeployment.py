@@ -15,7 +15,6 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +43,6 @@ def gateway_api_crds(kubectl: Any) -> None:
     route_crd = directory / "gateway.networking.k8s.io_httproutes.yaml"
     kubectl("apply", "--server-side", "--field-manager=kubeloop-tests", "--force-conflicts", "-f", str(route_crd))
     kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(route_crd))
-
-
-@pytest.fixture
-def operator(kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        kubeconfig_path, namespace, tmp_path / "operator.log",
-        env={"KUBELOOP_RUNTIME_IMAGE": "kubeloop:test", "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
-    )
-    process.start()
-    yield process
-    process.stop()
-    print(process.log_tail(40))
 
 
 class Cluster:
@@ -141,7 +128,7 @@ def wait_status(cluster: Cluster, what: str, check: Any, timeout: float = STEP_T
 
 
 def test_model_change_walks_the_steps_with_gateway_api_weights_survives_sigkill_scales_and_cleans_up(
-    kube_api: Any, namespace: str, kubectl: Any, operator: OperatorProcess, gateway_api_crds: None
+    kube_api: Any, namespace: str, kubectl: Any, rollout_operator: OperatorProcess, gateway_api_crds: None
 ) -> None:
     cluster = Cluster(kube_api, namespace)
     route = {
@@ -196,9 +183,9 @@ def test_model_change_walks_the_steps_with_gateway_api_weights_survives_sigkill_
 
     # Crash safety: SIGKILL the operator mid-rollout, restart it: same step, same objects
     before = {d: cluster.deployment(d).metadata.uid for d in ("churn-stable", "churn-canary")}
-    operator.kill()
-    operator.start()
-    wait_for(lambda: cluster.events("StepAdvanced") and operator.alive(), timeout=30, what="operator back")
+    rollout_operator.kill()
+    rollout_operator.start()
+    wait_for(lambda: cluster.events("StepAdvanced") and rollout_operator.alive(), timeout=30, what="operator back")
     wait_status(cluster, "status observed again", lambda s: s.get("currentStep") == 2, timeout=30)
     time.sleep(3)  # a few resyncs of the restarted operator
     status = cluster.status("churn")
@@ -233,7 +220,7 @@ def test_model_change_walks_the_steps_with_gateway_api_weights_survives_sigkill_
 
 
 def test_replicas_router_abort_sends_traffic_back_and_retry_starts_again(
-    kube_api: Any, namespace: str, operator: OperatorProcess
+    kube_api: Any, namespace: str, rollout_operator: OperatorProcess
 ) -> None:
     cluster = Cluster(kube_api, namespace)
     md = modeldeployment([{"setWeight": 50}, {"pause": {}}], replicas=2)

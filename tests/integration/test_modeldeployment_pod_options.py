@@ -17,8 +17,6 @@ what the API server, scheduler and controllers make of the objects, not a server
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,18 +30,6 @@ SHA_A, SHA_B = "a" * 64, "b" * 64
 TIMEOUT = 90
 GPU_NODES = {"kwok-node-1", "kwok-node-2"}  # hack/controlplane/nodes.yaml: nvidia.com/gpu.present
 
-
-
-@pytest.fixture
-def operator(kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        kubeconfig_path, namespace, tmp_path / "operator.log",
-        env={"KUBELOOP_RUNTIME_IMAGE": "kubeloop:test", "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
-    )
-    process.start()
-    yield process
-    process.stop()
-    print(process.log_tail(40))
 
 
 def model(sha: str) -> dict[str, str]:
@@ -153,7 +139,7 @@ def placed_pods(cluster: Cluster, track: str, count: int) -> list[Any]:
 
 
 def test_every_pod_option_reaches_both_tracks_pods_and_the_stable_budget(
-    kube_api: Any, namespace: str, kubectl: Any, operator: OperatorProcess
+    kube_api: Any, namespace: str, kubectl: Any, rollout_operator: OperatorProcess
 ) -> None:
     cluster = Cluster(kube_api, namespace)
     kubectl("create", "serviceaccount", "churn-reader", "-n", namespace)
@@ -217,7 +203,7 @@ def test_every_pod_option_reaches_both_tracks_pods_and_the_stable_budget(
 
 
 def test_refused_env_names_and_labels_name_the_field(
-    kube_api: Any, namespace: str, kubectl: Any, operator: OperatorProcess
+    kube_api: Any, namespace: str, kubectl: Any, rollout_operator: OperatorProcess
 ) -> None:
     cluster = Cluster(kube_api, namespace)
 
