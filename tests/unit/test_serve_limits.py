@@ -10,8 +10,8 @@ stated here (measured from /proc), and normal clients keep being answered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
+import select
 import socket
 import statistics
 import threading
@@ -44,22 +44,35 @@ def host_port(server: RunningServer) -> tuple[str, int]:
 
 
 def raw_request(server: RunningServer, head: bytes, body_chunks: Iterable[bytes] = ()) -> bytes:
-    """Send ``head`` and then body chunks until the server answers; the raw answer."""
+    """Send ``head`` and then body chunks until the server answers; the raw answer.
+
+    A full send buffer means the server reads slower than we write, not that it answered:
+    wait until the socket is writable (or readable: an early answer) and keep sending.
+    Giving up on a full buffer left a chunked body short of the limit, and the server then
+    rightly answered 408 at its body deadline instead of 413.
+    """
     with socket.create_connection(host_port(server), timeout=30) as sock:
         sock.sendall(head)
-        sock.setblocking(False)
         answer = b""
         for chunk in body_chunks:
-            with contextlib.suppress(BlockingIOError):
-                answer += sock.recv(65536)
+            pending = memoryview(chunk)
+            while pending and not answer:
+                readable, writable, _ = select.select([sock], [sock], [], 30)
+                if readable:
+                    try:
+                        answer += sock.recv(65536) or b"\0"  # EOF: stop sending
+                    except ConnectionResetError:
+                        return answer
+                elif writable:
+                    try:
+                        pending = pending[sock.send(pending) :]
+                    except (BrokenPipeError, ConnectionResetError):
+                        break
+                else:
+                    raise AssertionError("the server neither read nor answered for 30 s")
             if answer:
                 break
-            try:
-                sock.sendall(chunk)
-            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
-                break
-        sock.setblocking(True)
-        sock.settimeout(30)
+        answer = answer.rstrip(b"\0")
         try:
             while not answer.endswith(b"}"):
                 data = sock.recv(65536)
