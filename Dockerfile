@@ -26,7 +26,7 @@ COPY operator ./operator
 # Measured in this image, importing what a trainer and a server need: 2.8-3.1 CPU-s with,
 # 7.3-7.7 without (`python -X pycache_prefix=<empty dir>`). unchecked-hash: an image never
 # changes, so Python need not compare source timestamps, which copying stages may not keep.
-RUN /opt/kubeloop/bin/pip install --constraint requirements.lock ".[train,serve]" \
+RUN /opt/kubeloop/bin/pip install --constraint requirements.lock ".[train,serve,boost,mlflow]" \
     && find /opt/kubeloop -name 'tests' -type d -path '*site-packages/*/tests' -prune -exec rm -rf {} + \
     && find /opt/kubeloop -name '__pycache__' -type d -prune -exec rm -rf {} + \
     && /opt/kubeloop/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/kubeloop/lib
