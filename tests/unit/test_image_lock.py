@@ -1,6 +1,6 @@
 """requirements.lock: what the image installs is pinned, and the pins satisfy pyproject.toml.
 
-The image runs `pip install --constraint requirements.lock ".[train,serve]"`; a dependency
+The image runs `pip install --constraint requirements.lock ".[train,serve,boost,mlflow]"`; a dependency
 missing from the lock would float, and a pin outside pyproject's range would fail the build
 (or, worse, be the version nobody tested). `hack/image/lock` rewrites the lock.
 """
@@ -66,7 +66,7 @@ def test_skops_is_pinned_past_its_trust_bypasses() -> None:
 def test_the_image_installs_under_the_lock() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r"COPY [^\n]*requirements\.lock", dockerfile)
-    assert re.search(r'pip install --constraint requirements\.lock "\.\[train,serve\]"', dockerfile)
+    assert re.search(r'pip install --constraint requirements\.lock "\.\[train,serve,boost,mlflow\]"', dockerfile)
     assert "!requirements.lock" in (REPO / ".dockerignore").read_text().splitlines()
     # The real node rebuilds its image when the lock changes.
     assert "requirements.lock" in (REPO / "hack" / "realnode" / "images.sh").read_text()
