@@ -43,7 +43,9 @@ def problems() -> list[str]:
     locked = pins()
     found = []
     for requirement in image_requirements():
-        if requirement.marker is not None and not requirement.marker.evaluate({"python_version": "3.11"}):
+        if requirement.marker is not None and not requirement.marker.evaluate(
+            {"python_version": "3.11"}
+        ):
             continue
         name = canonicalize_name(requirement.name)
         if name == "kubeloop":
@@ -51,7 +53,9 @@ def problems() -> list[str]:
         if name not in locked:
             found.append(f"{requirement.name} is not pinned in requirements.lock")
         elif not requirement.specifier.contains(locked[name], prereleases=True):
-            found.append(f"requirements.lock pins {requirement.name}=={locked[name]}, outside {requirement}")
+            found.append(
+                f"requirements.lock pins {requirement.name}=={locked[name]}, outside {requirement}"
+            )
     return found
 
 
@@ -66,7 +70,9 @@ def test_skops_is_pinned_past_its_trust_bypasses() -> None:
 def test_the_image_installs_under_the_lock() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r"COPY [^\n]*requirements\.lock", dockerfile)
-    assert re.search(r'pip install --constraint requirements\.lock "\.\[train,serve,boost,mlflow\]"', dockerfile)
+    assert re.search(
+        r'pip install --constraint requirements\.lock "\.\[train,serve,boost,mlflow\]"', dockerfile
+    )
     assert "!requirements.lock" in (REPO / ".dockerignore").read_text().splitlines()
     # The real node rebuilds its image when the lock changes.
     assert "requirements.lock" in (REPO / "hack" / "realnode" / "images.sh").read_text()
