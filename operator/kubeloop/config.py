@@ -82,12 +82,41 @@ class OperatorConfig(BaseSettings):
         5.0, description="How often rollouts in progress are re-evaluated (pauses, analysis)."
     )
     peering: str = Field("", description="kopf peering name for HA; empty disables peering.")
+    mlflow_tracking_uri: str = Field(
+        "",
+        description=(
+            "MLflow tracking and registry server (http(s)://host[:port][/path]); empty: no "
+            "MLflow. With it, TrainingRuns are MLflow runs and Succeeded ones model versions."
+        ),
+    )
+    mlflow_track_by_default: bool = Field(
+        True,
+        description="Whether a TrainingRun without spec.tracking.enabled is tracked in MLflow.",
+    )
+    mlflow_experiment_prefix: str = Field(
+        "kubeloop",
+        description="Experiment of a run without spec.tracking.experimentName: <prefix>/<namespace>/<model>.",
+    )
+    mlflow_tracking_token: str = Field(
+        "", description="Bearer token the operator sends to MLflow (chart: from a Secret)."
+    )
+    mlflow_tracking_username: str = Field("", description="MLflow basic-auth user of the operator.")
+    mlflow_tracking_password: str = Field("", description="MLflow basic-auth password of the operator.")
+    mlflow_timeout_seconds: float = Field(5.0, description="Timeout of one MLflow request.")
 
     # NoDecode hands comma-separated env strings to this validator untouched.
     @field_validator("allowed_prometheus_urls", mode="before")
     @classmethod
     def _csv_urls(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _mlflow_url(cls, value: str) -> str:
+        # One URL policy (kubeloop.trust.urls); a wrong value stops the operator at start-up.
+        from kubeloop.trust.urls import normalise_mlflow_url
+
+        return normalise_mlflow_url(value) if value.strip() else ""
 
     @field_validator("allowed_images", mode="before")
     @classmethod

@@ -298,3 +298,33 @@ def check_operator_read(uri: str, field: str, storage_root: str, run_root: str |
             "TrainingRun or point the ModelDeployment at a model stored there",
         )
     return uri
+
+
+# --- MLflow (issue 17) ---------------------------------------------------------------------
+
+MLFLOW_SETTING = "the chart value mlflow.trackingUri (KUBELOOP_MLFLOW_TRACKING_URI)"
+
+
+def normalise_mlflow_url(url: str) -> str:
+    """The operator's MLflow tracking/registry base URL (from its configuration only, never a
+    spec): the same shape rules as a Prometheus base URL; raises ValueError naming the setting."""
+    try:
+        return normalise_prometheus_url(url)
+    except ValueError as error:
+        raise ValueError(f"{MLFLOW_SETTING}: {url!r} {error}") from None
+
+
+def registry_model_uri_problem(uri: str) -> str | None:
+    """Why a model URI read from an MLflow model version may not be served, or None.
+
+    The URI is handed to the model server like a spec's ``storageUri`` (the server reads it,
+    not the operator), so it must be one: a supported storage scheme, no spaces or control
+    characters. Whoever can write the registry cannot point a server at anything else."""
+    from kubeloop.api.common import STORAGE_SCHEMES, uri_pattern
+
+    if len(uri) > 2048:
+        return "is longer than 2048 characters"
+    if not re.match(uri_pattern(STORAGE_SCHEMES), uri) or any(ord(c) < 0x21 for c in uri):
+        schemes = ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
+        return f"is not a storage URI a ModelDeployment may serve (it must start with {schemes})"
+    return None
