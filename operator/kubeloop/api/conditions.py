@@ -36,9 +36,11 @@ class ConditionType(StrEnum):
     ANALYSIS_PASSING = "AnalysisPassing"
     """The latest canary analysis measurements are within their bounds."""
     DRIFTED = "Drifted"
-    """The live (or checked) data no longer looks like the training data."""
+    """The live (or checked) data no longer looks like the training data, or (a performance
+    policy) the model's live performance on labelled traffic fell below its reference."""
     NOT_ENOUGH_DATA = "NotEnoughData"
-    """Fewer samples than minSamples were seen in the window; no drift verdict was made."""
+    """Fewer samples than minSamples (or labels than performance.minLabels) were seen in the
+    window; no verdict was made."""
     RETRAIN_IN_FLIGHT = "RetrainInFlight"
     """A TrainingRun created by the policy is still running."""
 
@@ -82,6 +84,10 @@ class Reason(StrEnum):
     NO_DRIFT = "NoDrift"
     DRIFT_DETECTED = "DriftDetected"
     NOT_ENOUGH_SAMPLES = "NotEnoughSamples"
+    NOT_ENOUGH_LABELS = "NotEnoughLabels"
+    PERFORMANCE_DEGRADED = "PerformanceDegraded"
+    PERFORMANCE_HELD = "PerformanceHeld"
+    REFERENCE_UNAVAILABLE = "ReferenceUnavailable"
     TARGET_NOT_FOUND = "TargetNotFound"
     PROFILE_NOT_FOUND = "ProfileNotFound"
     SOURCE_UNAVAILABLE = "SourceUnavailable"

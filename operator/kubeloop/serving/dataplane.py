@@ -26,6 +26,7 @@ from kubeloop.serving.feedback import (
     FeedbackScore,
     IdInUse,
     RecentPredictions,
+    class_roles,
     score,
 )
 from kubeloop.serving.metrics import ServeMetrics
@@ -158,7 +159,9 @@ def decode_tensor(tensor: Any, index: int, keep_bytes: bool = False) -> tuple[st
     try:
         return name, values.reshape(shape)
     except ValueError as exc:  # e.g. more than 64 dimensions, or an empty shape too big to index
-        raise bad_request(f"{where} declares shape {shape}, which numpy cannot hold: {exc}") from exc
+        raise bad_request(
+            f"{where} declares shape {shape}, which numpy cannot hold: {exc}"
+        ) from exc
 
 
 def _json_tensor_values(data: list[Any], datatype: str, where: str, keep_bytes: bool) -> Array:
@@ -324,8 +327,7 @@ def _mixed_rows_from_tensors(tensors: list[tuple[str, Array]], model: ServedMode
     else:
         by_column = _columns_by_feature(tensors, model)
         columns = [
-            _mixed_column(by_column[i], text[i], f"input {names[i]!r}")
-            for i in range(n_features)
+            _mixed_column(by_column[i], text[i], f"input {names[i]!r}") for i in range(n_features)
         ]
     return _mixed_rows(columns)
 
@@ -538,6 +540,7 @@ class DataPlane:
         self.draining = False
         self._versions = {model.short_sha, model.sha256}
         self._output_names = [PREDICT_OUTPUT, *([PROBA_OUTPUT] if model.has_proba else [])]
+        self.class_roles = class_roles(model.classes)  # how live F1 counts each class
 
     # -- health and metadata ----------------------------------------------------------------
 
@@ -828,7 +831,12 @@ class DataPlane:
                 continue
             seen.add(item["id"])
             try:
-                scored.append((item["id"], score(predictions, item["labels"], self.model.task)))
+                scored.append(
+                    (
+                        item["id"],
+                        score(predictions, item["labels"], self.model.task, self.class_roles),
+                    )
+                )
             except FeedbackError as exc:
                 raise bad_request(f"feedback for id {item['id']!r}: {exc}") from exc
         base = self.metrics.labels.values()
@@ -836,10 +844,7 @@ class DataPlane:
             self.recent.mark_labelled(request_id)
             outcome.matched.append(request_id)
             self.metrics.feedback.labels(*base, "matched").inc()
-            self.metrics.feedback_rows.inc(result.rows)
-            self.metrics.feedback_correct.inc(result.correct)
-            self.metrics.feedback_abs_error_sum.inc(result.abs_error_sum)
-            self.metrics.feedback_squared_error_sum.inc(result.squared_error_sum)
+            self.metrics.count_feedback(result)
         if count_unknown:
             self.count_unknown_feedback(len(outcome.unknown))
         return outcome

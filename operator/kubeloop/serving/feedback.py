@@ -11,7 +11,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,23 @@ class FeedbackError(ValueError):
     """A label that cannot be compared with its prediction (wrong count or type)."""
 
 
+OTHER_CLASS = "__other__"
+"""The class a label outside the model's classes is counted under (bounds the series count)."""
+
+
+@dataclass(frozen=True)
+class ClassOutcomes:
+    """One class's share of a batch of labels: the counts F1 is computed from."""
+
+    role: str
+    """How F1 uses this class: ``positive`` / ``negative`` for a two-class model (F1 is the
+    positive class's, as the trainer computes it: the second of the sorted classes), ``macro``
+    for more classes (F1 is the mean over classes)."""
+    true_positives: int = 0
+    false_positives: int = 0
+    false_negatives: int = 0
+
+
 @dataclass(frozen=True)
 class FeedbackScore:
     """How a batch of labels compares with the predictions they refer to."""
@@ -32,6 +49,8 @@ class FeedbackScore:
     correct: int = 0
     abs_error_sum: float = 0.0
     squared_error_sum: float = 0.0
+    classes: dict[str, ClassOutcomes] = field(default_factory=dict)
+    """Classifiers: per class (as text), its true positives, false positives, false negatives."""
 
 
 class IdInUse(Exception):
@@ -145,8 +164,24 @@ def _as_array(kept: Any) -> Array:
     return np.asarray([kept])
 
 
-def score(predictions: Array, labels: list[Any], task: str) -> FeedbackScore:
-    """Compare labels with predictions: accuracy for classifiers, errors for regressors."""
+def class_roles(classes: Array | None) -> dict[str, str]:
+    """The F1 role of each of the model's classes (as text): with two classes the second of
+    the sorted classes is ``positive`` (as the trainer's f1), else every class is ``macro``."""
+    if classes is None:
+        return {}
+    names = _canonical(np.asarray(classes))
+    if len(names) == 2:
+        return {names[0]: "negative", names[1]: "positive"}
+    return dict.fromkeys(names, "macro")
+
+
+def score(
+    predictions: Array, labels: list[Any], task: str, roles: dict[str, str] | None = None
+) -> FeedbackScore:
+    """Compare labels with predictions: accuracy and per-class outcomes for classifiers,
+    errors for regressors. ``roles`` (:func:`class_roles`) are the model's classes; a label
+    outside them is counted as :data:`OTHER_CLASS`. Without roles, every class seen is
+    ``macro``."""
     if len(labels) != predictions.shape[0]:
         raise FeedbackError(
             f"labels: got {len(labels)} labels for a request that predicted "
@@ -156,10 +191,12 @@ def score(predictions: Array, labels: list[Any], task: str) -> FeedbackScore:
         expected = np.asarray(labels, dtype=object)
         served = predictions.astype(object)
         # Compare as text so the JSON label 1 and the class 1 (or "1") are the same class.
-        correct = sum(
-            str(a) == str(b) for a, b in zip(_canonical(served), _canonical(expected), strict=True)
+        pairs = list(zip(_canonical(served), _canonical(expected), strict=True))
+        return FeedbackScore(
+            rows=len(labels),
+            correct=sum(a == b for a, b in pairs),
+            classes=_class_outcomes(pairs, roles),
         )
-        return FeedbackScore(rows=len(labels), correct=int(correct))
     try:
         truth = np.asarray(labels, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -170,6 +207,27 @@ def score(predictions: Array, labels: list[Any], task: str) -> FeedbackScore:
         abs_error_sum=float(np.abs(error).sum()),
         squared_error_sum=float(np.square(error).sum()),
     )
+
+
+def _class_outcomes(
+    pairs: list[tuple[str, str]], roles: dict[str, str] | None
+) -> dict[str, ClassOutcomes]:
+    """(predicted, true) class pairs as true/false positives and false negatives per class."""
+    counts: dict[str, list[int]] = {}
+    for predicted, truth in pairs:
+        if roles:
+            predicted = predicted if predicted in roles else OTHER_CLASS
+            truth = truth if truth in roles else OTHER_CLASS
+        if predicted == truth:
+            counts.setdefault(truth, [0, 0, 0])[0] += 1
+        else:
+            counts.setdefault(predicted, [0, 0, 0])[1] += 1
+            counts.setdefault(truth, [0, 0, 0])[2] += 1
+    default_role = "negative" if roles and "positive" in roles.values() else "macro"
+    return {
+        name: ClassOutcomes((roles or {}).get(name, default_role), tp, fp, fn)
+        for name, (tp, fp, fn) in counts.items()
+    }
 
 
 def _canonical(values: Array) -> list[str]:

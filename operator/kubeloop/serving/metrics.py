@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from kubeloop.serving.feedback import FeedbackScore
+
 PREFIX = "kubeloop_serve_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -137,6 +139,15 @@ class ServeMetrics:
             BASE_LABELS,
             registry=reg,
         ).labels(*base)
+        self.feedback_class = Counter(
+            PREFIX + "feedback_class",
+            "Labelled rows per class (classifiers), by outcome: tp (predicted and true), fp "
+            "(predicted, not true), fn (true, not predicted); role says how F1 uses the class "
+            "(positive/negative: a two-class model's F1 is the positive class's; macro: the "
+            "mean over classes).",
+            [*BASE_LABELS, "class", "role", "outcome"],
+            registry=reg,
+        )
         self.shadow_requests = Counter(
             PREFIX + "shadow_requests",
             "Mirrored requests by comparison result.",
@@ -164,6 +175,7 @@ class ServeMetrics:
         )
         self._endpoint_children: dict[tuple[str, int], tuple[Counter, Counter | None]] = {}
         self._duration_children: dict[str, Histogram] = {}
+        self._class_children: dict[tuple[str, str, str], Counter] = {}
 
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
         """One request answered: count it, its error if any, and its latency."""
@@ -183,6 +195,30 @@ class ServeMetrics:
             duration = self.request_duration.labels(*self.labels.values(), endpoint)
             self._duration_children[endpoint] = duration
         duration.observe(seconds)
+
+    def count_feedback(self, result: FeedbackScore) -> None:
+        """One request's labels matched to its predictions: count them, at label time (so a
+        window over these counters is a window over label arrival, not prediction time)."""
+        self.feedback_rows.inc(result.rows)
+        self.feedback_correct.inc(result.correct)
+        self.feedback_abs_error_sum.inc(result.abs_error_sum)
+        self.feedback_squared_error_sum.inc(result.squared_error_sum)
+        for name, outcomes in result.classes.items():
+            for outcome, count in (
+                ("tp", outcomes.true_positives),
+                ("fp", outcomes.false_positives),
+                ("fn", outcomes.false_negatives),
+            ):
+                if count:
+                    self._class_child(name, outcomes.role, outcome).inc(count)
+
+    def _class_child(self, name: str, role: str, outcome: str) -> Counter:
+        key = (name, role, outcome)
+        child = self._class_children.get(key)
+        if child is None:
+            child = self.feedback_class.labels(*self.labels.values(), name, role, outcome)
+            self._class_children[key] = child
+        return child
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every process's metrics."""
