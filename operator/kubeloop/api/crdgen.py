@@ -148,6 +148,9 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             PrinterColumn(
                 "Sha256", ".status.model.sha256", priority=1, description="Model file digest."
             ),
+            PrinterColumn(
+                "MLflow-Run", ".status.mlflow.runId", priority=1, description="MLflow run id."
+            ),
         ),
     ),
     KindInfo(

@@ -77,7 +77,10 @@ Phase = Literal["Progressing", "Healthy", "Paused", "Degraded"]
 Provider = Literal["prometheus", "builtin", "scrape"]
 BuiltinMetric = Literal["errorRate", "latencyP99", "predictionShift", "shadowAgreement"]
 
-MODEL_SOURCE_MESSAGE = "set exactly one of trainingRunRef or storageUri (storageUri needs sha256)"
+MODEL_SOURCE_MESSAGE = (
+    "set exactly one of trainingRunRef or storageUri (with sha256), or registry {name, alias}"
+)
+REGISTRY_REF_MESSAGE = "registry needs exactly one of alias or version"
 SHA256_MESSAGE = "sha256 is required with storageUri and only allowed with it"
 STEP_KIND_MESSAGE = (
     "each rollout step must have exactly one of shadow, setWeight, pause or analysis"
@@ -90,11 +93,43 @@ METRIC_BOUNDS_MESSAGE = "set min, max or both"
 METRIC_ORDER_MESSAGE = "min must not be greater than max"
 
 
-class ModelSource(KubeModel):
-    """Which model to serve: the model of a TrainingRun, or an artifact by URI and checksum."""
+class RegistrySource(KubeModel):
+    """A model version in the MLflow model registry (docs/mlflow.md), by alias or number.
+
+    The operator resolves it to the version's model URI and the ``kubeloop.sha256`` tag a
+    TrainingRun wrote when it registered the version; a version without that tag is refused
+    (condition ``RegistryVersionRefused``), and the server verifies the sha256 before loading.
+    When MLflow cannot be reached, the rollout waits (``RegistryUnavailable``) and what is
+    served stays. Moving the alias in MLflow starts a canary of the new version."""
 
     model_config = cel_rules(
-        cel("has(self.trainingRunRef) != has(self.storageUri)", MODEL_SOURCE_MESSAGE),
+        cel("has(self.alias) != has(self.version)", REGISTRY_REF_MESSAGE),
+    )
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    """The registered model's name (a TrainingRun registers under its spec.model.name)."""
+    alias: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,255}$")] | None = None
+    """An alias such as ``champion``; the deployment follows it when it moves."""
+    version: Annotated[int, Field(ge=1)] | None = None
+    """A fixed version number."""
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> RegistrySource:
+        if (self.alias is None) == (self.version is None):
+            raise ValueError(REGISTRY_REF_MESSAGE)
+        return self
+
+
+class ModelSource(KubeModel):
+    """Which model to serve: the model of a TrainingRun, an artifact by URI and checksum, or a
+    version of the MLflow model registry."""
+
+    model_config = cel_rules(
+        cel(
+            "(has(self.trainingRunRef) ? 1 : 0) + (has(self.storageUri) ? 1 : 0) + "
+            "(has(self.registry) ? 1 : 0) == 1",
+            MODEL_SOURCE_MESSAGE,
+        ),
         cel("has(self.sha256) == has(self.storageUri)", SHA256_MESSAGE, ".sha256"),
     )
 
@@ -104,12 +139,15 @@ class ModelSource(KubeModel):
     """URI of a model.skops file (file, pvc, s3, gs, https, http); needs sha256."""
     sha256: Sha256 | None = None
     """Expected SHA-256 of the file at storageUri; the server refuses to load anything else."""
+    registry: RegistrySource | None = None
+    """A version of the MLflow model registry (operator with MLflow only)."""
     credentials: Credentials | None = None
-    """Secret with credentials for reading storageUri."""
+    """Secret with credentials for reading storageUri (or the registry version's model URI)."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        if (self.training_run_ref is None) == (self.storage_uri is None):
+        sources = [self.training_run_ref, self.storage_uri, self.registry]
+        if sum(source is not None for source in sources) != 1:
             raise ValueError(MODEL_SOURCE_MESSAGE)
         if (self.sha256 is None) != (self.storage_uri is None):
             raise ValueError(SHA256_MESSAGE)

@@ -241,6 +241,20 @@ class OutputSpec(KubeModel):
     report.json, profile.json). Schemes: file, pvc, s3, gs."""
 
 
+class TrackingSpec(KubeModel):
+    """MLflow tracking of this run (docs/mlflow.md). Needs an operator with an MLflow tracking
+    URI (chart value ``mlflow.trackingUri``); the URI itself is never part of a spec."""
+
+    enabled: bool | None = None
+    """Track this run in MLflow; default: the operator's ``mlflow.trackByDefault``."""
+    experiment_name: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    """MLflow experiment; default ``<prefix>/<namespace>/<model.name>`` (prefix ``kubeloop``)."""
+    credentials: Credentials | None = None
+    """Secret whose keys ``MLFLOW_TRACKING_TOKEN``, or ``MLFLOW_TRACKING_USERNAME`` and
+    ``MLFLOW_TRACKING_PASSWORD``, authenticate the trainer to MLflow (other keys are ignored).
+    Like every Secret a spec names, the admission policy checks you may read it."""
+
+
 class TrainingRunSpec(KubeModel):
     """What to train, on which data, how to judge it, and where it runs.
 
@@ -294,6 +308,8 @@ class TrainingRunSpec(KubeModel):
     cleanup_policy: Literal["Retain", "Delete"] = "Retain"
     """What happens to the artifacts when the run is deleted: Retain keeps them, Delete removes
     them (never while a ModelDeployment serves them)."""
+    tracking: TrackingSpec | None = None
+    """MLflow tracking and model registration of this run (operator with MLflow only)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingRunSpec:
@@ -382,6 +398,21 @@ class TrialStatus(KubeModel):
     """URI of this trial's model."""
 
 
+class MlflowStatus(KubeModel):
+    """Where the run is in MLflow (docs/mlflow.md)."""
+
+    experiment_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    """The MLflow experiment's id."""
+    run_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    """The MLflow run's id (a sweep's trials are its nested runs)."""
+    registered_model: Annotated[str, StringConstraints(max_length=256)] | None = None
+    """The registered model a Succeeded run's model became a version of (spec.model.name)."""
+    model_version: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """That model version."""
+    finished: bool | None = None
+    """Whether the operator has ended the MLflow run and registered the model."""
+
+
 class TrainingRunStatus(KubeModel):
     """What happened to the run, written by the operator."""
 
@@ -413,6 +444,8 @@ class TrainingRunStatus(KubeModel):
     """The most recent failure (data validation, gate, deadline, image pull...)."""
     message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_LENGTH)] | None = None
     """A one-line summary for people."""
+    mlflow: MlflowStatus | None = None
+    """The run in MLflow, when tracked (a TrackingFailed condition says why logging failed)."""
 
 
 class TrainingRun(KubeModel):

@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from kubeloop.runtime import termination
 from kubeloop.runtime.usage import UsageError, UsageParser
@@ -130,9 +131,25 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         pvc_mount_root=args.pvc_mount_root or environment.get(ENV_PVC_ROOT) or "/mnt/pvc",
     )
     outcome = run_training(request)
+    _track(outcome, request, environment)
     termination.write(termination_log, render_result(outcome.result), "kubeloop train")
     print(summary(outcome), flush=True)
     return outcome.result.exit_code
+
+
+def _track(outcome: Any, request: Any, environment: Mapping[str, str]) -> None:
+    """Log the outcome to MLflow when the operator turned tracking on (:mod:`.tracking`)."""
+    from kubeloop.runtime import tracking
+
+    target = tracking.target_from_env(environment)
+    if target is None or request.validate_only:
+        return
+    from kubeloop.training.data import storage_options_for
+
+    result = outcome.result
+    options = storage_options_for(result.uri, environment) if result.uri else {}
+    run_id, error = tracking.log_result(target, result, outcome.report, request.run_name, options)
+    outcome.result = result.model_copy(update={"mlflow_run_id": run_id, "tracking_error": error})
 
 
 def _prepare_process() -> None:

@@ -97,6 +97,10 @@ class TrainingResult(_Wire):
     params: dict[str, Any] = Field(default_factory=dict)
     failures: list[ValidationFailure] = Field(default_factory=list)
     message: str = ""
+    mlflow_run_id: str | None = None
+    """The MLflow run this result was logged to (a sweep trial: its nested run)."""
+    tracking_error: str | None = None
+    """Why logging to MLflow failed (the run's outcome is unchanged)."""
     trimmed: bool = False
 
     @property
