@@ -50,12 +50,15 @@ from kubeloop.drift.defaults import (
     SMALL_SAMPLE_MAX,
     possible_tests,
 )
+from kubeloop.drift.performance import PerformanceMetric
 
 KIND: Final = "DriftPolicy"
 PLURAL = "driftpolicies"
 RETRAIN_ANNOTATION = "kubeloop.io/retrain"
 MAX_HISTORY = 50
 DEFAULT_PROMETHEUS_WINDOW: Final = "1h"
+DEFAULT_DRIFT_SHARE: Final = 0.5
+DEFAULT_MIN_SAMPLES: Final = 500
 
 NumericalTest = Literal["auto", "psi", "ks", "wasserstein", "jensenshannon"]
 CategoricalTest = Literal["auto", "psi", "chi2", "jensenshannon"]
@@ -184,6 +187,40 @@ class DriftAlpha(KubeModel):
     profile and able to get ks or chi2; otherwise the policy reports InvalidSpec."""
 
 
+DEFAULT_MIN_LABELS: Final = 200
+DEFAULT_TOLERANCE: Final = 0.05
+
+
+class PerformanceSignal(KubeModel):
+    """Watch the model's live performance on labelled traffic instead of its inputs (concept
+    drift). Labels reach the servers on ``/feedback`` (by the request id of the prediction,
+    possibly long after it); each server counts a label when it arrives, so the window is over
+    label arrival. The policy compares the live metric with the reference (by default the
+    holdout metric of the TrainingRun that trained the stable model) and counts as drifted
+    (reason PerformanceDegraded) when live is worse by more than tolerance; retrains then
+    follow the same rules as feature drift (cooldown, maxRetrainsPerDay, one in flight,
+    champion gate, autoPromote)."""
+
+    metric: PerformanceMetric = Field(
+        description="accuracy or f1 for a classifier (f1 of the second of the sorted classes for "
+        "two classes, macro-averaged otherwise: as the trainer computes it), mae or rmse for a "
+        "regressor. Must fit the model's task, and the reference TrainingRun must have "
+        "recorded it (status.model.metrics)."
+    )
+    min_labels: Annotated[int, Field(ge=1)] = DEFAULT_MIN_LABELS
+    """Fewer labelled rows than this in the span compared (the window with Prometheus, else
+    the time since the previous check): no verdict (condition NotEnoughData, reason
+    NotEnoughLabels), no retrain."""
+    tolerance: Annotated[float, Field(ge=0, lt=1)] = DEFAULT_TOLERANCE
+    """How much worse than the reference live performance may be, relative to the reference:
+    0.05 accepts accuracy down to 95 % of the reference (e.g. 0.95 -> 0.9025), or RMSE up to
+    105 % of it. Degraded beyond that."""
+    reference: Annotated[float, Field(ge=0)] | None = None
+    """The value live performance is compared with; default: metric in status.model.metrics
+    of the TrainingRun that trained the stable model. Set it for a model pinned by storageUri
+    (no TrainingRun) or to hold the model to a business target."""
+
+
 class TrainingRunTemplateMetadata(KubeModel):
     """Labels and annotations copied to every TrainingRun the policy creates."""
 
@@ -307,6 +344,29 @@ ALPHA_MESSAGE = (
 )
 
 
+PERFORMANCE_SOURCE_MESSAGE = (
+    "performance needs source.live: labels reach the model servers on /feedback, and the "
+    "operator reads their counters (from Prometheus or the pods); a dataset has no labels to "
+    "judge; set source.live or remove performance"
+)
+FEATURE_DRIFT_FIELDS: Final = (
+    "features",
+    "tests",
+    "thresholds",
+    "alpha",
+    "driftShare",
+    "minSamples",
+)
+
+
+def _feature_drift_message(name: str) -> str:
+    return (
+        f"{name} configures feature drift, which a policy with performance does not check "
+        f"(it judges labelled outcomes; its minimum is performance.minLabels): remove {name}, "
+        "or watch feature drift with a second DriftPolicy on the same targetRef"
+    )
+
+
 def _spec_rules() -> list[tuple[str, str, str]]:
     """(CEL rule on spec, message, field under spec) for every setting that would be ignored."""
     rules = [
@@ -331,6 +391,15 @@ def _spec_rules() -> list[tuple[str, str, str]]:
             WINDOW_MESSAGE,
             ".window",
         ),
+        (
+            "!has(self.performance) || has(self.source.live)",
+            PERFORMANCE_SOURCE_MESSAGE,
+            ".performance",
+        ),
+    ]
+    rules += [
+        (f"!has(self.performance) || !has(self.{name})", _feature_drift_message(name), f".{name}")
+        for name in FEATURE_DRIFT_FIELDS
     ]
     return rules
 
@@ -359,6 +428,14 @@ def ignored_settings(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     live = (spec.get("source") or {}).get("live")
     if spec.get("window") is not None and not (live or {}).get("prometheusUrl"):
         problems.append(("spec.window", WINDOW_MESSAGE))
+    if spec.get("performance") is not None:
+        if live is None:
+            problems.append(("spec.performance", PERFORMANCE_SOURCE_MESSAGE))
+        problems += [
+            (f"spec.{name}", _feature_drift_message(name))
+            for name in FEATURE_DRIFT_FIELDS
+            if spec.get(name) is not None
+        ]
     return problems
 
 
@@ -384,8 +461,11 @@ class DriftPolicySpec(KubeModel):
     """Score thresholds of psi, wasserstein and jensenshannon (drifted when score >= it)."""
     alpha: DriftAlpha | None = None
     """Significance of ks and chi2 (drifted when the corrected p-value < alpha)."""
-    drift_share: Annotated[float, Field(ge=0, le=1)] = 0.5
-    """Share of checked features (0-1) that must drift for the model to count as drifted."""
+    drift_share: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None,
+        description=f"Share of checked features (0-1) that must drift for the model to count "
+        f"as drifted; default {DEFAULT_DRIFT_SHARE}.",
+    )
     window: Duration | None = Field(
         default=None,
         description="With source.live.prometheusUrl: the span of recent traffic compared "
@@ -393,9 +473,16 @@ class DriftPolicySpec(KubeModel):
         "otherwise: without Prometheus the operator compares the pods' counters between two "
         "checks (the span is interval), and a dataset is checked whole.",
     )
-    min_samples: Annotated[int, Field(ge=1)] = 500
-    """Fewer samples in the span compared (the window with Prometheus, else the time since the
-    previous check): no verdict (condition NotEnoughData)."""
+    min_samples: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="Fewer samples in the span compared (the window with Prometheus, else the "
+        "time since the previous check): no verdict (condition NotEnoughData); default "
+        f"{DEFAULT_MIN_SAMPLES}.",
+    )
+    performance: PerformanceSignal | None = None
+    """Judge the model by its live performance on labelled traffic (/feedback) instead of by
+    feature drift; then features, tests, thresholds, alpha, driftShare and minSamples are
+    refused (one signal per policy)."""
     interval: Duration = "5m"
     """Time between checks."""
     schedule: Schedule | None = None
@@ -448,8 +535,8 @@ class RetrainRecord(KubeModel):
 
     name: Annotated[str, StringConstraints(max_length=253)]
     """Name of the TrainingRun."""
-    reason: Literal["Drift", "Schedule", "Manual"]
-    """What triggered it."""
+    reason: Literal["Drift", "Performance", "Schedule", "Manual"]
+    """What triggered it (Performance: live performance fell, see spec.performance)."""
     time: AwareDatetime
     """When it was created."""
     outcome: Literal["Pending", "Running", "Succeeded", "Failed", "Promoted", "Rejected"] = (
@@ -472,6 +559,23 @@ class DriftCheck(KubeModel):
     """Samples in the span compared."""
     retrain: Annotated[str, StringConstraints(max_length=253)] | None = None
     """Name of the TrainingRun this check created, if any."""
+
+
+class PerformanceStatus(KubeModel):
+    """The latest performance check (policies with spec.performance)."""
+
+    metric: PerformanceMetric
+    """The metric compared."""
+    labels: Annotated[int, Field(ge=0)]
+    """Labelled rows that arrived in the span compared."""
+    reference: float | None = None
+    """The reference value (spec.performance.reference, else the TrainingRun's holdout metric)."""
+    live: float | None = None
+    """The metric over those labels; empty when there were fewer than minLabels."""
+    limit: float | None = None
+    """The worst live value still accepted (reference and tolerance)."""
+    degraded: bool | None = None
+    """Whether live is worse than limit; empty without a verdict."""
 
 
 class HandledRequests(KubeModel):
@@ -497,7 +601,8 @@ class DriftPolicyStatus(KubeModel):
     scores: Annotated[list[FeatureScore], Field(max_length=2 * MAX_COLUMNS)] | None = None
     """Per-feature scores of the last check."""
     drifted: bool | None = None
-    """The last verdict: is the model drifted?"""
+    """The last verdict: is the model drifted (with spec.performance: has its performance
+    degraded)?"""
     drifted_features: (
         Annotated[
             list[Annotated[str, StringConstraints(max_length=MAX_COLUMN_NAME_LENGTH)]],
@@ -508,6 +613,9 @@ class DriftPolicyStatus(KubeModel):
     """Features that drifted in the last check."""
     drifted_share: Annotated[float, Field(ge=0, le=1)] | None = None
     """Share of checked features that drifted in the last check."""
+    performance: PerformanceStatus | None = None
+    """Live and reference performance and the label count of the last check (policies with
+    spec.performance)."""
     last_retrain: RetrainRecord | None = None
     """The latest TrainingRun the policy created."""
     retrain_count: Annotated[int, Field(ge=0)] | None = None
