@@ -24,16 +24,26 @@ from kubeloop.decide.artifact_cleanup import (
     has_finalizer,
     needs_cleanup_reconcile,
 )
-from kubeloop.decide.common import parse_wire_time, wire_time
+from kubeloop.decide.common import parse_wire_time, set_wire_condition, wire_time
 from kubeloop.decide.trainingrun import (
     TERMINAL_PHASES,
     Observed,
     champion_from_candidates,
     decide,
     job_name,
+    latest_results,
 )
+from kubeloop.registry import runs as mlflow_runs
+from kubeloop.registry.client import Credentials, RegistryError
+from kubeloop.registry.decide import TRACKING_FAILED
 from kubeloop.resources.cleanupjob import CLEANUP_COMPONENT, cleanup_job_name
-from kubeloop.resources.trainingjob import TRAINING_COMPONENT, Champion, TrainerSettings
+from kubeloop.resources.trainingjob import (
+    TRAINING_COMPONENT,
+    Champion,
+    TrainerSettings,
+    tracking_env,
+    with_tracking,
+)
 from kubeloop.trust import estimators, ownership
 
 log = logging.getLogger("kubeloop.trainingrun")
@@ -56,12 +66,31 @@ def trainer_settings(config: OperatorConfig) -> TrainerSettings:
     )
 
 
+def tracking_settings(config: OperatorConfig) -> mlflow_runs.TrackingSettings:
+    return mlflow_runs.TrackingSettings(
+        tracking_uri=config.mlflow_tracking_uri,
+        track_by_default=config.mlflow_track_by_default,
+        experiment_prefix=config.mlflow_experiment_prefix,
+        credentials=Credentials(
+            config.mlflow_tracking_token, config.mlflow_tracking_username, config.mlflow_tracking_password
+        ),
+        timeout_seconds=config.mlflow_timeout_seconds,
+    )
+
+
+def needs_tracking_finish(status: Mapping[str, Any]) -> bool:
+    """A finished run whose MLflow run the operator has not ended (and registered) yet."""
+    mlflow = status.get("mlflow") or {}
+    return status.get("phase") in TERMINAL_PHASES and bool(mlflow.get("runId")) and not mlflow.get("finished")
+
+
 class TrainingRunController:
     """The I/O around :func:`decide`: one reconcile per call, safe to repeat at any time."""
 
     def __init__(self, kube: Kube, config: OperatorConfig) -> None:
         self.kube = kube
         self.settings = trainer_settings(config)
+        self.tracking = tracking_settings(config)
         self.locks = CoalescingLocks()
         # A lane of its own for new runs: their Job is not queued behind the Job and pod events
         # of the runs already training (kopf's one handler pool serves every event in order).
@@ -126,6 +155,8 @@ class TrainingRunController:
             old_status = run.get("status") or {}
             if old_status.get("phase") in TERMINAL_PHASES:
                 self.phases.observe(namespace, name, old_status["phase"])
+                if needs_tracking_finish(old_status):
+                    self.finish_tracking(run, old_status, [], datetime.now(UTC))
                 return
             job = self.kube.get_or_none("Job", namespace, job_name(name))
             # A Job with the run's Job name that is not the run's is neither adopted nor replaced.
@@ -147,15 +178,20 @@ class TrainingRunController:
                 estimator_refusal=estimator_refusal,
             )
 
-            if decision.create_job is not None:
+            create_job, new_status = decision.create_job, decision.status
+            if create_job is not None and mlflow_runs.tracked(run, self.tracking):
+                create_job, new_status = self.start_tracking(run, create_job, new_status, now)
+            if create_job is not None:
                 try:
-                    self.kube.create(decision.create_job)
+                    self.kube.create(create_job)
                 except Conflict:
                     # Created by an earlier attempt that died before writing status: the
                     # deterministic name is what keeps this from becoming a second Job.
-                    log.info("job %s/%s exists already", namespace, decision.create_job["metadata"]["name"])
-            if decision.status != old_status:
-                self.kube.patch_status(KIND, namespace, name, decision.status)
+                    log.info("job %s/%s exists already", namespace, create_job["metadata"]["name"])
+            if new_status != old_status:
+                self.kube.patch_status(KIND, namespace, name, new_status)
+            if needs_tracking_finish(new_status):
+                self.finish_tracking(run, new_status, pods, now)
             now_text = wire_time(now)
             for event in decision.events:
                 post_event(self.kube, run, event.type, event.reason, event.message, now_text)
@@ -163,6 +199,69 @@ class TrainingRunController:
             self.phases.observe(namespace, name, phase)
             if phase in TERMINAL_PHASES and old_status.get("phase") != phase:
                 _observe_training_time(decision.status, str(phase))
+
+    # --- MLflow (issue 17; docs/mlflow.md) ----------------------------------------------------
+
+    def start_tracking(
+        self, run: Mapping[str, Any], job: dict[str, Any], status: dict[str, Any], now: datetime
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The Job with the trainer's MLflow environment and the status with the MLflow run;
+        when MLflow cannot be reached, the Job unchanged (training does not wait for tracking)
+        and a TrackingFailed condition saying the run is not tracked."""
+        status = dict(status)
+        known = (run.get("status") or {}).get("mlflow") or {}
+        try:
+            mlflow = dict(known) if known.get("runId") else mlflow_runs.ensure_run(run, self.tracking, self.settings.image)
+        except RegistryError as error:
+            log.warning("MLflow run for %s/%s: %s", run["metadata"]["namespace"], run["metadata"]["name"], error)
+            status["conditions"] = set_wire_condition(
+                status.get("conditions") or [], TRACKING_FAILED, True, TRACKING_FAILED,
+                f"not tracked in MLflow (training goes on without it): {error}",
+                now, run["metadata"].get("generation"),
+            )
+            return job, status
+        status["mlflow"] = mlflow
+        env = tracking_env(run["spec"], self.tracking.tracking_uri, mlflow["runId"], mlflow["experimentId"])
+        return with_tracking(job, env), status
+
+    def finish_tracking(
+        self, run: Mapping[str, Any], status: Mapping[str, Any], pods: list[dict[str, Any]], now: datetime
+    ) -> None:
+        """End the MLflow run and register a Succeeded model; a failure is the TrackingFailed
+        condition (the run stays Succeeded) and is retried by the tracking timer."""
+        namespace, name = run["metadata"]["namespace"], run["metadata"]["name"]
+        generation = run["metadata"].get("generation")
+        conditions = list(status.get("conditions") or [])
+        patch: dict[str, Any] = {}
+        trainer_errors = sorted({r.tracking_error for r in latest_results(pods).values() if r.tracking_error})
+        try:
+            patch["mlflow"] = mlflow_runs.finish_run({**run, "status": status}, self.tracking)
+        except RegistryError as error:
+            log.warning("finishing MLflow run of %s/%s: %s", namespace, name, error)
+            message = f"the run's outcome stands, but MLflow was not updated (retried): {error}"
+            updated = set_wire_condition(conditions, TRACKING_FAILED, True, TRACKING_FAILED, message, now, generation)
+            if updated != conditions:
+                self.kube.patch_status(KIND, namespace, name, {"conditions": updated})
+            return
+        if trainer_errors:
+            message = "the trainer could not log to MLflow: " + "; ".join(trainer_errors)
+            patch["conditions"] = set_wire_condition(
+                conditions, TRACKING_FAILED, True, TRACKING_FAILED, message[:1024], now, generation
+            )
+        elif any(c.get("type") == TRACKING_FAILED for c in conditions):
+            patch["conditions"] = set_wire_condition(
+                conditions, TRACKING_FAILED, False, "Tracked", "logged to MLflow", now, generation
+            )
+        self.kube.patch_status(KIND, namespace, name, patch)
+
+    def reconcile_tracking(self, namespace: str, name: str) -> None:
+        """The tracking timer: a finished run whose MLflow update failed before."""
+        with self.locks.turn(KIND, namespace, name) as mine:
+            if not mine:
+                return
+            run = self.kube.get_or_none(KIND, namespace, name)
+            if run is not None and needs_tracking_finish(run.get("status") or {}):
+                self.finish_tracking(run, run["status"], [], datetime.now(UTC))
 
     def reconcile_cleanup(self, run: Mapping[str, Any]) -> None:
         """The run's artifacts under spec.cleanupPolicy: add our finalizer, or finish a deletion."""
@@ -286,6 +385,19 @@ def register(registry: kopf.OperatorRegistry, controller: TrainingRunController,
     def resync(name: str, namespace: str | None, **_: Any) -> None:
         if namespace:
             controller.reconcile(namespace, name)
+
+    def tracking_unfinished(status: Mapping[str, Any], **_: Any) -> bool:
+        return needs_tracking_finish(status)
+
+    # Only runs whose MLflow update failed (MLflow was down when they finished) have this timer.
+    @kopf.timer(
+        API_GROUP, API_VERSION, "trainingruns",
+        interval=config.resync_seconds, initial_delay=config.resync_seconds,
+        when=tracking_unfinished, registry=registry,
+    )
+    def retry_tracking(name: str, namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile_tracking(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
     def on_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:

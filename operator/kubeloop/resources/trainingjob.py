@@ -259,3 +259,40 @@ def build_training_job(
         },
         "spec": job_spec,
     }
+
+
+MLFLOW_CREDENTIAL_KEYS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+"""The only keys of spec.tracking.credentials' Secret the trainer receives (docs/mlflow.md)."""
+
+
+def tracking_env(
+    spec: Mapping[str, Any], tracking_uri: str, run_id: str, experiment_id: str
+) -> list[dict[str, Any]]:
+    """The trainer's MLflow environment (:mod:`kubeloop.runtime.tracking`): where to log, and
+    the credential keys of ``spec.tracking.credentials`` by ``secretKeyRef`` (optional keys,
+    nothing else of the Secret). MLflow's own retries are cut so a down server costs seconds."""
+    env: list[dict[str, Any]] = [
+        {"name": "KUBELOOP_MLFLOW_TRACKING_URI", "value": tracking_uri},
+        {"name": "KUBELOOP_MLFLOW_RUN_ID", "value": run_id},
+        {"name": "KUBELOOP_MLFLOW_EXPERIMENT_ID", "value": experiment_id},
+        {"name": "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "value": "2"},
+        {"name": "MLFLOW_HTTP_REQUEST_TIMEOUT", "value": "10"},
+    ]
+    secret = (((spec.get("tracking") or {}).get("credentials") or {}).get("secretRef") or {}).get("name")
+    if secret:
+        env += [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+            for key in MLFLOW_CREDENTIAL_KEYS
+        ]
+    return env
+
+
+def with_tracking(job: Mapping[str, Any], env: list[dict[str, Any]]) -> dict[str, Any]:
+    """``job`` with ``env`` added to the trainer container (entries of the same name replaced)."""
+    built = orjson.loads(orjson.dumps(job))
+    for container in built["spec"]["template"]["spec"]["containers"]:
+        if container["name"] != TRAINER_CONTAINER:
+            continue
+        names = {entry["name"] for entry in env}
+        container["env"] = [e for e in container.get("env") or [] if e["name"] not in names] + env
+    return dict(built)

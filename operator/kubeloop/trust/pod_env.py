@@ -69,6 +69,9 @@ PINNED: tuple[PinnedVariable, ...] = (
     PinnedVariable("KUBELOOP_DATA_ROOTS", "",
                    "where local data may be read (empty: nowhere); Jobs that read data set their mounts"),
     PinnedVariable("KUBELOOP_PVC_MOUNT_ROOT", "", "where pvc:// is read; empty is /mnt/pvc, where the pods mount claims"),
+    PinnedVariable("KUBELOOP_MLFLOW_TRACKING_URI", "", "where kubeloop train logs to MLflow; only the operator's configuration sets it"),
+    PinnedVariable("KUBELOOP_MLFLOW_RUN_ID", "", "the MLflow run kubeloop train logs to; the operator creates it"),
+    PinnedVariable("KUBELOOP_MLFLOW_EXPERIMENT_ID", "", "the MLflow experiment of a sweep trial's nested run"),
     PinnedVariable(JOB_COMPLETION_INDEX, "", "kubeloop train's sweep trial (an output directory); Indexed Jobs set it"),
     # kubeloop serve: every option falls back to KUBELOOP_SERVE_<OPTION> when not on the command line.
     PinnedVariable("KUBELOOP_SERVE_MODEL_URI", "", "the model served; the server is given --model-uri"),
