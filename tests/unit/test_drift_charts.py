@@ -84,8 +84,8 @@ def test_numerical_bins_carry_the_counts_proportions_and_verdict() -> None:
     ]
     # Numerical bins say which values they hold: edges[i-1] < x <= edges[i].
     ranges = [b.get("data-range") for b in bins]
-    assert ranges[0] == f"<= {reference.edges[0]:.4g}"
-    assert ranges[-1] == f"> {reference.edges[-1]:.4g}"
+    assert ranges[0] == f"<= {reference.edges[0]:.3g}"
+    assert ranges[-1] == f"> {reference.edges[-1]:.3g}"
     assert len(ranges) == len(reference.edges) + 1
     # Accessible: an image with a title and a description naming the verdict.
     assert root.get("role") == "img"
@@ -145,6 +145,14 @@ def test_counts_must_match_the_bins() -> None:
     feature = FeatureProfile(name="age", kind="numerical", edges=[1.0], counts=[2, 3])
     with pytest.raises(ValueError, match=r"'age': 3 current counts for 2 bins"):
         feature_histogram(feature, [1, 1, 1])
+
+
+def test_large_edges_are_labelled_compactly() -> None:
+    feature = FeatureProfile(
+        name="income", kind="numerical", edges=[11890.0, 2_500_000.0], counts=[1, 1, 1]
+    )
+    root = _parse(feature_histogram(feature, [1, 2, 3]))
+    assert [b.get("data-range") for b in _bins(root)] == ["<= 11.9k", "(11.9k, 2.5M]", "> 2.5M"]
 
 
 def test_empty_current_window_draws_zero_bars() -> None:

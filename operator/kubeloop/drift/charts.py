@@ -44,7 +44,8 @@ REFERENCE_COLOUR = "#5b7083"
 CURRENT_COLOUR = "#e07b24"
 DRIFTED_COLOUR = "#c62828"
 STABLE_COLOUR = "#2e7d32"
-MAX_LABEL_CHARS = 14
+MAX_LABEL_CHARS = 16
+MAX_HEADING_CHARS = 44
 
 _WIDTH = 640
 _HEIGHT = 260
@@ -259,7 +260,8 @@ def score_timeline(
     top = _nice_ceiling(max([*finite, threshold, 0.0]) * 1.1 or 1.0)
     parts = [
         _svg_open(ident, heading, description, attrs),
-        f'<text x="{_LEFT}" y="20" font-size="14" font-weight="bold">{escape(heading)}</text>',
+        f'<text x="{_LEFT}" y="20" font-size="14" font-weight="bold">'
+        f"{escape(_short_label(heading, MAX_HEADING_CHARS + 20))}</text>",
         _y_axis(top, plot_h, percent=False),
     ]
     base = _TOP + plot_h
@@ -348,7 +350,10 @@ def _svg_open(ident: str, heading: str, description: str, attrs: dict[str, str])
 
 
 def _heading(heading: str, verdict: FeatureVerdict | None) -> str:
-    parts = [f'<text x="{_LEFT}" y="20" font-size="14" font-weight="bold">{escape(heading)}</text>']
+    parts = [
+        f'<text x="{_LEFT}" y="20" font-size="14" font-weight="bold">'
+        f"{escape(_short_label(heading, MAX_HEADING_CHARS))}</text>"
+    ]
     if verdict is not None:
         colour = DRIFTED_COLOUR if verdict.drifted else STABLE_COLOUR
         parts.append(
@@ -400,9 +405,9 @@ def _bin_ranges(reference: FeatureProfile) -> list[str]:
     edges = reference.edges
     if not edges:
         return ["all values"]
-    ranges = [f"<= {_fmt(edges[0])}"]
-    ranges += [f"({_fmt(low)}, {_fmt(high)}]" for low, high in itertools.pairwise(edges)]
-    ranges.append(f"> {_fmt(edges[-1])}")
+    ranges = [f"<= {_compact(edges[0])}"]
+    ranges += [f"({_compact(low)}, {_compact(high)}]" for low, high in itertools.pairwise(edges)]
+    ranges.append(f"> {_compact(edges[-1])}")
     return ranges
 
 
@@ -421,8 +426,9 @@ def _nice_ceiling(value: float) -> float:
     return 10.0 * power
 
 
-def _short_label(label: str) -> str:
-    return label if len(label) <= MAX_LABEL_CHARS else label[: MAX_LABEL_CHARS - 1] + "\u2026"
+def _short_label(label: str, limit: int = MAX_LABEL_CHARS) -> str:
+    """Shortened for drawing; the full text stays in the <title>s and data-* attributes."""
+    return label if len(label) <= limit else label[: limit - 1] + "\u2026"
 
 
 def _chart_id(kind: str, name: str) -> str:
@@ -436,6 +442,15 @@ def _attrs(attrs: dict[str, str]) -> str:
 
 def _bool(value: bool) -> str:
     return "true" if value else "false"
+
+
+def _compact(value: float) -> str:
+    """A bin edge short enough for an axis label: 3 significant digits, k/M/G above 10,000."""
+    magnitude = abs(value)
+    for above, unit, suffix in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if magnitude >= above:
+            return f"{value / unit:.3g}{suffix}"
+    return f"{value:.3g}"
 
 
 def _fmt(value: float) -> str:

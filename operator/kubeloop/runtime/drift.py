@@ -13,6 +13,10 @@ Data is read like the trainer reads it (``file://``, plain paths, ``pvc://``, ``
 profile included, only below ``KUBELOOP_DATA_ROOTS`` (:mod:`kubeloop.trust.data_paths`). Prints a table to stdout and writes the compact
 JSON result (:mod:`kubeloop.drift.result`, which documents it and the exit codes) to the
 termination message. Exit 0 whenever the check ran, drift or not.
+
+``--html URI`` also writes the report as one self-contained HTML page (:mod:`kubeloop.drift.html`:
+summary, per-feature table, reference and current histograms as inline SVG, no script, no
+network) to a path or a storage URI (``s3://``..., written with the pod's credentials).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +33,14 @@ import numpy as np
 import numpy.typing as npt
 
 from kubeloop.drift import result as drift_result
-from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
+from kubeloop.drift.html import FeatureBins, ReportContext, render_html
+from kubeloop.drift.profile import (
+    PREDICTION_FEATURE,
+    FeatureProfile,
+    Profile,
+    categorical_profile,
+    numeric_profile,
+)
 from kubeloop.drift.report import (
     DriftConfig,
     DriftReport,
@@ -84,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--report", metavar="PATH", help="also write the full report as JSON here")
     parser.add_argument(
+        "--html",
+        metavar="PATH|URI",
+        help="also write the report as one self-contained HTML page (charts inline, offline)",
+    )
+    parser.add_argument(
+        "--title", metavar="TEXT", help="heading of the --html page (default: Drift report)"
+    )
+    parser.add_argument(
         "--termination-log",
         metavar="PATH",
         help=f"where to write the JSON result (default: {termination.DEFAULT_PATH} when writable)",
@@ -116,6 +136,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     pvc_root = args.pvc_mount_root or environment.get(ENV_PVC_ROOT) or "/mnt/pvc"
     try:
         config = _load_config(args.config)
+        bins: dict[str, FeatureBins] | None = {} if args.html else None
         report = run_check(
             data_uri=args.data,
             profile_uri=args.profile,
@@ -127,6 +148,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             config=config,
             env=environment,
             pvc_mount_root=pvc_root,
+            bins=bins,
         )
     except _InputError as exc:
         failed = drift_result.failure(exc.reason, str(exc))
@@ -134,10 +156,32 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"kubeloop drift: {exc.reason}: {exc}", file=sys.stderr)
         return drift_result.EXIT_INPUT_INVALID
 
-    termination.write(termination_log, drift_result.render_result(drift_result.result_from_report(report)), "kubeloop drift")
+    termination.write(
+        termination_log,
+        drift_result.render_result(drift_result.result_from_report(report)),
+        "kubeloop drift",
+    )
     if args.report:
-        termination.write(Path(args.report), report.model_dump_json(by_alias=True, indent=2).encode(), "kubeloop drift")
+        termination.write(
+            Path(args.report),
+            report.model_dump_json(by_alias=True, indent=2).encode(),
+            "kubeloop drift",
+        )
     print(format_table(report), flush=True)
+    if args.html:
+        context = ReportContext(
+            title=args.title or "Drift report",
+            data=_shown(args.data),
+            reference=_shown(args.reference or args.profile),
+            generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        page = render_html(report, bins or {}, context).encode()
+        if not write_html(args.html, page, environment):
+            # The check ran and its result is written; a missing page does not undo it.
+            print(
+                f"kubeloop drift: the check ran but --html {_shown(args.html)} was not written",
+                file=sys.stderr,
+            )
     if args.fail_on_drift and report.drifted:
         return drift_result.EXIT_DRIFTED
     return drift_result.EXIT_CHECKED
@@ -155,8 +199,13 @@ def run_check(
     config: DriftConfig,
     env: Mapping[str, str],
     pvc_mount_root: str,
+    bins: dict[str, FeatureBins] | None = None,
 ) -> DriftReport:
-    """Load the inputs and compute the report (raises _InputError naming what is wrong)."""
+    """Load the inputs and compute the report (raises _InputError naming what is wrong).
+
+    With ``bins`` (a dict to fill), each checked column's reference bins and current counts are
+    put there for the charts: the profile's bins in binned mode; in exact mode, bins built from
+    the reference data by the profile's rule (the quantile bins the exact PSI uses)."""
     profile = _load_profile(profile_uri, env, pvc_mount_root) if profile_uri else None
     current = _load_frame(data_uri, data_format, env, pvc_mount_root, "--data")
     if profile is not None:
@@ -193,9 +242,14 @@ def run_check(
             if prediction_column:
                 reference_columns[PREDICTION_FEATURE] = _column(reference, prediction_column, False)
                 current_columns[PREDICTION_FEATURE] = _column(current, prediction_column, False)
-            return drift_report_from_samples(
+            report = drift_report_from_samples(
                 reference_columns, current_columns, config, categorical=categorical
             )
+            if bins is not None:
+                bins.update(
+                    exact_bins(reference_columns, current_columns, categorical, config.n_bins)
+                )
+            return report
         assert profile is not None
         columns = {n: _column(current, n, n in categorical) for n in names}
         if prediction_column:
@@ -205,9 +259,59 @@ def run_check(
                     "--prediction-column was given but the profile has no prediction profile",
                 )
             columns[PREDICTION_FEATURE] = _column(current, prediction_column, False)
-        return drift_report(profile, counts_from_samples(profile, columns), config)
+        counts = counts_from_samples(profile, columns)
+        if bins is not None:
+            bins.update({name: FeatureBins(profile.feature(name), c) for name, c in counts.items()})
+        return drift_report(profile, counts, config)
     except ValueError as exc:
         raise _InputError(drift_result.REASON_DATA_MISMATCH, str(exc)) from None
+
+
+def exact_bins(
+    reference: Mapping[str, npt.NDArray[Any]],
+    current: Mapping[str, npt.NDArray[Any]],
+    categorical: Sequence[str],
+    n_bins: int,
+) -> dict[str, FeatureBins]:
+    """Chart bins of an exact check: each reference column binned by the profile's rule (for a
+    numerical column, the same quantile bins the exact PSI and Jensen-Shannon use), the current
+    column counted over them."""
+    out: dict[str, FeatureBins] = {}
+    for name, values in reference.items():
+        array = np.asarray(values)
+        feature: FeatureProfile = (
+            categorical_profile(name, array)
+            if name in categorical or array.dtype.kind not in "fiu"
+            else numeric_profile(name, array, n_bins)
+        )
+        counts, _missing = feature.bin_counts(current[name])
+        out[name] = FeatureBins(feature, [int(c) for c in counts])
+    return out
+
+
+def write_html(target: str, page: bytes, env: Mapping[str, str]) -> bool:
+    """Write the page to a path or storage URI; False (and why, on stderr) when it fails."""
+    from kubeloop.training.artifacts import write_atomic
+    from kubeloop.training.data import storage_options_for
+    from kubeloop.trust.data_paths import clean_text
+
+    try:
+        write_atomic(target, page, storage_options_for(target, env))
+    except Exception as exc:  # any storage error: the check itself stands
+        cause = exc.__cause__ or exc
+        # The error's type and OS reason only: a storage library's message may quote secrets.
+        reason = type(cause).__name__
+        if isinstance(cause, OSError) and isinstance(cause.strerror, str):
+            reason += f": {clean_text(cause.strerror, 80)}"
+        print(f"kubeloop drift: --html {_shown(target)}: cannot write ({reason})", file=sys.stderr)
+        return False
+    return True
+
+
+def _shown(uri: str | None) -> str | None:
+    from kubeloop.trust.data_paths import display_uri
+
+    return display_uri(uri) if uri else None
 
 
 _POLICY_FIELD = {"threshold": "thresholds.features", "alpha": "alpha.features"}
@@ -266,7 +370,9 @@ def _load_frame(
 
     field = DATASET_FIELD if flag == "--data" else flag
     try:
-        return load_table(uri, data_format, env=env, pvc_mount_root=pvc_mount_root, field=field).frame
+        return load_table(
+            uri, data_format, env=env, pvc_mount_root=pvc_mount_root, field=field
+        ).frame
     except DataError as exc:
         raise _InputError(drift_result.REASON_DATA_UNAVAILABLE, f"{flag}: {exc}") from None
 
