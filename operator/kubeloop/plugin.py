@@ -129,18 +129,29 @@ def request_token() -> str:
 
 
 def _conditions_table(status: Mapping[str, Any]) -> Table:
-    table = Table("condition", "status", "reason", "message", title="Conditions", title_justify="left")
+    table = Table(
+        "condition", "status", "reason", "message", title="Conditions", title_justify="left"
+    )
     for c in status.get("conditions") or []:
         style = "green" if c.get("status") == "True" else "yellow"
-        table.add_row(c.get("type", ""), Text(c.get("status", ""), style=style), c.get("reason", ""), c.get("message", ""))
+        table.add_row(
+            c.get("type", ""),
+            Text(c.get("status", ""), style=style),
+            c.get("reason", ""),
+            c.get("message", ""),
+        )
     return table
 
 
 def _header(obj: Mapping[str, Any]) -> Text:
     status = obj.get("status") or {}
     phase = status.get("phase") or ("Drifted" if status.get("drifted") else "-")
-    style = {"Succeeded": "green", "Healthy": "green", "Failed": "red", "Degraded": "red"}.get(phase, "cyan")
-    text = Text(f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}  ", style="bold")
+    style = {"Succeeded": "green", "Healthy": "green", "Failed": "red", "Degraded": "red"}.get(
+        phase, "cyan"
+    )
+    text = Text(
+        f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}  ", style="bold"
+    )
     text.append(phase, style=style)
     if status.get("message"):
         text.append(f"  {status['message']}")
@@ -155,19 +166,35 @@ def render_trainingrun(kube: Kube, run: Mapping[str, Any]) -> Group:
     info = Table.grid(padding=(0, 2))
     info.add_row("estimator", spec["model"]["estimator"])
     info.add_row("job", status.get("jobName", "-"))
-    info.add_row("started / finished", f"{status.get('startTime', '-')} / {status.get('completionTime', '-')}")
+    info.add_row(
+        "started / finished",
+        f"{status.get('startTime', '-')} / {status.get('completionTime', '-')}",
+    )
     parts.append(info)
     if model:
-        metrics = Table("metric", "challenger", "champion", title="Evaluation (same holdout)", title_justify="left")
+        metrics = Table(
+            "metric",
+            "challenger",
+            "champion",
+            title="Evaluation (same holdout)",
+            title_justify="left",
+        )
         champion = model.get("championMetrics") or {}
         for name, value in sorted((model.get("metrics") or {}).items()):
-            metrics.add_row(name, f"{value:.4f}", f"{champion[name]:.4f}" if name in champion else "-")
+            metrics.add_row(
+                name, f"{value:.4f}", f"{champion[name]:.4f}" if name in champion else "-"
+            )
         parts.append(metrics)
     if status.get("trials"):
         trials = Table("trial", "phase", "params", "metrics", title="Sweep", title_justify="left")
         for trial in status["trials"]:
             best = " *" if trial.get("index") == status.get("bestTrial") else ""
-            trials.add_row(f"{trial['index']}{best}", trial.get("phase", ""), str(trial.get("params", {})), str(trial.get("metrics", {})))
+            trials.add_row(
+                f"{trial['index']}{best}",
+                trial.get("phase", ""),
+                str(trial.get("params", {})),
+                str(trial.get("metrics", {})),
+            )
         parts.append(trials)
     parts.append(_lineage_of_run(kube, run))
     parts.append(_conditions_table(status))
@@ -189,10 +216,19 @@ def _lineage_of_run(kube: Kube, run: Mapping[str, Any]) -> Table:
     model = status.get("model") or {}
     lineage = Table.grid(padding=(0, 2))
     lineage.add_row(Text("Lineage", style="bold"), "")
-    lineage.add_row("data", f"{run['spec']['data']['source']}  fingerprint {str(model.get('dataFingerprint', '-'))[:16]}")
+    lineage.add_row(
+        "data",
+        f"{run['spec']['data']['source']}  fingerprint {str(model.get('dataFingerprint', '-'))[:16]}",
+    )
     lineage.add_row("run", run["metadata"]["name"])
-    lineage.add_row("artifact", f"{model.get('uri', '-')}  sha256 {str(model.get('sha256', '-'))[:16]}")
-    served = _serving_deployments(kube, run["metadata"]["namespace"], model["sha256"]) if model.get("sha256") else []
+    lineage.add_row(
+        "artifact", f"{model.get('uri', '-')}  sha256 {str(model.get('sha256', '-'))[:16]}"
+    )
+    served = (
+        _serving_deployments(kube, run["metadata"]["namespace"], model["sha256"])
+        if model.get("sha256")
+        else []
+    )
     lineage.add_row("served by", ", ".join(served) or "-")
     return lineage
 
@@ -201,13 +237,20 @@ def render_modeldeployment(kube: Kube, md: Mapping[str, Any]) -> Group:
     status = md.get("status") or {}
     spec = md["spec"]
     parts: list[Any] = [_header(md)]
-    tracks = Table("track", "revision", "sha256", "ready", "weight", title="Models", title_justify="left")
+    tracks = Table(
+        "track", "revision", "sha256", "ready", "weight", title="Models", title_justify="left"
+    )
     weight = int(status.get("canaryWeight") or 0)
     for track, share in (("stable", 100 - weight), ("canary", weight)):
         served = status.get(track) or {}
         if served:
-            tracks.add_row(track, served.get("revision", "-"), str(served.get("sha256", ""))[:12],
-                           f"{served.get('readyReplicas', 0)}/{served.get('replicas', 0)}", f"{share}%")
+            tracks.add_row(
+                track,
+                served.get("revision", "-"),
+                str(served.get("sha256", ""))[:12],
+                f"{served.get('readyReplicas', 0)}/{served.get('replicas', 0)}",
+                f"{share}%",
+            )
     parts.append(tracks)
     steps = (spec.get("rollout") or {}).get("steps") or []
     if steps and status.get("canary"):
@@ -219,11 +262,19 @@ def render_modeldeployment(kube: Kube, md: Mapping[str, Any]) -> Group:
         parts.append(plan)
     runs = ((status.get("analysis") or {}).get("runs") or [])[-10:]
     if runs:
-        analysis = Table("time", "metric", "value", "bounds", "result", title="Analysis", title_justify="left")
+        analysis = Table(
+            "time", "metric", "value", "bounds", "result", title="Analysis", title_justify="left"
+        )
         for run in runs:
             bounds = f"[{run.get('min', '-')}, {run.get('max', '-')}]"
-            verdict = Text("pass", style="green") if run.get("passed") else Text(f"FAIL {run.get('message', '')}", style="red")
-            analysis.add_row(run.get("time", ""), run["name"], str(run.get("value", "-")), bounds, verdict)
+            verdict = (
+                Text("pass", style="green")
+                if run.get("passed")
+                else Text(f"FAIL {run.get('message', '')}", style="red")
+            )
+            analysis.add_row(
+                run.get("time", ""), run["name"], str(run.get("value", "-")), bounds, verdict
+            )
         parts.append(analysis)
     stable = status.get("stable") or {}
     lineage = Table.grid(padding=(0, 2))
@@ -232,11 +283,18 @@ def render_modeldeployment(kube: Kube, md: Mapping[str, Any]) -> Group:
         run = kube.get_or_none("TrainingRun", md["metadata"]["namespace"], stable["trainingRun"])
         model = ((run or {}).get("status") or {}).get("model") or {}
         if run is not None:
-            lineage.add_row("data", f"{run['spec']['data']['source']}  fingerprint {str(model.get('dataFingerprint', '-'))[:16]}")
+            lineage.add_row(
+                "data",
+                f"{run['spec']['data']['source']}  fingerprint {str(model.get('dataFingerprint', '-'))[:16]}",
+            )
         lineage.add_row("run", stable["trainingRun"])
-    lineage.add_row("artifact", f"{stable.get('uri', '-')}  sha256 {str(stable.get('sha256', '-'))[:16]}")
+    lineage.add_row(
+        "artifact", f"{stable.get('uri', '-')}  sha256 {str(stable.get('sha256', '-'))[:16]}"
+    )
     previous = status.get("previous") or {}
-    lineage.add_row("previous (undo)", previous.get("trainingRun") or str(previous.get("sha256", "-"))[:16])
+    lineage.add_row(
+        "previous (undo)", previous.get("trainingRun") or str(previous.get("sha256", "-"))[:16]
+    )
     parts.append(lineage)
     parts.append(_conditions_table(status))
     return Group(*parts)
@@ -247,22 +305,49 @@ def render_driftpolicy(kube: Kube, dp: Mapping[str, Any]) -> Group:
     parts: list[Any] = [_header(dp)]
     info = Table.grid(padding=(0, 2))
     info.add_row("target", f"md/{dp['spec']['targetRef']['name']}")
-    info.add_row("last check / next", f"{status.get('lastCheckTime', '-')} / {status.get('nextCheckTime', '-')}")
+    info.add_row(
+        "last check / next",
+        f"{status.get('lastCheckTime', '-')} / {status.get('nextCheckTime', '-')}",
+    )
     info.add_row("samples", str(status.get("samples", "-")))
-    info.add_row("drifted", f"{status.get('drifted', '-')}  share {status.get('driftedShare', '-')}")
+    info.add_row(
+        "drifted", f"{status.get('drifted', '-')}  share {status.get('driftedShare', '-')}"
+    )
     last = status.get("lastRetrain") or {}
-    info.add_row("retrains", f"{status.get('retrainCount', 0)} (last: {last.get('name', '-')} {last.get('reason', '')} {last.get('outcome', '')})")
+    info.add_row(
+        "retrains",
+        f"{status.get('retrainCount', 0)} (last: {last.get('name', '-')} {last.get('reason', '')} {last.get('outcome', '')})",
+    )
     if status.get("nextScheduleTime"):
         info.add_row("next scheduled retrain", status["nextScheduleTime"])
     parts.append(info)
-    scores = Table("feature", "test", "score", "p-value", "drifted when", "drifted", title="Drift scores", title_justify="left")
+    scores = Table(
+        "feature",
+        "test",
+        "score",
+        "p-value",
+        "drifted when",
+        "drifted",
+        title="Drift scores",
+        title_justify="left",
+    )
     for score in status.get("scores") or []:
         drifted = Text("yes", style="red") if score.get("drifted") else Text("no", style="green")
         p_value = score.get("pValue")
         # ks and chi2 are judged by alpha (p-value below it), the distances by a score threshold.
-        rule = f"p < {score['alpha']}" if score.get("alpha") is not None else f"score >= {score.get('threshold', '-')}"
-        scores.add_row(score["feature"], score["test"], f"{score['score']:.4f}",
-                       f"{p_value:.3g}" if p_value is not None else "-", rule, drifted)
+        rule = (
+            f"p < {score['alpha']}"
+            if score.get("alpha") is not None
+            else f"score >= {score.get('threshold', '-')}"
+        )
+        scores.add_row(
+            score["feature"],
+            score["test"],
+            f"{score['score']:.4f}",
+            f"{p_value:.3g}" if p_value is not None else "-",
+            rule,
+            drifted,
+        )
     parts.append(scores)
     parts.append(_conditions_table(status))
     return Group(*parts)
@@ -320,10 +405,18 @@ def undo(kube: Kube, ref: ObjectRef, namespace: str) -> str:
     md = get_object(kube, ref, namespace)
     previous = (md.get("status") or {}).get("previous") or {}
     if previous.get("trainingRun"):
-        model: dict[str, Any] = {"trainingRunRef": {"name": previous["trainingRun"]}, "storageUri": None, "sha256": None}
+        model: dict[str, Any] = {
+            "trainingRunRef": {"name": previous["trainingRun"]},
+            "storageUri": None,
+            "sha256": None,
+        }
         what = f"TrainingRun {previous['trainingRun']}"
     elif previous.get("uri") and previous.get("sha256"):
-        model = {"trainingRunRef": None, "storageUri": previous["uri"], "sha256": previous["sha256"]}
+        model = {
+            "trainingRunRef": None,
+            "storageUri": previous["uri"],
+            "sha256": previous["sha256"],
+        }
         what = f"{previous['uri']} (sha256 {previous['sha256'][:12]})"
     else:
         raise CommandFailed(f"{ref} has no previous model in status.previous: nothing to undo to")
@@ -346,12 +439,16 @@ def list_kinds(word: str) -> list[str]:
     return [kind]
 
 
-def fetch_tables(kube: Kube, kinds: Sequence[str], namespace: str | None) -> list[tuple[str, dict[str, Any]]]:
+def fetch_tables(
+    kube: Kube, kinds: Sequence[str], namespace: str | None
+) -> list[tuple[str, dict[str, Any]]]:
     """One server-side Table per kind, in ``namespace`` or (None) in every namespace."""
     tables = []
     for kind in kinds:
         try:
-            tables.append((kind, kube.request("GET", KINDS[kind].path(namespace), accept=TABLE_ACCEPT)))
+            tables.append(
+                (kind, kube.request("GET", KINDS[kind].path(namespace), accept=TABLE_ACCEPT))
+            )
         except NotFound as error:
             raise no_crd(kind, error) from None
     return tables
@@ -384,11 +481,18 @@ def _cell(value: Any, column: Mapping[str, Any], now: datetime) -> str:
 
 def _aligned(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 def render_list(
-    tables: Sequence[tuple[str, Mapping[str, Any]]], *, all_namespaces: bool, wide: bool, now: datetime
+    tables: Sequence[tuple[str, Mapping[str, Any]]],
+    *,
+    all_namespaces: bool,
+    wide: bool,
+    now: datetime,
 ) -> str:
     """Server-side Tables -> kubectl-like text: one block per kind that has objects; KIND/NAME
     when several kinds are listed, a NAMESPACE column with -A, the ``-o wide`` columns on request."""
@@ -397,7 +501,11 @@ def render_list(
         rows = table.get("rows") or []
         if not rows:
             continue
-        columns = [(i, c) for i, c in enumerate(table["columnDefinitions"]) if wide or not c.get("priority")]
+        columns = [
+            (i, c)
+            for i, c in enumerate(table["columnDefinitions"])
+            if wide or not c.get("priority")
+        ]
         header = [c["name"].upper() for _, c in columns]
         lines = []
         for row in rows:
@@ -405,7 +513,9 @@ def render_list(
             if len(tables) > 1:
                 cells[0] = f"{SHORT_NAMES[kind]}/{cells[0]}"
             if all_namespaces:
-                cells.insert(0, str(((row.get("object") or {}).get("metadata") or {}).get("namespace", "")))
+                cells.insert(
+                    0, str(((row.get("object") or {}).get("metadata") or {}).get("namespace", ""))
+                )
             lines.append(cells)
         if all_namespaces:
             header.insert(0, "NAMESPACE")
@@ -430,7 +540,9 @@ def operator_version(kube: Kube) -> str:
     versions = []
     for deployment in found:
         meta = deployment["metadata"]
-        containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+        containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get(
+            "containers"
+        ) or []
         images = ", ".join(c.get("image", "?") for c in containers)
         label = (meta.get("labels") or {}).get(VERSION_LABEL) or "unknown"
         versions.append(f"{label} (deployment {meta['namespace']}/{meta['name']}, image {images})")
@@ -451,29 +563,43 @@ def show_version(args: argparse.Namespace) -> int:
 # --- logs --------------------------------------------------------------------------------------
 
 
-def log_sources(kube: Kube, ref: ObjectRef, namespace: str, track: str | None) -> tuple[list[dict[str, Any]], str]:
+def log_sources(
+    kube: Kube, ref: ObjectRef, namespace: str, track: str | None
+) -> tuple[list[dict[str, Any]], str]:
     """The pods whose logs ``logs`` shows, oldest first, and the container to read."""
     obj = get_object(kube, ref, namespace)
     if ref.kind == "TrainingRun":
         if track:
-            raise UsageError("--track is for md/NAME (stable or canary server pods), not a TrainingRun")
+            raise UsageError(
+                "--track is for md/NAME (stable or canary server pods), not a TrainingRun"
+            )
         pods = kube.list("Pod", namespace, labels={"kubeloop.io/trainingrun": ref.name})
         if not pods:
             job = (obj.get("status") or {}).get("jobName", "its Job")
-            raise CommandFailed(f"{ref} has no pods (yet, or {job} was cleaned up after ttlSecondsAfterFinished)")
+            raise CommandFailed(
+                f"{ref} has no pods (yet, or {job} was cleaned up after ttlSecondsAfterFinished)"
+            )
         container = TRAINER_CONTAINER
     else:
         labels = {OWNER_LABEL: ref.name, **({TRACK_LABEL: track} if track else {})}
         pods = kube.list("Pod", namespace, labels=labels)
         if not pods:
             which = f"{track} " if track else ""
-            raise CommandFailed(f"{ref} has no {which}server pods (not created yet, or scaled to 0)")
+            raise CommandFailed(
+                f"{ref} has no {which}server pods (not created yet, or scaled to 0)"
+            )
         container = SERVER_CONTAINER
-    return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"])), container
+    return sorted(
+        pods, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"])
+    ), container
 
 
 def pod_log(kube: Kube, namespace: str, pod: str, container: str, tail: int, previous: bool) -> str:
-    query = {"container": container, "tailLines": str(tail), **({"previous": "true"} if previous else {})}
+    query = {
+        "container": container,
+        "tailLines": str(tail),
+        **({"previous": "true"} if previous else {}),
+    }
     try:
         return kube.request_text("GET", KINDS["Pod"].path(namespace, pod, "log"), query=query)
     except ApiException as error:
@@ -522,7 +648,12 @@ def follow_logs(kube: Kube, namespace: str, pods: Sequence[str], container: str,
             # Typed as str by the generated client; with _preload_content=False it is the
             # unread urllib3 response.
             response: Any = core.read_namespaced_pod_log(
-                pod, namespace, container=container, follow=True, tail_lines=tail, _preload_content=False
+                pod,
+                namespace,
+                container=container,
+                follow=True,
+                tail_lines=tail,
+                _preload_content=False,
             )
         except ApiException as error:
             emit(f"{prefix}(no log: {_server_message(error)})\n")
@@ -554,17 +685,26 @@ class Command:
 MD, TR, DP = "ModelDeployment", "TrainingRun", "DriftPolicy"
 COMMANDS: dict[str, Command] = {
     "list": Command("list Kubeloop objects with their printer columns (kind: tr, md, dp or all)"),
-    "status": Command("readable view: phase, steps, weights, analysis, drift scores, lineage", (TR, MD, DP)),
+    "status": Command(
+        "readable view: phase, steps, weights, analysis, drift scores, lineage", (TR, MD, DP)
+    ),
     "watch": Command("live view of status, refreshed every 2 s (Ctrl-C to stop)", (TR, MD, DP)),
-    "promote": Command("move a rollout past its current step (--full: skip all remaining steps)", (MD,), MD),
+    "promote": Command(
+        "move a rollout past its current step (--full: skip all remaining steps)", (MD,), MD
+    ),
     "abort": Command("send all traffic back to stable now", (MD,), MD),
     "retry": Command("restart an aborted rollout from its first step", (MD,), MD),
     "undo": Command("roll back to the model served before the last promotion", (MD,), MD),
     "pause": Command("hold a rollout where it is", (MD,), MD),
     "resume": Command("let a paused rollout go on", (MD,), MD),
     "retrain": Command("ask a DriftPolicy to retrain now (same path as drift)", (DP,), DP),
-    "logs": Command("logs of a TrainingRun's training pods or a ModelDeployment's server pods", (TR, MD)),
+    "logs": Command(
+        "logs of a TrainingRun's training pods or a ModelDeployment's server pods", (TR, MD)
+    ),
     "version": Command("the plugin's version, the API server's and the operator's"),
+    "dashboard": Command(
+        "web UI on 127.0.0.1: lineage, rollouts, drift, sweeps; live (Ctrl-C to stop)"
+    ),
 }
 
 EPILOG = """\
@@ -577,6 +717,7 @@ examples:
   kubectl kubeloop status md/churn -n ml
   kubectl kubeloop -n ml promote churn --full
   kubectl kubeloop logs tr churn-1 --tail 50
+  kubectl kubeloop dashboard -A
 """
 
 
@@ -586,19 +727,31 @@ def _connection_flags(*, on_subcommand: bool) -> argparse.ArgumentParser:
     default = argparse.SUPPRESS if on_subcommand else None
     flags = argparse.ArgumentParser(add_help=False)
     group = flags.add_argument_group("cluster")
-    group.add_argument("-n", "--namespace", default=default,
-                       help="namespace (default: the kubeconfig context's, else default)")
-    group.add_argument("--context", default=default, help="the kubeconfig context to use (default: current)")
-    group.add_argument("--kubeconfig", default=default,
-                       help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)")
+    group.add_argument(
+        "-n",
+        "--namespace",
+        default=default,
+        help="namespace (default: the kubeconfig context's, else default)",
+    )
+    group.add_argument(
+        "--context", default=default, help="the kubeconfig context to use (default: current)"
+    )
+    group.add_argument(
+        "--kubeconfig",
+        default=default,
+        help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)",
+    )
     return flags
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The plugin's argparse parser; :func:`parse_args` is what reads a command line."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_connection_flags(on_subcommand=False)],
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_connection_flags(on_subcommand=False)],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     flags = _connection_flags(on_subcommand=True)
@@ -607,21 +760,57 @@ def build_parser() -> argparse.ArgumentParser:
         if command.kinds:
             forms = _ref_forms(command.kinds, command.implied)
             p.add_argument("object", metavar="OBJECT", help=forms)
-            p.add_argument("name", nargs="?", metavar="NAME", help="the name, when OBJECT is a kind")
+            p.add_argument(
+                "name", nargs="?", metavar="NAME", help="the name, when OBJECT is a kind"
+            )
         if name == "list":
-            p.add_argument("kind", nargs="?", default="all", help="tr, md, dp or all (default: all)")
-            p.add_argument("-A", "--all-namespaces", action="store_true", help="list in every namespace")
+            p.add_argument(
+                "kind", nargs="?", default="all", help="tr, md, dp or all (default: all)"
+            )
+            p.add_argument(
+                "-A", "--all-namespaces", action="store_true", help="list in every namespace"
+            )
             p.add_argument("-o", "--output", choices=["wide"], help="wide: every printer column")
         elif name == "promote":
             p.add_argument("--full", action="store_true", help="skip every remaining step")
         elif name == "logs":
             p.add_argument("--tail", type=int, default=200, help="lines per pod (default: 200)")
-            p.add_argument("--track", choices=["stable", "canary"], help="md only: one track's server pods")
-            p.add_argument("-p", "--previous", action="store_true", help="the previous container's log (after a restart)")
-            p.add_argument("-f", "--follow", action="store_true",
-                           help="stream new lines until the containers end (Ctrl-C to stop)")
+            p.add_argument(
+                "--track", choices=["stable", "canary"], help="md only: one track's server pods"
+            )
+            p.add_argument(
+                "-p",
+                "--previous",
+                action="store_true",
+                help="the previous container's log (after a restart)",
+            )
+            p.add_argument(
+                "-f",
+                "--follow",
+                action="store_true",
+                help="stream new lines until the containers end (Ctrl-C to stop)",
+            )
+        elif name == "dashboard":
+            p.add_argument(
+                "-A", "--all-namespaces", action="store_true", help="show every namespace"
+            )
+            p.add_argument(
+                "--port",
+                type=int,
+                default=3100,
+                help="port on 127.0.0.1 (default: 3100; 0: any free port)",
+            )
+            p.add_argument(
+                "--no-open",
+                action="store_true",
+                help="do not open a browser, only print the address",
+            )
         elif name == "version":
-            p.add_argument("--client", action="store_true", help="the plugin's version only (no cluster needed)")
+            p.add_argument(
+                "--client",
+                action="store_true",
+                help="the plugin's version only (no cluster needed)",
+            )
     return parser
 
 
@@ -651,7 +840,9 @@ def context_namespace(kubeconfig: str | None, context: str | None) -> str:
         contexts, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     except (k8s_config.ConfigException, OSError):
         return "default"
-    chosen = next((c for c in contexts or [] if c.get("name") == context), None) if context else active
+    chosen = (
+        next((c for c in contexts or [] if c.get("name") == context), None) if context else active
+    )
     return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
 
 
@@ -683,24 +874,37 @@ def object_of(args: argparse.Namespace) -> ObjectRef | None:
     if args.command == "list":
         list_kinds(args.kind)
     if args.command == "logs" and args.follow and args.previous:
-        raise UsageError("--follow streams the running container and --previous reads an ended one: use one")
+        raise UsageError(
+            "--follow streams the running container and --previous reads an ended one: use one"
+        )
     if not command.kinds:
         return None
     return parse_ref(args.object, command.kinds, command.implied)
 
 
-def run_command(kube: Kube, args: argparse.Namespace, namespace: str | None, console: Console) -> int:
-    """``namespace`` is None only for ``list -A``."""
+def run_command(
+    kube: Kube, args: argparse.Namespace, namespace: str | None, console: Console
+) -> int:
+    """``namespace`` is None only for ``list -A`` and ``dashboard -A``."""
     ref = object_of(args)
     if args.command == "list":
         tables = fetch_tables(kube, list_kinds(args.kind), namespace)
-        shown = render_list(tables, all_namespaces=namespace is None, wide=args.output == "wide", now=datetime.now(UTC))
+        shown = render_list(
+            tables,
+            all_namespaces=namespace is None,
+            wide=args.output == "wide",
+            now=datetime.now(UTC),
+        )
         if shown:
             print(shown)
         else:
             where = "any namespace" if namespace is None else f"namespace {namespace}"
             print(f"No Kubeloop objects found in {where}.", file=sys.stderr)
         return 0
+    if args.command == "dashboard":
+        from kubeloop.dashboard.server import serve_dashboard  # the web server only when asked for
+
+        return serve_dashboard(kube, namespace, port=args.port, open_browser=not args.no_open)
     assert namespace is not None and ref is not None
     if args.command in {"status", "watch"}:
 
@@ -723,29 +927,51 @@ def run_command(kube: Kube, args: argparse.Namespace, namespace: str | None, con
             show_logs(kube, ref, args, namespace)
         except KeyboardInterrupt:
             return 0
-    elif args.command == "retrain":
-        token = annotate(kube, ref, namespace, RETRAIN_ANNOTATION)
-        console.print(f"driftpolicy/{ref.name}: retrain requested ({RETRAIN_ANNOTATION}={token})")
-    elif args.command == "undo":
-        console.print(f"modeldeployment/{ref.name}: rolling back to {undo(kube, ref, namespace)}")
-    elif args.command in {"pause", "resume"}:
-        patch_object(kube, ref, namespace, {"spec": {"paused": args.command == "pause"}})
-        console.print(f"modeldeployment/{ref.name}: {'paused' if args.command == 'pause' else 'resumed'}")
     else:
-        annotation = {
-            "promote": PROMOTE_FULL_ANNOTATION if getattr(args, "full", False) else PROMOTE_ANNOTATION,
-            "abort": ABORT_ANNOTATION,
-            "retry": RETRY_ANNOTATION,
-        }[args.command]
-        token = annotate(kube, ref, namespace, annotation)
-        console.print(f"modeldeployment/{ref.name}: {args.command} requested ({annotation}={token})")
+        console.print(steer(kube, args.command, ref, namespace, full=getattr(args, "full", False)))
     return 0
 
 
+STEERING = ("promote", "abort", "retry", "undo", "pause", "resume", "retrain")
+"""The commands that change an object; the dashboard's buttons call :func:`steer` too."""
+
+
+def steer(kube: Kube, command: str, ref: ObjectRef, namespace: str, *, full: bool = False) -> str:
+    """Run one steering command on ``ref``; returns what was done, in one line."""
+    if command == "retrain":
+        token = annotate(kube, ref, namespace, RETRAIN_ANNOTATION)
+        return f"driftpolicy/{ref.name}: retrain requested ({RETRAIN_ANNOTATION}={token})"
+    if command == "undo":
+        return f"modeldeployment/{ref.name}: rolling back to {undo(kube, ref, namespace)}"
+    if command in {"pause", "resume"}:
+        patch_object(kube, ref, namespace, {"spec": {"paused": command == "pause"}})
+        return f"modeldeployment/{ref.name}: {'paused' if command == 'pause' else 'resumed'}"
+    annotation = {
+        "promote": PROMOTE_FULL_ANNOTATION if full else PROMOTE_ANNOTATION,
+        "abort": ABORT_ANNOTATION,
+        "retry": RETRY_ANNOTATION,
+    }[command]
+    token = annotate(kube, ref, namespace, annotation)
+    return f"modeldeployment/{ref.name}: {command} requested ({annotation}={token})"
+
+
+def server_error_text(error: ApiException) -> str:
+    """An API server refusal as kubectl prints it: ``from server (Forbidden): ...``."""
+    return f"from server ({SERVER_REASONS.get(error.status, str(error.status))}): {error.reason}"
+
+
 # The API server's reason phrases, as kubectl prints them: "error: from server (Forbidden): ..."
-SERVER_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 405: "MethodNotAllowed",
-                  409: "Conflict", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
-                  503: "ServiceUnavailable"}
+SERVER_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
 
 
 def fail(message: str) -> None:
@@ -760,7 +986,11 @@ def main(argv: Sequence[str]) -> int:
         if args.command == "version":
             return show_version(args)
         all_namespaces = getattr(args, "all_namespaces", False)
-        namespace = None if all_namespaces else args.namespace or context_namespace(args.kubeconfig, args.context)
+        namespace = (
+            None
+            if all_namespaces
+            else args.namespace or context_namespace(args.kubeconfig, args.context)
+        )
         return run_command(connect(args.kubeconfig, args.context), args, namespace, Console())
     except UsageError as error:
         fail(f"{error}")
@@ -769,8 +999,7 @@ def main(argv: Sequence[str]) -> int:
         fail(f"{error}")
         return 1
     except ApiException as error:
-        reason = SERVER_REASONS.get(error.status, str(error.status))
-        fail(f"from server ({reason}): {error.reason}")
+        fail(server_error_text(error))
         return 1
     except k8s_config.ConfigException as error:
         where = args.kubeconfig or "$KUBECONFIG or ~/.kube/config"

@@ -1,0 +1,196 @@
+"""``kubectl kubeloop dashboard`` in real Chromium, against the real API server.
+
+Given trained runs (the trainer really ran), a sweep, and a ModelDeployment the running operator
+rolls out in paused steps, the dashboard process (the plugin, with the test's kubeconfig) shows
+every page from what the API server holds: the Models page's lineage figures equal the
+TrainingRuns' status, a rollout step change appears on the open page without a reload, the
+page's Promote and Abort buttons move the rollout, the Runs page charts the sweep's trials with
+the winner marked. A read-only identity sees the API server's refusal when it presses a button.
+Throughout, no request leaves 127.0.0.1 and the page logs no console error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dashboard_browser import CHROMIUM, DashboardProcess, Recorder, chromium_page, screenshot, texts
+from harness import OperatorProcess, install_crds, wait_for
+from kubernetes import client
+from test_plugin import md_status, train
+from test_trainingrun_controller import MANUAL_KUBELET, play_kubelet_terminate, run_trainer_locally, trainer_pods, trainingrun
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (hack/setup installs it)")
+GROUP, VERSION = "kubeloop.io", "v1alpha1"
+STEPS = [{"setWeight": 25}, {"pause": {}}, {"setWeight": 75}, {"pause": {}}]
+
+
+@pytest.fixture
+def operator(kubeconfig_path: str, kubectl: Any, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    install_crds(kubectl)
+    process = OperatorProcess(
+        kubeconfig_path, namespace, tmp_path / "operator.log",
+        env={"KUBELOOP_POD_LABELS": __import__("json").dumps(MANUAL_KUBELET), "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
+    )
+    process.start()
+    yield process
+    process.stop()
+    print(process.log_tail(30))
+
+
+def run_sweep(custom: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str, tmp_path: Path) -> dict[str, Any]:
+    """A sweep of three trials, each trained for real; the operator picks the winner."""
+    run = trainingrun("cancer-sweep", sweep={"grid": {"C": [0.001, 0.1, 10.0]}, "parallelism": 3})
+    messages = {i: run_trainer_locally(run, tmp_path / "sweep", index=i) for i in range(3)}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", run)
+    pods = wait_for(lambda: (p := trainer_pods(core, namespace, "cancer-sweep")) and len(p) == 3 and p, 90, what="3 trial pods")
+    for pod in pods:
+        message, code = messages[int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])]
+        play_kubelet_terminate(core, namespace, pod, message, code)
+    return wait_for(lambda: (r := custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "cancer-sweep"))
+                    .get("status", {}).get("phase") == "Succeeded" and r, 90, what="sweep Succeeded")
+
+
+def no_leaks(recorder: Recorder, dashboard: DashboardProcess) -> None:
+    assert recorder.requests, "the page made no request at all"
+    assert recorder.foreign_requests(dashboard.port) == []
+    assert recorder.errors == []
+
+
+def test_dashboard_shows_the_loop_and_steers_a_rollout(
+    kube_api: Any, kubeconfig_path: str, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    first = train(custom, core, namespace, "cancer-1", tmp_path)
+    second = train(custom, core, namespace, "cancer-2", tmp_path, model={
+        "name": "cancer", "estimator": "sklearn.ensemble.RandomForestClassifier",
+        "params": {"n_estimators": 20, "random_state": 0}, "task": "classification"})
+    sweep = run_sweep(custom, core, namespace, tmp_path)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "cancer"},
+        "spec": {"model": {"trainingRunRef": {"name": "cancer-1"}}, "replicas": 4, "rollout": {"steps": STEPS}},
+    })
+    wait_for(lambda: md_status(custom, namespace).get("phase") == "Healthy", 90, what="Healthy")
+
+    dashboard = DashboardProcess(kubeconfig_path, tmp_path / "dashboard.log", "-n", namespace)
+    recorder = Recorder()
+    try:
+        with chromium_page(recorder) as page:
+            # Models: every run's lineage, figures as the API objects hold them.
+            page.goto(f"{dashboard.url}/#/models")
+            page.wait_for_selector(f'[data-model="{namespace}/cancer"] [data-run="cancer-sweep"]')
+            for name in ("cancer-1", "cancer-2", "cancer-sweep"):
+                run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", name)
+                model = run["status"]["model"]
+                row = page.locator(f'[data-run="{name}"]')
+                assert row.locator("[data-sha256]").get_attribute("data-sha256") == model["sha256"]
+                assert row.locator("[data-fingerprint]").get_attribute("data-fingerprint") == model["dataFingerprint"]
+                assert float(row.locator("[data-metric]").get_attribute("data-value") or "nan") == model["metrics"]["accuracy"]
+                assert row.locator("[data-phase]").inner_text() == "Succeeded"
+                gates = {g["name"]: g["passed"] for g in model.get("gates") or []}
+                assert {el.get_attribute("data-gate"): "✓" in el.inner_text() for el in row.locator("[data-gate]").all()} == gates
+            assert page.locator('[data-run="cancer-1"] [data-served]').get_attribute("data-served") == "cancer/stable"
+            assert page.locator('[data-run="cancer-2"] [data-served]').count() == 0
+            screenshot(page, "models", tmp_path)
+
+            # Rollout: opened while Healthy; the model change and its first steps arrive live.
+            page.goto(f"{dashboard.url}/#/rollout/{namespace}/cancer")
+            page.wait_for_selector('[data-track="stable"]')
+            page.evaluate("window.__notReloaded = true")
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "cancer",
+                                                  {"spec": {"model": {"trainingRunRef": {"name": "cancer-2"}}}})
+            wait_for(lambda: md_status(custom, namespace).get("currentStep") == 1 and md_status(custom, namespace).get("canaryWeight") == 25, 90, what="paused at 25%")
+            page.wait_for_selector('ol.steps li.current[data-step="1"]')
+            page.wait_for_selector('[data-track="canary"] [data-weight="25"]')
+            assert page.evaluate("window.__notReloaded") is True
+            status = md_status(custom, namespace)
+            assert page.locator('[data-track="canary"] [data-sha256]').get_attribute("data-sha256") == status["canary"]["sha256"] == second
+            assert page.locator('[data-track="stable"] [data-weight]').get_attribute("data-weight") == "75"
+            assert texts(page, "ol.steps li.done") == ["0. setWeight 25%"]
+
+            # Promote from the page: the rollout moves on to the next pause at 75 %.
+            page.click('[data-action="promote"]')
+            page.wait_for_selector("#action-result.ok")
+            assert "promote requested (kubeloop.io/promote=" in page.inner_text("#action-result")
+            wait_for(lambda: md_status(custom, namespace).get("currentStep") == 3 and md_status(custom, namespace).get("canaryWeight") == 75, 90, what="promoted to 75%")
+            page.wait_for_selector('ol.steps li.current[data-step="3"]')
+            page.wait_for_selector('[data-track="canary"] [data-weight="75"]')
+            points = page.locator("svg.weights .point")
+            wait_for(lambda: [p.get_attribute("data-canary") for p in points.all()][-3:] == ["0", "25", "75"], 30, what="weights over time 0 -> 25 -> 75")
+            screenshot(page, "rollout", tmp_path)
+
+            # Abort from the page: all traffic back to stable, Degraded.
+            page.click('[data-action="abort"]')
+            wait_for(lambda: (s := md_status(custom, namespace)).get("phase") == "Degraded" and s.get("canaryWeight") == 0, 60, what="aborted")
+            page.wait_for_selector('h1 [data-phase="Degraded"]')
+            assert md_status(custom, namespace)["stable"]["sha256"] == first
+            assert page.evaluate("window.__notReloaded") is True
+
+            # Runs: the sweep's trials by parameter, the winner marked.
+            page.goto(f"{dashboard.url}/#/runs/{namespace}/cancer-sweep")
+            page.wait_for_selector("svg.sweep .trial")
+            trials = {t["index"]: t["metrics"]["accuracy"] for t in sweep["status"]["trials"]}
+            drawn = {int(g.get_attribute("data-index") or -1): float(g.get_attribute("data-value") or "nan")
+                     for g in page.locator("svg.sweep .trial").all()}
+            assert drawn == trials
+            assert page.locator("svg.sweep .trial.best").get_attribute("data-index") == str(sweep["status"]["bestTrial"])
+            assert page.locator("svg.sweep").get_attribute("data-parameter") == "C"
+            screenshot(page, "runs", tmp_path)
+        no_leaks(recorder, dashboard)
+    finally:
+        dashboard.stop()
+
+
+def read_only_kubeconfig(kube_api: Any, kubeconfig_path: str, namespace: str, tmp_path: Path) -> Path:
+    """A ServiceAccount that may get, list and watch Kubeloop's kinds (no patch), as a kubeconfig."""
+    core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "viewer"}})
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "kubeloop-viewer"}, "rules": [{
+        "apiGroups": [GROUP], "resources": ["trainingruns", "modeldeployments", "driftpolicies"],
+        "verbs": ["get", "list", "watch"]}]})
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "kubeloop-viewer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubeloop-viewer"},
+        "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": namespace}]})
+    token = core.create_namespaced_service_account_token("viewer", namespace, {"spec": {"expirationSeconds": 600}}).status.token
+    config = yaml.safe_load(Path(kubeconfig_path).read_text())
+    config["users"] = [{"name": "viewer", "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = "viewer"
+    path = tmp_path / "kubeconfig-viewer"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_read_only_user_sees_the_api_server_s_refusal(
+    kube_api: Any, kubectl: Any, kubeconfig_path: str, namespace: str, tmp_path: Path
+) -> None:
+    install_crds(kubectl)
+    custom = client.CustomObjectsApi(kube_api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "cancer"},
+        "spec": {"model": {"trainingRunRef": {"name": "cancer-1"}}, "replicas": 1, "rollout": {"steps": STEPS}},
+    })
+    viewer = read_only_kubeconfig(kube_api, kubeconfig_path, namespace, tmp_path)
+    dashboard = DashboardProcess(str(viewer), tmp_path / "dashboard.log", "-n", namespace)
+    recorder = Recorder()
+    try:
+        with chromium_page(recorder) as page:
+            page.goto(f"{dashboard.url}/#/rollout/{namespace}/cancer")
+            for action in ("promote", "abort"):
+                page.click(f'[data-action="{action}"]')
+                page.wait_for_selector("#action-result.error")
+                assert page.inner_text("#action-result") == (
+                    f'error: from server (Forbidden): modeldeployments.kubeloop.io "cancer" is forbidden: User '
+                    f'"system:serviceaccount:{namespace}:viewer" cannot patch resource "modeldeployments" in API group '
+                    f'"kubeloop.io" in the namespace "{namespace}"')
+                page.evaluate("document.getElementById('action-result').className = ''")
+            md = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "cancer")
+            assert not (md["metadata"].get("annotations") or {})
+            assert "Traceback" not in dashboard.log.read_text()
+        no_leaks(recorder, dashboard)
+    finally:
+        dashboard.stop()
