@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kubeloop.notifications.settings import NotificationSettings
 from kubeloop.trust.images import check_allowed_entry
 
 
@@ -82,6 +83,13 @@ class OperatorConfig(BaseSettings):
         5.0, description="How often rollouts in progress are re-evaluated (pauses, analysis)."
     )
     peering: str = Field("", description="kopf peering name for HA; empty disables peering.")
+    notifications: NotificationSettings = Field(
+        default_factory=NotificationSettings,
+        description=(
+            "Notification sinks, default subscriptions and delivery limits (JSON; the chart's "
+            "notifications block); see docs/notifications.md."
+        ),
+    )
     mlflow_tracking_uri: str = Field(
         "",
         description=(

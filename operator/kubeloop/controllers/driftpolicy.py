@@ -295,8 +295,12 @@ class DriftPolicyController:
                 self.kube.patch("ModelDeployment", namespace, target, patch)
             if decision.status != (policy.get("status") or {}):
                 self.kube.patch_status(KIND, namespace, name, decision.status)
+            retrain = runs.get(str((decision.status.get("lastRetrain") or {}).get("name")))
             for event in decision.events:
-                post_event(self.kube, policy, event.type, event.reason, event.message, wire_time(now))
+                post_event(
+                    self.kube, policy, event.type, event.reason, event.message, wire_time(now),
+                    status=decision.status, related={"retrain": retrain},
+                )
             for score in decision.status.get("scores") or []:
                 metrics.DRIFT_SCORE.labels(namespace, name, score["feature"], score["test"]).set(score["score"])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +26,10 @@ from kubeloop.controllers import metrics
 FIELD_MANAGER = "kubeloop"
 
 JsonObject = dict[str, Any]
+EventHook = Callable[..., None]
+"""Called after every Event the operator posts: ``hook(obj, type, reason, message, time,
+status=..., related=...)`` (the notifier, :class:`kubeloop.notifications.delivery.Notifier`).
+It must return at once and never raise."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,9 @@ class TooLarge(ValueError):
 class Kube:
     """A thin JSON client over the official client's transport."""
 
-    def __init__(self, api_client: k8s_client.ApiClient) -> None:
+    def __init__(self, api_client: k8s_client.ApiClient, event_hook: EventHook | None = None) -> None:
         self.api_client = api_client
+        self.event_hook = event_hook
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None, connections: int | None = None) -> Kube:
@@ -246,9 +251,19 @@ class KeyedLocks:
 
 
 def post_event(
-    kube: Kube, obj: JsonObject, type_: str, reason: str, message: str, now_text: str
+    kube: Kube,
+    obj: JsonObject,
+    type_: str,
+    reason: str,
+    message: str,
+    now_text: str,
+    *,
+    status: Mapping[str, Any] | None = None,
+    related: Mapping[str, Any] | None = None,
 ) -> None:
-    """Record an Event on ``obj`` (what `kubectl describe` shows under Events)."""
+    """Record an Event on ``obj`` (what `kubectl describe` shows under Events), then hand it to
+    the Kube's event hook (notifications) with ``status``, the object's status after this
+    reconcile, and ``related`` objects by role (a DriftPolicy's ``retrain`` run)."""
     meta = obj["metadata"]
     # Counted before the write: an alert on the reason fires even if the Event cannot be stored.
     metrics.EVENTS.labels(meta["namespace"], obj["kind"], meta["name"], type_, reason).inc()
@@ -278,3 +293,6 @@ def post_event(
             "count": 1,
         }
     )
+    # After the write: a failed write retries the reconcile, which posts (and notifies) again.
+    if kube.event_hook is not None:
+        kube.event_hook(obj, type_, reason, message, now_text, status=status, related=related)

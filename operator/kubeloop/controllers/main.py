@@ -16,6 +16,7 @@ from kubeloop import API_GROUP
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import driftpolicy, metrics, modeldeployment, trainingrun
 from kubeloop.controllers.kube import Kube
+from kubeloop.notifications.delivery import Metrics, Notifier
 
 FINALIZER = f"{API_GROUP}/finalizer"
 #: Seconds a replica's peering keep-alive counts. kopf writes a keep-alive every
@@ -80,6 +81,17 @@ def build_registry(kube: Kube, config: OperatorConfig) -> kopf.OperatorRegistry:
     return registry
 
 
+def notification_metrics() -> Metrics:
+    """Delivery outcomes on the operator's registry."""
+    return Metrics(
+        delivered=lambda sink, trigger, result: metrics.NOTIFICATIONS.labels(sink, trigger, result).inc(),
+        attempt=lambda sink, outcome: metrics.NOTIFICATION_ATTEMPTS.labels(sink, outcome).inc(),
+        dropped=lambda sink: metrics.NOTIFICATIONS_DROPPED.labels(sink).inc(),
+        queued=lambda sink, length: metrics.NOTIFICATION_QUEUE.labels(sink).set(length),
+        latency=lambda sink, seconds: metrics.NOTIFICATION_SECONDS.labels(sink).observe(seconds),
+    )
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="kubeloop operator", description=__doc__)
     parser.add_argument("--kubeconfig", help="kubeconfig to use outside a cluster (default: $KUBECONFIG)")
@@ -99,6 +111,10 @@ def main(argv: Sequence[str]) -> int:
     config = OperatorConfig()
     namespaces = args.namespace or config.namespaces
     kube = Kube.from_environment(args.kubeconfig, connections=HANDLER_THREADS + 4)
+    # Sink URLs are resolved and checked now: a sink the operator cannot use stops it here.
+    notifier = Notifier(config.notifications, notification_metrics())
+    if notifier.enabled:
+        kube.event_hook = notifier
     registry = build_registry(kube, config)
     if config.metrics_port:
         start_http_server(config.metrics_port, registry=metrics.REGISTRY)

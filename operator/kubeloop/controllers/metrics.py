@@ -97,3 +97,38 @@ def reconcile_timer(kind: str) -> Iterator[None]:
         RECONCILES.labels(kind, "ok").inc()
     finally:
         RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - start)
+
+
+NOTIFICATIONS = Counter(
+    "kubeloop_notifications_total",
+    "Notifications by sink, trigger and result: delivered, failed (every attempt failed) or "
+    "unknown_sink (an annotation named a sink the operator does not have; sink '-').",
+    ["sink", "trigger", "result"],
+    registry=REGISTRY,
+)
+NOTIFICATION_ATTEMPTS = Counter(
+    "kubeloop_notification_attempts_total",
+    "HTTP attempts to deliver a notification, by sink and outcome (ok, http_4xx, http_5xx, "
+    "timeout, error); retries show as attempts beyond the notifications.",
+    ["sink", "outcome"],
+    registry=REGISTRY,
+)
+NOTIFICATIONS_DROPPED = Counter(
+    "kubeloop_notifications_dropped_total",
+    "Notifications dropped unsent because the sink's queue was full (the oldest goes first).",
+    ["sink"],
+    registry=REGISTRY,
+)
+NOTIFICATION_QUEUE = Gauge(
+    "kubeloop_notification_queue_length",
+    "Notifications waiting for a sink.",
+    ["sink"],
+    registry=REGISTRY,
+)
+NOTIFICATION_SECONDS = Histogram(
+    "kubeloop_notification_delivery_seconds",
+    "Time from the Event to the sink's answer, for delivered notifications, by sink.",
+    ["sink"],
+    registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)

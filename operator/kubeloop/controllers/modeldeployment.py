@@ -208,7 +208,7 @@ class ModelDeploymentController:
                 self.kube.patch_status(KIND, namespace, name, patch)
             now_text = wire_time(now)
             for event in decision.events:
-                post_event(self.kube, md, event.type, event.reason, event.message, now_text)
+                post_event(self.kube, md, event.type, event.reason, event.message, now_text, status=decision.status)
             metrics.CANARY_WEIGHT.labels(namespace, name).set(int(decision.status.get("canaryWeight") or 0))
             self.phases.observe(namespace, name, decision.status.get("phase"))
             if decision.requeue_after is not None:

@@ -194,7 +194,7 @@ class TrainingRunController:
                 self.finish_tracking(run, new_status, pods, now)
             now_text = wire_time(now)
             for event in decision.events:
-                post_event(self.kube, run, event.type, event.reason, event.message, now_text)
+                post_event(self.kube, run, event.type, event.reason, event.message, now_text, status=decision.status)
             phase = decision.status.get("phase")
             self.phases.observe(namespace, name, phase)
             if phase in TERMINAL_PHASES and old_status.get("phase") != phase:

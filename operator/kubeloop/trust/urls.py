@@ -328,3 +328,31 @@ def registry_model_uri_problem(uri: str) -> str | None:
         schemes = ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
         return f"is not a storage URI a ModelDeployment may serve (it must start with {schemes})"
     return None
+
+
+# --- where notifications go ---------------------------------------------------------------
+
+NOTIFICATION_SCHEMES = ("http", "https")
+
+
+def notification_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a notification sink (None: it can). Sink URLs come only from the
+    operator's configuration (a namespace user names a sink, never a URL); the message never
+    repeats the URL, which for an incoming webhook is the credential."""
+    text = url.strip()
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
+        return "contains spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return "is not a well-formed URL"
+    if parts.scheme.lower() not in NOTIFICATION_SCHEMES:
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    if "@" in parts.netloc:
+        return "must not contain user information (user:password@); put the token in the path or query"
+    if parts.fragment or "#" in text:
+        return "must not contain a fragment (#...)"
+    return None
