@@ -1,5 +1,9 @@
 """The model runtime: fetch, verify, load and call a scikit-learn model stored with skops.
 
+XGBoost and LightGBM models (bare or as a Pipeline's last step) come from the same file: skops
+holds the wrapper, the booster rides beside it in its native format
+(:mod:`kubeloop.trust.boosters`); their fast path calls the booster's own in-memory predict.
+
 The interface is deliberately tiny (``load_model`` and ``ServedModel.predict``) so the HTTP
 layer, the batcher and the tests all talk to the model the same way. Nothing here knows
 about HTTP.
@@ -19,8 +23,7 @@ import numpy.typing as npt
 
 from kubeloop.drift.profile import Profile
 from kubeloop.serving.inputs import needs_dataframe, text_features
-from kubeloop.trust import model_types
-from kubeloop.trust.skops_io import skops_io
+from kubeloop.trust import boosters, model_types
 
 log = logging.getLogger("kubeloop.serve")
 
@@ -143,8 +146,9 @@ def trusted_types(model_bytes: bytes) -> list[str]:
     """The types skops must trust to load these bytes, as :mod:`kubeloop.trust.model_types`
     decides; anything it refuses makes the model unusable (exit code 4)."""
     try:
+        boosters.read_manifest(model_bytes)
         return model_types.trusted_types(model_bytes)
-    except model_types.UntrustedModelTypesError as exc:
+    except (model_types.UntrustedModelTypesError, boosters.BoosterArtifactError) as exc:
         raise ModelArtifactError(str(exc)) from exc
     except Exception as exc:
         raise ModelArtifactError(f"model.skops cannot be read as a skops file: {exc}") from exc
@@ -177,7 +181,12 @@ def _single_threaded(estimator: Any) -> None:
     # The server parallelises with processes and batches; joblib threads inside every
     # predict call would oversubscribe the CPUs and add per-call overhead.
     for step in [estimator, *[s for _, s in getattr(estimator, "steps", [])]]:
-        if hasattr(step, "n_jobs"):
+        if boosters.type_name(step) in boosters.BOOSTER_TYPES:
+            # For XGBoost and LightGBM n_jobs=None means every core (OpenMP), not one.
+            step.n_jobs = 1
+            if boosters.BOOSTER_TYPES[boosters.type_name(step)] is boosters.XGBOOST:
+                step.get_booster().set_param({"nthread": 1})
+        elif hasattr(step, "n_jobs"):
             step.n_jobs = None
 
 
@@ -258,11 +267,76 @@ def _linear_fast_path(model: Any) -> FastPath | None:
     return FastPath(predict, None)
 
 
+def _xgboost_fast_path(model: Any) -> FastPath | None:
+    """The booster's ``inplace_predict`` on the batch, as XGBModel.predict calls it, without
+    the wrapper's per-call checks and config context."""
+    booster = model.get_booster()
+    options = {"iteration_range": model._get_iteration_range(None), "missing": model.missing}
+    if not hasattr(model, "n_classes_"):
+
+        def regress(rows: Array) -> Array:
+            result: Array = booster.inplace_predict(rows, **options)
+            return result
+
+        return FastPath(regress, None)
+    if model.objective not in ("binary:logistic", "multi:softprob"):
+        return None
+    binary = int(model.n_classes_) == 2
+
+    def proba(rows: Array) -> Array:
+        values: Array = booster.inplace_predict(rows, **options)
+        if binary and values.ndim == 1:
+            return np.vstack((1 - values, values)).transpose()
+        return values
+
+    def predict(rows: Array) -> Array:
+        values: Array = booster.inplace_predict(rows, **options)
+        if values.ndim > 1:
+            return np.asarray(np.argmax(values, axis=1))
+        indexes: Array = np.repeat(0, values.shape[0])
+        indexes[values > 0.5] = 1
+        return indexes
+
+    return FastPath(predict, proba)
+
+
+def _lightgbm_fast_path(model: Any) -> FastPath | None:
+    """The booster's own ``predict`` on the batch, without the wrapper's validation."""
+    booster = model.booster_
+    options = {"num_threads": 1, "validate_features": False}
+    if not hasattr(model, "classes_"):
+
+        def regress(rows: Array) -> Array:
+            result: Array = booster.predict(rows, **options)
+            return result
+
+        return FastPath(regress, None)
+    encoder = model._le
+
+    def proba(rows: Array) -> Array:
+        values: Array = booster.predict(rows, **options)
+        if values.ndim == 1:
+            return np.vstack((1.0 - values, values)).transpose()
+        return values
+
+    def predict(rows: Array) -> Array:
+        result: Array = encoder.inverse_transform(np.argmax(proba(rows), axis=1))
+        return result
+
+    return FastPath(predict, proba)
+
+
 def fast_path(estimator: Any) -> FastPath | None:
     """A faster, equivalent way to call ``estimator``, for the estimators we know."""
     from sklearn.ensemble._forest import BaseForest
     from sklearn.linear_model._base import LinearClassifierMixin
 
+    name = boosters.type_name(estimator)
+    if name in boosters.BOOSTER_TYPES:
+        framework = boosters.BOOSTER_TYPES[name]
+        if framework is boosters.XGBOOST:
+            return _xgboost_fast_path(estimator)
+        return _lightgbm_fast_path(estimator)
     if isinstance(estimator, BaseForest):
         return _forest_fast_path(estimator)
     if isinstance(estimator, LinearClassifierMixin):
@@ -387,11 +461,9 @@ def load_model(artifact: ModelArtifact, name: str, fast_paths: bool = True) -> S
     from sklearn.base import is_classifier
 
     try:
-        estimator = skops_io().loads(
-            artifact.model_bytes, trusted=trusted_types(artifact.model_bytes)
-        )
-    except ModelArtifactError:
-        raise
+        estimator = model_types.load_trusted(artifact.model_bytes)
+    except (model_types.UntrustedModelTypesError, boosters.BoosterArtifactError) as exc:
+        raise ModelArtifactError(f"model_uri: {artifact.model_uri}: {exc}") from exc
     except Exception as exc:
         raise ModelArtifactError(
             f"model_uri: {artifact.model_uri} is not a loadable skops file: {exc}"
@@ -472,9 +544,9 @@ def _frame_builder(
 
 
 def _feature_names(estimator: Any, profile: Profile | None) -> list[str]:
-    names = getattr(estimator, "feature_names_in_", None)
+    names = boosters.feature_names_in(estimator)
     if names is not None:
-        return [str(n) for n in names]
+        return names
     n_features = getattr(estimator, "n_features_in_", None)
     if n_features is None:
         raise ModelArtifactError("the model does not record n_features_in_; is it fitted?")

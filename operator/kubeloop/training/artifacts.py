@@ -3,7 +3,8 @@
 Layout of one run under the output root ``<storageUri>/<model>/<run>/`` (a sweep trial
 writes the same files under ``<storageUri>/<model>/<run>/trials/<index>/``)::
 
-    model.skops    the fitted model, skops format (no pickle)
+    model.skops    the fitted model, skops format (no pickle); an XGBoost or LightGBM booster
+                   rides inside it in its native format (kubeloop.trust.boosters)
     model.sha256   "<hex>  model.skops" (sha256sum format)
     profile.json   the drift reference profile (kubeloop.drift.profile)
     report.json    everything about the run; written LAST, as the completion marker
@@ -18,8 +19,8 @@ and must be ignored; ``report.json`` is written only after every other file is c
 Loading (:func:`load_model`) verifies the sha256 first, then asks skops which types in the
 file are not trusted by default (``skops.io.get_untrusted_types``) and refuses the file
 unless :mod:`kubeloop.trust.model_types` trusts every one (estimator classes really defined
-under an allowed package, and a short vetted list); only then is it loaded with exactly those
-types trusted.
+under an allowed package, a short vetted list, and the XGBoost/LightGBM wrappers); only then
+is it loaded with exactly those types trusted, and each booster read from its native entry.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kubeloop.trust import model_types
+from kubeloop.trust import boosters, model_types
 from kubeloop.trust.skops_io import skops_io
 
 MODEL_FILE = "model.skops"
@@ -72,7 +73,9 @@ def _filesystem(uri: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]
     return fs, str(path)
 
 
-def write_atomic(uri: str, payload: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
+def write_atomic(
+    uri: str, payload: bytes, storage_options: Mapping[str, Any] | None = None
+) -> None:
     """Write ``payload`` to ``uri`` via a temporary sibling and a rename (see module doc)."""
     from kubeloop.training.data import local_path_of
 
@@ -147,12 +150,18 @@ def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     return bool(fs.exists(path))
 
 
-def dump_model(model: Any) -> bytes:
-    """The skops serialisation of ``model`` (no pickle)."""
-    sio = skops_io()
+def dump_model(model: Any, feature_names: Sequence[str] | None = None) -> bytes:
+    """``model.skops``: the skops serialisation of ``model`` (no pickle), with any XGBoost or
+    LightGBM booster in its native format beside it (:mod:`kubeloop.trust.boosters`).
 
-    payload: bytes = sio.dumps(model)
-    return payload
+    ``feature_names``: the columns the model was fitted on (kept for a LightGBM wrapper,
+    which renames them)."""
+    try:
+        sklearn_part, booster_entries = boosters.split(model, feature_names)
+    except boosters.BoosterArtifactError as exc:
+        raise UntrustedArtifactError(str(exc)) from exc
+    payload: bytes = skops_io().dumps(sklearn_part)
+    return boosters.add_entries(payload, booster_entries)
 
 
 def trusted_types_for(payload: bytes, allowed_prefixes: Sequence[str]) -> list[str]:
@@ -170,9 +179,8 @@ def load_model_bytes(
     allowed_prefixes: Sequence[str] = DEFAULT_TRUSTED_TYPE_PREFIXES,
     source: str = "artifact",
 ) -> Any:
-    """A model from skops bytes: sha256 verified (when given), then only allowed types trusted."""
-    sio = skops_io()
-
+    """A model from skops bytes: sha256 verified (when given), then only allowed types trusted,
+    then boosters read from their native entries."""
     if expected_sha256 is not None:
         expected = expected_sha256.removeprefix("sha256:").strip().lower()
         actual = sha256_hex(payload)
@@ -181,8 +189,12 @@ def load_model_bytes(
                 f"{source}: sha256 is {actual}, expected {expected}; the file was changed or "
                 "the wrong one was given"
             )
-    trusted = trusted_types_for(payload, allowed_prefixes)
-    return sio.loads(payload, trusted=trusted)
+    try:
+        return model_types.load_trusted(payload, allowed_prefixes)
+    except model_types.UntrustedModelTypesError as exc:
+        raise UntrustedArtifactError(f"refusing to load the artifact: {exc}") from exc
+    except boosters.BoosterArtifactError as exc:
+        raise UntrustedArtifactError(f"refusing to load {source}: {exc}") from exc
 
 
 def load_model(
@@ -194,4 +206,6 @@ def load_model(
     """Read and load the model at ``uri`` (a ``model.skops`` file or a run directory)."""
     if not uri.endswith(".skops"):
         uri = join_uri(uri, MODEL_FILE)
-    return load_model_bytes(read_bytes(uri, storage_options), expected_sha256, allowed_prefixes, uri)
+    return load_model_bytes(
+        read_bytes(uri, storage_options), expected_sha256, allowed_prefixes, uri
+    )

@@ -39,6 +39,7 @@ from kubeloop.training.result import (
     ValidationFailure,
 )
 from kubeloop.training.spec import TrainingRunSpec
+from kubeloop.trust.estimators import DEFAULT_ALLOWED_PREFIXES
 
 log = logging.getLogger("kubeloop.train")
 
@@ -66,7 +67,7 @@ class TrainingRequest:
     storage_uri: str | None = None  # overrides spec.output.storageUri
     champion_uri: str | None = None
     champion_sha256: str | None = None
-    allowed_prefixes: tuple[str, ...] = ("sklearn.",)
+    allowed_prefixes: tuple[str, ...] = DEFAULT_ALLOWED_PREFIXES
     trial_index: int | None = None
     validate_only: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
@@ -341,7 +342,7 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
         )
         profile_bytes = profile.to_json_bytes()
     with _timed(timings, "serialise"):
-        model_bytes = artifacts.dump_model(model)
+        model_bytes = artifacts.dump_model(model, columns.features)
         model_sha256 = artifacts.sha256_hex(model_bytes)
 
     model_uri = artifacts.join_uri(root, artifacts.MODEL_FILE)
@@ -484,6 +485,7 @@ def _champion_metrics(
     data_fingerprint: str,
 ) -> dict[str, float]:
     from kubeloop.training import data, evaluate
+    from kubeloop.trust.boosters import feature_names_in
 
     assert request.champion_uri is not None
     champion_uri = data.resolve_uri(request.champion_uri, request.pvc_mount_root)
@@ -495,7 +497,7 @@ def _champion_metrics(
             trusted,
             data.storage_options_for(champion_uri, request.env),
         )
-        names = getattr(champion, "feature_names_in_", None)
+        names = feature_names_in(champion)
         features = x_test if names is None else x_test[[str(n) for n in names]]
         predictions = evaluate.predict(champion, features, task, need_probabilities=True)
         return evaluate.compute_metrics(task, y_test.to_numpy(), predictions)

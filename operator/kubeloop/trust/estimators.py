@@ -14,6 +14,10 @@ the object it names is, before anything is called:
   Re-exports are fine - ``sklearn.linear_model.LogisticRegression`` is defined in
   ``sklearn.linear_model._logistic`` - but an attribute hop out of the package is not
   (``sklearn.utils.validation.np`` is numpy);
+* for the booster packages (``xgboost``, ``lightgbm``, allowed by default): exactly one of
+  ``XGBClassifier``, ``XGBRegressor``, ``LGBMClassifier``, ``LGBMRegressor``, the wrappers whose
+  boosters the artifact stores in their native formats (a ``Booster``, ``XGBRanker`` or a dask
+  wrapper is refused);
 * public and concrete: not named with a leading underscore, not abstract, with a ``fit``
   method (``sklearn.base.BaseEstimator`` itself has none), and not one of
   scikit-learn's test helpers (modules ``tests``, ``_testing``, ``_mocking``), which exist to
@@ -38,7 +42,12 @@ import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-DEFAULT_ALLOWED_PREFIXES: tuple[str, ...] = ("sklearn.",)
+from kubeloop.trust.boosters import BOOSTER_PACKAGES, BOOSTER_TYPES
+
+DEFAULT_ALLOWED_PREFIXES: tuple[str, ...] = ("sklearn.", "xgboost.", "lightgbm.")
+BOOSTER_ESTIMATORS = frozenset(BOOSTER_TYPES)
+"""The only classes of the booster packages a spec may name (by their real names): the ones
+whose boosters the artifact stores natively (:mod:`kubeloop.trust.boosters`)."""
 NESTED_ESTIMATOR_KEYS = frozenset({"estimator", "params"})
 TEST_HELPER_MODULES = frozenset({"tests", "_testing", "_mocking"})
 """Module names whose classes are scikit-learn's own test doubles, never a model to train."""
@@ -133,7 +142,9 @@ def _not_an_estimator_class(found: object, prefixes: Sequence[str]) -> str | Non
     defined_in = str(getattr(found, "__module__", "") or "")
     real_name = f"{defined_in}.{found.__qualname__}"
     if not is_allowed(defined_in, prefixes):
-        return f"it is really {real_name}, defined outside {', '.join(normalise_prefixes(prefixes))}"
+        return (
+            f"it is really {real_name}, defined outside {', '.join(normalise_prefixes(prefixes))}"
+        )
     from sklearn.base import BaseEstimator
 
     if not issubclass(found, BaseEstimator):
@@ -146,6 +157,11 @@ def _not_an_estimator_class(found: object, prefixes: Sequence[str]) -> str | Non
         return f"{real_name} has no fit method: a base class, not a model"
     if TEST_HELPER_MODULES & set(defined_in.split(".")):
         return f"{real_name} is one of scikit-learn's test helpers, not a model"
+    if defined_in.split(".")[0] in BOOSTER_PACKAGES and real_name not in BOOSTER_ESTIMATORS:
+        return (
+            f"{real_name} is not one of the boosters Kubeloop stores in their native formats "
+            f"({', '.join(sorted(BOOSTER_ESTIMATORS))})"
+        )
     return None
 
 
@@ -172,8 +188,10 @@ def nested_estimators(params: Any, field: str = "spec.model.params") -> list[tup
 
 def _walk(value: Any, field: str) -> list[tuple[str, str]]:
     if is_nested_estimator(value):
-        return [(str(value["estimator"]), f"{field}.estimator"),
-                *nested_estimators(value.get("params") or {}, f"{field}.params")]
+        return [
+            (str(value["estimator"]), f"{field}.estimator"),
+            *nested_estimators(value.get("params") or {}, f"{field}.params"),
+        ]
     found: list[tuple[str, str]] = []
     if isinstance(value, Mapping):
         for key, item in value.items():
@@ -248,7 +266,9 @@ def spec_refusal(
     try:
         import sklearn.base  # noqa: F401
     except ImportError:
-        return None  # the string check above is all this operator can judge; the trainer judges fully
+        return (
+            None  # the string check above is all this operator can judge; the trainer judges fully
+        )
     for path, field in paths:
         try:
             resolve_class(path, prefixes, field)

@@ -11,7 +11,14 @@ a file uses comes here, through :func:`decide`, and is trusted only when it is:
   imported there: ``sklearn.utils._testing.check_output`` *is* ``subprocess.check_output``),
   and that module lies under an allowed package (default ``sklearn``); or
 * one of :data:`VETTED_TYPES`: a few non-estimator classes that fitted scikit-learn models
-  hold, each named with the reason it is needed.
+  hold, each named with the reason it is needed; or
+* one of the XGBoost and LightGBM scikit-learn wrappers of
+  :data:`kubeloop.trust.boosters.BOOSTER_TYPES` (``XGBClassifier``, ``XGBRegressor``,
+  ``LGBMClassifier``, ``LGBMRegressor``), by exact name and only when that library is
+  installed. skops stores only the wrapper; its booster is read from the file's native entry
+  (:mod:`kubeloop.trust.boosters`), never from skops. Any other class of those packages
+  (``XGBRanker``, ``xgboost.core.Booster``, dask wrappers...) is refused, whatever the
+  estimator packages say.
 
 Everything else is refused: functions (``numpy.testing._private.utils.runstring`` calls
 ``exec``), classes re-exported under an allowed package, numpy and scipy classes that are not
@@ -20,7 +27,7 @@ its module passed the package check, and looking it up imports only modules of t
 packages, which run no code of the file.
 
 The server (``serving.model``), the trainer's champion load (``training.artifacts``) and
-``kubeloop drift`` all call :func:`trusted_types`; a refusal names every refused type.
+``kubeloop drift`` all load through :func:`load_trusted`; a refusal names every refused type.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ import importlib
 import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from kubeloop.trust import boosters
+from kubeloop.trust.boosters import BOOSTER_PACKAGES, BOOSTER_TYPES
 
 DEFAULT_ESTIMATOR_PACKAGES: tuple[str, ...] = ("sklearn",)
 
@@ -43,6 +54,8 @@ VETTED_TYPES: dict[str, str] = {
     "by a fitted MLPClassifier/MLPRegressor (solver='adam')",
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer": "the optimiser state kept "
     "by a fitted MLPClassifier/MLPRegressor (solver='sgd')",
+    "collections.OrderedDict": "the best scores and evaluation results a fitted LightGBM "
+    "wrapper keeps (a dict that remembers order; building one runs no user code)",
 }
 
 
@@ -54,8 +67,8 @@ class UntrustedModelTypesError(ValueError):
         details = "; ".join(f"{name} ({why})" for name, why in self.refused)
         super().__init__(
             f"model.skops needs {len(self.refused)} type(s) Kubeloop does not trust: {details}. "
-            "Only scikit-learn estimator classes and a short vetted list of helper types may be "
-            "loaded; retrain the model with `kubeloop train` from supported estimators"
+            "Only scikit-learn estimator classes, a short vetted list of helper types and the "
+            "XGBoost/LightGBM scikit-learn wrappers may be loaded; retrain the model with `kubeloop train` from supported estimators"
         )
 
 
@@ -77,10 +90,15 @@ def _under(module: str, packages: Sequence[str]) -> bool:
     return any(module == package or module.startswith(package + ".") for package in packages)
 
 
-def decide_type(name: str, estimator_packages: Sequence[str] = DEFAULT_ESTIMATOR_PACKAGES) -> TypeDecision:
+def decide_type(
+    name: str, estimator_packages: Sequence[str] = DEFAULT_ESTIMATOR_PACKAGES
+) -> TypeDecision:
     """The decision for one name as skops writes it: ``<module>.<qualified name>``."""
     if name in VETTED_TYPES:
         return TypeDecision(name, True, VETTED_TYPES[name])
+    module_name = name.rpartition(".")[0]
+    if _under(module_name, BOOSTER_PACKAGES):
+        return _decide_booster_type(name)
     module_name, _, attribute = name.rpartition(".")
     if not module_name or not all(part.isidentifier() for part in name.split(".")):
         return TypeDecision(name, False, "not a dotted name")
@@ -95,7 +113,9 @@ def decide_type(name: str, estimator_packages: Sequence[str] = DEFAULT_ESTIMATOR
     if found is None:
         return TypeDecision(name, False, f"{module_name} has no {attribute}")
     if not inspect.isclass(found):
-        return TypeDecision(name, False, f"a {type(found).__name__}, not a class: calling it could run code")
+        return TypeDecision(
+            name, False, f"a {type(found).__name__}, not a class: calling it could run code"
+        )
     if found.__module__ != module_name or found.__qualname__ != attribute:
         return TypeDecision(
             name, False, f"re-exported: really {found.__module__}.{found.__qualname__}"
@@ -105,6 +125,25 @@ def decide_type(name: str, estimator_packages: Sequence[str] = DEFAULT_ESTIMATOR
     if not issubclass(found, BaseEstimator):
         return TypeDecision(name, False, "not a scikit-learn estimator (BaseEstimator subclass)")
     return TypeDecision(name, True, "scikit-learn estimator class")
+
+
+def _decide_booster_type(name: str) -> TypeDecision:
+    framework = BOOSTER_TYPES.get(name)
+    if framework is None:
+        return TypeDecision(
+            name, False, f"not one of the booster wrappers {', '.join(sorted(BOOSTER_TYPES))}"
+        )
+    module_name, _, attribute = name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return TypeDecision(name, False, f"{framework.package} is not installed here")
+    found = getattr(module, attribute, None)
+    if not inspect.isclass(found) or f"{found.__module__}.{found.__qualname__}" != name:
+        return TypeDecision(name, False, f"{name} is not the class of that name here")
+    return TypeDecision(
+        name, True, f"{framework.package} scikit-learn wrapper; its booster is stored natively"
+    )
 
 
 def decide(
@@ -128,8 +167,19 @@ def trusted_types(
     return needed
 
 
-def load_trusted(model_bytes: bytes, estimator_packages: Sequence[str] = DEFAULT_ESTIMATOR_PACKAGES) -> object:
-    """Deserialise skops bytes, trusting exactly what :func:`trusted_types` allows."""
+def load_trusted(
+    model_bytes: bytes, estimator_packages: Sequence[str] = DEFAULT_ESTIMATOR_PACKAGES
+) -> Any:
+    """Deserialise a model file, trusting exactly what :func:`trusted_types` allows.
+
+    The booster manifest is validated first (:func:`kubeloop.trust.boosters.read_manifest`);
+    then skops loads the estimator with only the trusted types; then each XGBoost/LightGBM
+    wrapper gets its booster from the file's native entry. Raises
+    :class:`UntrustedModelTypesError` or :class:`kubeloop.trust.boosters.BoosterArtifactError`.
+    """
     from kubeloop.trust.skops_io import skops_io
 
-    return skops_io().loads(model_bytes, trusted=trusted_types(model_bytes, estimator_packages))
+    records = boosters.read_manifest(model_bytes)
+    trusted = trusted_types(model_bytes, estimator_packages)
+    model = skops_io().loads(model_bytes, trusted=trusted)
+    return boosters.attach(model, records)
