@@ -67,6 +67,7 @@ from kubeloop.api.modeldeployment import (
 )
 from kubeloop.api.wire import InvalidResource, from_wire
 from kubeloop.decide.common import Event, parse_wire_time, set_wire_condition, wire_time
+from kubeloop.registry.decide import REGISTRY_UNAVAILABLE, Resolution
 from kubeloop.resources.serving import (
     SHA_ANNOTATION,
     ModelRef,
@@ -116,6 +117,8 @@ class Observed:
     route: Mapping[str, Any] | None = None
     training_run: Mapping[str, Any] | None = None
     pdb: Mapping[str, Any] | None = None
+    registry: Resolution | None = None
+    """What ``spec.model.registry`` resolved to (:mod:`kubeloop.registry.decide`), if set."""
 
 
 @dataclass
@@ -180,11 +183,23 @@ def _served_block(model: ModelRef, deployment: Mapping[str, Any] | None) -> dict
 
 
 def resolve_target(
-    md: Mapping[str, Any], training_run: Mapping[str, Any] | None
+    md: Mapping[str, Any],
+    training_run: Mapping[str, Any] | None,
+    registry: Resolution | None = None,
 ) -> tuple[ModelRef | None, tuple[str, str, bool] | None]:
     """The model spec.model names, or why it cannot be served yet: ``(reason, message,
     is_failure)`` - a failure needs a person, anything else is waiting."""
     source = md["spec"].get("model") or {}
+    if source.get("registry"):
+        if registry is None:
+            return None, (REGISTRY_UNAVAILABLE, "spec.model.registry is not resolved yet", False)
+        if registry.uri is None or registry.sha256 is None:
+            return None, (
+                str(registry.reason or REGISTRY_UNAVAILABLE),
+                str(registry.message or "spec.model.registry is not resolved yet"),
+                not registry.waiting,
+            )
+        return ModelRef(registry.uri, registry.sha256), None
     ref = (source.get("trainingRunRef") or {}).get("name")
     if not ref:
         return ModelRef(str(source["storageUri"]), str(source["sha256"])), None
@@ -474,7 +489,7 @@ def decide(
     spec = md["spec"]
     total = int(spec.get("replicas", 1))
     router = router_for((spec.get("rollout") or {}).get("trafficRouting"))
-    target, problem = resolve_target(md, observed.training_run)
+    target, problem = resolve_target(md, observed.training_run, observed.registry)
     _first_sight_of_requests(r)
 
     stable = _model_ref(r.status.get("stable"))

@@ -91,11 +91,11 @@ class MlflowClient:
     # --- transport ----------------------------------------------------------------------------
 
     def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """One request; GET/DELETE send ``body`` as the query string, POST/PATCH as JSON."""
+        """One request; GET sends ``body`` as the query string, others as JSON."""
         url = f"{self.base_url}{API}/{path}"
         data = None
         headers = {"Accept": "application/json"}
-        if body is not None and method in ("GET", "DELETE"):
+        if body is not None and method == "GET":
             url += "?" + urllib.parse.urlencode({k: v for k, v in body.items() if v is not None})
         elif body is not None:
             data = orjson.dumps(dict(body))
@@ -276,7 +276,8 @@ class MlflowClient:
         try:
             self.call("DELETE", "registered-models/alias", {"name": name, "alias": alias})
         except RegistryRequestError as error:
-            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            # MLflow answers INVALID_PARAMETER_VALUE for an alias that is not set: gone already.
+            if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise
 
 

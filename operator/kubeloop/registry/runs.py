@@ -128,7 +128,7 @@ def finish_run(run: Mapping[str, Any], settings: TrackingSettings) -> dict[str, 
         if version is None:
             version = client.create_version(
                 name,
-                str(model["uri"]),
+                version_source(str(model["uri"]), run_id),
                 run_id,
                 {
                     tags.SHA256: str(model["sha256"]),
@@ -141,6 +141,15 @@ def finish_run(run: Mapping[str, Any], settings: TrackingSettings) -> dict[str, 
     client.end_run(run_id, "FINISHED" if succeeded else "FAILED")
     mlflow["finished"] = True
     return mlflow
+
+
+def version_source(uri: str, run_id: str) -> str:
+    """The model version's ``source``: the object-store URI itself, or for a file in the
+    run's local storage (which MLflow refuses as a source) the copy in the run's artifacts.
+    What a ModelDeployment serves is always the ``kubeloop.uri`` tag."""
+    if uri.split("://", 1)[0] in ("s3", "gs", "https", "http"):
+        return uri
+    return f"runs:/{run_id}/model.skops"
 
 
 def _param(value: Any) -> str:
