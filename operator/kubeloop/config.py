@@ -43,8 +43,11 @@ class OperatorConfig(BaseSettings):
         description="PersistentVolumeClaim mounted at the file:// storage root in runtime pods, if any.",
     )
     allowed_estimator_prefixes: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["sklearn."],
-        description="Module prefixes a TrainingRun's estimator import path must start with.",
+        default_factory=lambda: ["sklearn.", "xgboost.", "lightgbm."],
+        description=(
+            "Module prefixes a TrainingRun's estimator import path must start with (of xgboost "
+            "and lightgbm only XGBClassifier/XGBRegressor/LGBMClassifier/LGBMRegressor)."
+        ),
     )
     namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Namespaces to watch; empty means the whole cluster."
@@ -111,6 +114,10 @@ class OperatorConfig(BaseSettings):
     mlflow_tracking_username: str = Field("", description="MLflow basic-auth user of the operator.")
     mlflow_tracking_password: str = Field("", description="MLflow basic-auth password of the operator.")
     mlflow_timeout_seconds: float = Field(5.0, description="Timeout of one MLflow request.")
+    mlflow_registry_poll_seconds: float = Field(
+        30.0,
+        description="How often a ModelDeployment with spec.model.registry looks at MLflow again.",
+    )
 
     # NoDecode hands comma-separated env strings to this validator untouched.
     @field_validator("allowed_prometheus_urls", mode="before")
