@@ -590,6 +590,32 @@ class HandledRequests(KubeModel):
     """Last handled kubeloop.io/retry."""
 
 
+class RegistryAliases(KubeModel):
+    """The aliases this deployment set last in the MLflow registry."""
+
+    model: Annotated[str, StringConstraints(max_length=256)] | None = None
+    """The registered model."""
+    champion: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """The version the ``champion`` alias is on: the stable model's."""
+    challenger: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """The version the ``challenger`` alias is on: the canary's, while a rollout runs."""
+
+
+class RegistryStatus(KubeModel):
+    """The MLflow registry as this deployment sees it (docs/mlflow.md)."""
+
+    source: Annotated[str, StringConstraints(max_length=512)] | None = None
+    """spec.model.registry as ``name@alias`` or ``name/version``."""
+    version: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """The version it resolved to last."""
+    uri: Annotated[str, StringConstraints(max_length=MAX_URI_LENGTH)] | None = None
+    """That version's model URI (its ``kubeloop.uri`` tag)."""
+    sha256: Sha256 | None = None
+    """That version's ``kubeloop.sha256`` tag, which the server verifies."""
+    aliases: RegistryAliases | None = None
+    """The champion/challenger aliases as this deployment set them."""
+
+
 class ModelDeploymentStatus(KubeModel):
     """What is served and where the rollout is, written by the operator."""
 
@@ -629,6 +655,8 @@ class ModelDeploymentStatus(KubeModel):
     """The most recent failure, e.g. the metric that failed analysis."""
     message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_LENGTH)] | None = None
     """A one-line summary for people."""
+    registry: RegistryStatus | None = None
+    """spec.model.registry's resolution and the MLflow aliases (operator with MLflow only)."""
 
 
 class ModelDeployment(KubeModel):

@@ -39,7 +39,7 @@ from kubeloop.controllers import metrics
 from kubeloop.controllers.kube import Conflict, Kube, NotFound, post_event
 from kubeloop.controllers.scraping import scrape_round
 from kubeloop.controllers.workqueue import CoalescingLocks
-from kubeloop.decide.common import wire_time
+from kubeloop.decide.common import set_wire_condition, wire_time
 from kubeloop.decide.modeldeployment import (
     AnalysisPlan,
     Decision,
@@ -48,6 +48,9 @@ from kubeloop.decide.modeldeployment import (
     decide,
     refused,
 )
+from kubeloop.registry import decide as registry_decide
+from kubeloop.registry.client import RegistryError
+from kubeloop.registry.decide import Resolution
 from kubeloop.resources.serving import (
     OWNER_LABEL,
     ServingSettings,
@@ -61,6 +64,8 @@ from kubeloop.trust.urls import PrometheusUrlPolicy, error_summary
 
 log = logging.getLogger("kubeloop.modeldeployment")
 KIND = "ModelDeployment"
+REGISTRY_RESOLVED = "RegistryResolved"
+"""Condition type: whether spec.model.registry resolved (False: waiting or refused, and why)."""
 
 
 def serving_settings(config: OperatorConfig) -> ServingSettings:
@@ -114,6 +119,12 @@ class ModelDeploymentController:
         self.builtin = BuiltinProvider(policy=policy)
         self.scrape = ScrapeProvider()
         self._wakeups: dict[tuple[str, str], threading.Timer] = {}
+        # MLflow (issue 17): registry sources, and the champion/challenger aliases.
+        from kubeloop.controllers.trainingrun import tracking_settings
+
+        self.tracking = tracking_settings(config)
+        self._registry_notes: dict[tuple[str, str], str] = {}
+        self._versions_by_sha256: dict[tuple[str, str], str] = {}
         self._wakeup_guard = threading.Lock()
         self.stopped = False
         # The one ownership policy (kubeloop.trust.ownership). Not configurable: only the
@@ -139,6 +150,7 @@ class ModelDeploymentController:
             route=route,
             training_run=self.kube.get_or_none("TrainingRun", namespace, run_name) if run_name else None,
             pdb=self.kube.get_or_none("PodDisruptionBudget", namespace, pdb_name(name)),
+            registry=self.resolve_registry(md),
         )
 
     def _get_tolerant(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -202,6 +214,7 @@ class ModelDeploymentController:
                 # Nothing is written: a colliding object is never modified, scaled or deleted.
                 decision = refused(md, now, ownership.RESOURCE_CONFLICT, "; ".join(problems))
             self.apply(md, observed, decision)
+            self.sync_registry(md, observed, decision)
             old_status = md.get("status") or {}
             patch = status_patch(old_status, decision.status)
             if patch:
@@ -231,6 +244,7 @@ class ModelDeploymentController:
             route=observed.route,
             training_run=observed.training_run,
             pdb=mine("PodDisruptionBudget", pdb_name(md_name), observed.pdb),
+            registry=observed.registry,
         )
 
     def conflicts(
@@ -281,6 +295,113 @@ class ModelDeploymentController:
             self.kube.apply(decision.pdb)
         if decision.delete_pdb is not None:
             self.kube.delete("PodDisruptionBudget", namespace, decision.delete_pdb)
+
+    # --- MLflow registry (issue 17; docs/mlflow.md) -------------------------------------------
+
+    def resolve_registry(self, md: Mapping[str, Any]) -> Resolution | None:
+        """What spec.model.registry names now. MLflow unreachable: the version resolved last
+        for the same source, if any (what is served and a rollout to it go on; the condition
+        says MLflow is unreachable), else waiting."""
+        source = (md["spec"].get("model") or {}).get("registry")
+        key = (md["metadata"]["namespace"], md["metadata"]["name"])
+        self._registry_notes.pop(key, None)
+        if not source:
+            return None
+        if not self.tracking.enabled:
+            return Resolution(
+                reason=registry_decide.REGISTRY_VERSION_REFUSED,
+                message=(
+                    "spec.model.registry needs an operator with MLflow: an administrator sets the "
+                    "chart value mlflow.trackingUri (KUBELOOP_MLFLOW_TRACKING_URI)"
+                ),
+            )
+        client = self.tracking.client()
+        try:
+            if source.get("alias"):
+                version = client.version_by_alias(str(source["name"]), str(source["alias"]))
+            else:
+                version = client.get_version(str(source["name"]), str(source.get("version")))
+        except RegistryError as error:
+            waiting = registry_decide.unavailable(source, str(error))
+            last = ((md.get("status") or {}).get("registry")) or {}
+            if last.get("source") == registry_decide.describe_source(source) and last.get("sha256"):
+                self._registry_notes[key] = str(waiting.message)
+                return Resolution(uri=last.get("uri"), sha256=last.get("sha256"), version=last.get("version"))
+            return waiting
+        return registry_decide.resolve_version(source, version)
+
+    def registry_model_name(self, md: Mapping[str, Any], observed: Observed) -> str | None:
+        """The registered model whose aliases this deployment moves (None: none)."""
+        model = md["spec"].get("model") or {}
+        if model.get("registry"):
+            return str(model["registry"]["name"])
+        if observed.training_run is not None:
+            return str(((observed.training_run.get("spec") or {}).get("model") or {}).get("name") or "") or None
+        return None
+
+    def version_of(self, model_name: str, sha256: str | None, observed: Observed) -> str | None:
+        """The registered version of the artifact with ``sha256`` (cached once found)."""
+        if not sha256:
+            return None
+        resolution = observed.registry
+        if resolution is not None and resolution.sha256 == sha256 and resolution.version:
+            return resolution.version
+        key = (model_name, sha256)
+        if key not in self._versions_by_sha256:
+            found = self.tracking.client().versions_with_sha256(model_name, sha256)
+            if not found:
+                return None
+            self._versions_by_sha256[key] = str(max(int(v["version"]) for v in found))
+        return self._versions_by_sha256[key]
+
+    def sync_registry(self, md: Mapping[str, Any], observed: Observed, decision: Decision) -> None:
+        """status.registry and the RegistryResolved condition; the champion/challenger aliases
+        moved to what is served (a failure is retried by the next reconcile, nothing else waits)."""
+        if not self.tracking.enabled and observed.registry is None:
+            return
+        namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
+        status = decision.status
+        old = (md.get("status") or {}).get("registry") or {}
+        block: dict[str, Any] = dict(old)
+        source = (md["spec"].get("model") or {}).get("registry")
+        now = self.clock()
+        generation = md["metadata"].get("generation")
+        if source:
+            resolution = observed.registry or Resolution(reason=registry_decide.REGISTRY_UNAVAILABLE)
+            block["source"] = registry_decide.describe_source(source)
+            note = self._registry_notes.get((namespace, name))
+            if resolution.resolved:
+                block.update(version=resolution.version, uri=resolution.uri, sha256=resolution.sha256)
+                reason, message = ("Resolved", f"{block['source']} is version {resolution.version}")
+                if note:
+                    reason, message = (registry_decide.REGISTRY_UNAVAILABLE, note)
+                ok = note is None
+            else:
+                reason, message, ok = str(resolution.reason), str(resolution.message), False
+            status["conditions"] = set_wire_condition(
+                status.get("conditions") or [], REGISTRY_RESOLVED, ok, reason, message, now, generation
+            )
+        model_name = self.registry_model_name(md, observed) if self.tracking.enabled else None
+        if model_name:
+            try:
+                stable = (status.get("stable") or {}).get("sha256")
+                canary = None if status.get("aborted") else (status.get("canary") or {}).get("sha256")
+                plan = registry_decide.alias_moves(
+                    model_name, old.get("aliases"),
+                    self.version_of(model_name, stable, observed),
+                    self.version_of(model_name, canary, observed),
+                )
+                client = self.tracking.client()
+                for move in plan.moves:
+                    if move.version is None:
+                        client.delete_alias(model_name, move.alias)
+                    else:
+                        client.set_alias(model_name, move.alias, move.version)
+                block["aliases"] = plan.record
+            except RegistryError as error:
+                log.warning("moving MLflow aliases of %s/%s: %s", namespace, name, error)
+        if block:
+            status["registry"] = block
 
     # --- time -------------------------------------------------------------------------------------
 
@@ -380,6 +501,19 @@ def register(
         initial_delay=config.settled_resync_seconds, when=_settled, registry=registry,
     )
     def resync_settled(name: str, namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, name)
+
+    def _from_registry(spec: Mapping[str, Any], **_: Any) -> bool:
+        return bool((spec.get("model") or {}).get("registry"))
+
+    # MLflow sends no events: a registry source is looked at again at this interval, so an
+    # alias moved in MLflow starts a canary (and an unreachable registry is retried).
+    @kopf.timer(
+        API_GROUP, API_VERSION, "modeldeployments", interval=config.mlflow_registry_poll_seconds,
+        initial_delay=config.mlflow_registry_poll_seconds, when=_from_registry, registry=registry,
+    )
+    def registry_poll(name: str, namespace: str | None, **_: Any) -> None:
         if namespace:
             controller.reconcile(namespace, name)
 
