@@ -118,10 +118,6 @@ class OperatorConfig(BaseSettings):
         30.0,
         description="How often a ModelDeployment with spec.model.registry looks at MLflow again.",
     )
-    mlflow_registry_poll_seconds: float = Field(
-        30.0,
-        description="How often a ModelDeployment with spec.model.registry looks at MLflow again.",
-    )
 
     # NoDecode hands comma-separated env strings to this validator untouched.
     @field_validator("allowed_prometheus_urls", mode="before")
