@@ -14,7 +14,7 @@ import kopf
 from kubeloop import API_GROUP, API_VERSION
 from kubeloop.analysis.base import AnalysisTarget
 from kubeloop.analysis.prometheus import PrometheusClient, PrometheusError
-from kubeloop.analysis.scrape import ScrapeProvider
+from kubeloop.analysis.scrape import ScrapeProvider, ScrapeRound
 from kubeloop.api.common import parse_duration
 from kubeloop.api.conditions import Reason
 from kubeloop.api.driftpolicy import DEFAULT_PROMETHEUS_WINDOW, ignored_settings
@@ -32,6 +32,7 @@ from kubeloop.controllers.trainingrun import trainer_settings
 from kubeloop.decide.common import wire_time
 from kubeloop.decide.driftpolicy import (
     DriftMeasurement,
+    PerformanceReading,
     check_due,
     config_wire,
     decide,
@@ -40,9 +41,12 @@ from kubeloop.decide.driftpolicy import (
     invalid_spec,
     labelled_counts,
     live_counts_query,
+    performance_reading,
+    reference_value,
     verdict_from_check,
     verdict_from_report,
 )
+from kubeloop.drift import performance as perf
 from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 from kubeloop.drift.report import counts_from_bin_labels, drift_report
 from kubeloop.drift.result import parse_result as parse_drift_result
@@ -76,19 +80,31 @@ PROFILE_MISMATCH = (
     "prometheusUrl scrapes this ModelDeployment's servers"
 )
 
+FEEDBACK_MISMATCH = (
+    "the live feedback counters are not the model server's (a kubeloop_serve_feedback_class "
+    "series without class/outcome labels; values not shown): check that prometheusUrl scrapes "
+    "this ModelDeployment's servers"
+)
 
-def prometheus_query(base_url: str, query: str, timeout: float = 10.0) -> list[tuple[dict[str, str], float]]:
+
+def prometheus_query(
+    base_url: str, query: str, timeout: float = 10.0
+) -> list[tuple[dict[str, str], float]]:
     """An instant PromQL query: (labels, value) per series. ``base_url`` must have passed the
     URL policy; failures are fixed summaries (the shared client never repeats an answer)."""
     try:
         series = PrometheusClient(base_url, timeout).vector(query)
     except PrometheusError as error:
-        raise MeasurementError(Reason.SOURCE_UNAVAILABLE, f"Prometheus query failed: {error}") from None
+        raise MeasurementError(
+            Reason.SOURCE_UNAVAILABLE, f"Prometheus query failed: {error}"
+        ) from None
     return [(s.labels, s.value) for s in series]
 
 
 class DriftPolicyController:
-    def __init__(self, kube: Kube, config: OperatorConfig, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self, kube: Kube, config: OperatorConfig, clock: Callable[[], datetime] | None = None
+    ) -> None:
         self.kube = kube
         self.config = config
         self.clock = clock or (lambda: datetime.now(UTC))
@@ -117,11 +133,15 @@ class DriftPolicyController:
             run_root = ((run.get("spec") or {}).get("output") or {}).get("storageUri")
             uri = ((run.get("status") or {}).get("model") or {}).get("profileUri")
             if uri:
-                return self._readable(str(uri), f"TrainingRun {run_name!r} status.model.profileUri", run_root)
+                return self._readable(
+                    str(uri), f"TrainingRun {run_name!r} status.model.profileUri", run_root
+                )
         model_uri = str(stable["uri"])
         directory = model_uri if not model_uri.endswith(".skops") else posixpath.dirname(model_uri)
         return self._readable(
-            f"{directory.rstrip('/')}/profile.json", "the stable model's profile.json (status.stable.uri)", run_root
+            f"{directory.rstrip('/')}/profile.json",
+            "the stable model's profile.json (status.stable.uri)",
+            run_root,
         )
 
     def _readable(self, uri: str, field: str, run_root: str | None) -> str:
@@ -137,7 +157,9 @@ class DriftPolicyController:
             return self.profiles.of(
                 target,
                 lambda: [pod.name for pod in ready_pods(self.kube, target, track="stable")],
-                lambda pod: proxy_get(self.kube, target, pod, PROFILE_PATH, limit=MAX_PROFILE_BYTES).encode(),
+                lambda pod: proxy_get(
+                    self.kube, target, pod, PROFILE_PATH, limit=MAX_PROFILE_BYTES
+                ).encode(),
             )
         except ProfileUnavailable as error:
             raise MeasurementError(error.reason, error.message) from None
@@ -166,10 +188,18 @@ class DriftPolicyController:
                 raise MeasurementError(error.reason, error.message) from None
         target = self.kube.get_or_none("ModelDeployment", namespace, target_name)
         if target is None:
-            raise MeasurementError(Reason.TARGET_NOT_FOUND, f"spec.targetRef: ModelDeployment {target_name!r} does not exist")
+            raise MeasurementError(
+                Reason.TARGET_NOT_FOUND,
+                f"spec.targetRef: ModelDeployment {target_name!r} does not exist",
+            )
         stable = (target.get("status") or {}).get("stable") or {}
         if not stable.get("uri") or not stable.get("sha256"):
-            raise MeasurementError(Reason.MODEL_NOT_READY, f"ModelDeployment {target_name!r} serves no stable model yet")
+            raise MeasurementError(
+                Reason.MODEL_NOT_READY,
+                f"ModelDeployment {target_name!r} serves no stable model yet",
+            )
+        if spec.get("performance") is not None:
+            return self.measure_performance(policy, target, stable, url)
         if live is None:
             # The check Job reads the profile from the namespace's own claim and checks the
             # feature names against it; the operator reads none.
@@ -179,7 +209,7 @@ class DriftPolicyController:
         if url:
             samples = prometheus_query(url, live_counts_query(target_name, short_sha, window))
         else:
-            scraped = self.scraped_counts(target, short_sha, window)
+            scraped = self.scraped_counts(policy, target, short_sha, window)
             if scraped is None:
                 return DriftMeasurement(samples=0)
             samples = scraped
@@ -191,7 +221,9 @@ class DriftPolicyController:
             grouped = labelled_counts(samples)
         except KeyError:
             raise MeasurementError(Reason.SOURCE_UNAVAILABLE, PROFILE_MISMATCH) from None
-        wanted = set(spec.get("features") or [f.name for f in profile.features]) | {PREDICTION_FEATURE}
+        wanted = set(spec.get("features") or [f.name for f in profile.features]) | {
+            PREDICTION_FEATURE
+        }
         grouped = {name: bins for name, bins in grouped.items() if name in wanted}
         if not grouped:
             return DriftMeasurement(samples=0)
@@ -202,16 +234,76 @@ class DriftPolicyController:
             raise MeasurementError(Reason.PROFILE_NOT_FOUND, PROFILE_MISMATCH) from None
         return DriftMeasurement(verdict=verdict_from_report(report), samples=report.sample_size)
 
+    def measure_performance(
+        self,
+        policy: Mapping[str, Any],
+        target: Mapping[str, Any],
+        stable: Mapping[str, Any],
+        url: str | None,
+    ) -> DriftMeasurement:
+        """Live performance over the labels that arrived in the span compared (the window with
+        Prometheus, else the time since the previous check), and its reference."""
+        namespace, spec = policy["metadata"]["namespace"], policy["spec"]
+        performance = spec["performance"]
+        metric = str(performance["metric"])
+        run_name = stable.get("trainingRun")
+        run = self.kube.get_or_none("TrainingRun", namespace, run_name) if run_name else None
+        reference, problem = reference_value(performance, run, run_name)
+        if problem is not None or reference is None:
+            reason, message = problem or (Reason.REFERENCE_UNAVAILABLE, "no reference")
+            raise MeasurementError(reason, message)
+        short_sha = stable["sha256"][:12]
+        window = parse_duration(spec.get("window") or DEFAULT_PROMETHEUS_WINDOW)
+        series = perf.METRIC_SERIES[metric]
+        samples: list[tuple[str, Mapping[str, str], float]] = []
+        if url:
+            seconds = max(int(window.total_seconds()), 1)
+            for sample in series:
+                query = perf.increase_query(sample, target["metadata"]["name"], short_sha, seconds)
+                samples += [
+                    (sample, labels, value) for labels, value in prometheus_query(url, query)
+                ]
+        else:
+            found = self._scrape_stable(policy, target, window)
+            if found.compared_pods == 0:
+                # The first scrape only records the counters; the next check compares.
+                return DriftMeasurement(performance=PerformanceReading(metric, 0, None, reference))
+            samples = [
+                (sample, dict(labels), value)
+                for (sample, labels), value in found.increases.values.items()
+                if sample in series and dict(labels).get("sha") == short_sha
+            ]
+        try:
+            counts = perf.counts_from_samples(samples)
+        except KeyError:
+            raise MeasurementError(Reason.SOURCE_UNAVAILABLE, FEEDBACK_MISMATCH) from None
+        reading = performance_reading(metric, counts, reference)
+        return DriftMeasurement(performance=reading, samples=reading.labels)
+
+    def _scrape_stable(
+        self, policy: Mapping[str, Any], target: Mapping[str, Any], window: timedelta
+    ) -> ScrapeRound:
+        """One scrape round of the stable pods, compared with this policy's previous round
+        (kept per policy: two policies on one deployment must not take each other's deltas)."""
+        namespace, name = target["metadata"]["namespace"], target["metadata"]["name"]
+        key = f"{name}/driftpolicy/{policy['metadata']['name']}"
+        return scrape_round(
+            self.kube, self.scrape, target, AnalysisTarget(namespace, key, window), track="stable"
+        )
+
     def scraped_counts(
-        self, target: Mapping[str, Any], short_sha: str, window: timedelta
+        self,
+        policy: Mapping[str, Any],
+        target: Mapping[str, Any],
+        short_sha: str,
+        window: timedelta,
     ) -> list[tuple[dict[str, str], float]] | None:
         """Bin-counter increases of the stable pods since the previous check (direct scrape).
 
         Without Prometheus the window is the time between two checks; the first check after a
         start only records (None), like Prometheus' increase() needs two samples.
         """
-        namespace, name = target["metadata"]["namespace"], target["metadata"]["name"]
-        found = scrape_round(self.kube, self.scrape, target, AnalysisTarget(namespace, name, window), track="stable")
+        found = self._scrape_stable(policy, target, window)
         if found.compared_pods == 0:
             return None
         return [
@@ -228,17 +320,23 @@ class DriftPolicyController:
         job = self.kube.get_or_none("Job", namespace, job_name)
         # A Job of that name that is not this policy's is not read (its result could be forged)
         # and not replaced (kubeloop.trust.ownership).
-        conflict = ownership.conflict("Job", job_name, job, ownership.Owner.of(policy, POLICY_LABEL))
+        conflict = ownership.conflict(
+            "Job", job_name, job, ownership.Owner.of(policy, POLICY_LABEL)
+        )
         if conflict is not None:
             raise MeasurementError(ownership.RESOURCE_CONFLICT, conflict)
         if job is None:
             config = drift_config(policy["spec"])
-            job = build_drift_job(policy, due_epoch, profile_uri, config_wire(config), trainer_settings(self.config))
+            job = build_drift_job(
+                policy, due_epoch, profile_uri, config_wire(config), trainer_settings(self.config)
+            )
             with contextlib.suppress(Conflict):
                 self.kube.create(job)
             return None
         finished = {
-            c.get("type") for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"
+            c.get("type")
+            for c in (job.get("status") or {}).get("conditions") or []
+            if c.get("status") == "True"
         } & {"Complete", "Failed"}
         if not finished:
             return None
@@ -249,15 +347,22 @@ class DriftPolicyController:
             for s in (pod.get("status") or {}).get("containerStatuses") or []
         ]
         try:
-            check = parse_drift_result(next(m for m in reversed(messages) if m.strip().startswith("{")))
+            check = parse_drift_result(
+                next(m for m in reversed(messages) if m.strip().startswith("{"))
+            )
         except (StopIteration, ValueError):
             raise MeasurementError(
                 Reason.SOURCE_UNAVAILABLE,
                 f"drift check Job {job_name} ended without a result; see `kubectl logs job/{job_name}`",
             ) from None
         if check.status == "Failed":
-            raise MeasurementError(check.reason or Reason.SOURCE_UNAVAILABLE, check.message or "the drift check failed")
-        return DriftMeasurement(verdict=verdict_from_check(check, drift_config(policy["spec"])), samples=check.sample_size)
+            raise MeasurementError(
+                check.reason or Reason.SOURCE_UNAVAILABLE, check.message or "the drift check failed"
+            )
+        return DriftMeasurement(
+            verdict=verdict_from_check(check, drift_config(policy["spec"])),
+            samples=check.sample_size,
+        )
 
     # --- reconciling --------------------------------------------------------------------------
 
@@ -272,7 +377,9 @@ class DriftPolicyController:
                 for run in self.kube.list("TrainingRun", namespace, labels={POLICY_LABEL: name})
             }
             source_run_spec = None
-            source_ref = ((policy["spec"].get("retrain") or {}).get("fromTrainingRun") or {}).get("name")
+            source_ref = ((policy["spec"].get("retrain") or {}).get("fromTrainingRun") or {}).get(
+                "name"
+            )
             if source_ref:
                 source_run = self.kube.get_or_none("TrainingRun", namespace, source_ref)
                 source_run_spec = source_run["spec"] if source_run else None
@@ -283,7 +390,9 @@ class DriftPolicyController:
                 try:
                     self.kube.create(decision.create_run)
                 except Conflict:
-                    log.info("retrain run %s exists already", decision.create_run["metadata"]["name"])
+                    log.info(
+                        "retrain run %s exists already", decision.create_run["metadata"]["name"]
+                    )
                 else:
                     reason = decision.status["lastRetrain"]["reason"].lower()
                     metrics.RETRAINS.labels(namespace, name, reason).inc()
@@ -298,20 +407,32 @@ class DriftPolicyController:
             retrain = runs.get(str((decision.status.get("lastRetrain") or {}).get("name")))
             for event in decision.events:
                 post_event(
-                    self.kube, policy, event.type, event.reason, event.message, wire_time(now),
-                    status=decision.status, related={"retrain": retrain},
+                    self.kube,
+                    policy,
+                    event.type,
+                    event.reason,
+                    event.message,
+                    wire_time(now),
+                    status=decision.status,
+                    related={"retrain": retrain},
                 )
             for score in decision.status.get("scores") or []:
-                metrics.DRIFT_SCORE.labels(namespace, name, score["feature"], score["test"]).set(score["score"])
+                metrics.DRIFT_SCORE.labels(namespace, name, score["feature"], score["test"]).set(
+                    score["score"]
+                )
 
 
-def register(registry: kopf.OperatorRegistry, controller: DriftPolicyController, config: OperatorConfig) -> None:
+def register(
+    registry: kopf.OperatorRegistry, controller: DriftPolicyController, config: OperatorConfig
+) -> None:
     @kopf.on.event(API_GROUP, API_VERSION, "driftpolicies", registry=registry)
     def on_policy_event(name: str, namespace: str | None, type: str, **_: Any) -> None:
         if type != "DELETED" and namespace:
             controller.reconcile(namespace, name)
 
-    @kopf.timer(API_GROUP, API_VERSION, "driftpolicies", interval=config.resync_seconds, registry=registry)
+    @kopf.timer(
+        API_GROUP, API_VERSION, "driftpolicies", interval=config.resync_seconds, registry=registry
+    )
     def resync(name: str, namespace: str | None, **_: Any) -> None:
         if namespace:
             controller.reconcile(namespace, name)
@@ -321,7 +442,13 @@ def register(registry: kopf.OperatorRegistry, controller: DriftPolicyController,
         if namespace:
             controller.reconcile(namespace, labels[POLICY_LABEL])
 
-    @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", labels={POLICY_LABEL: kopf.PRESENT}, registry=registry)
+    @kopf.on.event(
+        API_GROUP,
+        API_VERSION,
+        "trainingruns",
+        labels={POLICY_LABEL: kopf.PRESENT},
+        registry=registry,
+    )
     def on_retrain_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
         if namespace:
             controller.reconcile(namespace, labels[POLICY_LABEL])

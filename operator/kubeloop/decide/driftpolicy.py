@@ -19,7 +19,7 @@ Rules, in the order they apply:
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -28,8 +28,16 @@ from croniter import croniter
 
 from kubeloop.api.common import parse_duration
 from kubeloop.api.conditions import ConditionType, Reason
-from kubeloop.api.driftpolicy import MAX_HISTORY, RETRAIN_ANNOTATION, ignored_settings
+from kubeloop.api.driftpolicy import (
+    DEFAULT_MIN_LABELS,
+    DEFAULT_MIN_SAMPLES,
+    DEFAULT_TOLERANCE,
+    MAX_HISTORY,
+    RETRAIN_ANNOTATION,
+    ignored_settings,
+)
 from kubeloop.decide.common import Event, parse_wire_time, set_wire_condition, wire_time
+from kubeloop.drift import performance as perf
 from kubeloop.drift.defaults import DEFAULT_ALPHA, DISTANCE_TESTS, P_VALUE_TESTS
 from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 from kubeloop.drift.report import DriftConfig, DriftReport, FeatureSettings, unused_feature_settings
@@ -37,7 +45,7 @@ from kubeloop.drift.result import DriftCheckResult
 from kubeloop.resources.meta import child_name, labels_for, owner_reference
 from kubeloop.trust.images import IMAGE_NOT_ALLOWED, ImagePolicy
 
-RetrainReason = Literal["Drift", "Schedule", "Manual"]
+RetrainReason = Literal["Drift", "Performance", "Schedule", "Manual"]
 IN_FLIGHT = {"Pending", "Running"}
 
 
@@ -68,12 +76,23 @@ def verdict_from_report(report: DriftReport) -> Verdict:
             "score": round(f.score, 6),
             **_limit(f.test, f.threshold),
             "drifted": f.drifted,
-            **({"pValue": f.p_value_adjusted if f.p_value_adjusted is not None else f.p_value} if f.p_value is not None else {}),
+            **(
+                {"pValue": f.p_value_adjusted if f.p_value_adjusted is not None else f.p_value}
+                if f.p_value is not None
+                else {}
+            ),
             "samples": f.sample_size,
         }
         for f in features
     ]
-    return Verdict(report.drifted, report.drifted_features, report.share, len(report.features), report.prediction_drifted, scores)
+    return Verdict(
+        report.drifted,
+        report.drifted_features,
+        report.share,
+        len(report.features),
+        report.prediction_drifted,
+        scores,
+    )
 
 
 def verdict_from_check(check: DriftCheckResult, config: DriftConfig) -> Verdict:
@@ -91,7 +110,25 @@ def verdict_from_check(check: DriftCheckResult, config: DriftConfig) -> Verdict:
         for name, (test, score, p_value, drifted) in check.features.items()
     ]
     inputs = [name for name in check.features if name != PREDICTION_FEATURE]
-    return Verdict(check.drifted, check.drifted_features, check.share, len(inputs), check.prediction_drifted, scores)
+    return Verdict(
+        check.drifted,
+        check.drifted_features,
+        check.share,
+        len(inputs),
+        check.prediction_drifted,
+        scores,
+    )
+
+
+@dataclass(frozen=True)
+class PerformanceReading:
+    """Live performance over the labels that arrived in the span compared (spec.performance),
+    and the reference it is judged against."""
+
+    metric: str
+    labels: int
+    live: float | None
+    reference: float
 
 
 @dataclass(frozen=True)
@@ -99,6 +136,7 @@ class DriftMeasurement:
     """The outcome of one drift check, as the controller measured it."""
 
     verdict: Verdict | None = None
+    performance: PerformanceReading | None = None
     samples: int = 0
     error: str | None = None  # why no measurement could be made (target, profile, source)
     error_reason: str = Reason.SOURCE_UNAVAILABLE
@@ -122,11 +160,17 @@ def drift_config(spec: Mapping[str, Any]) -> DriftConfig:
     tests = spec.get("tests") or {}
     thresholds = spec.get("thresholds") or {}
     alpha = spec.get("alpha") or {}
-    score_thresholds = {test: thresholds[test] for test in sorted(DISTANCE_TESTS) if thresholds.get(test) is not None}
+    score_thresholds = {
+        test: thresholds[test]
+        for test in sorted(DISTANCE_TESTS)
+        if thresholds.get(test) is not None
+    }
     feature_thresholds = thresholds.get("features") or {}
     feature_alphas = alpha.get("features") or {}
     features = {
-        name: FeatureSettings(threshold=feature_thresholds.get(name), alpha=feature_alphas.get(name))
+        name: FeatureSettings(
+            threshold=feature_thresholds.get(name), alpha=feature_alphas.get(name)
+        )
         for name in sorted({*feature_thresholds, *feature_alphas})
     }
     return DriftConfig(
@@ -159,13 +203,19 @@ def invalid_spec(spec: Mapping[str, Any], profile: Profile) -> str | None:
     checked = spec.get("features") or [f.name for f in profile.features]
     for unused in unused_feature_settings(drift_config(spec), profile, checked):
         field_name, other = (
-            ("spec.thresholds.features", "alpha.features") if unused.setting == "threshold" else ("spec.alpha.features", "thresholds.features")
+            ("spec.thresholds.features", "alpha.features")
+            if unused.setting == "threshold"
+            else ("spec.alpha.features", "thresholds.features")
         )
         if unused.cause == "unknown":
             return f"{field_name}: {unused.feature!r} is not in the reference profile (it has: {', '.join(known)}); remove it or fix the name"
         if unused.cause == "unchecked":
             return f"{field_name}: {unused.feature!r} is not checked (spec.features leaves it out); remove it or add it to spec.features"
-        what = "a score threshold, for psi, wasserstein and jensenshannon" if unused.setting == "threshold" else "an alpha, for ks and chi2"
+        what = (
+            "a score threshold, for psi, wasserstein and jensenshannon"
+            if unused.setting == "threshold"
+            else "an alpha, for ks and chi2"
+        )
         return (
             f"{field_name}: {unused.feature!r} is {unused.kind} and tests.{unused.kind} is {unused.test}, so this value ({what}) "
             f"is never used; move it to {other} or change tests.{unused.kind}"
@@ -182,8 +232,12 @@ def due_time(policy: Mapping[str, Any]) -> datetime:
     """When the next check is due: creation for the first, then ``interval`` after the last."""
     status = policy.get("status") or {}
     if not status.get("lastCheckTime"):
-        return parse_wire_time(policy["metadata"].get("creationTimestamp") or "1970-01-01T00:00:00Z")
-    return parse_wire_time(status["lastCheckTime"]) + parse_duration(policy["spec"].get("interval", "5m"))
+        return parse_wire_time(
+            policy["metadata"].get("creationTimestamp") or "1970-01-01T00:00:00Z"
+        )
+    return parse_wire_time(status["lastCheckTime"]) + parse_duration(
+        policy["spec"].get("interval", "5m")
+    )
 
 
 def config_wire(config: DriftConfig) -> dict[str, Any]:
@@ -236,7 +290,9 @@ def retrain_run(
     evaluation = dict(run_spec.get("evaluation") or {})
     evaluation["compareTo"] = "champion"
     evaluation["championRef"] = {"name": spec["targetRef"]["name"]}
-    evaluation.setdefault("metric", "accuracy" if run_spec["model"].get("task") == "classification" else "rmse")
+    evaluation.setdefault(
+        "metric", "accuracy" if run_spec["model"].get("task") == "classification" else "rmse"
+    )
     run_spec["evaluation"] = evaluation
     template_meta = template.get("metadata") or {}
     labels = {
@@ -281,7 +337,10 @@ def _run_outcome(run: Mapping[str, Any] | None) -> tuple[str, str]:
     champion = model.get("championMetrics") or {}
     metric = (run["spec"].get("evaluation") or {}).get("metric", "")
     if phase == "Succeeded":
-        return "Succeeded", f"{metric}={metrics.get(metric)} beats the champion's {champion.get(metric)}"
+        return (
+            "Succeeded",
+            f"{metric}={metrics.get(metric)} beats the champion's {champion.get(metric)}",
+        )
     if phase == "Failed":
         reason = (status.get("lastFailure") or {}).get("reason", "")
         if reason == Reason.GATE_FAILED:
@@ -290,7 +349,9 @@ def _run_outcome(run: Mapping[str, Any] | None) -> tuple[str, str]:
                 f"champion {metric}={champion.get(metric)}"
             )
         return "Failed", status.get("message") or "the retrain failed"
-    return ("Running" if phase == "Training" else "Pending"), f"retrain {run['metadata']['name']} is {phase}"
+    return (
+        "Running" if phase == "Training" else "Pending"
+    ), f"retrain {run['metadata']['name']} is {phase}"
 
 
 def decide(
@@ -330,21 +391,44 @@ def decide(
                 promote = {"spec": {"model": {"trainingRunRef": {"name": last["name"]}}}}
                 last["outcome"] = "Promoted"
                 message = f"{message}; ModelDeployment {spec['targetRef']['name']} now rolls it out as a canary"
-                events.append(Event("Normal", Reason.RETRAIN_SUCCEEDED, f"retrain {last['name']} promoted: {message}"))
+                events.append(
+                    Event(
+                        "Normal",
+                        Reason.RETRAIN_SUCCEEDED,
+                        f"retrain {last['name']} promoted: {message}",
+                    )
+                )
             elif outcome == "Succeeded":
-                events.append(Event("Normal", Reason.RETRAIN_SUCCEEDED, f"retrain {last['name']} succeeded: {message}; promote it by hand (autoPromote is off)"))
+                events.append(
+                    Event(
+                        "Normal",
+                        Reason.RETRAIN_SUCCEEDED,
+                        f"retrain {last['name']} succeeded: {message}; promote it by hand (autoPromote is off)",
+                    )
+                )
             elif outcome == "Rejected":
-                events.append(Event("Normal", Reason.RETRAIN_REJECTED, f"retrain {last['name']}: {message}"))
+                events.append(
+                    Event("Normal", Reason.RETRAIN_REJECTED, f"retrain {last['name']}: {message}")
+                )
             elif outcome == "Failed":
-                events.append(Event("Warning", Reason.RETRAIN_FAILED, f"retrain {last['name']} failed: {message}"))
+                events.append(
+                    Event(
+                        "Warning",
+                        Reason.RETRAIN_FAILED,
+                        f"retrain {last['name']} failed: {message}",
+                    )
+                )
                 fail(Reason.RETRAIN_FAILED, message)
             last["message"] = message[:1024]
         status["lastRetrain"] = last
     in_flight = bool(last) and last.get("outcome") in IN_FLIGHT
     condition(
-        ConditionType.RETRAIN_IN_FLIGHT, in_flight,
+        ConditionType.RETRAIN_IN_FLIGHT,
+        in_flight,
         Reason.RETRAIN_CREATED if in_flight else Reason.NO_DRIFT,
-        f"retrain {last.get('name')} is {last.get('outcome')}" if in_flight else "no retrain running",
+        f"retrain {last.get('name')} is {last.get('outcome')}"
+        if in_flight
+        else "no retrain running",
     )
 
     # 2. Record the drift check.
@@ -354,13 +438,23 @@ def decide(
         status["lastCheckTime"] = wire_time(now)
         status["nextCheckTime"] = wire_time(now + interval)
         status["samples"] = measurement.samples
-        min_samples = int(spec.get("minSamples", 500))
+        min_samples = int(spec.get("minSamples", DEFAULT_MIN_SAMPLES))
         if measurement.error is not None:
             condition(ConditionType.READY, False, measurement.error_reason, measurement.error)
             if old.get("message") != measurement.error:
                 events.append(Event("Warning", measurement.error_reason, measurement.error))
             fail(measurement.error_reason, measurement.error)
             status["message"] = measurement.error
+        elif measurement.performance is not None:
+            wanted = _judge_performance(
+                spec.get("performance") or {},
+                measurement.performance,
+                old,
+                status,
+                condition,
+                events,
+                now,
+            )
         elif measurement.verdict is None or measurement.samples < min_samples:
             message = f"{measurement.samples} samples in the window, fewer than minSamples={min_samples}: no verdict"
             condition(ConditionType.READY, True, Reason.NOT_ENOUGH_SAMPLES, message)
@@ -368,7 +462,12 @@ def decide(
             status["message"] = message
         else:
             verdict = measurement.verdict
-            condition(ConditionType.NOT_ENOUGH_DATA, False, Reason.NO_DRIFT, f"{measurement.samples} samples")
+            condition(
+                ConditionType.NOT_ENOUGH_DATA,
+                False,
+                Reason.NO_DRIFT,
+                f"{measurement.samples} samples",
+            )
             status["scores"] = verdict.scores
             status["drifted"] = verdict.drifted
             status["driftedFeatures"] = verdict.drifted_features
@@ -384,19 +483,30 @@ def decide(
             else:
                 message = f"no drift: {len(verdict.drifted_features)}/{verdict.feature_count} features moved ({moved}){prediction}"
                 condition(ConditionType.DRIFTED, False, Reason.NO_DRIFT, message)
-            condition(ConditionType.READY, True, Reason.DRIFT_DETECTED if verdict.drifted else Reason.NO_DRIFT, message)
+            condition(
+                ConditionType.READY,
+                True,
+                Reason.DRIFT_DETECTED if verdict.drifted else Reason.NO_DRIFT,
+                message,
+            )
             status["message"] = message
             history = list(old.get("history") or [])
-            history.append({
-                "time": wire_time(now), "drifted": verdict.drifted,
-                "driftedShare": round(verdict.share, 4), "samples": measurement.samples,
-            })
+            history.append(
+                {
+                    "time": wire_time(now),
+                    "drifted": verdict.drifted,
+                    "driftedShare": round(verdict.share, 4),
+                    "samples": measurement.samples,
+                }
+            )
             status["history"] = history[-MAX_HISTORY:]
 
     # 3. The schedule.
     schedule = spec.get("schedule")
     if schedule:
-        base = parse_wire_time(old.get("nextScheduleTime") or meta.get("creationTimestamp") or wire_time(now))
+        base = parse_wire_time(
+            old.get("nextScheduleTime") or meta.get("creationTimestamp") or wire_time(now)
+        )
         if not old.get("nextScheduleTime"):
             base = next_schedule_time(schedule, base)
         if now >= base:
@@ -419,11 +529,20 @@ def decide(
         last_time = parse_wire_time(last["time"]) if last.get("time") else None
         blocked: tuple[str, str] | None = None
         if in_flight:
-            blocked = (Reason.RETRAIN_CREATED, f"{wanted.lower()} retrain skipped: {last['name']} is still {last['outcome']}")
+            blocked = (
+                Reason.RETRAIN_CREATED,
+                f"{wanted.lower()} retrain skipped: {last['name']} is still {last['outcome']}",
+            )
         elif today >= int(retrain.get("maxRetrainsPerDay", 3)):
-            blocked = (Reason.RETRAIN_LIMIT_REACHED, f"{wanted.lower()} retrain skipped: maxRetrainsPerDay={retrain.get('maxRetrainsPerDay', 3)} reached today")
+            blocked = (
+                Reason.RETRAIN_LIMIT_REACHED,
+                f"{wanted.lower()} retrain skipped: maxRetrainsPerDay={retrain.get('maxRetrainsPerDay', 3)} reached today",
+            )
         elif wanted != "Manual" and last_time is not None and now < last_time + cooldown:
-            blocked = (Reason.COOLDOWN_ACTIVE, f"{wanted.lower()} retrain skipped: cooldown until {wire_time(last_time + cooldown)}")
+            blocked = (
+                Reason.COOLDOWN_ACTIVE,
+                f"{wanted.lower()} retrain skipped: cooldown until {wire_time(last_time + cooldown)}",
+            )
         if blocked is not None:
             events.append(Event("Normal", blocked[0], blocked[1]))
             status["message"] = f"{status.get('message', '')}; {blocked[1]}".lstrip("; ")
@@ -435,8 +554,12 @@ def decide(
                 fail(Reason.INVALID_SPEC, str(error))
                 condition(ConditionType.READY, False, Reason.INVALID_SPEC, str(error))
                 events.append(Event("Warning", Reason.INVALID_SPEC, str(error)))
-            image_problem = None if create is None else (images or ImagePolicy("")).problem(
-                retrain_image_field(retrain), create["spec"].get("image")
+            image_problem = (
+                None
+                if create is None
+                else (images or ImagePolicy("")).problem(
+                    retrain_image_field(retrain), create["spec"].get("image")
+                )
             )
             if image_problem is not None:
                 # The run would be refused anyway; the policy says why, and nothing is created.
@@ -446,25 +569,169 @@ def decide(
                 events.append(Event("Warning", IMAGE_NOT_ALLOWED, image_problem))
             elif create is not None:
                 name = create["metadata"]["name"]
-                status["lastRetrain"] = {"name": name, "reason": wanted, "time": wire_time(now), "outcome": "Pending"}
+                status["lastRetrain"] = {
+                    "name": name,
+                    "reason": wanted,
+                    "time": wire_time(now),
+                    "outcome": "Pending",
+                }
                 status["retrainCount"] = number
                 status["retrainsToday"] = today + 1
                 status["retrainsDay"] = day
-                reason = {"Drift": Reason.RETRAIN_CREATED, "Schedule": Reason.SCHEDULED_RETRAIN, "Manual": Reason.MANUAL_RETRAIN}[wanted]
-                events.append(Event("Normal", reason, f"created TrainingRun {name} ({wanted.lower()})"))
-                condition(ConditionType.RETRAIN_IN_FLIGHT, True, Reason.RETRAIN_CREATED, f"retrain {name} is Pending")
-                if status.get("history") and measurement is not None and measurement.verdict is not None:
+                reason = {
+                    "Drift": Reason.RETRAIN_CREATED,
+                    "Performance": Reason.RETRAIN_CREATED,
+                    "Schedule": Reason.SCHEDULED_RETRAIN,
+                    "Manual": Reason.MANUAL_RETRAIN,
+                }[wanted]
+                events.append(
+                    Event("Normal", reason, f"created TrainingRun {name} ({wanted.lower()})")
+                )
+                condition(
+                    ConditionType.RETRAIN_IN_FLIGHT,
+                    True,
+                    Reason.RETRAIN_CREATED,
+                    f"retrain {name} is Pending",
+                )
+                judged = measurement is not None and (
+                    measurement.verdict is not None
+                    or (
+                        measurement.performance is not None
+                        and measurement.performance.live is not None
+                    )
+                )
+                if status.get("history") and judged:
                     status["history"][-1]["retrain"] = name
 
     status["conditions"] = conditions
     return Decision(
-        status=status, create_run=create, promote=promote, events=events,
+        status=status,
+        create_run=create,
+        promote=promote,
+        events=events,
         requeue_after=_requeue_after(status, now),
     )
 
 
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _judge_performance(
+    performance: Mapping[str, Any],
+    reading: PerformanceReading,
+    old: Mapping[str, Any],
+    status: dict[str, Any],
+    condition: Callable[[str, bool, str, str], None],
+    events: list[Event],
+    now: datetime,
+) -> RetrainReason | None:
+    """Record a performance check in ``status``; "Performance" when a retrain is wanted."""
+    metric, labels = reading.metric, reading.labels
+    min_labels = int(performance.get("minLabels", DEFAULT_MIN_LABELS))
+    tolerance = float(performance.get("tolerance", DEFAULT_TOLERANCE))
+    record: dict[str, Any] = {
+        "metric": metric,
+        "labels": labels,
+        "reference": round(reading.reference, 6),
+    }
+    status["performance"] = record
+    if reading.live is None or labels < min_labels:
+        message = (
+            f"{labels} labelled rows arrived in the window, fewer than performance.minLabels={min_labels}: "
+            f"no verdict on {metric} (send labels to the servers' /feedback, or lower minLabels)"
+        )
+        condition(ConditionType.READY, True, Reason.NOT_ENOUGH_LABELS, message)
+        condition(ConditionType.NOT_ENOUGH_DATA, True, Reason.NOT_ENOUGH_LABELS, message)
+        status["message"] = message
+        return None
+    bound = perf.limit(metric, reading.reference, tolerance)
+    is_degraded = perf.degraded(metric, reading.live, reading.reference, tolerance)
+    record.update(
+        {"live": round(reading.live, 6), "limit": round(bound, 6), "degraded": is_degraded}
+    )
+    condition(
+        ConditionType.NOT_ENOUGH_DATA, False, Reason.PERFORMANCE_HELD, f"{labels} labelled rows"
+    )
+    worse = "above" if metric in perf.LOWER_IS_BETTER else "below"
+    comparison = (
+        f"live {metric} {_fmt(reading.live)} over {labels} labels vs reference {_fmt(reading.reference)} "
+        f"(limit {_fmt(bound)}, tolerance {tolerance:g})"
+    )
+    if is_degraded:
+        message = f"performance degraded: {comparison}: {worse} the limit"
+        condition(ConditionType.DRIFTED, True, Reason.PERFORMANCE_DEGRADED, message)
+        condition(ConditionType.READY, True, Reason.PERFORMANCE_DEGRADED, message)
+        if not old.get("drifted"):
+            events.append(Event("Warning", Reason.PERFORMANCE_DEGRADED, message))
+    else:
+        message = f"performance held: {comparison}"
+        condition(ConditionType.DRIFTED, False, Reason.PERFORMANCE_HELD, message)
+        condition(ConditionType.READY, True, Reason.PERFORMANCE_HELD, message)
+        if old.get("drifted"):
+            events.append(Event("Normal", Reason.PERFORMANCE_HELD, message))
+    status["drifted"] = is_degraded
+    status["message"] = message
+    history = list(old.get("history") or [])
+    history.append({"time": wire_time(now), "drifted": is_degraded, "samples": labels})
+    status["history"] = history[-MAX_HISTORY:]
+    return "Performance" if is_degraded else None
+
+
+def performance_reading(
+    metric: str, counts: perf.LabelledCounts, reference: float
+) -> PerformanceReading:
+    """The reading of one check from the window's counter increases."""
+    return PerformanceReading(metric, counts.labels, perf.live_value(metric, counts), reference)
+
+
+def reference_value(
+    performance: Mapping[str, Any], run: Mapping[str, Any] | None, stable_run_name: str | None
+) -> tuple[float | None, tuple[str, str] | None]:
+    """(reference, problem): spec.performance.reference, else the metric in the stable model's
+    TrainingRun's status.model.metrics. A problem is (reason, message naming the field and the
+    fix); the task of that run must fit the metric."""
+    metric = str(performance.get("metric"))
+    task = perf.METRIC_TASK.get(metric)
+    if run is not None:
+        run_task = ((run.get("spec") or {}).get("model") or {}).get("task")
+        if run_task and task and run_task != task:
+            fits = "accuracy or f1" if run_task == "classification" else "mae or rmse"
+            return None, (
+                Reason.INVALID_SPEC,
+                f"spec.performance.metric: {metric} is a {task} metric, and TrainingRun "
+                f"{run['metadata']['name']!r} trained a {run_task} model; use {fits}",
+            )
+    if performance.get("reference") is not None:
+        return float(performance["reference"]), None
+    if not stable_run_name:
+        return None, (
+            Reason.REFERENCE_UNAVAILABLE,
+            "spec.performance.reference: the stable model was not trained by a TrainingRun (it is "
+            f"pinned by storageUri), so there is no holdout {metric} to compare with; set "
+            "spec.performance.reference",
+        )
+    if run is None:
+        return None, (
+            Reason.REFERENCE_UNAVAILABLE,
+            f"spec.performance.reference: TrainingRun {stable_run_name!r}, which trained the stable "
+            f"model, is gone, so its holdout {metric} is unknown; set spec.performance.reference",
+        )
+    value = (((run.get("status") or {}).get("model") or {}).get("metrics") or {}).get(metric)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None, (
+            Reason.REFERENCE_UNAVAILABLE,
+            f"spec.performance.reference: TrainingRun {stable_run_name!r} recorded no holdout "
+            f"{metric} (status.model.metrics); pick a metric it recorded or set "
+            "spec.performance.reference",
+        )
+    return float(value), None
+
+
 def _requeue_after(status: Mapping[str, Any], now: datetime) -> float | None:
-    moments = [parse_wire_time(status[k]) for k in ("nextCheckTime", "nextScheduleTime") if status.get(k)]
+    moments = [
+        parse_wire_time(status[k]) for k in ("nextCheckTime", "nextScheduleTime") if status.get(k)
+    ]
     if not moments:
         return None
     return max(1.0, (min(moments) - now).total_seconds())
@@ -480,7 +747,9 @@ def live_counts_query(model: str, sha: str, window: timedelta) -> str:
     )
 
 
-def labelled_counts(samples: Sequence[tuple[Mapping[str, str], float]]) -> dict[str, dict[str, float]]:
+def labelled_counts(
+    samples: Sequence[tuple[Mapping[str, str], float]],
+) -> dict[str, dict[str, float]]:
     """Group (labels, value) samples into ``{feature: {bin: count}}``; missing values have no bin."""
     grouped: dict[str, dict[str, float]] = {}
     for labels, value in samples:
