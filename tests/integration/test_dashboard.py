@@ -21,7 +21,13 @@ from dashboard_browser import CHROMIUM, DashboardProcess, Recorder, chromium_pag
 from harness import OperatorProcess, install_crds, wait_for
 from kubernetes import client
 from test_plugin import md_status, train
-from test_trainingrun_controller import MANUAL_KUBELET, play_kubelet_terminate, run_trainer_locally, trainer_pods, trainingrun
+from test_trainingrun_controller import (
+    MANUAL_KUBELET,
+    play_kubelet_terminate,
+    run_trainer_locally,
+    trainer_pods,
+    trainingrun,
+)
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (hack/setup installs it)")
 GROUP, VERSION = "kubeloop.io", "v1alpha1"
@@ -118,8 +124,13 @@ def test_dashboard_shows_the_loop_and_steers_a_rollout(
             wait_for(lambda: md_status(custom, namespace).get("currentStep") == 3 and md_status(custom, namespace).get("canaryWeight") == 75, 90, what="promoted to 75%")
             page.wait_for_selector('ol.steps li.current[data-step="3"]')
             page.wait_for_selector('[data-track="canary"] [data-weight="75"]')
-            points = page.locator("svg.weights .point")
-            wait_for(lambda: [p.get_attribute("data-canary") for p in points.all()][-3:] == ["0", "25", "75"], 30, what="weights over time 0 -> 25 -> 75")
+            # Weights over time, as the watch saw them while the page was open: 0 -> 25 -> 75 %.
+            def canary_weights() -> list[str]:
+                drawn = [p.get_attribute("data-canary") or "" for p in page.locator("svg.weights .point").all()]
+                return [w for i, w in enumerate(drawn) if i == 0 or drawn[i - 1] != w]
+
+            wait_for(lambda: canary_weights()[-3:] == ["0", "25", "75"], 30, what="weights over time 0 -> 25 -> 75")
+            assert page.locator("svg.weights .point").last.get_attribute("data-step") == "3"
             screenshot(page, "rollout", tmp_path)
 
             # Abort from the page: all traffic back to stable, Degraded.
@@ -187,7 +198,6 @@ def test_a_read_only_user_sees_the_api_server_s_refusal(
                     f'error: from server (Forbidden): modeldeployments.kubeloop.io "cancer" is forbidden: User '
                     f'"system:serviceaccount:{namespace}:viewer" cannot patch resource "modeldeployments" in API group '
                     f'"kubeloop.io" in the namespace "{namespace}"')
-                page.evaluate("document.getElementById('action-result').className = ''")
             md = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "cancer")
             assert not (md["metadata"].get("annotations") or {})
             assert "Traceback" not in dashboard.log.read_text()

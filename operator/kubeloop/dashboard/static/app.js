@@ -118,21 +118,27 @@ function weightChart(points) {
   return svg;
 }
 
+// The last button's outcome, kept across re-renders (a snapshot may arrive at any moment).
+let actionResult = { key: "", className: "", text: "" };
+
+function showResult(key, className, text) {
+  actionResult = { key, className, text };
+  const el = document.getElementById("action-result");
+  if (el && el.dataset.key === key) [el.className, el.textContent] = [className, text];
+}
+
 async function act(command, r, full) {
-  const result = document.getElementById("action-result");
-  result.className = "";
-  result.textContent = `${command}…`;
+  const key = keyOf(r);
+  showResult(key, "", `${command}…`);
   try {
     const response = await fetch("/api/action", {
       method: "POST", headers: { "Content-Type": "application/json", "X-Kubeloop-Token": TOKEN },
       body: JSON.stringify({ command, namespace: r.namespace, name: r.name, full: !!full }),
     });
     const answer = await response.json();
-    result.className = answer.ok ? "ok" : "error";
-    result.textContent = answer.ok ? answer.message : `error: ${answer.error}`;
+    showResult(key, answer.ok ? "ok" : "error", answer.ok ? answer.message : `error: ${answer.error}`);
   } catch (e) {
-    result.className = "error";
-    result.textContent = `error: the dashboard did not answer (${e.message}); is it still running?`;
+    showResult(key, "error", `error: the dashboard did not answer (${e.message}); is it still running?`);
   }
 }
 
@@ -155,7 +161,9 @@ function rolloutPage(namespace, name) {
     h("div", { class: "card" },
       h("div", { class: "buttons" }, button("promote", "Promote"), button("promote", "Promote fully", "", true), button("abort", "Abort", "danger"),
         button("retry", "Retry"), button("undo", "Undo"), r.paused ? button("resume", "Resume") : button("pause", "Pause")),
-      h("div", { id: "action-result", role: "status" })),
+      actionResult.key === keyOf(r)
+        ? h("div", { id: "action-result", role: "status", "data-key": keyOf(r), class: actionResult.className }, actionResult.text)
+        : h("div", { id: "action-result", role: "status", "data-key": keyOf(r) })),
     h("h2", {}, "Steps"), r.steps.length ? h("ol", { class: "steps", "data-current-step": r.currentStep ?? "" }, steps) : h("p", { class: "muted" }, "No rollout steps: a new model replaces the old at once."),
     h("h2", {}, "Tracks"), table(["track", "weight", "training run", "sha256", "ready"], tracks, { id: "tracks" }),
     h("h2", {}, "Weights over time"), h("div", { class: "charts" }, weightChart(r.weights)),
@@ -288,13 +296,9 @@ function render() {
   const content = page === "rollouts" ? rolloutsPage() : page === "rollout" ? rolloutPage(namespace, name)
     : page === "drift" ? (namespace ? driftPage(namespace, name) : driftListPage()) : page === "runs" ? runsPage(namespace, name) : modelsPage();
   const main = document.getElementById("page");
-  const result = document.getElementById("action-result");
-  const kept = result ? [result.className, result.textContent] : null;
   main.replaceChildren(...content.filter(Boolean));
   main.dataset.version = state.version;
   main.dataset.page = page;
-  const again = document.getElementById("action-result");
-  if (again && kept) [again.className, again.textContent] = kept;
 }
 
 function connect() {
