@@ -152,13 +152,13 @@ SUBSCRIPTIONS = [
         (("audit",), ()),
     ),
     (
-        {"notifications.kubeloop.io/subscribe.*": "slack"},
+        {"notifications.kubeloop.io/subscribe": "slack"},
         {"rollout.promoted": ["audit"]},
         t.ROLLOUT_PROMOTED,
         (("slack",), ()),
     ),
     (
-        {"notifications.kubeloop.io/subscribe.*": "none"},
+        {"notifications.kubeloop.io/subscribe": "none"},
         {"*": ["audit"]},
         t.DRIFT_DETECTED,
         ((), ()),

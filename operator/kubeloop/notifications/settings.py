@@ -58,7 +58,7 @@ class NotificationSettings(_Model):
         default_factory=dict,
         description=(
             "Default subscriptions for every object: trigger (or '*' for all) -> sink names. "
-            "An object's notifications.kubeloop.io/subscribe.<trigger> annotation overrides them."
+            "An object's notifications.kubeloop.io/subscribe[.<trigger>] annotations override them."
         ),
     )
     source: str = Field(

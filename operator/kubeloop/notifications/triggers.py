@@ -6,7 +6,8 @@ DriftPolicy, its retrain run - never from a call sprinkled through the reconcile
 
 Subscriptions: the operator's ``subscriptions`` apply to every object; an object overrides
 them per trigger with the annotation ``notifications.kubeloop.io/subscribe.<trigger>: <sink>[,<sink>]``
-(``*`` for every trigger; an empty value or ``none`` mutes). Only sinks the operator is
+or for every trigger with ``notifications.kubeloop.io/subscribe`` (an empty value or ``none``
+mutes). Only sinks the operator is
 configured with can be named: a namespace user never chooses a URL.
 """
 
@@ -36,7 +37,10 @@ ALL_TRIGGERS: tuple[str, ...] = (
     DRIFT_DETECTED, RETRAIN_CREATED, RETRAIN_REFUSED,
 )  # fmt: skip
 EVERY_TRIGGER = "*"
-ANNOTATION_PREFIX = "notifications.kubeloop.io/subscribe."
+ANNOTATION = "notifications.kubeloop.io/subscribe"
+"""An object's sinks for every trigger (an annotation key cannot contain ``*``)."""
+ANNOTATION_PREFIX = ANNOTATION + "."
+"""``<prefix><trigger>``: an object's sinks for one trigger."""
 CLOUDEVENT_TYPE_PREFIX = "io.kubeloop."
 PLURALS = {
     "TrainingRun": "trainingruns",
@@ -137,14 +141,16 @@ def subscribers(
     defaults: Mapping[str, Sequence[str]],
     known_sinks: Iterable[str],
 ) -> Subscribers:
-    """Sinks for ``trigger`` on an object: its annotation for the trigger, else its ``*``
-    annotation, else the operator's default for the trigger, else the default for ``*``."""
+    """Sinks for ``trigger`` on an object: its annotation for the trigger, else its annotation
+    for every trigger, else the operator's default for the trigger, else the default for ``*``."""
     known = set(known_sinks)
     own = {
         k[len(ANNOTATION_PREFIX) :]: v
         for k, v in (annotations or {}).items()
         if k.startswith(ANNOTATION_PREFIX)
     }
+    if ANNOTATION in (annotations or {}):
+        own[EVERY_TRIGGER] = (annotations or {})[ANNOTATION]
     for key in (trigger, EVERY_TRIGGER):
         if key in own:
             value = own[key].strip()

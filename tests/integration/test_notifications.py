@@ -1,0 +1,485 @@
+"""Notifications on the real API server, received by real HTTP receivers in the test.
+
+Given ``kubeloop operator`` configured with sinks that point at threaded HTTP servers on
+127.0.0.1 (a CloudEvents receiver subscribed to every trigger, a Slack-compatible one named by
+annotations, one answering 500 twice, one that hangs and one closed port), when TrainingRuns
+succeed and fail, a ModelDeployment rolls out, is promoted and aborted, and a DriftPolicy
+detects drift and retrains, then each turn arrives as a CloudEvent that the cloudevents SDK
+parses, with the attributes and the numbers of the object's status; a 500 is retried; a
+dead sink does not slow the reconcile down.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from harness import OperatorProcess, install_crds, play_kubelet_terminate, wait_for
+from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
+
+from webhook_receiver import HANG, Received, WebhookReceiver
+
+GROUP, VERSION = "kubeloop.io", "v1alpha1"
+MANUAL_KUBELET = {"kubeloop.io/test-kubelet": "manual"}
+SUBSCRIBE_ALL = "notifications.kubeloop.io/subscribe"
+SUBSCRIBE = SUBSCRIBE_ALL + "."
+SHA_A, SHA_B, SHA_C = "a" * 64, "b" * 64, "c" * 64
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Sinks:
+    """The test's receivers and the operator's notifications setting that points at them."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.events = WebhookReceiver()
+        self.slack = WebhookReceiver()
+        self.flaky = WebhookReceiver(statuses=[500, 500])
+        self.hanging = WebhookReceiver(default_status=HANG)
+        self.slack_url_file = tmp_path / "slack-url"  # as the chart mounts a Secret
+
+    def __enter__(self) -> Sinks:
+        for receiver in (self.events, self.slack, self.flaky, self.hanging):
+            receiver.__enter__()
+        self.slack_url_file.write_text(self.slack.url + "?token=t0ps3cret\n")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for receiver in (self.events, self.slack, self.flaky, self.hanging):
+            receiver.__exit__()
+
+    def setting(self) -> str:
+        return json.dumps(
+            {
+                "sinks": {
+                    "events": {"type": "cloudevents", "url": self.events.url},
+                    "slack": {"type": "slack", "urlFile": str(self.slack_url_file)},
+                    "flaky": {"type": "cloudevents", "mode": "binary", "url": self.flaky.url},
+                    "hanging": {"type": "cloudevents", "url": self.hanging.url},
+                    "dead": {
+                        "type": "cloudevents",
+                        "url": f"http://127.0.0.1:{closed_port()}/hook",
+                    },
+                },
+                "subscriptions": {"*": ["events"]},
+                "source": "//test-cluster",
+                "backoffSeconds": 0.3,
+                "maxBackoffSeconds": 2,
+                "maxAttempts": 4,
+                "timeoutSeconds": 5,
+            }
+        )
+
+
+@pytest.fixture
+def sinks(tmp_path: Path) -> Iterator[Sinks]:
+    with Sinks(tmp_path) as s:
+        yield s
+
+
+def start_operator(
+    kubeconfig_path: str, namespace: str, tmp_path: Path, sinks: Sinks, **env: str
+) -> OperatorProcess:
+    process = OperatorProcess(
+        kubeconfig_path,
+        namespace,
+        tmp_path / "operator.log",
+        env={
+            "KUBELOOP_RUNTIME_IMAGE": "kubeloop:test",
+            "KUBELOOP_ROLLOUT_TICK_SECONDS": "1",
+            "KUBELOOP_POD_LABELS": json.dumps(MANUAL_KUBELET),
+            "KUBELOOP_NOTIFICATIONS": sinks.setting(),
+            **env,
+        },
+    )
+    process.start()
+    return process
+
+
+@pytest.fixture
+def notifying_operator(
+    kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None, sinks: Sinks
+) -> Iterator[OperatorProcess]:
+    process = start_operator(kubeconfig_path, namespace, tmp_path, sinks)
+    yield process
+    process.stop()
+    print(process.log_tail(40))
+
+
+def cloudevents_of(receiver: WebhookReceiver, subject: str) -> list[Any]:
+    return [e for e in receiver.cloudevents() if e.get_subject() == subject]
+
+
+def wait_event(receiver: WebhookReceiver, subject: str, type_: str, timeout: float = 60) -> Any:
+    """The first CloudEvent of ``type_`` about ``subject`` that ``receiver`` was sent."""
+
+    def found(_: list[Received]) -> Any:
+        return next((e for e in cloudevents_of(receiver, subject) if e.get_type() == type_), None)
+
+    try:
+        return receiver.wait_for(found, timeout=timeout)
+    except AssertionError:
+        seen = [(e.get_subject(), e.get_type()) for e in receiver.cloudevents()]
+        raise AssertionError(f"no {type_} for {subject}; received {seen}") from None
+
+
+def operator_metric(operator: OperatorProcess, name: str, **labels: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+# --- TrainingRuns ---------------------------------------------------------------------------
+
+
+def test_run_succeeded_and_failed_arrive_as_cloudevents_with_the_metric(
+    kube_api: Any, namespace: str, notifying_operator: OperatorProcess, sinks: Sinks, tmp_path: Path
+) -> None:
+    from test_trainingrun_controller import run_trainer_locally, trainer_pods, trainingrun
+
+    core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    good = trainingrun("cancer-1")
+    good["metadata"]["annotations"] = {SUBSCRIBE + "run.succeeded": "events,slack"}
+    bad = trainingrun("cancer-bad", validation={"minRows": 100000})
+    (message, code), (bad_message, bad_code) = (
+        run_trainer_locally(good, tmp_path / "t1"),
+        run_trainer_locally(bad, tmp_path / "t2"),
+    )
+    assert (code, bad_code) == (0, 2), (message, bad_message)
+
+    # Given two runs whose trainers succeed and fail
+    for run in (good, bad):
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", run)
+    for name, said, exit_code in (("cancer-1", message, 0), ("cancer-bad", bad_message, 2)):
+        pod = wait_for(
+            lambda name=name: next(iter(trainer_pods(core, namespace, name)), None),
+            60,
+            what=f"{name} pod",
+        )
+        wait_for(
+            lambda pod=pod: (
+                core.read_namespaced_pod(pod["metadata"]["name"], namespace).spec.node_name
+            ),
+            30,
+            what="scheduled",
+        )
+        play_kubelet_terminate(core, namespace, pod, said, exit_code)
+
+    # Then run.succeeded carries the run's metric, as its status records it
+    succeeded = wait_event(sinks.events, "cancer-1", "io.kubeloop.run.succeeded")
+    status = custom.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "trainingruns", "cancer-1"
+    )["status"]
+    assert (
+        succeeded.get_source()
+        == f"//test-cluster/apis/kubeloop.io/v1alpha1/namespaces/{namespace}/trainingruns/cancer-1"
+    )
+    assert succeeded.get_extension("kubeloopnamespace") == namespace
+    assert succeeded.get_extension("kubeloopreason") == "Succeeded"
+    data = succeeded.get_data()
+    assert data["metric"] == "accuracy" and data["threshold"] == 0.8
+    assert data["value"] == pytest.approx(status["model"]["metrics"]["accuracy"])
+    assert data["model"]["sha256"] == status["model"]["sha256"] == json.loads(message)["sha256"]
+
+    # and run.failed names the reason; the Slack sink, named by annotation, got only its one
+    failed = wait_event(sinks.events, "cancer-bad", "io.kubeloop.run.failed")
+    assert failed.get_data()["failure"]["reason"] == "DataValidationFailed"
+    assert "rows" in failed.get_data()["message"]
+    slack = sinks.slack.wait_for(lambda r: r, timeout=30)
+    assert len(slack) == 1 and slack[0].path == "/hook?token=t0ps3cret"  # the URL from the file
+    posted = json.loads(slack[0].body)
+    assert posted["text"].startswith(f"TrainingRun {namespace}/cancer-1: run.succeeded")
+    fields = {f["title"]: f["value"] for f in posted["attachments"][0]["fields"]}
+    assert float(fields["accuracy"]) == pytest.approx(
+        status["model"]["metrics"]["accuracy"], abs=1e-4
+    )
+    # A namespace user chose the sink by name; the operator never logs its URL.
+    assert "t0ps3cret" not in notifying_operator.log_path.read_text()
+
+
+# --- ModelDeployments -----------------------------------------------------------------------
+
+
+def md_status(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    return (
+        custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modeldeployments", name
+        ).get("status")
+        or {}
+    )
+
+
+def modeldeployment(
+    name: str, sha: str, annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "annotations": annotations or {}},
+        "spec": {
+            "model": {"storageUri": f"s3://models/{sha[:4]}/model.skops", "sha256": sha},
+            "replicas": 2,
+            "rollout": {"steps": [{"setWeight": 50}, {"pause": {}}]},
+        },
+    }
+
+
+def patch_md(
+    custom: client.CustomObjectsApi, namespace: str, name: str, body: dict[str, Any]
+) -> None:
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", name, body)
+
+
+def new_model(sha: str) -> dict[str, Any]:
+    return {"spec": {"model": {"storageUri": f"s3://models/{sha[:4]}/model.skops", "sha256": sha}}}
+
+
+def test_rollout_started_steps_paused_promoted_and_aborted(
+    kube_api: Any, namespace: str, notifying_operator: OperatorProcess, sinks: Sinks
+) -> None:
+    custom = client.CustomObjectsApi(kube_api)
+    md = modeldeployment("churn", SHA_A, {SUBSCRIBE + "rollout.aborted": "events,slack"})
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", md)
+    wait_for(
+        lambda: md_status(custom, namespace, "churn").get("phase") == "Healthy",
+        90,
+        0.3,
+        "Healthy on A",
+    )
+
+    # When model B rolls out and is promoted past its pause
+    patch_md(custom, namespace, "churn", new_model(SHA_B))
+    wait_for(
+        lambda: md_status(custom, namespace, "churn").get("phase") == "Paused",
+        90,
+        0.3,
+        "paused at 50%",
+    )
+    patch_md(
+        custom, namespace, "churn", {"metadata": {"annotations": {"kubeloop.io/promote": "go-1"}}}
+    )
+    promoted = wait_event(sinks.events, "churn", "io.kubeloop.rollout.promoted", 90)
+
+    # Then every turn arrived in order, with the models and weights of that moment
+    kinds = [
+        e.get_type().removeprefix("io.kubeloop.") for e in cloudevents_of(sinks.events, "churn")
+    ]
+    assert kinds[:5] == [
+        "rollout.started",
+        "rollout.started",
+        "rollout.step-reached",
+        "rollout.paused",
+        "rollout.step-reached",
+    ], kinds
+    assert kinds[-1] == "rollout.promoted"
+    events = cloudevents_of(sinks.events, "churn")
+    started = events[1].get_data()
+    assert started["stable"]["sha256"] == SHA_A and started["canary"]["sha256"] == SHA_B
+    step = events[2].get_data()
+    assert step["canaryWeight"] == 50 and step["message"].startswith("step 0: 50% of traffic")
+    assert events[3].get_data()["phase"] == "Paused"
+    assert (
+        promoted.get_data()["stable"]["sha256"] == SHA_B
+        and promoted.get_data()["previous"]["sha256"] == SHA_A
+    )
+    assert promoted.get_data()["canary"] is None
+
+    # When model C is aborted at its pause
+    patch_md(custom, namespace, "churn", new_model(SHA_C))
+    wait_for(
+        lambda: md_status(custom, namespace, "churn").get("phase") == "Paused",
+        90,
+        0.3,
+        "C paused at 50%",
+    )
+    patch_md(
+        custom, namespace, "churn", {"metadata": {"annotations": {"kubeloop.io/abort": "stop-1"}}}
+    )
+    aborted = wait_event(sinks.events, "churn", "io.kubeloop.rollout.aborted", 60)
+    assert aborted.get_extension("kubeloopreason") == "Aborted"
+    data = aborted.get_data()
+    assert data["aborted"] is True and data["canaryWeight"] == 0
+    assert data["canary"]["sha256"] == SHA_C and data["stable"]["sha256"] == SHA_B
+    assert data["failure"]["reason"] == "Aborted"
+    # The Slack sink was subscribed to aborts only, by the object's annotation
+    slack = sinks.slack.wait_for(lambda r: r, timeout=30)
+    assert [json.loads(r.body)["attachments"][0]["title"] for r in slack] == [
+        f"ModelDeployment {namespace}/churn: rollout.aborted"
+    ]
+
+
+def test_a_500_is_retried_and_a_dead_sink_does_not_delay_the_reconcile(
+    kube_api: Any, namespace: str, notifying_operator: OperatorProcess, sinks: Sinks
+) -> None:
+    custom = client.CustomObjectsApi(kube_api)
+
+    def rollout_seconds(name: str, annotations: dict[str, str]) -> float:
+        """Seconds from applying a ModelDeployment to Healthy plus from a model change to 50 %."""
+        start = time.monotonic()
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modeldeployments", modeldeployment(name, SHA_A, annotations)
+        )
+        wait_for(
+            lambda: md_status(custom, namespace, name).get("phase") == "Healthy",
+            90,
+            0.1,
+            f"{name} Healthy",
+        )
+        healthy = time.monotonic() - start
+        start = time.monotonic()
+        patch_md(custom, namespace, name, new_model(SHA_B))
+        wait_for(
+            lambda: md_status(custom, namespace, name).get("canaryWeight") == 50,
+            90,
+            0.1,
+            f"{name} at 50%",
+        )
+        return healthy + time.monotonic() - start
+
+    # A sink answering 500 twice gets the same CloudEvent a third time, in binary mode
+    flaky = rollout_seconds("flaky", {SUBSCRIBE_ALL: "flaky"})
+    received = sinks.flaky.wait_for(lambda r: len(r) >= 3 and r, timeout=30)
+    assert [r.status for r in received[:3]] == [500, 500, 200]
+    assert (
+        len({r.headers["ce-id"] for r in received[:3]}) == 1
+        and received[0].headers["ce-type"] == "io.kubeloop.rollout.started"
+    )
+    assert received[2].cloudevent().get_data()["stable"]["sha256"] == SHA_A
+    assert (
+        operator_metric(
+            notifying_operator,
+            "kubeloop_notification_attempts_total",
+            sink="flaky",
+            outcome="http_5xx",
+        )
+        == 2
+    )
+    wait_for(
+        lambda: (
+            operator_metric(
+                notifying_operator, "kubeloop_notifications_total", sink="flaky", result="delivered"
+            )
+            >= 3
+        ),
+        30,
+        0.5,
+        "flaky deliveries counted",
+    )
+
+    # Without any sink, and with a hanging and a closed-port sink for every turn
+    quiet = rollout_seconds("quiet", {SUBSCRIBE_ALL: "none"})
+    dead = rollout_seconds("dead", {SUBSCRIBE_ALL: "hanging,dead"})
+    sinks.hanging.wait_for(lambda r: r, timeout=10)  # the hanging sink was really tried
+    print(
+        f"NOTIFY-TIMING create->Healthy + change->50%: no sink {quiet:.2f} s, hanging+closed sinks {dead:.2f} s, flaky {flaky:.2f} s"
+    )
+    # A reconcile that waited for either sink would take 5 s (timeout) per Event, 3+ Events.
+    assert dead < quiet + 3.0, (quiet, dead)
+    wait_for(
+        lambda: (
+            operator_metric(
+                notifying_operator,
+                "kubeloop_notification_attempts_total",
+                sink="dead",
+                outcome="error",
+            )
+            >= 2
+        ),
+        30,
+        0.5,
+        "closed-port attempts counted",
+    )
+    assert not cloudevents_of(sinks.events, "quiet")  # muted by its annotation
+
+
+# --- DriftPolicies --------------------------------------------------------------------------
+
+
+def test_drift_detected_and_retrain_created_carry_the_scores(
+    kubeconfig_path: str, kubectl: Any, kube_api: Any, namespace: str, tmp_path: Path, sinks: Sinks
+) -> None:
+    from test_closed_loop import FEATURES, LocalKubelet, run_spec, serve_champion, synthetic
+
+    from kubeloop.training.data import make_synthetic
+
+    install_crds(kubectl)
+    operator = start_operator(
+        kubeconfig_path,
+        namespace,
+        tmp_path,
+        sinks,
+        KUBELOOP_DEFAULT_STORAGE_URI=f"file://{tmp_path}/models",
+    )
+    core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    kubelet = LocalKubelet(core, namespace, tmp_path)
+    kubelet.start()
+    try:
+        serve_champion(custom, namespace, {"replicas": 1})
+        current = tmp_path / "models" / "incoming" / "requests.csv"
+        current.parent.mkdir(parents=True, exist_ok=True)
+        make_synthetic(rows=1000, features=FEATURES, seed=11, shift=1.5).drop(
+            columns=["target"]
+        ).to_csv(current, index=False)
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "driftpolicies",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "DriftPolicy",
+                "metadata": {"name": "daily"},
+                "spec": {
+                    "targetRef": {"name": "loop"},
+                    "source": {"dataset": {"uri": f"file://{current}"}},
+                    "interval": "1h",
+                    "minSamples": 100,
+                    "retrain": {
+                        "template": {"spec": run_spec(synthetic(2, shift=1.5))},
+                        "autoPromote": False,
+                    },
+                },
+            },
+        )
+        drift = wait_event(sinks.events, "daily", "io.kubeloop.drift.detected", 180)
+        created = wait_event(sinks.events, "daily", "io.kubeloop.retrain.created", 30)
+        kubelet.stop.set()
+        status = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "driftpolicies", "daily"
+        )["status"]
+        data = drift.get_data()
+        assert drift.get_source().endswith(f"/namespaces/{namespace}/driftpolicies/daily")
+        assert data["drifted"] is True and data["targetRef"] == "loop"
+        assert (
+            sorted(data["driftedFeatures"]) == sorted(status["driftedFeatures"])
+            and len(data["driftedFeatures"]) >= FEATURES // 2
+        )
+        assert data["samples"] == 1000 and data["driftedShare"] == status["driftedShare"]
+        by_feature = {(s["feature"], s["test"]): s["score"] for s in status["scores"]}
+        assert {(s["feature"], s["test"]): s["score"] for s in data["scores"]} == by_feature
+        assert all(s["drifted"] for s in data["scores"][: len(data["driftedFeatures"])])
+        retrain = created.get_data()["retrain"]
+        assert retrain["name"] == status["lastRetrain"]["name"] and retrain["reason"] == "Drift"
+        assert created.get_extension("kubeloopreason") == "RetrainCreated"
+        # The champion's own run and the first deployment were told too.
+        wait_event(sinks.events, "loop-0", "io.kubeloop.run.succeeded", 5)
+        wait_event(sinks.events, "loop", "io.kubeloop.rollout.started", 5)
+    finally:
+        kubelet.stop.set()
+        operator.stop()
+        print(operator.log_tail(40))
