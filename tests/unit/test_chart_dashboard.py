@@ -4,10 +4,13 @@ duration, drift per feature, retrains."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 from test_chart_support import CHART
@@ -17,7 +20,11 @@ from kubeloop.serving.metrics import MetricLabels, ServeMetrics
 
 DASHBOARD = json.loads((CHART / "dashboards" / "kubeloop.json").read_text())
 PANELS = [p for p in DASHBOARD["panels"] if p["type"] != "row"]
-SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"), "gauge": ("",)}
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "gauge": ("",),
+}
 PROMQL_WORDS = {
     "sum", "by", "rate", "increase", "histogram_quantile", "le", "without", "avg", "max", "min",
     "count", "or", "vector", "and", "on", "ignoring", "group_left", "label_values", "topk",
@@ -52,10 +59,12 @@ def labels_of(name: str) -> set[str]:
 
 def queries() -> list[tuple[str, str, str]]:
     """(panel title, expr, legendFormat) of every target, and the template variables' queries."""
-    found = [(p["title"], t["expr"], t.get("legendFormat", "")) for p in PANELS for t in p["targets"]]
+    found = [
+        (p["title"], t["expr"], t.get("legendFormat", "")) for p in PANELS for t in p["targets"]
+    ]
     for variable in DASHBOARD["templating"]["list"]:
         if variable["type"] == "query":
-            found.append((f"${variable['name']}", variable["definition"], ""))
+            found.append((f"${variable['name']}", variable["query"]["query"], ""))
     return found
 
 
@@ -83,7 +92,9 @@ def test_the_dashboard_queries_only_exported_metrics() -> None:
 
 
 @pytest.mark.parametrize(("title", "expr", "legend"), queries(), ids=[q[0] for q in queries()])
-def test_labels_in_queries_and_legends_exist_on_the_metric(title: str, expr: str, legend: str) -> None:
+def test_labels_in_queries_and_legends_exist_on_the_metric(
+    title: str, expr: str, legend: str
+) -> None:
     names = metric_names(expr)
     available = set.intersection(*(labels_of(n) for n in names))
     grouped = set()
@@ -94,13 +105,21 @@ def test_labels_in_queries_and_legends_exist_on_the_metric(title: str, expr: str
         assert label in available, f"{title}: label {label!r} is not on {sorted(names)}"
     for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", legend):
         source = grouped or available
-        assert label in source, f"{title}: legend uses {label!r}, the query keeps only {sorted(source)}"
+        assert label in source, (
+            f"{title}: legend uses {label!r}, the query keeps only {sorted(source)}"
+        )
 
 
 def test_the_panels_users_ask_for_are_there() -> None:
     titles = " | ".join(p["title"].lower() for p in PANELS)
-    for wanted in ("canary weight", "analysis", "trainingruns by phase", "training duration",
-                   "drift score per feature", "retrains"):
+    for wanted in (
+        "canary weight",
+        "analysis",
+        "trainingruns by phase",
+        "training duration",
+        "drift score per feature",
+        "retrains",
+    ):
         assert wanted in titles, f"no panel about {wanted!r}: {titles}"
 
 
@@ -134,8 +153,13 @@ def test_every_panel_follows_the_namespace_variable() -> None:
     # Serving series carry the namespace their pod runs in (from the scrape target); operator
     # series name the object's namespace themselves. Only cluster-level operator panels
     # (training, reconciles) and the variables' own queries are exempt.
-    exempt = {"TrainingRuns by phase", "Training duration", "TrainingRuns finished", "Reconciles",
-              "Reconcile duration p95"}
+    exempt = {
+        "TrainingRuns by phase",
+        "Training duration",
+        "TrainingRuns finished",
+        "Reconciles",
+        "Reconcile duration p95",
+    }
     for panel in PANELS:
         if panel["title"] in exempt:
             continue
@@ -169,3 +193,68 @@ def _json_roundtrip(document: Any) -> Any:
 def test_dashboard_file_is_canonical_json() -> None:
     text = (CHART / "dashboards" / "kubeloop.json").read_text()
     assert text == json.dumps(_json_roundtrip(DASHBOARD), indent=2) + "\n"
+
+
+# -- Grafana's own schema -------------------------------------------------------------------------
+# A real Grafana cannot run here (AGPL, not installed), so the dashboard is held to the schema
+# Grafana publishes: @grafana/schema's dashboard types converted to JSON Schema, vendored with
+# their origin and licence in tests/unit/grafana/ (README.md there says how it was made).
+
+GRAFANA_SCHEMA = json.loads(
+    (Path(__file__).parent / "grafana" / "dashboard.schema.json").read_text()
+)
+
+
+def _leaves(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    """The errors that say what is wrong: for ``anyOf`` (a panel or a row), the errors of the
+    alternative that came closest."""
+    if not error.context:
+        return [error]
+    branches: dict[Any, list[jsonschema.ValidationError]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.schema_path[0], []).append(sub)
+    closest = min(branches.values(), key=len)
+    return [leaf for sub in closest for leaf in _leaves(sub)]
+
+
+def _schema_errors(document: Any) -> list[str]:
+    validator = jsonschema.Draft7Validator(GRAFANA_SCHEMA)
+    return sorted(
+        f"{'/'.join(map(str, leaf.absolute_path)) or '(top)'}: {leaf.message}"
+        for error in validator.iter_errors(document)
+        for leaf in _leaves(error)
+    )
+
+
+def test_the_vendored_schema_is_grafanas_dashboard_schema() -> None:
+    jsonschema.Draft7Validator.check_schema(GRAFANA_SCHEMA)
+    assert GRAFANA_SCHEMA["$ref"] == "#/definitions/Dashboard"
+    assert {"Panel", "RowPanel", "VariableModel", "GridPos", "FieldConfigSource"} <= set(
+        GRAFANA_SCHEMA["definitions"]
+    )
+
+
+def test_the_dashboard_is_valid_against_grafanas_schema() -> None:
+    assert _schema_errors(DASHBOARD) == []
+
+
+@pytest.mark.parametrize(
+    ("break_it", "expected"),
+    [
+        (lambda d: d.pop("schemaVersion"), "'schemaVersion' is a required property"),
+        (lambda d: d["panels"][1]["gridPos"].update(w="12"), "'12' is not of type 'number'"),
+        (lambda d: d["panels"][1].update(fieldConfig={"defaults": {}, "overides": []}),
+         "Additional properties are not allowed ('overides' was unexpected)"),
+        (lambda d: d["templating"]["list"][1].update(type="dropdown"), "'dropdown' is not one of"),
+        (lambda d: d["templating"]["list"][1].update(current={}), "'text' is a required property"),
+        (lambda d: d.update(graphTooltip=3), "3 is not one of"),
+    ],
+    ids=["no-schemaVersion", "gridPos-string", "fieldConfig-typo", "variable-type",
+         "empty-current", "graphTooltip"],
+)  # fmt: skip
+def test_the_schema_catches_broken_dashboards(break_it: Any, expected: str) -> None:
+    """The check above would fail on real mistakes: each edit breaks one rule of Grafana's."""
+    broken = copy.deepcopy(DASHBOARD)
+    break_it(broken)
+    errors = _schema_errors(broken)
+    assert any(expected in e for e in errors), errors
