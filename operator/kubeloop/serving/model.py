@@ -441,9 +441,11 @@ class ServedModel:
 
     def predict_proba(self, rows: Array) -> Array:
         """Class probabilities (rows x classes) for a classifier."""
+        # C order: XGBoost and LightGBM build binary probabilities as a transposed stack,
+        # and the JSON/binary encoders write C-ordered buffers.
         if self.fast is not None and self.fast.predict_proba is not None:
-            return self.fast.predict_proba(rows)
-        result: Array = np.asarray(
+            return np.ascontiguousarray(self.fast.predict_proba(rows), dtype=np.float64)
+        result: Array = np.ascontiguousarray(
             self.estimator.predict_proba(self._model_input(rows)), dtype=np.float64
         )
         return result
