@@ -11,6 +11,8 @@ Throughout, no request leaves 127.0.0.1 and the page logs no console error.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ def operator(kubeconfig_path: str, kubectl: Any, namespace: str, tmp_path: Path)
     install_crds(kubectl)
     process = OperatorProcess(
         kubeconfig_path, namespace, tmp_path / "operator.log",
-        env={"KUBELOOP_POD_LABELS": __import__("json").dumps(MANUAL_KUBELET), "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
+        env={"KUBELOOP_POD_LABELS": json.dumps(MANUAL_KUBELET), "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
     )
     process.start()
     yield process
@@ -204,3 +206,111 @@ def test_a_read_only_user_sees_the_api_server_s_refusal(
         no_leaks(recorder, dashboard)
     finally:
         dashboard.stop()
+
+
+# --- drift: the reference profile beside the live counters, through the pod proxy -----------------
+
+
+def test_drift_page_draws_the_profile_beside_the_live_counts(
+    kube_api: Any, kubeconfig_path: str, kubectl: Any, namespace: str, tmp_path: Path
+) -> None:
+    import threading
+
+    import httpx
+    from harness import Server, free_port, route_pods_to_host
+    from test_closed_loop import (
+        FEATURES,
+        LocalKubelet,
+        run_spec,
+        serve_champion,
+        status_of,
+        synthetic,
+    )
+
+    from kubeloop.analysis.scrape import parse_metrics
+    from kubeloop.training.data import make_synthetic
+
+    install_crds(kubectl)
+    operator = OperatorProcess(kubeconfig_path, namespace, tmp_path / "operator.log", env={
+        "KUBELOOP_POD_LABELS": json.dumps(MANUAL_KUBELET),
+        "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{tmp_path}/models", "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"})
+    operator.start()
+    core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    kubelet = LocalKubelet(core, namespace, tmp_path)
+    kubelet.start()
+    server = dashboard = None
+    traffic_stop = threading.Event()
+    try:
+        # Given a champion trained for real and served here for real (its pod's address points
+        # here, so the API server's pod proxy reaches this server).
+        port = free_port()
+        stable = serve_champion(custom, namespace, {"replicas": 1, "server": {"port": port}})
+        server = Server(stable["uri"], stable["sha256"], "stable", tmp_path / "serve.log", "loop", host="0.0.0.0", port=port)
+        server.wait_ready()
+        wait_for(lambda: route_pods_to_host(core, namespace, "kubeloop.io/modeldeployment=loop,kubeloop.io/track=stable"), 60, 1, "stable pod routed here")
+
+        # When shifted traffic arrives and the policy (scraping through the pod proxy) drifts.
+        rows = make_synthetic(rows=600, features=FEATURES, seed=9, shift=2.0).drop(columns=["target"]).to_dict(orient="records")
+
+        def send() -> None:
+            with httpx.Client(timeout=5) as http:
+                i = 0
+                while not traffic_stop.is_set():
+                    http.post(f"{server.url}/predict", json={"instances": rows[i % 600: i % 600 + 20]})
+                    i += 20
+                    traffic_stop.wait(0.05)
+
+        threading.Thread(target=send, daemon=True).start()
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftPolicy", "metadata": {"name": "loop-drift"},
+            "spec": {"targetRef": {"name": "loop"}, "source": {"live": {}}, "interval": "3s", "minSamples": 100, "driftShare": 0.5,
+                     "retrain": {"template": {"spec": run_spec(synthetic(2, shift=2.0))}, "cooldown": "1h", "autoPromote": False}},
+        })
+        policy = wait_for(lambda: (s := status_of(custom, namespace, "driftpolicies", "loop-drift")).get("drifted") and s.get("lastRetrain") and s, 120, 1, "Drifted and retraining")
+        traffic_stop.set()
+        time.sleep(0.5)  # the last request is answered and counted
+
+        # Then the drift page shows, per feature, the profile's bins beside the live counters.
+        profile = httpx.get(f"{server.url}/profile", timeout=10).json()["profile"]
+        snapshot = parse_metrics(httpx.get(f"{server.url}/metrics", timeout=10).text)
+        live: dict[tuple[str, str], float] = {}
+        for (sample, labels), value in snapshot.values.items():
+            found = dict(labels)
+            if sample == "kubeloop_serve_feature_bin_total" and found.get("sha") == stable["sha256"][:12]:
+                live[(found["feature"], found["bin"])] = live.get((found["feature"], found["bin"]), 0) + value
+        assert live, "the server counted no traffic"
+
+        dashboard = DashboardProcess(kubeconfig_path, tmp_path / "dashboard.log", "-n", namespace)
+        recorder = Recorder()
+        with chromium_page(recorder) as page:
+            page.goto(f"{dashboard.url}/#/drift/{namespace}/loop-drift")
+            page.wait_for_selector("svg.histogram")
+            for feature in profile["features"]:
+                name = feature["name"]
+                chart = page.locator(f'section[data-feature="{name}"] svg.histogram')
+                bins = chart.locator("g.bin").all()
+                assert [int(b.get_attribute("data-reference-count") or -1) for b in bins] == feature["counts"], name
+                labels = [b.get_attribute("data-bin") for b in bins]
+                assert [int(b.get_attribute("data-current-count") or -1) for b in bins] == [round(live.get((name, label), 0)) for label in labels], name
+            # Each chart's score and verdict are the policy's latest check (checks go on every 3 s,
+            # and the page follows them).
+            def charts_show_the_latest_check() -> bool:
+                scores = {s["feature"]: s for s in status_of(custom, namespace, "driftpolicies", "loop-drift")["scores"]}
+                shown = {c.get_attribute("data-feature"): (float(c.get_attribute("data-score") or "nan"), c.get_attribute("data-drifted"))
+                         for c in page.locator("svg.histogram").all()}
+                return shown == {f: (s["score"], "true" if s["drifted"] else "false") for f, s in scores.items()}
+
+            wait_for(charts_show_the_latest_check, 30, 1, "charts with the latest check's scores")
+            assert page.locator('section[data-feature="__prediction__"] svg.histogram').count() == 1
+            page.wait_for_selector(f'[data-retrain="{policy["lastRetrain"]["name"]}"]')
+            assert page.inner_text("#verdict") == "drifted"
+            screenshot(page, "drift", tmp_path)
+        no_leaks(recorder, dashboard)
+    finally:
+        traffic_stop.set()
+        kubelet.stop.set()
+        for process in (dashboard, server):
+            if process is not None:
+                process.stop()
+        operator.stop()
+        print(operator.log_tail(30))
