@@ -121,7 +121,7 @@ def test_every_secret_and_claim_the_api_can_name_is_checked(tmp_path: Path) -> N
         ("spec.retrain.template.spec.credentials.secretRef", "Secret"),
         ("spec.server.serviceAccountName", "ServiceAccount"),
     } <= expected
-    assert len(expected) == 15
+    assert len(expected) == 18  # + spec.tracking.credentials in a run, a template, overrides
     checked = checked_references(one(render(tmp_path), "ValidatingAdmissionPolicy"))
     # A DriftPolicy copying a TrainingRun (fromTrainingRun) names whatever that run names: its
     # author must be able to read every Secret and claim.
