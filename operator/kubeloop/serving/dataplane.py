@@ -541,6 +541,7 @@ class DataPlane:
         self._versions = {model.short_sha, model.sha256}
         self._output_names = [PREDICT_OUTPUT, *([PROBA_OUTPUT] if model.has_proba else [])]
         self.class_roles = class_roles(model.classes)  # how live F1 counts each class
+        metrics.start_feedback_classes(self.class_roles)
 
     # -- health and metadata ----------------------------------------------------------------
 

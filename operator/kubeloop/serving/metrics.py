@@ -212,6 +212,14 @@ class ServeMetrics:
                 if count:
                     self._class_child(name, outcomes.role, outcome).inc(count)
 
+    def start_feedback_classes(self, roles: dict[str, str]) -> None:
+        """Export every class's tp/fp/fn at 0 from the start: Prometheus' increase() takes a
+        series' first sample as its baseline, so a series born with its first label would
+        lose that label's count (the scrape path counts from zero either way)."""
+        for name, role in roles.items():
+            for outcome in ("tp", "fp", "fn"):
+                self._class_child(name, role, outcome)
+
     def _class_child(self, name: str, role: str, outcome: str) -> Counter:
         key = (name, role, outcome)
         child = self._class_children.get(key)
