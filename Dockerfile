@@ -39,10 +39,20 @@ LABEL org.opencontainers.image.title="kubeloop" \
       org.opencontainers.image.base.name="${BASE}"
 # uid/gid 10001: the user the chart and every runtime pod run as
 # (operator/kubeloop/resources/trainingjob.py RUNTIME_UID), so files on shared volumes agree.
+# LightGBM's wheel links the system OpenMP runtime, libgomp.so.1 (xgboost-cpu vendors its
+# own). python:3.11-slim lacks it and gets it from apt; the real node's debootstrap base
+# (hack/realnode/versions.env BASE_PACKAGES) has it already, so that build needs no apt.
+RUN if ! ldconfig -p | grep -q 'libgomp\.so\.1 '; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends libgomp1 \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN groupadd --system --gid 10001 kubeloop \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
        --shell /usr/sbin/nologin kubeloop
 COPY --from=build /opt/kubeloop /opt/kubeloop
+# Fails the build, not a pod, when a booster library cannot load its native parts.
+RUN /opt/kubeloop/bin/python -c "import lightgbm, xgboost"
 ENV PATH=/opt/kubeloop/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -30,7 +30,7 @@ BUILDAH_ROOT="${CACHE}/realnode/buildah"
 # The mirror apt already uses on this machine (a debootstrap needs one; it is a package registry).
 DEBIAN_MIRROR="${KUBELOOP_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_SUITE="${KUBELOOP_DEBIAN_SUITE:-bookworm}"
-BASE_PACKAGES="python3,python3-venv,python-is-python3,ca-certificates"
+# BASE_PACKAGES (the debootstrap --include list) comes from versions.env.
 
 log() { printf '[realnode-images] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
