@@ -15,6 +15,7 @@ moves, against the same real API server.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -275,6 +276,16 @@ def test_dataset_source_is_checked_by_a_job_and_retrains(
         assert {s["feature"] for s in status["scores"] if s["drifted"]} >= {f"x{i}" for i in range(FEATURES)}
         jobs = client.BatchV1Api(kube_api).list_namespaced_job(namespace, label_selector="app.kubernetes.io/component=drift-check").items
         assert len(jobs) == 1 and jobs[0].spec.template.spec.containers[0].args[0] == "drift"
+        # The Job wrote its HTML report beside the profile and says where; its figures are the
+        # ones the operator put in the status.
+        report_uri = jobs[0].metadata.annotations["kubeloop.io/drift-report"]
+        assert report_uri.startswith(f"file://{tmp_path / 'models'}/") and "/drift/daily/" in report_uri
+        page = Path(report_uri.removeprefix("file://")).read_text()
+        for score in status["scores"]:
+            row = re.search(rf'<tr class="feature[^"]*" data-feature="{re.escape(score["feature"])}"[^>]*>', page)
+            assert row is not None, score["feature"]
+            assert f'data-drifted="{str(score["drifted"]).lower()}"' in row.group(0)
+            assert float(re.search(r'data-score="([^"]+)"', row.group(0)).group(1)) == pytest.approx(score["score"], rel=1e-5)  # type: ignore[union-attr]
         retrain = status["lastRetrain"]["name"]
         wait_for(lambda: status_of(custom, namespace, "trainingruns", retrain).get("phase") == "Succeeded", 240, 1, "retrain trained")
         wait_for(lambda: status_of(custom, namespace, "driftpolicies", "daily")["lastRetrain"]["outcome"] == "Succeeded", 60, 1, "outcome recorded")

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
+import prometheus_client
 import pytest
+import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from test_chart_support import CHART
 
@@ -258,3 +267,174 @@ def test_the_schema_catches_broken_dashboards(break_it: Any, expected: str) -> N
     break_it(broken)
     errors = _schema_errors(broken)
     assert any(expected in e for e in errors), errors
+
+
+# -- every query against a real Prometheus ----------------------------------------------------------
+
+RATE_INTERVAL = "1m"
+"""What Grafana puts for $__rate_interval with a 1s scrape interval is smaller; a minute spans
+every sample of the test, so rates and increases see them all."""
+
+
+def grafana_substituted(expr: str) -> str:
+    """The query as Grafana sends it with the variables on "All" (their allValue ``.*``)."""
+    values = {"$namespace": ".*", "$policy": ".*", "$__rate_interval": RATE_INTERVAL}
+    for variable, value in values.items():
+        expr = expr.replace(variable, value)
+    assert "$" not in expr, f"a variable this test does not know: {expr}"
+    return expr
+
+
+class _Traffic:
+    """The operator's own metric objects and two model servers' (stable and canary) moving as
+    in a live rollout: requests with some errors and latencies, shadow rows, predictions, drift
+    scores, retrains, reconciles and finished TrainingRuns."""
+
+    NAMESPACE = "dashboard-check"
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.servers = {
+            track: ServeMetrics(MetricLabels("churn", "0123456789ab", track))
+            for track in ("stable", "canary")
+        }
+        ns = self.NAMESPACE
+        operator_metrics.CANARY_WEIGHT.labels(ns, "churn").set(25)
+        operator_metrics.RESOURCES_BY_PHASE.labels("TrainingRun", "Succeeded").set(3)
+        operator_metrics.DRIFT_SCORE.labels(ns, "churn-daily", "age", "psi").set(0.31)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def tick(self, step: int) -> None:
+        ns = self.NAMESPACE
+        for track, server in self.servers.items():
+            server.observe_request("/predict", 200, 0.004 * (1 + step % 5))
+            if step % 4 == 0:
+                server.observe_request("/predict", 500, 0.02)
+            server.predictions.inc(8)
+            base = server.labels.values()
+            if track == "canary":
+                server.shadow_rows.labels(*base, "agree").inc(9)
+                server.shadow_rows.labels(*base, "disagree").inc(1)
+        operator_metrics.RETRAINS.labels(ns, "churn-daily", "drift").inc()
+        operator_metrics.RECONCILES.labels("DriftPolicy", "ok").inc()
+        operator_metrics.RECONCILE_SECONDS.labels("DriftPolicy").observe(0.01 * (1 + step % 3))
+        operator_metrics.TRAINING_SECONDS.labels("Succeeded").observe(30 + step)
+
+    def forget(self) -> None:
+        """Take this test's series out of the operator's registry again."""
+        ns = self.NAMESPACE
+        operator_metrics.CANARY_WEIGHT.remove(ns, "churn")
+        operator_metrics.DRIFT_SCORE.remove(ns, "churn-daily", "age", "psi")
+        operator_metrics.RETRAINS.remove(ns, "churn-daily", "drift")
+
+    def _run(self) -> None:
+        step = 0
+        while not self.stop.wait(0.1):
+            self.tick(step)
+            step += 1
+
+
+def _prometheus_query(url: str, expr: str) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert answer["status"] == "success", (expr, answer)
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result
+
+
+def _label_values(url: str, query: str) -> list[str]:
+    metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", query).groups()  # type: ignore[union-attr]
+    answer = httpx.get(f"{url}/api/v1/label/{label}/values", params={"match[]": metric}, timeout=10)
+    values: list[str] = answer.json()["data"]
+    return values
+
+
+@pytest.mark.slow
+def test_every_query_returns_data_from_a_real_prometheus(tmp_path: Path) -> None:
+    """Given the operator's and two model servers' real metric objects, exported the way they
+    export them and scraped by a real Prometheus, every panel's query (variables on "All") and
+    every template variable returns data: finite numbers, not an empty panel."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")
+    traffic = _Traffic()
+    # Served as the operator serves them (kubeloop.controllers.main): its own registry.
+    exporters = [
+        prometheus_client.start_http_server(0, "127.0.0.1", registry=operator_metrics.REGISTRY)
+    ]
+    exporters += [
+        prometheus_client.start_http_server(0, "127.0.0.1", registry=server.registry)
+        for server in traffic.servers.values()
+    ]
+    operator_port = exporters[0][0].server_port
+    stable_port, canary_port = (e[0].server_port for e in exporters[1:])
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [
+            # As the chart's ServiceMonitor: the operator names the object's namespace itself.
+            {"job_name": "operator", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}]},
+            # As the chart's PodMonitor: the server's series get the pod's namespace and name.
+            {"job_name": "model-servers", "static_configs": [
+                {"targets": [f"127.0.0.1:{stable_port}"],
+                 "labels": {"namespace": _Traffic.NAMESPACE, "pod": "churn-stable-0"}},
+                {"targets": [f"127.0.0.1:{canary_port}"],
+                 "labels": {"namespace": _Traffic.NAMESPACE, "pod": "churn-canary-0"}},
+            ]},
+        ],
+    }  # fmt: skip
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        web = f"127.0.0.1:{sock.getsockname()[1]}"
+    url = f"http://{web}"
+    log = (tmp_path / "prometheus.log").open("w")
+    process = subprocess.Popen(
+        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address={web}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    traffic.thread.start()
+    panel_queries = [
+        (f"{p['title']} [{t['refId']}]", grafana_substituted(t["expr"]))
+        for p in PANELS
+        for t in p["targets"]
+    ]
+    variables = [v for v in DASHBOARD["templating"]["list"] if v["type"] == "query"]
+    try:
+        missing: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                httpx.get(f"{url}/-/ready", timeout=1).raise_for_status()
+            except httpx.HTTPError:
+                assert process.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+                continue
+            missing = [
+                title
+                for title, expr in panel_queries
+                if not any(
+                    math.isfinite(float(s["value"][1])) for s in _prometheus_query(url, expr)
+                )
+            ]
+            missing += [
+                f"${v['name']}" for v in variables if not _label_values(url, v["query"]["query"])
+            ]
+            if not missing:
+                break
+        targets = httpx.get(f"{url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        health = [(t["scrapeUrl"], t["health"], t["lastError"]) for t in targets]
+        assert missing == [], (
+            f"panels without data from a Prometheus holding the series: {missing}; {health}"
+        )
+        # The variables offer what the panels are then filtered by.
+        namespaces = _label_values(url, variables[0]["query"]["query"])
+        assert _Traffic.NAMESPACE in namespaces
+    finally:
+        traffic.stop.set()
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+        for server, _thread in exporters:
+            server.shutdown()
+        traffic.forget()
