@@ -22,7 +22,7 @@ SCREENSHOTS = REPO / "docs" / "images"
 
 
 class DashboardProcess:
-    """``python -m kubeloop.plugin [-n NS | -A] dashboard --port P --no-open``."""
+    """``python -m kubeloop.plugin dashboard [-n NS | -A] --port P --no-open``."""
 
     def __init__(self, kubeconfig: str, log: Path, *args: str) -> None:
         self.port = free_port()
@@ -30,7 +30,7 @@ class DashboardProcess:
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "kubeloop.plugin", *args, "dashboard", "--port", str(self.port), "--no-open"],
+                [sys.executable, "-m", "kubeloop.plugin", "dashboard", *args, "--port", str(self.port), "--no-open"],
                 env={**os.environ, "KUBECONFIG": kubeconfig}, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
             )
 
@@ -80,12 +80,12 @@ def chromium_page(recorder: Recorder) -> Iterator[Any]:
             browser.close()
 
 
-def screenshot(page: Any, name: str, tmp_path: Path) -> None:
+def screenshot(page: Any, name: str, tmp_path: Path, full_page: bool = True) -> None:
     """Into docs/images with KUBELOOP_DASHBOARD_SCREENSHOTS=1 (how the committed ones were
     taken), else into the test's tmp_path."""
     target = SCREENSHOTS if os.environ.get("KUBELOOP_DASHBOARD_SCREENSHOTS") == "1" else tmp_path
     target.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(target / f"dashboard-{name}.png"), full_page=True)
+    page.screenshot(path=str(target / f"dashboard-{name}.png"), full_page=full_page)
 
 
 def texts(page: Any, selector: str) -> list[str]:

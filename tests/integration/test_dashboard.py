@@ -51,7 +51,7 @@ def operator(kubeconfig_path: str, kubectl: Any, namespace: str, tmp_path: Path)
 
 def run_sweep(custom: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str, tmp_path: Path) -> dict[str, Any]:
     """A sweep of three trials, each trained for real; the operator picks the winner."""
-    run = trainingrun("cancer-sweep", sweep={"grid": {"C": [0.001, 0.1, 10.0]}, "parallelism": 3})
+    run = trainingrun("cancer-sweep", sweep={"grid": {"C": [1e-05, 0.001, 1.0]}, "parallelism": 3})
     messages = {i: run_trainer_locally(run, tmp_path / "sweep", index=i) for i in range(3)}
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", run)
     pods = wait_for(lambda: (p := trainer_pods(core, namespace, "cancer-sweep")) and len(p) == 3 and p, 90, what="3 trial pods")
@@ -207,6 +207,24 @@ def test_a_read_only_user_sees_the_api_server_s_refusal(
     finally:
         dashboard.stop()
 
+    # With -A the same identity may list nothing cluster-wide: the page says so, kind by kind,
+    # in the API server's words.
+    everywhere = DashboardProcess(str(viewer), tmp_path / "dashboard-all.log", "-A")
+    recorder = Recorder()
+    try:
+        with chromium_page(recorder) as page:
+            page.goto(f"{everywhere.url}/#/rollouts")
+            page.wait_for_selector("#errors div")
+            assert texts(page, "#errors div") == [
+                f'cannot list {plural}: from server (Forbidden): {plural}.kubeloop.io is forbidden: User '
+                f'"system:serviceaccount:{namespace}:viewer" cannot list resource "{plural}" in API group '
+                '"kubeloop.io" at the cluster scope'
+                for plural in ("trainingruns", "modeldeployments", "driftpolicies")]
+            assert page.inner_text("#scope") == "all namespaces"
+        no_leaks(recorder, everywhere)
+    finally:
+        everywhere.stop()
+
 
 # --- drift: the reference profile beside the live counters, through the pod proxy -----------------
 
@@ -304,7 +322,7 @@ def test_drift_page_draws_the_profile_beside_the_live_counts(
             assert page.locator('section[data-feature="__prediction__"] svg.histogram').count() == 1
             page.wait_for_selector(f'[data-retrain="{policy["lastRetrain"]["name"]}"]')
             assert page.inner_text("#verdict") == "drifted"
-            screenshot(page, "drift", tmp_path)
+            screenshot(page, "drift", tmp_path, full_page=False)
         no_leaks(recorder, dashboard)
     finally:
         traffic_stop.set()

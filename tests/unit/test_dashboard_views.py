@@ -162,3 +162,20 @@ def test_the_store_bumps_its_version_on_every_change() -> None:
     assert not snapshot["synced"]  # DriftPolicies not listed yet
     store.apply("ModelDeployment", "DELETED", md("churn", "a"))
     assert store.snapshot()["rollouts"] == []
+
+
+def test_the_plugin_parses_the_dashboard_command() -> None:
+    from kubeloop.plugin import parse_args
+
+    args = parse_args(["dashboard", "-A", "--port", "0", "--no-open"])
+    assert (args.command, args.all_namespaces, args.port, args.no_open) == ("dashboard", True, 0, True)
+    defaults = parse_args(["-n", "ml", "dashboard"])
+    assert (defaults.namespace, defaults.all_namespaces, defaults.port, defaults.no_open) == ("ml", False, 3100, False)
+
+
+def test_a_port_in_use_is_an_error_naming_the_flag(served: DashboardServer) -> None:
+    from kubeloop.dashboard.server import serve_dashboard
+    from kubeloop.plugin import CommandFailed
+
+    with pytest.raises(CommandFailed, match=rf"port {served.server_address[1]} on 127.0.0.1 is in use: choose another with --port"):
+        serve_dashboard(None, "ml", port=served.server_address[1], open_browser=False)  # type: ignore[arg-type]
