@@ -11,6 +11,12 @@ file (or --out).
 
     python hack/bench/serve/run.py                 # full run: 10 s per cell
     python hack/bench/serve/run.py --duration 3    # quick look
+    python hack/bench/serve/run.py --models xgb,lgbm --name results-boosters   # the boosters
+
+The boosters (``xgb``: XGBClassifier, ``lgbm``: LGBMClassifier, 100 trees each on the same
+data) are served by MLServer's own runtimes (mlserver-xgboost, mlserver-lightgbm) from the
+same model files kubeloop stores natively inside model.skops: ``model.ubj`` (XGBoost UBJSON)
+and ``model.txt`` (LightGBM's text model).
 
 Peers live in their own virtualenvs under ~/.cache/kubeloop/bench-venvs (created on first
 use from PyPI). The machine is shared: run when `uptime` shows little load, and repeat.
@@ -40,6 +46,13 @@ CACHE = Path(os.environ.get("KUBELOOP_CACHE", Path.home() / ".cache" / "kubeloop
 VENVS = CACHE / "bench-venvs"
 CONCURRENCY = (1, 8, 64)
 MODELS = ("rf", "lr")
+BOOSTER_MODELS = ("xgb", "lgbm")
+TITLES = {
+    "rf": "RandomForestClassifier (100 trees)",
+    "lr": "LogisticRegression",
+    "xgb": "XGBClassifier (100 trees, max_depth 6)",
+    "lgbm": "LGBMClassifier (100 trees, 31 leaves)",
+}
 # kubeloop-sklearn: our server with --no-fast-paths, i.e. scikit-learn's own predict, to show
 # how much comes from batching and the HTTP stack alone.
 # kubeloop-binary: the same request with binary tensor data (tritonclient's default form);
@@ -63,16 +76,34 @@ def sklearn_version() -> str:
     return str(sklearn.__version__)
 
 
+def booster_versions() -> list[str]:
+    """Our XGBoost and LightGBM, so MLServer's runtimes read the same native files with the
+    same libraries (xgboost-cpu: the CPU-only wheel, as in our image)."""
+    from importlib.metadata import version
+
+    return [f"xgboost-cpu=={version('xgboost-cpu')}", f"lightgbm=={version('lightgbm')}"]
+
+
 def venv_packages() -> dict[str, list[str]]:
     # The peers load pickles of our models, so they get the same scikit-learn.
     sk = f"scikit-learn=={sklearn_version()}"
+    boost = booster_versions()
     return {
-        "mlserver": ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22", sk],
+        "mlserver": ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22", sk, *boost],
         "mlserver-tuned": [
-            "mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22", "httptools", sk,
+            "mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22", "httptools", sk, *boost,
         ],
-        "kserve": ["kserve", "joblib", sk],
+        "kserve": ["kserve", "joblib", sk, *boost],
     }  # fmt: skip
+
+
+# MLServer's XGBoost and LightGBM runtimes, installed without their dependencies: they ask for
+# the `xgboost` distribution (the CUDA wheel, with NCCL), and `xgboost-cpu` above is the same
+# library without the GPU parts.
+NO_DEPS_PACKAGES = {
+    "mlserver": ["mlserver-xgboost==1.7.1", "mlserver-lightgbm==1.7.1"],
+    "mlserver-tuned": ["mlserver-xgboost==1.7.1", "mlserver-lightgbm==1.7.1"],
+}
 
 
 def venv_of(server: str) -> str:
@@ -90,43 +121,84 @@ def ensure_venvs(servers: list[str]) -> None:
             continue
         python = VENVS / name / "bin" / "python"
         marker = VENVS / name / ".kubeloop-bench"
-        if python.exists() and marker.exists() and marker.read_text() == " ".join(packages):
+        no_deps = NO_DEPS_PACKAGES.get(name, [])
+        wanted = " ".join([*packages, *(f"--no-deps {p}" for p in no_deps)])
+        if python.exists() and marker.exists() and marker.read_text() == wanted:
             continue
-        print(f"bench: creating venv {name}: {' '.join(packages)}", flush=True)
+        print(f"bench: creating venv {name}: {wanted}", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(VENVS / name)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
-        marker.write_text(" ".join(packages))
+        if no_deps:
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", "--no-deps", *no_deps], check=True
+            )
+        marker.write_text(wanted)
 
 
 # --------------------------------------------------------------------------------------------
 # Models
 
 
-def train(workdir: Path) -> dict[str, dict[str, str]]:
-    """Train both models once; save skops (+sha256, profile) and joblib copies."""
-    import joblib
-    import numpy as np
-    import skops.io
-    from sklearn.datasets import make_classification
+def _estimators(models: list[str]) -> dict[str, object]:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
 
+    found: dict[str, object] = {}
+    if "rf" in models:
+        found["rf"] = RandomForestClassifier(n_estimators=100, random_state=0)
+    if "lr" in models:
+        found["lr"] = LogisticRegression(max_iter=2000)
+    if "xgb" in models:
+        import xgboost
+
+        found["xgb"] = xgboost.XGBClassifier(n_estimators=100, max_depth=6, random_state=0)
+    if "lgbm" in models:
+        import lightgbm
+
+        found["lgbm"] = lightgbm.LGBMClassifier(n_estimators=100, random_state=0, verbose=-1)
+    return found
+
+
+def _peer_files(
+    name: str, estimator: object, directory: Path
+) -> tuple[list[str], dict[str, object]]:
+    """The files MLServer loads for this model and its model-settings.json content."""
+    if name == "xgb":
+        # The booster in XGBoost's UBJSON, as kubeloop stores it (plus the scikit-learn
+        # wrapper's attribute XGBModel.save_model adds, so MLServer builds an XGBClassifier).
+        estimator.save_model(directory / "model.ubj")  # type: ignore[attr-defined]
+        return ["model.ubj"], {"implementation": "mlserver_xgboost.XGBoostModel",
+                               "parameters": {"uri": "./model.ubj"}}  # fmt: skip
+    if name == "lgbm":
+        # LightGBM's text model, the same text kubeloop stores.
+        estimator.booster_.save_model(directory / "model.txt")  # type: ignore[attr-defined]
+        return ["model.txt"], {"implementation": "mlserver_lightgbm.LightGBMModel",
+                               "parameters": {"uri": "./model.txt"}}  # fmt: skip
+    return ["model.joblib"], {"implementation": "mlserver_sklearn.SKLearnModel",
+                              "parameters": {"uri": "./model.joblib"}}  # fmt: skip
+
+
+def train(workdir: Path, models: list[str]) -> dict[str, dict[str, str]]:
+    """Train the models once; save model.skops (+sha256, profile) and the peers' copies."""
+    import joblib
+    import numpy as np
+    from sklearn.datasets import make_classification
+
     from kubeloop.drift.profile import build_profile
+    from kubeloop.training.artifacts import dump_model
 
     features, target = make_classification(
         n_samples=5000, n_features=20, n_informative=10, random_state=0
     )
-    estimators = {
-        "rf": RandomForestClassifier(n_estimators=100, random_state=0),
-        "lr": LogisticRegression(max_iter=2000),
-    }
+    estimators = _estimators(models)
     out: dict[str, dict[str, str]] = {}
     row = np.random.default_rng(1).normal(size=(1, 20))
     for name, estimator in estimators.items():
-        estimator.fit(features, target)
+        estimator.fit(features, target)  # type: ignore[attr-defined]
         directory = workdir / name
         directory.mkdir(parents=True, exist_ok=True)
-        skops.io.dump(estimator, directory / "model.skops")
+        # What the trainer writes: skops, the boosters in their native formats inside it.
+        (directory / "model.skops").write_bytes(dump_model(estimator))
         digest = hashlib.sha256((directory / "model.skops").read_bytes()).hexdigest()
         profile = build_profile(
             {f"x{i}": features[:, i] for i in range(20)},
@@ -134,20 +206,14 @@ def train(workdir: Path) -> dict[str, dict[str, str]]:
             prediction_kind="categorical",
         )
         (directory / "profile.json").write_bytes(profile.to_json_bytes())
-        joblib.dump(estimator, directory / "model.joblib")
-        (directory / "model-settings.json").write_text(
-            json.dumps(
-                {
-                    "name": name,
-                    "implementation": "mlserver_sklearn.SKLearnModel",
-                    "parameters": {"uri": "./model.joblib"},
-                }
-            )
-        )
+        joblib.dump(estimator, directory / "model.joblib")  # KServe's custom model loads it
+        files, settings = _peer_files(name, estimator, directory)
+        (directory / "model-settings.json").write_text(json.dumps({"name": name, **settings}))
         out[name] = {
             "dir": str(directory),
             "sha256": digest,
-            "expected": str(int(estimator.predict(row)[0])),
+            "expected": str(int(estimator.predict(row)[0])),  # type: ignore[attr-defined]
+            "peer_files": ",".join(files),
         }
     body = {
         "inputs": [
@@ -237,7 +303,7 @@ def start_server(
         repo = workdir / f"repo-{kind}-{model}"
         shutil.rmtree(repo, ignore_errors=True)
         (repo / model).mkdir(parents=True)
-        for file in ("model.joblib", "model-settings.json"):
+        for file in (*info["peer_files"].split(","), "model-settings.json"):
             shutil.copy(Path(info["dir"]) / file, repo / model / file)
         if kind in ("mlserver-batching", "mlserver-grpc"):
             model_settings = json.loads((repo / model / "model-settings.json").read_text())
@@ -304,7 +370,11 @@ def wait_until_serving(
             status, payload = post(server.infer_url, body)
             if status == 200:
                 data = json.loads(payload)["outputs"][0]["data"]
-                if str(int(float(data[0]))) != expected:
+                answer = float(data[0])
+                if server.model == "lgbm" and server.name.startswith("mlserver"):
+                    # MLServer's LightGBM runtime answers Booster.predict: P(class 1).
+                    answer = float(answer > 0.5)
+                if str(int(answer)) != expected:
                     raise RuntimeError(f"{server.name} answered {data}, expected {expected}")
                 return
             last = f"{status} {payload[:200]!r}"
@@ -463,9 +533,7 @@ def ghz(address: str, request_file: Path, concurrency: int, duration: float) -> 
             "errors": errors}  # fmt: skip
 
 
-def load(
-    server: Server, workdir: Path, concurrency: int, duration: float
-) -> dict[str, float]:
+def load(server: Server, workdir: Path, concurrency: int, duration: float) -> dict[str, float]:
     """One load cell in the server's own protocol: JSON, binary tensor data or gRPC."""
     if server.name in GRPC_SERVERS:
         request = grpc_request(server.model, workdir)
@@ -497,7 +565,8 @@ def render(cells: list[Cell], meta: dict[str, object]) -> str:
         f"before/after: {meta['load_before']:.1f}/{meta['load_after']:.1f}). "
         f"{meta['workers']} worker(s) per server, wrk -t1, {meta['duration']} s per cell after "
         f"warm-up, {meta['repeats']} repeat(s) (median shown). Single-row v2 infer requests "
-        "(FP64, 20 features).",
+        "(FP64, 20 features). XGBoost/LightGBM peers: MLServer's own runtimes "
+        "(mlserver-xgboost / mlserver-lightgbm 1.7.1) on the same native model files.",
         "",
         "Peers: MLServer 1.7.1 + mlserver-sklearn as installed (`parallel_workers` default), "
         "MLServer tuned (`parallel_workers=0` + httptools), MLServer batching (tuned + its "
@@ -509,8 +578,8 @@ def render(cells: list[Cell], meta: dict[str, object]) -> str:
         "HTTP/2 connection); every kubeloop row also listens on gRPC, as its pods do.",
         "",
     ]
-    for model in MODELS:
-        title = "RandomForestClassifier (100 trees)" if model == "rf" else "LogisticRegression"
+    for model in dict.fromkeys(c.model for c in cells):
+        title = TITLES[model]
         lines += [
             f"## {title}",
             "",
@@ -553,7 +622,10 @@ def render(cells: list[Cell], meta: dict[str, object]) -> str:
         for c in CONCURRENCY:
             ours_grpc = by.get(("kubeloop-grpc", model, c))
             peer_grpc = by.get(("mlserver-grpc", model, c))
-            binary, json_cell = by.get(("kubeloop-binary", model, c)), by.get(("kubeloop", model, c))
+            binary, json_cell = (
+                by.get(("kubeloop-binary", model, c)),
+                by.get(("kubeloop", model, c)),
+            )
             if ours_grpc is None and binary is None:
                 continue
             grpc_ratio = ratio(ours_grpc.rps, peer_grpc.rps) if ours_grpc and peer_grpc else "n/a"
@@ -577,8 +649,13 @@ def targets(by: dict[tuple[str, str, int], Cell]) -> list[str]:
         r = by[("kubeloop", model, c)].rps / by[("mlserver-default", model, c)].rps
         return r >= target, f"{r:.2f}x (target >= {target}x)"
 
-    def vs_best(model: str, c: int, target: float, ours: str = "kubeloop",
-                peers: tuple[str, ...] = TUNED_PEERS) -> tuple[bool, str]:
+    def vs_best(
+        model: str,
+        c: int,
+        target: float,
+        ours: str = "kubeloop",
+        peers: tuple[str, ...] = TUNED_PEERS,
+    ) -> tuple[bool, str]:
         present = [p for p in peers if (p, model, c) in by]
         if not present:
             raise KeyError(peers)  # not measured in this run: the target is left out
@@ -588,7 +665,13 @@ def targets(by: dict[tuple[str, str, int], Cell]) -> list[str]:
 
     def p99(model: str, c: int) -> tuple[bool, str]:
         ours = by[("kubeloop", model, c)].p99_ms
-        peers = {p: by[(p, model, c)].p99_ms for p in ("mlserver-default", *TUNED_PEERS)}
+        peers = {
+            p: by[(p, model, c)].p99_ms
+            for p in ("mlserver-default", *TUNED_PEERS)
+            if (p, model, c) in by
+        }
+        if not peers:
+            raise KeyError(model)
         worse = [p for p, v in peers.items() if ours > v]
         return not worse, f"{ours:.2f} ms; worse than: {', '.join(worse) or 'none'}"
 
@@ -597,23 +680,32 @@ def targets(by: dict[tuple[str, str, int], Cell]) -> list[str]:
         peers = {
             p: max(by[(p, model, c)].peak_rss_mb for c in CONCURRENCY)
             for p in ("mlserver-default", *TUNED_PEERS)
+            if all((p, model, c) in by for c in CONCURRENCY)
         }
+        if not peers:
+            raise KeyError(model)
         lowest = min(peers.values())
         return ours < lowest, f"{ours:.0f} MB vs lowest peer {lowest:.0f} MB"
 
     checks += [
+        ("XGB vs best tuned peer at c=64 >= 1.5x", lambda: vs_best("xgb", 64, 1.5)),
+        ("LGBM vs best tuned peer at c=64 >= 1.5x", lambda: vs_best("lgbm", 64, 1.5)),
         ("RF vs MLServer default at c=1 >= 1.5x", lambda: vs_default("rf", 1, 1.5)),
         ("RF vs MLServer default at c=64 >= 5x", lambda: vs_default("rf", 64, 5.0)),
         ("LR vs MLServer default at c=1 >= 3x", lambda: vs_default("lr", 1, 3.0)),
         ("LR vs MLServer default at c=64 >= 3x", lambda: vs_default("lr", 64, 3.0)),
         ("RF vs best tuned peer at c=64 >= 1.5x", lambda: vs_best("rf", 64, 1.5)),
         ("LR vs best tuned peer at c=64 >= 1.5x", lambda: vs_best("lr", 64, 1.5)),
-        ("RF gRPC vs MLServer gRPC (batching) at c=64 >= 1.5x",
-         lambda: vs_best("rf", 64, 1.5, "kubeloop-grpc", ("mlserver-grpc",))),
-        ("LR gRPC vs MLServer gRPC (batching) at c=64 >= 1.5x",
-         lambda: vs_best("lr", 64, 1.5, "kubeloop-grpc", ("mlserver-grpc",))),
+        (
+            "RF gRPC vs MLServer gRPC (batching) at c=64 >= 1.5x",
+            lambda: vs_best("rf", 64, 1.5, "kubeloop-grpc", ("mlserver-grpc",)),
+        ),
+        (
+            "LR gRPC vs MLServer gRPC (batching) at c=64 >= 1.5x",
+            lambda: vs_best("lr", 64, 1.5, "kubeloop-grpc", ("mlserver-grpc",)),
+        ),
     ]
-    for model in MODELS:
+    for model in (*MODELS, *BOOSTER_MODELS):
         for c in CONCURRENCY:
             checks.append(
                 (
@@ -642,8 +734,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="worker processes per server")
     parser.add_argument("--servers", default=",".join(SERVERS))
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help=f"of {','.join((*MODELS, *BOOSTER_MODELS))}"
+    )
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--name", default="results", help="<out>/<name>.md and .json")
     parser.add_argument("--workdir", type=Path, default=CACHE / "bench-serve")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -655,7 +750,7 @@ def main() -> int:
         ensure_venvs(servers)
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
-    info = train(args.workdir)
+    info = train(args.workdir, models)
     meta: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpus": os.cpu_count(),
@@ -713,11 +808,11 @@ def main() -> int:
             )
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(
+    (args.out / f"{args.name}.json").write_text(
         json.dumps({"meta": meta, "cells": [asdict(c) for c in cells]}, indent=2) + "\n"
     )
     report = render(cells, meta)
-    (args.out / "results.md").write_text(report)
+    (args.out / f"{args.name}.md").write_text(report)
     print(report)
     return 0
 
