@@ -108,7 +108,7 @@ class RegistrySource(KubeModel):
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     """The registered model's name (a TrainingRun registers under its spec.model.name)."""
-    alias: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,255}$")] | None = None
+    alias: Annotated[str, StringConstraints(max_length=255, pattern=r"^[A-Za-z0-9_-]{1,255}$")] | None = None
     """An alias such as ``champion``; the deployment follows it when it moves."""
     version: Annotated[int, Field(ge=1)] | None = None
     """A fixed version number."""
