@@ -79,6 +79,10 @@ class Relay:
     def cut(self) -> None:
         with self._lock:
             if self._listener is not None:
+                # shutdown() wakes the thread blocked in accept(); close() alone would not, and
+                # the kernel would go on accepting on the listening socket.
+                with contextlib.suppress(OSError):
+                    self._listener.shutdown(socket.SHUT_RDWR)
                 self._listener.close()
                 self._listener = None
             for connection in self._connections:
