@@ -253,7 +253,14 @@ def test_rollout_started_steps_paused_promoted_and_aborted(
     kube_api: Any, namespace: str, notifying_operator: OperatorProcess, sinks: Sinks
 ) -> None:
     custom = client.CustomObjectsApi(kube_api)
-    md = modeldeployment("churn", SHA_A, {SUBSCRIBE + "rollout.aborted": "events,slack"})
+    md = modeldeployment(
+        "churn",
+        SHA_A,
+        {
+            SUBSCRIBE + "rollout.aborted": "events,slack",
+            SUBSCRIBE + "rollout.promoted": "events,pager",
+        },
+    )
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", md)
     wait_for(
         lambda: md_status(custom, namespace, "churn").get("phase") == "Healthy",
@@ -298,6 +305,21 @@ def test_rollout_started_steps_paused_promoted_and_aborted(
         and promoted.get_data()["previous"]["sha256"] == SHA_A
     )
     assert promoted.get_data()["canary"] is None
+    # "pager" is no sink of the operator's: the events sink still got the promotion, and the
+    # object says what is wrong, once
+    warnings = [
+        e
+        for e in client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
+        if e.reason == "NotificationSinkUnknown" and e.involved_object.name == "churn"
+    ]
+    assert [(w.type, w.message) for w in warnings] == [
+        (
+            "Warning",
+            f"annotation {SUBSCRIBE}rollout.promoted names pager, which the operator has no sink for; "
+            "configured sinks: events, slack, flaky, hanging, dead (an administrator adds sinks with the "
+            "chart value notifications.sinks)",
+        )
+    ]
 
     # When model C is aborted at its pause
     patch_md(custom, namespace, "churn", new_model(SHA_C))

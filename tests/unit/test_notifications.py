@@ -59,6 +59,16 @@ TRIGGERS = [
         t.ROLLOUT_STEP_REACHED,
     ),
     ("ModelDeployment", "Normal", "Paused", "paused", {}, t.ROLLOUT_PAUSED),
+    # too many inconclusive rounds pause the rollout for a human
+    (
+        "ModelDeployment",
+        "Warning",
+        "AnalysisInconclusive",
+        "paused with the current weights",
+        {"analysis": {"pausedInconclusive": True}},
+        t.ROLLOUT_PAUSED,
+    ),
+    ("ModelDeployment", "Warning", "AnalysisInconclusive", "x", {"analysis": {}}, None),
     (
         "ModelDeployment",
         "Normal",
@@ -194,6 +204,9 @@ def test_subscribers(
 ) -> None:
     chosen = subscribers(trigger, annotations, defaults, SINKS)
     assert (chosen.sinks, chosen.unknown) == expected
+    # the annotation that decided: the trigger's own, else the one for every trigger
+    own = next((k for k in (t.ANNOTATION_PREFIX + trigger, t.ANNOTATION) if k in annotations), None)
+    assert chosen.annotation == own
 
 
 # --- the numbers --------------------------------------------------------------------------
@@ -634,11 +647,26 @@ def test_an_annotation_naming_an_unknown_sink_is_counted_and_logged(
             annotations={"notifications.kubeloop.io/subscribe.rollout.promoted": "hook,pager"},
         )
         with caplog.at_level(logging.WARNING, logger="kubeloop.notifications"):
-            notifier(obj, "Normal", "Promoted", "p", NOW, status={"stable": {"revision": "b"}})
-        receiver.wait_for(lambda r: r, timeout=5)
+            first = notifier(
+                obj, "Normal", "Promoted", "p", NOW, status={"stable": {"revision": "b"}}
+            )
+            again = notifier(
+                obj, "Normal", "Promoted", "p", NOW, status={"stable": {"revision": "b"}}
+            )
+        receiver.wait_for(lambda r: len(r) == 2, timeout=5)  # the known sink still got both
         notifier.stop()
-    assert ("-", "rollout.promoted", "unknown_sink") in counted.delivered
-    assert "names no configured sink: pager (configured: hook)" in caplog.text
+    assert counted.delivered.count(("-", "rollout.promoted", "unknown_sink")) == 2
+    # One Warning Event for the object, naming the annotation, the sink and the fix
+    assert first == [
+        (
+            "NotificationSinkUnknown",
+            "annotation notifications.kubeloop.io/subscribe.rollout.promoted names pager, which the "
+            "operator has no sink for; configured sinks: hook (an administrator adds sinks with the "
+            "chart value notifications.sinks)",
+        )
+    ]
+    assert again == []
+    assert "names pager, which the operator has no sink for" in caplog.text
 
 
 def test_the_hook_never_raises() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +26,11 @@ from kubeloop.controllers import metrics
 FIELD_MANAGER = "kubeloop"
 
 JsonObject = dict[str, Any]
-EventHook = Callable[..., None]
+EventHook = Callable[..., Sequence[tuple[str, str]]]
 """Called after every Event the operator posts: ``hook(obj, type, reason, message, time,
 status=..., related=...)`` (the notifier, :class:`kubeloop.notifications.delivery.Notifier`).
-It must return at once and never raise."""
+It must return at once and never raise; it returns Warning Events (reason, message) to post on
+the object (e.g. an annotation naming a notification sink that does not exist)."""
 
 
 @dataclass(frozen=True)
@@ -295,4 +296,7 @@ def post_event(
     )
     # After the write: a failed write retries the reconcile, which posts (and notifies) again.
     if kube.event_hook is not None:
-        kube.event_hook(obj, type_, reason, message, now_text, status=status, related=related)
+        for warning_reason, warning in kube.event_hook(
+            obj, type_, reason, message, now_text, status=status, related=related
+        ):
+            post_event(kube, obj, "Warning", warning_reason, warning, now_text)

@@ -27,12 +27,14 @@ from typing import Any
 
 from kubeloop.notifications.payloads import Request, cloudevent_request, slack_request
 from kubeloop.notifications.settings import NotificationSettings, SinkSettings
-from kubeloop.notifications.triggers import ANNOTATION_PREFIX, Notification, derive, subscribers
+from kubeloop.notifications.triggers import REASON_SINK_UNKNOWN, Notification, derive, subscribers
 from kubeloop.trust.urls import error_summary, notification_url_problem
 
 log = logging.getLogger("kubeloop.notifications")
 
 RETRIED_STATUSES = {408, 425, 429}
+MAX_WARNED = 10_000
+"""Most (object, annotation) pairs remembered as warned about (then the memory starts over)."""
 
 
 class Metrics:
@@ -246,6 +248,8 @@ class Notifier:
         self.workers = {
             n: SinkWorker(n, s, resolved[n], settings, metrics) for n, s in settings.sinks.items()
         }
+        self._warned: set[tuple[str, str, str]] = set()
+        self._warned_lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -260,11 +264,15 @@ class Notifier:
         time_text: str,
         status: Mapping[str, Any] | None = None,
         related: Mapping[str, Mapping[str, Any] | None] | None = None,
-    ) -> None:
+    ) -> list[tuple[str, str]]:
+        """Queue the notification of an Event; returns Warning Events (reason, message) to post
+        on the object: an annotation naming a sink the operator does not have, said once per
+        object and annotation value."""
         try:
-            self._notify(obj, event_type, reason, message, time_text, status, related)
+            return self._notify(obj, event_type, reason, message, time_text, status, related)
         except Exception:  # a notification must never fail a reconcile
             log.exception("notification of %s %s not sent", obj.get("kind"), reason)
+            return []
 
     def _notify(
         self,
@@ -275,31 +283,42 @@ class Notifier:
         time_text: str,
         status: Mapping[str, Any] | None,
         related: Mapping[str, Mapping[str, Any] | None] | None,
-    ) -> None:
+    ) -> list[tuple[str, str]]:
         if not self.workers:
-            return
+            return []
         notification = derive(obj, event_type, reason, message, time_text, status, related)
         if notification is None:
-            return
+            return []
         meta = obj.get("metadata") or {}
         chosen = subscribers(
             notification.trigger, meta.get("annotations"), self.settings.subscriptions, self.workers
         )
+        warnings: list[tuple[str, str]] = []
         if chosen.unknown:
+            problem = (
+                f"annotation {chosen.annotation} names {', '.join(chosen.unknown)}, which the "
+                f"operator has no sink for; configured sinks: {', '.join(self.workers)} (an "
+                "administrator adds sinks with the chart value notifications.sinks)"
+            )
             log.warning(
-                "%s %s/%s: annotation %s%s names no configured sink: %s (configured: %s)",
+                "%s %s/%s: %s",
                 notification.kind,
                 notification.namespace,
                 notification.name,
-                ANNOTATION_PREFIX,
-                notification.trigger,
-                ", ".join(chosen.unknown),
-                ", ".join(self.workers),
+                problem,
             )
             # One fixed sink label: a name an annotation made up must not grow the series.
             self.metrics.delivered("-", notification.trigger, "unknown_sink")
+            key = (notification.uid, str(chosen.annotation), ",".join(chosen.unknown))
+            with self._warned_lock:
+                if key not in self._warned:
+                    if len(self._warned) >= MAX_WARNED:
+                        self._warned.clear()
+                    self._warned.add(key)
+                    warnings.append((REASON_SINK_UNKNOWN, problem))
         for name in chosen.sinks:
             self.workers[name].put(notification)
+        return warnings
 
     def stop(self) -> None:
         for worker in self.workers.values():

@@ -48,6 +48,8 @@ PLURALS = {
     "DriftPolicy": "driftpolicies",
 }
 MUTED = {"", "none", "-"}
+REASON_SINK_UNKNOWN = "NotificationSinkUnknown"
+"""Event reason: an object's subscribe annotation names a sink the operator does not have."""
 MAX_SCORES = 50
 """Most per-feature drift scores a notification carries (the drifted ones first)."""
 
@@ -103,6 +105,11 @@ def trigger_of(
             return ROLLOUT_STEP_REACHED
         if reason == Reason.PAUSED:
             return ROLLOUT_PAUSED
+        # Too many inconclusive analysis rounds pause the rollout until someone decides.
+        if reason == Reason.ANALYSIS_INCONCLUSIVE and (status.get("analysis") or {}).get(
+            "pausedInconclusive"
+        ):
+            return ROLLOUT_PAUSED
         # A promote-full request posts Promoted before the canary is stable: only the end counts.
         if reason == Reason.PROMOTED and not status.get("canary"):
             return ROLLOUT_PROMOTED
@@ -133,6 +140,7 @@ class Subscribers:
 
     sinks: tuple[str, ...]
     unknown: tuple[str, ...] = ()
+    annotation: str | None = None  # the annotation that chose them (None: the operator's defaults)
 
 
 def subscribers(
@@ -153,13 +161,15 @@ def subscribers(
         own[EVERY_TRIGGER] = (annotations or {})[ANNOTATION]
     for key in (trigger, EVERY_TRIGGER):
         if key in own:
+            annotation = ANNOTATION if key == EVERY_TRIGGER else ANNOTATION_PREFIX + key
             value = own[key].strip()
             if value.lower() in MUTED:
-                return Subscribers(())
+                return Subscribers((), annotation=annotation)
             named = [part.strip() for part in value.split(",") if part.strip()]
             return Subscribers(
                 tuple(dict.fromkeys(n for n in named if n in known)),
-                tuple(n for n in named if n not in known),
+                tuple(dict.fromkeys(n for n in named if n not in known)),
+                annotation,
             )
     for key in (trigger, EVERY_TRIGGER):
         if key in defaults:
@@ -235,6 +245,7 @@ def rollout_data(status: Mapping[str, Any]) -> dict[str, Any]:
         "currentStep": status.get("currentStep"),
         "canaryWeight": status.get("canaryWeight"),
         "aborted": bool(status.get("aborted")),
+        "pausedInconclusive": bool(analysis.get("pausedInconclusive")),
     }
     if failing:
         # The last failing measurement of each metric: the one that decided.
