@@ -192,6 +192,13 @@ SUBSCRIPTIONS = [
         (("ops",), ()),
     ),
     ({"other.io/subscribe.drift.detected": "ops"}, {}, t.DRIFT_DETECTED, ((), ())),
+    # a namespace user names sinks, never URLs: a URL is an unknown sink, never requested
+    (
+        {"notifications.kubeloop.io/subscribe": "http://169.254.169.254/latest/meta-data"},
+        {"*": ["audit"]},
+        t.DRIFT_DETECTED,
+        ((), ("http://169.254.169.254/latest/meta-data",)),
+    ),
 ]
 
 
