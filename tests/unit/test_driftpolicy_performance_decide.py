@@ -296,3 +296,16 @@ def test_a_performance_policy_with_a_window_from_prometheus_is_valid() -> None:
         }
     )
     assert spec.performance is not None and spec.performance.min_labels == 200
+
+
+def test_the_first_scrape_says_it_only_recorded() -> None:
+    first = DriftMeasurement(
+        performance=PerformanceReading("accuracy", 0, None, 0.95, first_scrape=True)
+    )
+    decision = decide(policy(), NOW, first, {})
+    assert decision.create_run is None
+    not_enough = cond(decision.status, "NotEnoughData")
+    assert not_enough["reason"] == "NotEnoughLabels"
+    assert not_enough["message"].startswith(
+        "no verdict yet: the first scrape of the stable pods only records"
+    )

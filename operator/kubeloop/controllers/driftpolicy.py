@@ -267,7 +267,9 @@ class DriftPolicyController:
             found = self._scrape_stable(policy, target, window)
             if found.compared_pods == 0:
                 # The first scrape only records the counters; the next check compares.
-                return DriftMeasurement(performance=PerformanceReading(metric, 0, None, reference))
+                return DriftMeasurement(
+                    performance=PerformanceReading(metric, 0, None, reference, first_scrape=True)
+                )
             samples = [
                 (sample, dict(labels), value)
                 for (sample, labels), value in found.increases.values.items()

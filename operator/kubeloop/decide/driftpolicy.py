@@ -129,6 +129,8 @@ class PerformanceReading:
     labels: int
     live: float | None
     reference: float
+    first_scrape: bool = False
+    """No span yet: the first scrape of the pods only recorded their counters."""
 
 
 @dataclass(frozen=True)
@@ -641,6 +643,11 @@ def _judge_performance(
             f"{labels} labelled rows arrived in the window, fewer than performance.minLabels={min_labels}: "
             f"no verdict on {metric} (send labels to the servers' /feedback, or lower minLabels)"
         )
+        if reading.first_scrape:
+            message = (
+                "no verdict yet: the first scrape of the stable pods only records their feedback "
+                "counters; the next check compares (the span is interval)"
+            )
         condition(ConditionType.READY, True, Reason.NOT_ENOUGH_LABELS, message)
         condition(ConditionType.NOT_ENOUGH_DATA, True, Reason.NOT_ENOUGH_LABELS, message)
         status["message"] = message
