@@ -99,7 +99,8 @@ def diabetes_lgbm(
         root / "run-1", lightgbm.LGBMRegressor(n_estimators=25, verbose=-1), data.data,
         data.target, [str(n) for n in data.feature_names], classification=False,
     )  # fmt: skip
-    with serving(model, root / "logs", "--model-name", "diabetes") as server:
+    # Two workers: spawned processes that each load the model (pandas left out for numbers).
+    with serving(model, root / "logs", "--model-name", "diabetes", workers=2) as server:
         yield model, server
 
 
