@@ -134,3 +134,53 @@ def test_the_jobs_command_line_writes_the_page_where_the_annotation_says(
     assert page.startswith("<!DOCTYPE html>")
     assert "DriftPolicy ml/daily: dataset check" in page
     assert 'data-feature="age"' in page and 'data-feature="plan"' in page
+
+
+def test_on_object_storage_the_page_lands_beside_the_profile_in_the_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real local S3 server (moto's server mode on 127.0.0.1): the Job's own arguments read
+    the data and the profile from the bucket and write the page there, with the pod's
+    credentials (the same environment that read the profile)."""
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing")
+        fs.mkdir("models")
+        fs.mkdir("live")
+        rng = np.random.default_rng(5)
+        profile = build_profile({"age": rng.normal(40, 10, 800)})
+        fs.pipe_file("models/churn/churn-1/profile.json", profile.to_json_bytes())
+        fs.pipe_file(
+            "live/today.csv",
+            pd.DataFrame({"age": rng.normal(52, 10, 500)}).to_csv(index=False).encode(),
+        )
+        settings = TrainerSettings(**{**SETTINGS.__dict__, "default_storage_uri": "s3://models"})
+        job = build_drift_job(
+            _policy("s3://live/today.csv"), EPOCH, "s3://models/churn/churn-1/profile.json", {},
+            settings,
+        )  # fmt: skip
+        container = _container(job)
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env |= {**credentials, "AWS_ENDPOINT_URL": endpoint}
+        log = tmp_path / "termination-log"
+        args = [a if a != "/dev/termination-log" else str(log) for a in container["args"][1:]]
+        assert main(args, env=env) == EXIT_CHECKED
+        report_uri = job["metadata"]["annotations"][REPORT_ANNOTATION]
+        assert report_uri == "s3://models/churn/churn-1/drift/daily/1700000000/report.html"
+        fs.invalidate_cache()
+        page = fs.cat_file(report_uri.removeprefix("s3://")).decode()
+        assert page.startswith("<!DOCTYPE html>") and 'data-feature="age"' in page
+        assert sorted(fs.ls("models/churn/churn-1/drift/daily/1700000000")) == [
+            "models/churn/churn-1/drift/daily/1700000000/report.html"
+        ]  # no temporary file left
+    finally:
+        server.stop()
