@@ -55,6 +55,10 @@ _VERSIONED_LIBRARIES = (
     "pyarrow",
     "skops",
     "fsspec",
+    # The boosters' native formats are read by these libraries (None when not installed).
+    "xgboost-cpu",
+    "xgboost",
+    "lightgbm",
 )
 
 
