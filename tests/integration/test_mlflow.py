@@ -12,7 +12,8 @@ command and env). Given an operator configured with the MLflow URL:
   moved in MLflow starts a canary (``challenger``), and promotion moves ``champion``;
 * a version without the sha256 tag is refused with a condition, one whose tag does not match
   the artifact is refused by the server before load, and with MLflow down a new deployment
-  waits with a condition and nothing applied, then recovers when MLflow answers again.
+  waits with a condition and nothing applied, then recovers when MLflow answers again; a
+  TrainingRun created meanwhile trains all the same, with a TrackingFailed condition.
 """
 
 from __future__ import annotations
@@ -309,6 +310,15 @@ def test_refused_versions_and_registry_down(
         assert "rollout waits" in waiting["message"]
         assert not status_of(custom, namespace, "modeldeployments", "fraud-live").get("stable")
         assert not apps.list_namespaced_deployment(namespace, label_selector="kubeloop.io/modeldeployment=fraud-live").items
+
+        # ...and a TrainingRun trains all the same, saying it is not tracked.
+        create(custom, namespace, "TrainingRun", "fraud-2", run_spec("fraud", seed=4))
+        untracked = wait_for(lambda: (lambda s: s if s.get("phase") in ("Succeeded", "Failed") else None)(
+            status_of(custom, namespace, "trainingruns", "fraud-2")), 240, 1, "fraud-2 finished")
+        assert untracked["phase"] == "Succeeded" and "mlflow" not in untracked
+        tracking = condition(untracked, "TrackingFailed")
+        assert tracking and tracking["status"] == "True"
+        assert tracking["message"].startswith("not tracked in MLflow (training goes on without it): cannot reach MLflow")
     finally:
         relay.restore()
     # ...then serves the version when MLflow answers again.
