@@ -30,8 +30,20 @@ class DashboardProcess:
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "kubeloop.plugin", "dashboard", *args, "--port", str(self.port), "--no-open"],
-                env={**os.environ, "KUBECONFIG": kubeconfig}, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                [
+                    sys.executable,
+                    "-m",
+                    "kubeloop.plugin",
+                    "dashboard",
+                    *args,
+                    "--port",
+                    str(self.port),
+                    "--no-open",
+                ],
+                env={**os.environ, "KUBECONFIG": kubeconfig},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
             )
 
         def ready() -> bool:
@@ -58,7 +70,11 @@ class Recorder:
 
     def foreign_requests(self, port: int) -> list[str]:
         """Requests that went anywhere but the dashboard on 127.0.0.1:port."""
-        return [u for u in self.requests if (urlsplit(u).hostname, urlsplit(u).port) != ("127.0.0.1", port)]
+        return [
+            u
+            for u in self.requests
+            if (urlsplit(u).hostname, urlsplit(u).port) != ("127.0.0.1", port)
+        ]
 
 
 @contextmanager
@@ -73,7 +89,10 @@ def chromium_page(recorder: Recorder) -> Iterator[Any]:
             page = context.new_page()
             page.set_default_timeout(30_000)
             page.on("request", lambda request: recorder.requests.append(request.url))
-            page.on("console", lambda message: message.type == "error" and recorder.errors.append(message.text))
+            page.on(
+                "console",
+                lambda message: message.type == "error" and recorder.errors.append(message.text),
+            )
             page.on("pageerror", lambda error: recorder.errors.append(f"pageerror: {error}"))
             yield page
         finally:

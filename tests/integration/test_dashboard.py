@@ -31,17 +31,26 @@ from test_trainingrun_controller import (
     trainingrun,
 )
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (hack/setup installs it)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (hack/setup installs it)"
+)
 GROUP, VERSION = "kubeloop.io", "v1alpha1"
 STEPS = [{"setWeight": 25}, {"pause": {}}, {"setWeight": 75}, {"pause": {}}]
 
 
 @pytest.fixture
-def operator(kubeconfig_path: str, kubectl: Any, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+def operator(
+    kubeconfig_path: str, kubectl: Any, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
     install_crds(kubectl)
     process = OperatorProcess(
-        kubeconfig_path, namespace, tmp_path / "operator.log",
-        env={"KUBELOOP_POD_LABELS": json.dumps(MANUAL_KUBELET), "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
+        kubeconfig_path,
+        namespace,
+        tmp_path / "operator.log",
+        env={
+            "KUBELOOP_POD_LABELS": json.dumps(MANUAL_KUBELET),
+            "KUBELOOP_ROLLOUT_TICK_SECONDS": "1",
+        },
     )
     process.start()
     yield process
@@ -49,17 +58,38 @@ def operator(kubeconfig_path: str, kubectl: Any, namespace: str, tmp_path: Path)
     print(process.log_tail(30))
 
 
-def run_sweep(custom: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str, tmp_path: Path) -> dict[str, Any]:
+def run_sweep(
+    custom: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> dict[str, Any]:
     """A sweep of three trials, each trained for real; the operator picks the winner."""
     run = trainingrun("cancer-sweep", sweep={"grid": {"C": [1e-05, 0.001, 1.0]}, "parallelism": 3})
     messages = {i: run_trainer_locally(run, tmp_path / "sweep", index=i) for i in range(3)}
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", run)
-    pods = wait_for(lambda: (p := trainer_pods(core, namespace, "cancer-sweep")) and len(p) == 3 and p, 90, what="3 trial pods")
+    pods = wait_for(
+        lambda: (p := trainer_pods(core, namespace, "cancer-sweep")) and len(p) == 3 and p,
+        90,
+        what="3 trial pods",
+    )
     for pod in pods:
-        message, code = messages[int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])]
+        message, code = messages[
+            int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+        ]
         play_kubelet_terminate(core, namespace, pod, message, code)
-    return wait_for(lambda: (r := custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "cancer-sweep"))
-                    .get("status", {}).get("phase") == "Succeeded" and r, 90, what="sweep Succeeded")
+    return wait_for(
+        lambda: (
+            (
+                r := custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "trainingruns", "cancer-sweep"
+                )
+            )
+            .get("status", {})
+            .get("phase")
+            == "Succeeded"
+            and r
+        ),
+        90,
+        what="sweep Succeeded",
+    )
 
 
 def no_leaks(recorder: Recorder, dashboard: DashboardProcess) -> None:
@@ -73,14 +103,47 @@ def test_dashboard_shows_the_loop_and_steers_a_rollout(
 ) -> None:
     core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
     first = train(custom, core, namespace, "cancer-1", tmp_path)
-    second = train(custom, core, namespace, "cancer-2", tmp_path, model={
-        "name": "cancer", "estimator": "sklearn.ensemble.RandomForestClassifier",
-        "params": {"n_estimators": 20, "random_state": 0}, "task": "classification"})
+    second = train(
+        custom,
+        core,
+        namespace,
+        "cancer-2",
+        tmp_path,
+        model={
+            "name": "cancer",
+            "estimator": "sklearn.ensemble.RandomForestClassifier",
+            "params": {"n_estimators": 20, "random_state": 0},
+            "task": "classification",
+        },
+    )
     sweep = run_sweep(custom, core, namespace, tmp_path)
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "cancer"},
-        "spec": {"model": {"trainingRunRef": {"name": "cancer-1"}}, "replicas": 4, "rollout": {"steps": STEPS}},
-    })
+    # A run whose data fails validation: the trainer really refuses it (exit 2), naming the rule.
+    refused = trainingrun("cancer-bad", validation={"minRows": 100000})
+    message, code = run_trainer_locally(refused, tmp_path / "cancer-bad")
+    assert code == 2, message
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", refused)
+    pod = wait_for(
+        lambda: next(iter(trainer_pods(core, namespace, "cancer-bad")), None),
+        60,
+        what="cancer-bad pod",
+    )
+    play_kubelet_terminate(core, namespace, pod, message, code)
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "modeldeployments",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "cancer"},
+            "spec": {
+                "model": {"trainingRunRef": {"name": "cancer-1"}},
+                "replicas": 4,
+                "rollout": {"steps": STEPS},
+            },
+        },
+    )
     wait_for(lambda: md_status(custom, namespace).get("phase") == "Healthy", 90, what="Healthy")
 
     dashboard = DashboardProcess(kubeconfig_path, tmp_path / "dashboard.log", "-n", namespace)
@@ -91,16 +154,55 @@ def test_dashboard_shows_the_loop_and_steers_a_rollout(
             page.goto(f"{dashboard.url}/#/models")
             page.wait_for_selector(f'[data-model="{namespace}/cancer"] [data-run="cancer-sweep"]')
             for name in ("cancer-1", "cancer-2", "cancer-sweep"):
-                run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", name)
+                run = custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "trainingruns", name
+                )
                 model = run["status"]["model"]
                 row = page.locator(f'[data-run="{name}"]')
                 assert row.locator("[data-sha256]").get_attribute("data-sha256") == model["sha256"]
-                assert row.locator("[data-fingerprint]").get_attribute("data-fingerprint") == model["dataFingerprint"]
-                assert float(row.locator("[data-metric]").get_attribute("data-value") or "nan") == model["metrics"]["accuracy"]
+                assert (
+                    row.locator("[data-fingerprint]").get_attribute("data-fingerprint")
+                    == model["dataFingerprint"]
+                )
+                assert (
+                    float(row.locator("[data-metric]").get_attribute("data-value") or "nan")
+                    == model["metrics"]["accuracy"]
+                )
                 assert row.locator("[data-phase]").inner_text() == "Succeeded"
                 gates = {g["name"]: g["passed"] for g in model.get("gates") or []}
-                assert {el.get_attribute("data-gate"): "✓" in el.inner_text() for el in row.locator("[data-gate]").all()} == gates
-            assert page.locator('[data-run="cancer-1"] [data-served]').get_attribute("data-served") == "cancer/stable"
+                assert {
+                    el.get_attribute("data-gate"): "✓" in el.inner_text()
+                    for el in row.locator("[data-gate]").all()
+                } == gates
+            failed = wait_for(
+                lambda: (
+                    (
+                        r := custom.get_namespaced_custom_object(
+                            GROUP, VERSION, namespace, "trainingruns", "cancer-bad"
+                        )
+                    )
+                    .get("status", {})
+                    .get("phase")
+                    == "Failed"
+                    and r["status"]
+                ),
+                60,
+                what="cancer-bad Failed",
+            )
+            failure = page.locator('[data-run="cancer-bad"] [data-failure]')
+            failure.wait_for()
+            assert (
+                failure.get_attribute("data-failure")
+                == failed["lastFailure"]["reason"]
+                == "DataValidationFailed"
+            )
+            assert (
+                failure.inner_text() == f"DataValidationFailed: {failed['lastFailure']['message']}"
+            )
+            assert (
+                page.locator('[data-run="cancer-1"] [data-served]').get_attribute("data-served")
+                == "cancer/stable"
+            )
             assert page.locator('[data-run="cancer-2"] [data-served]').count() == 0
             screenshot(page, "models", tmp_path)
 
@@ -108,48 +210,132 @@ def test_dashboard_shows_the_loop_and_steers_a_rollout(
             page.goto(f"{dashboard.url}/#/rollout/{namespace}/cancer")
             page.wait_for_selector('[data-track="stable"]')
             page.evaluate("window.__notReloaded = true")
-            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "cancer",
-                                                  {"spec": {"model": {"trainingRunRef": {"name": "cancer-2"}}}})
-            wait_for(lambda: md_status(custom, namespace).get("currentStep") == 1 and md_status(custom, namespace).get("canaryWeight") == 25, 90, what="paused at 25%")
+            custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                "modeldeployments",
+                "cancer",
+                {"spec": {"model": {"trainingRunRef": {"name": "cancer-2"}}}},
+            )
+            wait_for(
+                lambda: (
+                    md_status(custom, namespace).get("currentStep") == 1
+                    and md_status(custom, namespace).get("canaryWeight") == 25
+                ),
+                90,
+                what="paused at 25%",
+            )
             page.wait_for_selector('ol.steps li.current[data-step="1"]')
             page.wait_for_selector('[data-track="canary"] [data-weight="25"]')
             assert page.evaluate("window.__notReloaded") is True
             status = md_status(custom, namespace)
-            assert page.locator('[data-track="canary"] [data-sha256]').get_attribute("data-sha256") == status["canary"]["sha256"] == second
-            assert page.locator('[data-track="stable"] [data-weight]').get_attribute("data-weight") == "75"
+            assert (
+                page.locator('[data-track="canary"] [data-sha256]').get_attribute("data-sha256")
+                == status["canary"]["sha256"]
+                == second
+            )
+            assert (
+                page.locator('[data-track="stable"] [data-weight]').get_attribute("data-weight")
+                == "75"
+            )
             assert texts(page, "ol.steps li.done") == ["0. setWeight 25%"]
 
             # Promote from the page: the rollout moves on to the next pause at 75 %.
             page.click('[data-action="promote"]')
             page.wait_for_selector("#action-result.ok")
             assert "promote requested (kubeloop.io/promote=" in page.inner_text("#action-result")
-            wait_for(lambda: md_status(custom, namespace).get("currentStep") == 3 and md_status(custom, namespace).get("canaryWeight") == 75, 90, what="promoted to 75%")
+            wait_for(
+                lambda: (
+                    md_status(custom, namespace).get("currentStep") == 3
+                    and md_status(custom, namespace).get("canaryWeight") == 75
+                ),
+                90,
+                what="promoted to 75%",
+            )
             page.wait_for_selector('ol.steps li.current[data-step="3"]')
             page.wait_for_selector('[data-track="canary"] [data-weight="75"]')
+
             # Weights over time, as the watch saw them while the page was open: 0 -> 25 -> 75 %.
             def canary_weights() -> list[str]:
-                drawn = [p.get_attribute("data-canary") or "" for p in page.locator("svg.weights .point").all()]
+                drawn = [
+                    p.get_attribute("data-canary") or ""
+                    for p in page.locator("svg.weights .point").all()
+                ]
                 return [w for i, w in enumerate(drawn) if i == 0 or drawn[i - 1] != w]
 
-            wait_for(lambda: canary_weights()[-3:] == ["0", "25", "75"], 30, what="weights over time 0 -> 25 -> 75")
+            wait_for(
+                lambda: canary_weights()[-3:] == ["0", "25", "75"],
+                30,
+                what="weights over time 0 -> 25 -> 75",
+            )
             assert page.locator("svg.weights .point").last.get_attribute("data-step") == "3"
             screenshot(page, "rollout", tmp_path)
 
             # Abort from the page: all traffic back to stable, Degraded.
             page.click('[data-action="abort"]')
-            wait_for(lambda: (s := md_status(custom, namespace)).get("phase") == "Degraded" and s.get("canaryWeight") == 0, 60, what="aborted")
+            wait_for(
+                lambda: (
+                    (s := md_status(custom, namespace)).get("phase") == "Degraded"
+                    and s.get("canaryWeight") == 0
+                ),
+                60,
+                what="aborted",
+            )
             page.wait_for_selector('h1 [data-phase="Degraded"]')
             assert md_status(custom, namespace)["stable"]["sha256"] == first
+
+            # Retry, Pause and Resume from the page, as the plugin's commands do them.
+            page.click('[data-action="retry"]')
+            wait_for(
+                lambda: (
+                    md_status(custom, namespace).get("canaryWeight") == 25
+                    and md_status(custom, namespace).get("phase") != "Degraded"
+                ),
+                60,
+                what="retried at 25%",
+            )
+            page.wait_for_selector('ol.steps li.current[data-step="1"]')
+            page.click('[data-action="pause"]')
+            wait_for(
+                lambda: (
+                    custom.get_namespaced_custom_object(
+                        GROUP, VERSION, namespace, "modeldeployments", "cancer"
+                    )["spec"].get("paused")
+                    is True
+                ),
+                30,
+                what="spec.paused",
+            )
+            page.click(
+                '[data-action="resume"]'
+            )  # the button turns into Resume once the watch sees it
+            wait_for(
+                lambda: (
+                    custom.get_namespaced_custom_object(
+                        GROUP, VERSION, namespace, "modeldeployments", "cancer"
+                    )["spec"].get("paused")
+                    is False
+                ),
+                30,
+                what="resumed",
+            )
             assert page.evaluate("window.__notReloaded") is True
 
             # Runs: the sweep's trials by parameter, the winner marked.
             page.goto(f"{dashboard.url}/#/runs/{namespace}/cancer-sweep")
             page.wait_for_selector("svg.sweep .trial")
             trials = {t["index"]: t["metrics"]["accuracy"] for t in sweep["status"]["trials"]}
-            drawn = {int(g.get_attribute("data-index") or -1): float(g.get_attribute("data-value") or "nan")
-                     for g in page.locator("svg.sweep .trial").all()}
+            drawn = {
+                int(g.get_attribute("data-index") or -1): float(
+                    g.get_attribute("data-value") or "nan"
+                )
+                for g in page.locator("svg.sweep .trial").all()
+            }
             assert drawn == trials
-            assert page.locator("svg.sweep .trial.best").get_attribute("data-index") == str(sweep["status"]["bestTrial"])
+            assert page.locator("svg.sweep .trial.best").get_attribute("data-index") == str(
+                sweep["status"]["bestTrial"]
+            )
             assert page.locator("svg.sweep").get_attribute("data-parameter") == "C"
             screenshot(page, "runs", tmp_path)
         no_leaks(recorder, dashboard)
@@ -157,18 +343,40 @@ def test_dashboard_shows_the_loop_and_steers_a_rollout(
         dashboard.stop()
 
 
-def read_only_kubeconfig(kube_api: Any, kubeconfig_path: str, namespace: str, tmp_path: Path) -> Path:
+def read_only_kubeconfig(
+    kube_api: Any, kubeconfig_path: str, namespace: str, tmp_path: Path
+) -> Path:
     """A ServiceAccount that may get, list and watch Kubeloop's kinds (no patch), as a kubeconfig."""
     core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "viewer"}})
-    rbac.create_namespaced_role(namespace, {"metadata": {"name": "kubeloop-viewer"}, "rules": [{
-        "apiGroups": [GROUP], "resources": ["trainingruns", "modeldeployments", "driftpolicies"],
-        "verbs": ["get", "list", "watch"]}]})
-    rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "kubeloop-viewer"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubeloop-viewer"},
-        "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": namespace}]})
-    token = core.create_namespaced_service_account_token("viewer", namespace, {"spec": {"expirationSeconds": 600}}).status.token
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "kubeloop-viewer"},
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": ["trainingruns", "modeldeployments", "driftpolicies"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "kubeloop-viewer"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "kubeloop-viewer",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": namespace}],
+        },
+    )
+    token = core.create_namespaced_service_account_token(
+        "viewer", namespace, {"spec": {"expirationSeconds": 600}}
+    ).status.token
     config = yaml.safe_load(Path(kubeconfig_path).read_text())
     config["users"] = [{"name": "viewer", "user": {"token": token}}]
     for context in config["contexts"]:
@@ -183,10 +391,22 @@ def test_a_read_only_user_sees_the_api_server_s_refusal(
 ) -> None:
     install_crds(kubectl)
     custom = client.CustomObjectsApi(kube_api)
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "cancer"},
-        "spec": {"model": {"trainingRunRef": {"name": "cancer-1"}}, "replicas": 1, "rollout": {"steps": STEPS}},
-    })
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "modeldeployments",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "cancer"},
+            "spec": {
+                "model": {"trainingRunRef": {"name": "cancer-1"}},
+                "replicas": 1,
+                "rollout": {"steps": STEPS},
+            },
+        },
+    )
     viewer = read_only_kubeconfig(kube_api, kubeconfig_path, namespace, tmp_path)
     dashboard = DashboardProcess(str(viewer), tmp_path / "dashboard.log", "-n", namespace)
     recorder = Recorder()
@@ -199,8 +419,11 @@ def test_a_read_only_user_sees_the_api_server_s_refusal(
                 assert page.inner_text("#action-result") == (
                     f'error: from server (Forbidden): modeldeployments.kubeloop.io "cancer" is forbidden: User '
                     f'"system:serviceaccount:{namespace}:viewer" cannot patch resource "modeldeployments" in API group '
-                    f'"kubeloop.io" in the namespace "{namespace}"')
-            md = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "cancer")
+                    f'"kubeloop.io" in the namespace "{namespace}"'
+                )
+            md = custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "modeldeployments", "cancer"
+            )
             assert not (md["metadata"].get("annotations") or {})
             assert "Traceback" not in dashboard.log.read_text()
         no_leaks(recorder, dashboard)
@@ -216,10 +439,11 @@ def test_a_read_only_user_sees_the_api_server_s_refusal(
             page.goto(f"{everywhere.url}/#/rollouts")
             page.wait_for_selector("#errors div")
             assert texts(page, "#errors div") == [
-                f'cannot list {plural}: from server (Forbidden): {plural}.kubeloop.io is forbidden: User '
+                f"cannot list {plural}: from server (Forbidden): {plural}.kubeloop.io is forbidden: User "
                 f'"system:serviceaccount:{namespace}:viewer" cannot list resource "{plural}" in API group '
                 '"kubeloop.io" at the cluster scope'
-                for plural in ("trainingruns", "modeldeployments", "driftpolicies")]
+                for plural in ("trainingruns", "modeldeployments", "driftpolicies")
+            ]
             assert page.inner_text("#scope") == "all namespaces"
         no_leaks(recorder, everywhere)
     finally:
@@ -249,9 +473,16 @@ def test_drift_page_draws_the_profile_beside_the_live_counts(
     from kubeloop.training.data import make_synthetic
 
     install_crds(kubectl)
-    operator = OperatorProcess(kubeconfig_path, namespace, tmp_path / "operator.log", env={
-        "KUBELOOP_POD_LABELS": json.dumps(MANUAL_KUBELET),
-        "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{tmp_path}/models", "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"})
+    operator = OperatorProcess(
+        kubeconfig_path,
+        namespace,
+        tmp_path / "operator.log",
+        env={
+            "KUBELOOP_POD_LABELS": json.dumps(MANUAL_KUBELET),
+            "KUBELOOP_DEFAULT_STORAGE_URI": f"file://{tmp_path}/models",
+            "KUBELOOP_ROLLOUT_TICK_SECONDS": "1",
+        },
+    )
     operator.start()
     core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
     kubelet = LocalKubelet(core, namespace, tmp_path)
@@ -263,28 +494,76 @@ def test_drift_page_draws_the_profile_beside_the_live_counts(
         # here, so the API server's pod proxy reaches this server).
         port = free_port()
         stable = serve_champion(custom, namespace, {"replicas": 1, "server": {"port": port}})
-        server = Server(stable["uri"], stable["sha256"], "stable", tmp_path / "serve.log", "loop", host="0.0.0.0", port=port)
+        server = Server(
+            stable["uri"],
+            stable["sha256"],
+            "stable",
+            tmp_path / "serve.log",
+            "loop",
+            host="0.0.0.0",
+            port=port,
+        )
         server.wait_ready()
-        wait_for(lambda: route_pods_to_host(core, namespace, "kubeloop.io/modeldeployment=loop,kubeloop.io/track=stable"), 60, 1, "stable pod routed here")
+        wait_for(
+            lambda: route_pods_to_host(
+                core, namespace, "kubeloop.io/modeldeployment=loop,kubeloop.io/track=stable"
+            ),
+            60,
+            1,
+            "stable pod routed here",
+        )
 
         # When shifted traffic arrives and the policy (scraping through the pod proxy) drifts.
-        rows = make_synthetic(rows=600, features=FEATURES, seed=9, shift=2.0).drop(columns=["target"]).to_dict(orient="records")
+        rows = (
+            make_synthetic(rows=600, features=FEATURES, seed=9, shift=2.0)
+            .drop(columns=["target"])
+            .to_dict(orient="records")
+        )
 
         def send() -> None:
             with httpx.Client(timeout=5) as http:
                 i = 0
                 while not traffic_stop.is_set():
-                    http.post(f"{server.url}/predict", json={"instances": rows[i % 600: i % 600 + 20]})
+                    http.post(
+                        f"{server.url}/predict", json={"instances": rows[i % 600 : i % 600 + 20]}
+                    )
                     i += 20
                     traffic_stop.wait(0.05)
 
         threading.Thread(target=send, daemon=True).start()
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DriftPolicy", "metadata": {"name": "loop-drift"},
-            "spec": {"targetRef": {"name": "loop"}, "source": {"live": {}}, "interval": "3s", "minSamples": 100, "driftShare": 0.5,
-                     "retrain": {"template": {"spec": run_spec(synthetic(2, shift=2.0))}, "cooldown": "1h", "autoPromote": False}},
-        })
-        policy = wait_for(lambda: (s := status_of(custom, namespace, "driftpolicies", "loop-drift")).get("drifted") and s.get("lastRetrain") and s, 120, 1, "Drifted and retraining")
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "driftpolicies",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "DriftPolicy",
+                "metadata": {"name": "loop-drift"},
+                "spec": {
+                    "targetRef": {"name": "loop"},
+                    "source": {"live": {}},
+                    "interval": "3s",
+                    "minSamples": 100,
+                    "driftShare": 0.5,
+                    "retrain": {
+                        "template": {"spec": run_spec(synthetic(2, shift=2.0))},
+                        "cooldown": "1h",
+                        "autoPromote": False,
+                    },
+                },
+            },
+        )
+        policy = wait_for(
+            lambda: (
+                (s := status_of(custom, namespace, "driftpolicies", "loop-drift")).get("drifted")
+                and s.get("lastRetrain")
+                and s
+            ),
+            120,
+            1,
+            "Drifted and retraining",
+        )
         traffic_stop.set()
         time.sleep(0.5)  # the last request is answered and counted
 
@@ -294,8 +573,13 @@ def test_drift_page_draws_the_profile_beside_the_live_counts(
         live: dict[tuple[str, str], float] = {}
         for (sample, labels), value in snapshot.values.items():
             found = dict(labels)
-            if sample == "kubeloop_serve_feature_bin_total" and found.get("sha") == stable["sha256"][:12]:
-                live[(found["feature"], found["bin"])] = live.get((found["feature"], found["bin"]), 0) + value
+            if (
+                sample == "kubeloop_serve_feature_bin_total"
+                and found.get("sha") == stable["sha256"][:12]
+            ):
+                live[(found["feature"], found["bin"])] = (
+                    live.get((found["feature"], found["bin"]), 0) + value
+                )
         assert live, "the server counted no traffic"
 
         dashboard = DashboardProcess(kubeconfig_path, tmp_path / "dashboard.log", "-n", namespace)
@@ -307,16 +591,31 @@ def test_drift_page_draws_the_profile_beside_the_live_counts(
                 name = feature["name"]
                 chart = page.locator(f'section[data-feature="{name}"] svg.histogram')
                 bins = chart.locator("g.bin").all()
-                assert [int(b.get_attribute("data-reference-count") or -1) for b in bins] == feature["counts"], name
+                assert [
+                    int(b.get_attribute("data-reference-count") or -1) for b in bins
+                ] == feature["counts"], name
                 labels = [b.get_attribute("data-bin") for b in bins]
-                assert [int(b.get_attribute("data-current-count") or -1) for b in bins] == [round(live.get((name, label), 0)) for label in labels], name
+                assert [int(b.get_attribute("data-current-count") or -1) for b in bins] == [
+                    round(live.get((name, label), 0)) for label in labels
+                ], name
+
             # Each chart's score and verdict are the policy's latest check (checks go on every 3 s,
             # and the page follows them).
             def charts_show_the_latest_check() -> bool:
-                scores = {s["feature"]: s for s in status_of(custom, namespace, "driftpolicies", "loop-drift")["scores"]}
-                shown = {c.get_attribute("data-feature"): (float(c.get_attribute("data-score") or "nan"), c.get_attribute("data-drifted"))
-                         for c in page.locator("svg.histogram").all()}
-                return shown == {f: (s["score"], "true" if s["drifted"] else "false") for f, s in scores.items()}
+                scores = {
+                    s["feature"]: s
+                    for s in status_of(custom, namespace, "driftpolicies", "loop-drift")["scores"]
+                }
+                shown = {
+                    c.get_attribute("data-feature"): (
+                        float(c.get_attribute("data-score") or "nan"),
+                        c.get_attribute("data-drifted"),
+                    )
+                    for c in page.locator("svg.histogram").all()
+                }
+                return shown == {
+                    f: (s["score"], "true" if s["drifted"] else "false") for f, s in scores.items()
+                }
 
             wait_for(charts_show_the_latest_check, 30, 1, "charts with the latest check's scores")
             assert page.locator('section[data-feature="__prediction__"] svg.histogram').count() == 1

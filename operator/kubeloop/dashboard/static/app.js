@@ -54,7 +54,7 @@ function metricsCell(run) {
 function gatesCell(run) {
   const gates = run.gates.map((g) => h("span", { class: `chip ${g.passed ? "ok" : "bad"}`, title: g.message || "", "data-gate": g.name },
     `${g.name} ${g.passed ? "✓" : "✗"}`));
-  const failure = run.failure ? h("div", { class: "verdict-drifted", "data-failure": run.failure.reason }, `${run.failure.reason}: ${run.failure.message}`) : null;
+  const failure = run.failure ? h("div", { class: "verdict-drifted failure", "data-failure": run.failure.reason }, `${run.failure.reason}: ${run.failure.message}`) : null;
   return h("td", { class: "wrap" }, gates.length ? gates : h("span", { class: "muted" }, "-"), failure);
 }
 
