@@ -10,6 +10,7 @@ rule (the second of the sorted classes for two classes, macro otherwise).
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import httpx
@@ -189,4 +190,43 @@ def test_server_counters_give_mae_and_rmse(
     )
     assert perf.live_value("rmse", counts) == pytest.approx(
         math.sqrt(skm.mean_squared_error(truth, served)), rel=1e-9
+    )
+
+
+def test_class_counters_are_totals_across_worker_processes(
+    models: dict[str, StoredModel], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    model = models["wine"]
+    rows, truth = model.features[:120], model.target[:120].copy()
+    truth[::4] = (truth[::4] + 1) % 3
+    with serving(
+        model,
+        tmp_path_factory.mktemp("logs"),
+        workers=2,
+        env={"KUBELOOP_SERVE_METRICS_FLUSH_SECONDS": "0.2"},
+    ) as server:
+        served, ids = [], []
+        for start in range(0, 120, 6):
+            # A new connection per request: the kernel picks a worker each time, and a label
+            # for another worker's prediction is forwarded to it.
+            with httpx.Client(timeout=30) as http:
+                answer = http.post(
+                    server.url + "/predict", json={"instances": rows[start : start + 6].tolist()}
+                ).json()
+            ids.append(answer["id"])
+            served.extend(answer["predictions"])
+        for i, request_id in enumerate(ids):
+            with httpx.Client(timeout=30) as http:
+                labels = truth[i * 6 : i * 6 + 6].tolist()
+                assert (
+                    http.post(
+                        server.url + "/feedback", json={"id": request_id, "labels": labels}
+                    ).status_code
+                    == 200
+                )
+        time.sleep(1.0)  # let both workers flush
+        counts = counts_of(server.metrics())
+    assert counts.labels == 120
+    assert perf.live_value("f1", counts) == pytest.approx(
+        trainer_f1(truth, np.asarray(served), np.arange(3)), abs=1e-12
     )
