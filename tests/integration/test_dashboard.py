@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,9 @@ def run_sweep(
 ) -> dict[str, Any]:
     """A sweep of three trials, each trained for real; the operator picks the winner."""
     run = trainingrun("cancer-sweep", sweep={"grid": {"C": [1e-05, 0.001, 1.0]}, "parallelism": 3})
-    messages = {i: run_trainer_locally(run, tmp_path / "sweep", index=i) for i in range(3)}
+    with ThreadPoolExecutor(3) as pool:  # the trials train at once, as an Indexed Job's pods would
+        trials = {i: pool.submit(run_trainer_locally, run, tmp_path / "sweep", i) for i in range(3)}
+        messages = {i: trial.result() for i, trial in trials.items()}
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", run)
     pods = wait_for(
         lambda: (p := trainer_pods(core, namespace, "cancer-sweep")) and len(p) == 3 and p,
@@ -102,6 +105,10 @@ def test_dashboard_shows_the_loop_and_steers_a_rollout(
     kube_api: Any, kubeconfig_path: str, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
     core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    # A run whose data fails validation: the trainer really refuses it (exit 2), naming the rule
+    # (it runs meanwhile).
+    refused = trainingrun("cancer-bad", validation={"minRows": 100000})
+    refusal = ThreadPoolExecutor(1).submit(run_trainer_locally, refused, tmp_path / "cancer-bad")
     first = train(custom, core, namespace, "cancer-1", tmp_path)
     second = train(
         custom,
@@ -117,9 +124,7 @@ def test_dashboard_shows_the_loop_and_steers_a_rollout(
         },
     )
     sweep = run_sweep(custom, core, namespace, tmp_path)
-    # A run whose data fails validation: the trainer really refuses it (exit 2), naming the rule.
-    refused = trainingrun("cancer-bad", validation={"minRows": 100000})
-    message, code = run_trainer_locally(refused, tmp_path / "cancer-bad")
+    message, code = refusal.result()
     assert code == 2, message
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", refused)
     pod = wait_for(
