@@ -323,6 +323,10 @@ def start_server(
         (repo / "settings.json").write_text(json.dumps(settings))
         command = [str(VENVS / venv / "bin" / "mlserver"), "start", str(repo)]
         cwd = repo
+        if kind != "mlserver-default":
+            # Tuned: one OpenMP thread per inference process, as kubeloop's workers run
+            # (XGBoost and LightGBM otherwise start a thread per core in every predict call).
+            env["OMP_NUM_THREADS"] = "1"
     elif kind == "kserve":
         command = [
             str(VENVS / "kserve" / "bin" / "python"), str(HERE / "kserve_model.py"),
