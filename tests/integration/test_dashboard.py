@@ -418,6 +418,15 @@ def test_a_read_only_user_sees_the_api_server_s_refusal(
     try:
         with chromium_page(recorder) as page:
             page.goto(f"{dashboard.url}/#/rollout/{namespace}/cancer")
+            page.wait_for_selector('[data-action="pause"]')
+            # A change by someone else (here the admin) reaches the open page through the watch:
+            # API write -> watch event -> server-sent event -> DOM, timed.
+            started = time.monotonic()
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, "modeldeployments", "cancer", {"spec": {"paused": True}}
+            )
+            page.wait_for_selector('[data-action="resume"]')
+            print(f"DASHBOARD-LIVE patch to DOM {1000 * (time.monotonic() - started):.0f} ms")
             for action in ("promote", "abort"):
                 page.click(f'[data-action="{action}"]')
                 page.wait_for_selector("#action-result.error")
