@@ -683,3 +683,26 @@ def test_the_hook_never_raises() -> None:
         {"kind": "ModelDeployment"}, "Normal", "Promoted", "p", "not a time", status={}
     )  # no metadata, bad time
     notifier.stop()
+
+
+def test_the_operator_refuses_to_start_with_a_sink_it_cannot_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubeloop.controllers.main import main
+
+    secret = tmp_path / "url"
+    secret.write_text("https://user:t0ken@hooks.example/x")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))  # never read: it stops first
+    monkeypatch.setenv(
+        "KUBELOOP_NOTIFICATIONS",
+        json.dumps({"sinks": {"team-slack": {"type": "slack", "urlFile": str(secret)}}}),
+    )
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "kubeloop operator: notifications.sinks.team-slack: the URL must not contain user information"
+        in err
+    )
+    assert "t0ken" not in err

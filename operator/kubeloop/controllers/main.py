@@ -16,7 +16,7 @@ from kubeloop import API_GROUP
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import driftpolicy, metrics, modeldeployment, trainingrun
 from kubeloop.controllers.kube import Kube
-from kubeloop.notifications.delivery import Metrics, Notifier
+from kubeloop.notifications.delivery import Metrics, Notifier, SinkConfigError
 
 FINALIZER = f"{API_GROUP}/finalizer"
 #: Seconds a replica's peering keep-alive counts. kopf writes a keep-alive every
@@ -110,9 +110,13 @@ def main(argv: Sequence[str]) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it from there
     config = OperatorConfig()
     namespaces = args.namespace or config.namespaces
+    # Sink URLs are resolved and checked now: a sink the operator cannot use stops it here,
+    # with the sink and the setting named (never the URL).
+    try:
+        notifier = Notifier(config.notifications, notification_metrics())
+    except SinkConfigError as error:
+        parser.exit(2, f"kubeloop operator: {error}\n")
     kube = Kube.from_environment(args.kubeconfig, connections=HANDLER_THREADS + 4)
-    # Sink URLs are resolved and checked now: a sink the operator cannot use stops it here.
-    notifier = Notifier(config.notifications, notification_metrics())
     if notifier.enabled:
         kube.event_hook = notifier
     registry = build_registry(kube, config)
