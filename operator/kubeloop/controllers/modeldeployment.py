@@ -148,7 +148,9 @@ class ModelDeploymentController:
             canary=self.kube.get_or_none("Deployment", namespace, deployment_name(name, "canary")),
             hpa=self.kube.get_or_none("HorizontalPodAutoscaler", namespace, hpa_name(name)),
             route=route,
-            training_run=self.kube.get_or_none("TrainingRun", namespace, run_name) if run_name else None,
+            training_run=self.kube.get_or_none("TrainingRun", namespace, run_name)
+            if run_name
+            else None,
             pdb=self.kube.get_or_none("PodDisruptionBudget", namespace, pdb_name(name)),
             registry=self.resolve_registry(md),
         )
@@ -184,7 +186,9 @@ class ModelDeploymentController:
                 # A fixed summary only: an error's text may quote what a remote endpoint said.
                 log.warning("measuring %s failed: %s", name, error_summary(error))
                 log.debug("measuring %s failed", name, exc_info=True)
-                results[name] = Measurement(name, None, f"measurement failed: {error_summary(error)}")
+                results[name] = Measurement(
+                    name, None, f"measurement failed: {error_summary(error)}"
+                )
         return results
 
     def scrape_round(self, md: Mapping[str, Any], target: AnalysisTarget) -> ScrapeRound:
@@ -221,8 +225,18 @@ class ModelDeploymentController:
                 self.kube.patch_status(KIND, namespace, name, patch)
             now_text = wire_time(now)
             for event in decision.events:
-                post_event(self.kube, md, event.type, event.reason, event.message, now_text, status=decision.status)
-            metrics.CANARY_WEIGHT.labels(namespace, name).set(int(decision.status.get("canaryWeight") or 0))
+                post_event(
+                    self.kube,
+                    md,
+                    event.type,
+                    event.reason,
+                    event.message,
+                    now_text,
+                    status=decision.status,
+                )
+            metrics.CANARY_WEIGHT.labels(namespace, name).set(
+                int(decision.status.get("canaryWeight") or 0)
+            )
             self.phases.observe(namespace, name, decision.status.get("phase"))
             if decision.requeue_after is not None:
                 self.wake_up(namespace, name, decision.requeue_after)
@@ -265,7 +279,9 @@ class ModelDeploymentController:
             targets[("PodDisruptionBudget", decision.delete_pdb)] = None
         problems = []
         for kind, name in targets:
-            message = self.ownership_conflict(kind, name, self.kube.get_or_none(kind, namespace, name), owner)
+            message = self.ownership_conflict(
+                kind, name, self.kube.get_or_none(kind, namespace, name), owner
+            )
             if message is not None:
                 problems.append(message)
         return problems
@@ -326,7 +342,9 @@ class ModelDeploymentController:
             last = ((md.get("status") or {}).get("registry")) or {}
             if last.get("source") == registry_decide.describe_source(source) and last.get("sha256"):
                 self._registry_notes[key] = str(waiting.message)
-                return Resolution(uri=last.get("uri"), sha256=last.get("sha256"), version=last.get("version"))
+                return Resolution(
+                    uri=last.get("uri"), sha256=last.get("sha256"), version=last.get("version")
+                )
             return waiting
         return registry_decide.resolve_version(source, version)
 
@@ -336,7 +354,12 @@ class ModelDeploymentController:
         if model.get("registry"):
             return str(model["registry"]["name"])
         if observed.training_run is not None:
-            return str(((observed.training_run.get("spec") or {}).get("model") or {}).get("name") or "") or None
+            return (
+                str(
+                    ((observed.training_run.get("spec") or {}).get("model") or {}).get("name") or ""
+                )
+                or None
+            )
         return None
 
     def version_of(self, model_name: str, sha256: str | None, observed: Observed) -> str | None:
@@ -367,11 +390,15 @@ class ModelDeploymentController:
         now = self.clock()
         generation = md["metadata"].get("generation")
         if source:
-            resolution = observed.registry or Resolution(reason=registry_decide.REGISTRY_UNAVAILABLE)
+            resolution = observed.registry or Resolution(
+                reason=registry_decide.REGISTRY_UNAVAILABLE
+            )
             block["source"] = registry_decide.describe_source(source)
             note = self._registry_notes.get((namespace, name))
             if resolution.resolved:
-                block.update(version=resolution.version, uri=resolution.uri, sha256=resolution.sha256)
+                block.update(
+                    version=resolution.version, uri=resolution.uri, sha256=resolution.sha256
+                )
                 reason, message = ("Resolved", f"{block['source']} is version {resolution.version}")
                 if note:
                     reason, message = (registry_decide.REGISTRY_UNAVAILABLE, note)
@@ -379,15 +406,24 @@ class ModelDeploymentController:
             else:
                 reason, message, ok = str(resolution.reason), str(resolution.message), False
             status["conditions"] = set_wire_condition(
-                status.get("conditions") or [], REGISTRY_RESOLVED, ok, reason, message, now, generation
+                status.get("conditions") or [],
+                REGISTRY_RESOLVED,
+                ok,
+                reason,
+                message,
+                now,
+                generation,
             )
         model_name = self.registry_model_name(md, observed) if self.tracking.enabled else None
         if model_name:
             try:
                 stable = (status.get("stable") or {}).get("sha256")
-                canary = None if status.get("aborted") else (status.get("canary") or {}).get("sha256")
+                canary = (
+                    None if status.get("aborted") else (status.get("canary") or {}).get("sha256")
+                )
                 plan = registry_decide.alias_moves(
-                    model_name, old.get("aliases"),
+                    model_name,
+                    old.get("aliases"),
                     self.version_of(model_name, stable, observed),
                     self.version_of(model_name, canary, observed),
                 )
@@ -461,6 +497,10 @@ def _not_settled(status: Mapping[str, Any], **_: Any) -> bool:
     return not _settled(status)
 
 
+RUN_INDEX = "deployments_by_run"
+"""The kopf index of ModelDeployments by the TrainingRun they serve (its id is its kwarg name)."""
+
+
 def register(
     registry: kopf.OperatorRegistry, controller: ModelDeploymentController, config: OperatorConfig
 ) -> None:
@@ -478,8 +518,12 @@ def register(
         controller.reconcile(namespace, name)
 
     @kopf.timer(
-        API_GROUP, API_VERSION, "modeldeployments",
-        interval=tick, when=_rolling_out, registry=registry,
+        API_GROUP,
+        API_VERSION,
+        "modeldeployments",
+        interval=tick,
+        when=_rolling_out,
+        registry=registry,
     )
     def rollout_tick(name: str, namespace: str | None, **_: Any) -> None:
         if namespace:
@@ -489,16 +533,26 @@ def register(
     # for every settled ModelDeployment, that was the idle API load. Settled ones are resynced
     # at the slow interval; timers start after one interval (the object's event reconciled it).
     @kopf.timer(
-        API_GROUP, API_VERSION, "modeldeployments", interval=config.resync_seconds,
-        initial_delay=config.resync_seconds, when=_not_settled, registry=registry,
+        API_GROUP,
+        API_VERSION,
+        "modeldeployments",
+        interval=config.resync_seconds,
+        initial_delay=config.resync_seconds,
+        when=_not_settled,
+        registry=registry,
     )
     def resync(name: str, namespace: str | None, **_: Any) -> None:
         if namespace:
             controller.reconcile(namespace, name)
 
     @kopf.timer(
-        API_GROUP, API_VERSION, "modeldeployments", interval=config.settled_resync_seconds,
-        initial_delay=config.settled_resync_seconds, when=_settled, registry=registry,
+        API_GROUP,
+        API_VERSION,
+        "modeldeployments",
+        interval=config.settled_resync_seconds,
+        initial_delay=config.settled_resync_seconds,
+        when=_settled,
+        registry=registry,
     )
     def resync_settled(name: str, namespace: str | None, **_: Any) -> None:
         if namespace:
@@ -510,19 +564,30 @@ def register(
     # MLflow sends no events: a registry source is looked at again at this interval, so an
     # alias moved in MLflow starts a canary (and an unreachable registry is retried).
     @kopf.timer(
-        API_GROUP, API_VERSION, "modeldeployments", interval=config.mlflow_registry_poll_seconds,
-        initial_delay=config.mlflow_registry_poll_seconds, when=_from_registry, registry=registry,
+        API_GROUP,
+        API_VERSION,
+        "modeldeployments",
+        interval=config.mlflow_registry_poll_seconds,
+        initial_delay=config.mlflow_registry_poll_seconds,
+        when=_from_registry,
+        registry=registry,
     )
     def registry_poll(name: str, namespace: str | None, **_: Any) -> None:
         if namespace:
             controller.reconcile(namespace, name)
 
-    @kopf.on.event("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT}, registry=registry)
+    @kopf.on.event(
+        "apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT}, registry=registry
+    )
     def on_deployment_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
         if namespace:
             controller.reconcile(namespace, labels[OWNER_LABEL])
 
-    @kopf.index(API_GROUP, API_VERSION, "modeldeployments", registry=registry)
+    # kopf passes an index to handlers under its handler id, which defaults to the function's
+    # __qualname__ ("register.<locals>.deployments_by_run"): without an explicit id the
+    # TrainingRun handler's kwargs["deployments_by_run"] was a KeyError on every event, and
+    # waiting ModelDeployments moved only at their resync.
+    @kopf.index(API_GROUP, API_VERSION, "modeldeployments", id=RUN_INDEX, registry=registry)
     def deployments_by_run(
         name: str, namespace: str | None, spec: Mapping[str, Any], **_: Any
     ) -> dict[tuple[str | None, str], str] | None:
@@ -535,6 +600,6 @@ def register(
         # A run a ModelDeployment waits for may just have succeeded.
         if not namespace:
             return
-        index: kopf.Index[tuple[str | None, str], str] = kwargs["deployments_by_run"]
+        index: kopf.Index[tuple[str | None, str], str] = kwargs[RUN_INDEX]
         for md_name in sorted(set(index.get((namespace, name), ()))):
             controller.reconcile(namespace, md_name)
