@@ -706,3 +706,25 @@ def test_the_operator_refuses_to_start_with_a_sink_it_cannot_use(
         in err
     )
     assert "t0ken" not in err
+
+
+def test_handler_threads_notifying_at_once_start_one_worker_and_lose_nothing() -> None:
+    counted = Counted()
+    with WebhookReceiver() as receiver:
+        notifier = _notifier(receiver.url, counted)
+        barrier = threading.Barrier(8)
+
+        def burst(index: int) -> None:
+            barrier.wait()
+            for j in range(5):
+                _notify_promoted(notifier, f"md-{index}-{j}")
+
+        threads = [threading.Thread(target=burst, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [t.name for t in threading.enumerate()].count("notify-hook") == 1
+        receiver.wait_for(lambda r: len(r) == 40, timeout=20)
+        notifier.stop()
+    assert len({r.cloudevent().get_subject() for r in receiver.snapshot()}) == 40

@@ -142,10 +142,11 @@ class SinkWorker:
             self._queue.append(item)
             self.metrics.queued(self.name, len(self._queue))
             self._cond.notify()
-        self.start()
+            # Under the lock: handler threads calling at once start one worker, not several.
+            self.start()
 
     def start(self) -> None:
-        if self._thread is None:
+        if self._thread is None and not self._stopping.is_set():
             self._thread = threading.Thread(
                 target=self._run, name=f"notify-{self.name}", daemon=True
             )
