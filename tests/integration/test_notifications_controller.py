@@ -3,8 +3,8 @@
 Given ``kubeloop operator`` configured with sinks that point at threaded HTTP servers on
 127.0.0.1 (a CloudEvents receiver subscribed to every trigger, a Slack-compatible one named by
 annotations, one answering 500 twice, one that hangs and one closed port), when TrainingRuns
-succeed and fail, a ModelDeployment rolls out, is promoted and aborted, and a DriftPolicy
-detects drift and retrains, then each turn arrives as a CloudEvent that the cloudevents SDK
+succeed, fail and miss their gate, a ModelDeployment rolls out, is promoted and aborted, and a
+DriftPolicy detects drift and retrains a model the champion gate refuses, then each turn arrives as a CloudEvent that the cloudevents SDK
 parses, with the attributes and the numbers of the object's status; a 500 is retried; a
 dead sink does not slow the reconcile down.
 """
@@ -457,7 +457,7 @@ def test_a_500_is_retried_and_a_dead_sink_does_not_delay_the_reconcile(
 # --- DriftPolicies --------------------------------------------------------------------------
 
 
-def test_drift_detected_and_retrain_created_carry_the_scores(
+def test_drift_detected_retrain_created_and_refused_carry_the_scores_and_metrics(
     kubeconfig_path: str, kubectl: Any, kube_api: Any, namespace: str, tmp_path: Path, sinks: Sinks
 ) -> None:
     from test_closed_loop import FEATURES, LocalKubelet, run_spec, serve_champion, synthetic
@@ -497,7 +497,17 @@ def test_drift_detected_and_retrain_created_carry_the_scores(
                     "interval": "1h",
                     "minSamples": 100,
                     "retrain": {
-                        "template": {"spec": run_spec(synthetic(2, shift=1.5))},
+                        # A retrain that cannot beat the champion by 0.9 accuracy: refused.
+                        "template": {
+                            "spec": {
+                                **run_spec(synthetic(2, shift=1.5)),
+                                "evaluation": {
+                                    "metric": "accuracy",
+                                    "threshold": 0.5,
+                                    "minImprovement": 0.9,
+                                },
+                            }
+                        },
                         "autoPromote": False,
                     },
                 },
@@ -505,7 +515,6 @@ def test_drift_detected_and_retrain_created_carry_the_scores(
         )
         drift = wait_event(sinks.events, "daily", "io.kubeloop.drift.detected", 180)
         created = wait_event(sinks.events, "daily", "io.kubeloop.retrain.created", 30)
-        kubelet.stop.set()
         status = custom.get_namespaced_custom_object(
             GROUP, VERSION, namespace, "driftpolicies", "daily"
         )["status"]
@@ -526,6 +535,21 @@ def test_drift_detected_and_retrain_created_carry_the_scores(
         # The champion's own run and the first deployment were told too.
         wait_event(sinks.events, "loop-0", "io.kubeloop.run.succeeded", 5)
         wait_event(sinks.events, "loop", "io.kubeloop.rollout.started", 5)
+
+        # When the retrain trains for real and misses the champion gate, the refusal carries
+        # the challenger's metric against the champion's, as the run's status records them
+        refused = wait_event(sinks.events, "daily", "io.kubeloop.retrain.refused", 240)
+        run = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "trainingruns", retrain["name"]
+        )
+        model = run["status"]["model"]
+        numbers = refused.get_data()["retrain"]
+        assert numbers["name"] == retrain["name"] and numbers["outcome"] == "Rejected"
+        assert numbers["metric"] == "accuracy"
+        assert numbers["value"] == pytest.approx(model["metrics"]["accuracy"])
+        assert numbers["championValue"] == pytest.approx(model["championMetrics"]["accuracy"])
+        assert refused.get_extension("kubeloopreason") == "RetrainRejected"
+        wait_event(sinks.events, retrain["name"], "io.kubeloop.run.gate-failed", 5)
     finally:
         kubelet.stop.set()
         operator.stop()
