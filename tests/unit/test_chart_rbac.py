@@ -59,6 +59,8 @@ HTTP_VERB = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", 
 DYNAMIC_CALLS: dict[str, frozenset[str]] = {
     # decide.trainingrun.Decision.create_job: resources.trainingjob.build_training_job
     "trainingrun:decision.create_job": frozenset({"Job"}),
+    # the same Job, with the trainer's MLflow env when the run is tracked (kubeloop.registry)
+    "trainingrun:create_job": frozenset({"Job"}),
     # decide.artifact_cleanup.CleanupDecision.create_job: resources.cleanupjob.build_cleanup_job
     "trainingrun:cleanup.create_job": frozenset({"Job"}),
     # decide.driftpolicy.Decision.create_run: a retrain TrainingRun
