@@ -27,10 +27,18 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "mlflow-server.log"
         args = [
-            MLFLOW, "server",
-            "--backend-store-uri", f"sqlite:///{root}/mlflow.sqlite",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            MLFLOW,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.sqlite",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
         ]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=root)

@@ -75,7 +75,9 @@ def mlflow_operator(
     kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None, relay: Relay
 ) -> Iterator[OperatorProcess]:
     process = OperatorProcess(
-        kubeconfig_path, namespace, tmp_path / "operator.log",
+        kubeconfig_path,
+        namespace,
+        tmp_path / "operator.log",
         env={
             "KUBELOOP_MLFLOW_TRACKING_URI": relay.url,
             "KUBELOOP_MLFLOW_REGISTRY_POLL_SECONDS": "2",
@@ -106,10 +108,16 @@ class LocalKubelet(threading.Thread):
                 self.namespace, label_selector="app.kubernetes.io/component=training"
             ).items
             for pod in pods:
-                if pod.metadata.name in self.ran or not pod.spec.node_name or pod.status.phase in {"Succeeded", "Failed"}:
+                if (
+                    pod.metadata.name in self.ran
+                    or not pod.spec.node_name
+                    or pod.status.phase in {"Succeeded", "Failed"}
+                ):
                     continue
                 self.ran.add(pod.metadata.name)
-                threading.Thread(target=run_pod, args=(self.core, pod, self.workdir), daemon=True).start()
+                threading.Thread(
+                    target=run_pod, args=(self.core, pod, self.workdir), daemon=True
+                ).start()
             self.stop.wait(0.5)
 
 
@@ -121,37 +129,63 @@ def kubelet(kube_api: Any, namespace: str, tmp_path: Path) -> Iterator[LocalKube
     thread.stop.set()
 
 
-def status_of(custom: client.CustomObjectsApi, namespace: str, plural: str, name: str) -> dict[str, Any]:
+def status_of(
+    custom: client.CustomObjectsApi, namespace: str, plural: str, name: str
+) -> dict[str, Any]:
     found = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
     return dict(found.get("status") or {})
 
 
-def create(custom: client.CustomObjectsApi, namespace: str, kind: str, name: str, spec: dict[str, Any]) -> None:
+def create(
+    custom: client.CustomObjectsApi, namespace: str, kind: str, name: str, spec: dict[str, Any]
+) -> None:
     plural = kind.lower() + "s"
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec,
-    })
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": kind,
+            "metadata": {"name": name},
+            "spec": spec,
+        },
+    )
 
 
 def run_spec(model: str, seed: int, **extra: Any) -> dict[str, Any]:
     return {
-        "model": {"name": model, "estimator": "sklearn.linear_model.LogisticRegression",
-                  "params": {"max_iter": 300}, "task": "classification"},
-        "data": {"source": f"sklearn://synthetic?rows=1500&features={FEATURES}&seed={seed}", "target": "target",
-                 "split": {"testFraction": 0.3, "seed": 1}},
+        "model": {
+            "name": model,
+            "estimator": "sklearn.linear_model.LogisticRegression",
+            "params": {"max_iter": 300},
+            "task": "classification",
+        },
+        "data": {
+            "source": f"sklearn://synthetic?rows=1500&features={FEATURES}&seed={seed}",
+            "target": "target",
+            "split": {"testFraction": 0.3, "seed": 1},
+        },
         "evaluation": {"metric": "accuracy", "threshold": 0.5},
         **extra,
     }
 
 
-def train(custom: client.CustomObjectsApi, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+def train(
+    custom: client.CustomObjectsApi, namespace: str, name: str, spec: dict[str, Any]
+) -> dict[str, Any]:
     """Create the run; its status once Succeeded and registered in MLflow."""
     create(custom, namespace, "TrainingRun", name, spec)
 
     def done() -> dict[str, Any] | None:
         status = status_of(custom, namespace, "trainingruns", name)
         assert status.get("phase") != "Failed", status
-        return status if status.get("phase") == "Succeeded" and (status.get("mlflow") or {}).get("finished") else None
+        return (
+            status
+            if status.get("phase") == "Succeeded" and (status.get("mlflow") or {}).get("finished")
+            else None
+        )
 
     return wait_for(done, 240, 1, f"{name} Succeeded and registered")
 
@@ -180,8 +214,12 @@ def deployment_args(apps: client.AppsV1Api, namespace: str, name: str) -> dict[s
 
 
 def test_runs_sweeps_registry_alias_and_promotion(
-    kube_api: Any, namespace: str, mlflow_operator: OperatorProcess, kubelet: LocalKubelet,
-    mlflow: MlflowClient, tmp_path: Path,
+    kube_api: Any,
+    namespace: str,
+    mlflow_operator: OperatorProcess,
+    kubelet: LocalKubelet,
+    mlflow: MlflowClient,
+    tmp_path: Path,
 ) -> None:
     custom, apps = client.CustomObjectsApi(kube_api), client.AppsV1Api(kube_api)
 
@@ -196,7 +234,11 @@ def test_runs_sweeps_registry_alias_and_promotion(
     assert run.data.tags["kubeloop.namespace"] == namespace
     assert run.data.tags["kubeloop.dataFingerprint"] == first["model"]["dataFingerprint"]
     assert run.data.tags["kubeloop.image"]
-    assert {a.path for a in mlflow.list_artifacts(run.info.run_id)} >= {"report.json", "profile.json", "model.skops"}
+    assert {a.path for a in mlflow.list_artifacts(run.info.run_id)} >= {
+        "report.json",
+        "profile.json",
+        "model.skops",
+    }
     experiment = mlflow.get_experiment(run.info.experiment_id)
     assert experiment.name == f"kubeloop/{namespace}/churn"
     v1 = first["mlflow"]["modelVersion"]
@@ -206,26 +248,44 @@ def test_runs_sweeps_registry_alias_and_promotion(
 
     # When a ModelDeployment takes the version the user's alias names, then it serves it...
     mlflow.set_registered_model_alias("churn", "prod", v1)
-    create(custom, namespace, "ModelDeployment", "churn", {
-        "model": {"registry": {"name": "churn", "alias": "prod"}}, "replicas": 1,
-        "rollout": {"steps": [{"setWeight": 50}, {"pause": {}}]},
-    })
-    stable = wait_for(lambda: status_of(custom, namespace, "modeldeployments", "churn").get("stable"), 60, 1, "stable")
+    create(
+        custom,
+        namespace,
+        "ModelDeployment",
+        "churn",
+        {
+            "model": {"registry": {"name": "churn", "alias": "prod"}},
+            "replicas": 1,
+            "rollout": {"steps": [{"setWeight": 50}, {"pause": {}}]},
+        },
+    )
+    stable = wait_for(
+        lambda: status_of(custom, namespace, "modeldeployments", "churn").get("stable"),
+        60,
+        1,
+        "stable",
+    )
     assert (stable["uri"], stable["sha256"]) == (first["model"]["uri"], first["model"]["sha256"])
     md = status_of(custom, namespace, "modeldeployments", "churn")
     assert md["registry"]["version"] == v1 and condition(md, "RegistryResolved")["status"] == "True"
     # ...and its champion alias is that version.
-    wait_for(lambda: alias_version(mlflow, "churn", "champion") == v1, 30, 1, "champion alias on v1")
+    wait_for(
+        lambda: alias_version(mlflow, "churn", "champion") == v1, 30, 1, "champion alias on v1"
+    )
 
     # The stable server's own flags, run for real: its predictions are those of the model.skops
     # MLflow holds for the version.
     flags = deployment_args(apps, namespace, "churn-stable")
     assert flags["--sha256"] == first["model"]["sha256"]
-    server = Server(flags["--model-uri"], flags["--sha256"], "stable", tmp_path / "serve.log", "churn")
+    server = Server(
+        flags["--model-uri"], flags["--sha256"], "stable", tmp_path / "serve.log", "churn"
+    )
     try:
         server.wait_ready()
         rows = make_synthetic(rows=40, features=FEATURES, seed=7).drop(columns=["target"])
-        served = httpx.post(f"{server.url}/predict", json={"instances": rows.to_dict(orient="records")}, timeout=30)
+        served = httpx.post(
+            f"{server.url}/predict", json={"instances": rows.to_dict(orient="records")}, timeout=30
+        )
         assert served.status_code == 200, served.text
     finally:
         server.stop()
@@ -234,10 +294,16 @@ def test_runs_sweeps_registry_alias_and_promotion(
     assert served.json()["predictions"] == held.predict(rows).tolist()
 
     # Given a sweep, then each trial is a nested run under the run's MLflow run.
-    second = train(custom, namespace, "churn-2", run_spec(
-        "churn", seed=2, sweep={"grid": {"C": [0.05, 5.0]}, "parallelism": 2}))
+    second = train(
+        custom,
+        namespace,
+        "churn-2",
+        run_spec("churn", seed=2, sweep={"grid": {"C": [0.05, 5.0]}, "parallelism": 2}),
+    )
     parent = second["mlflow"]["runId"]
-    trials = mlflow.search_runs([second["mlflow"]["experimentId"]], f"tags.mlflow.parentRunId = '{parent}'")
+    trials = mlflow.search_runs(
+        [second["mlflow"]["experimentId"]], f"tags.mlflow.parentRunId = '{parent}'"
+    )
     assert sorted(t.data.tags["kubeloop.trial"] for t in trials) == ["0", "1"]
     assert all("accuracy" in t.data.metrics and t.info.status == "FINISHED" for t in trials)
     assert sorted(float(t.data.params["C"]) for t in trials) == [0.05, 5.0]
@@ -247,24 +313,59 @@ def test_runs_sweeps_registry_alias_and_promotion(
 
     # When the user moves their alias in MLflow, then a canary starts and is the challenger.
     mlflow.set_registered_model_alias("churn", "prod", v2)
-    wait_for(lambda: (status_of(custom, namespace, "modeldeployments", "churn").get("canary") or {}).get("sha256")
-             == second["model"]["sha256"], 60, 1, "canary of v2")
-    wait_for(lambda: alias_version(mlflow, "churn", "challenger") == v2, 30, 1, "challenger alias on v2")
+    wait_for(
+        lambda: (
+            (status_of(custom, namespace, "modeldeployments", "churn").get("canary") or {}).get(
+                "sha256"
+            )
+            == second["model"]["sha256"]
+        ),
+        60,
+        1,
+        "canary of v2",
+    )
+    wait_for(
+        lambda: alias_version(mlflow, "churn", "challenger") == v2, 30, 1, "challenger alias on v2"
+    )
     assert alias_version(mlflow, "churn", "champion") == v1
 
     # When it is promoted, then champion moves to v2 and there is no challenger.
-    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "churn",
-                                          {"metadata": {"annotations": {"kubeloop.io/promote": "go-1"}}})
-    wait_for(lambda: (lambda s: s.get("phase") == "Healthy" and not s.get("canary")
-                      and s["stable"]["sha256"] == second["model"]["sha256"])(
-        status_of(custom, namespace, "modeldeployments", "churn")), 90, 1, "v2 promoted")
-    wait_for(lambda: alias_version(mlflow, "churn", "champion") == v2, 30, 1, "champion alias on v2")
-    wait_for(lambda: alias_version(mlflow, "churn", "challenger") is None, 30, 1, "challenger alias gone")
+    custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "modeldeployments",
+        "churn",
+        {"metadata": {"annotations": {"kubeloop.io/promote": "go-1"}}},
+    )
+    wait_for(
+        lambda: (
+            lambda s: (
+                s.get("phase") == "Healthy"
+                and not s.get("canary")
+                and s["stable"]["sha256"] == second["model"]["sha256"]
+            )
+        )(status_of(custom, namespace, "modeldeployments", "churn")),
+        90,
+        1,
+        "v2 promoted",
+    )
+    wait_for(
+        lambda: alias_version(mlflow, "churn", "champion") == v2, 30, 1, "champion alias on v2"
+    )
+    wait_for(
+        lambda: alias_version(mlflow, "churn", "challenger") is None, 30, 1, "challenger alias gone"
+    )
 
 
 def test_refused_versions_and_registry_down(
-    kube_api: Any, namespace: str, mlflow_operator: OperatorProcess, kubelet: LocalKubelet,
-    mlflow: MlflowClient, relay: Relay, tmp_path: Path,
+    kube_api: Any,
+    namespace: str,
+    mlflow_operator: OperatorProcess,
+    kubelet: LocalKubelet,
+    mlflow: MlflowClient,
+    relay: Relay,
+    tmp_path: Path,
 ) -> None:
     custom, apps = client.CustomObjectsApi(kube_api), client.AppsV1Api(kube_api)
     first = train(custom, namespace, "fraud-1", run_spec("fraud", seed=3))
@@ -274,27 +375,67 @@ def test_refused_versions_and_registry_down(
     # A version registered by hand without Kubeloop's sha256 tag is refused, with the fix named.
     untagged = mlflow.create_model_version("fraud", "s3://models/fraud/model.skops")
     mlflow.set_registered_model_alias("fraud", "untagged", untagged.version)
-    create(custom, namespace, "ModelDeployment", "fraud-untagged", {
-        "model": {"registry": {"name": "fraud", "alias": "untagged"}}, "replicas": 1})
-    refused = wait_for(lambda: condition(status_of(custom, namespace, "modeldeployments", "fraud-untagged"),
-                                         "RegistryResolved"), 60, 1, "RegistryResolved condition")
+    create(
+        custom,
+        namespace,
+        "ModelDeployment",
+        "fraud-untagged",
+        {"model": {"registry": {"name": "fraud", "alias": "untagged"}}, "replicas": 1},
+    )
+    refused = wait_for(
+        lambda: condition(
+            status_of(custom, namespace, "modeldeployments", "fraud-untagged"), "RegistryResolved"
+        ),
+        60,
+        1,
+        "RegistryResolved condition",
+    )
     assert (refused["status"], refused["reason"]) == ("False", "RegistryVersionRefused")
     assert "has no kubeloop.sha256 tag" in refused["message"]
     assert not status_of(custom, namespace, "modeldeployments", "fraud-untagged").get("stable")
 
     # A version whose sha256 tag does not match the artifact: the server refuses it before load.
-    forged = mlflow.create_model_version("fraud", "s3://models/fraud/model.skops",
-                                         tags={"kubeloop.sha256": "0" * 64, "kubeloop.uri": model_uri})
+    forged = mlflow.create_model_version(
+        "fraud",
+        "s3://models/fraud/model.skops",
+        tags={"kubeloop.sha256": "0" * 64, "kubeloop.uri": model_uri},
+    )
     mlflow.set_registered_model_alias("fraud", "forged", forged.version)
-    create(custom, namespace, "ModelDeployment", "fraud-forged", {
-        "model": {"registry": {"name": "fraud", "alias": "forged"}}, "replicas": 1})
-    wait_for(lambda: status_of(custom, namespace, "modeldeployments", "fraud-forged").get("stable"), 60, 1, "resolved")
-    flags = wait_for(lambda: deployment_args(apps, namespace, "fraud-forged-stable"), 30, 1, "stable Deployment")
+    create(
+        custom,
+        namespace,
+        "ModelDeployment",
+        "fraud-forged",
+        {"model": {"registry": {"name": "fraud", "alias": "forged"}}, "replicas": 1},
+    )
+    wait_for(
+        lambda: status_of(custom, namespace, "modeldeployments", "fraud-forged").get("stable"),
+        60,
+        1,
+        "resolved",
+    )
+    flags = wait_for(
+        lambda: deployment_args(apps, namespace, "fraud-forged-stable"), 30, 1, "stable Deployment"
+    )
     assert flags["--sha256"] == "0" * 64
     served = subprocess.run(
-        [sys.executable, "-m", "kubeloop.cli", "serve", "--model-uri", flags["--model-uri"],
-         "--sha256", flags["--sha256"], "--port", "0", "--workers", "1"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "kubeloop.cli",
+            "serve",
+            "--model-uri",
+            flags["--model-uri"],
+            "--sha256",
+            flags["--sha256"],
+            "--port",
+            "0",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert served.returncode != 0
     assert "sha256" in (served.stdout + served.stderr).lower()
@@ -302,28 +443,55 @@ def test_refused_versions_and_registry_down(
     # Given MLflow down, a new deployment by alias waits with a condition and nothing applied...
     relay.cut()
     try:
-        create(custom, namespace, "ModelDeployment", "fraud-live", {
-            "model": {"registry": {"name": "fraud", "alias": "prod"}}, "replicas": 1})
-        waiting = wait_for(lambda: condition(status_of(custom, namespace, "modeldeployments", "fraud-live"),
-                                             "RegistryResolved"), 60, 1, "RegistryResolved condition")
+        create(
+            custom,
+            namespace,
+            "ModelDeployment",
+            "fraud-live",
+            {"model": {"registry": {"name": "fraud", "alias": "prod"}}, "replicas": 1},
+        )
+        waiting = wait_for(
+            lambda: condition(
+                status_of(custom, namespace, "modeldeployments", "fraud-live"), "RegistryResolved"
+            ),
+            60,
+            1,
+            "RegistryResolved condition",
+        )
         assert (waiting["status"], waiting["reason"]) == ("False", "RegistryUnavailable")
         assert "rollout waits" in waiting["message"]
         assert not status_of(custom, namespace, "modeldeployments", "fraud-live").get("stable")
-        assert not apps.list_namespaced_deployment(namespace, label_selector="kubeloop.io/modeldeployment=fraud-live").items
+        assert not apps.list_namespaced_deployment(
+            namespace, label_selector="kubeloop.io/modeldeployment=fraud-live"
+        ).items
 
         # ...and a TrainingRun trains all the same, saying it is not tracked.
         create(custom, namespace, "TrainingRun", "fraud-2", run_spec("fraud", seed=4))
-        untracked = wait_for(lambda: (lambda s: s if s.get("phase") in ("Succeeded", "Failed") else None)(
-            status_of(custom, namespace, "trainingruns", "fraud-2")), 240, 1, "fraud-2 finished")
+        untracked = wait_for(
+            lambda: (lambda s: s if s.get("phase") in ("Succeeded", "Failed") else None)(
+                status_of(custom, namespace, "trainingruns", "fraud-2")
+            ),
+            240,
+            1,
+            "fraud-2 finished",
+        )
         assert untracked["phase"] == "Succeeded" and "mlflow" not in untracked
         tracking = condition(untracked, "TrackingFailed")
         assert tracking and tracking["status"] == "True"
-        assert tracking["message"].startswith("not tracked in MLflow (training goes on without it): cannot reach MLflow")
+        assert tracking["message"].startswith(
+            "not tracked in MLflow (training goes on without it): cannot reach MLflow"
+        )
     finally:
         relay.restore()
     # ...then serves the version when MLflow answers again.
-    stable = wait_for(lambda: status_of(custom, namespace, "modeldeployments", "fraud-live").get("stable"), 60, 1,
-                      "served after MLflow is back")
+    stable = wait_for(
+        lambda: status_of(custom, namespace, "modeldeployments", "fraud-live").get("stable"),
+        60,
+        1,
+        "served after MLflow is back",
+    )
     assert (stable["uri"], stable["sha256"]) == (model_uri, sha256)
-    resolved = condition(status_of(custom, namespace, "modeldeployments", "fraud-live"), "RegistryResolved")
+    resolved = condition(
+        status_of(custom, namespace, "modeldeployments", "fraud-live"), "RegistryResolved"
+    )
     assert resolved and resolved["status"] == "True"
