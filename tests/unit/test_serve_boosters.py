@@ -244,3 +244,37 @@ def test_concurrent_requests_are_batched_into_one_booster_call(
     assert [a[0] for a in answers] == model.estimator.predict(rows).tolist()
     batches = metric_sum(server.metrics(), "kubeloop_serve_batch_size_count") - before
     assert 1 <= batches <= 64
+
+
+def test_a_scikit_learn_champion_mirrors_to_a_booster_challenger_in_shadow(
+    churn: tuple[StoredModel, RunningServer], tmp_path: Path
+) -> None:
+    import time
+
+    challenger, challenger_server = churn
+    champion = train_with_kubeloop(
+        tmp_path / "champion", "churn", "sklearn.linear_model.LogisticRegression",
+        {"max_iter": 500},
+    )  # fmt: skip
+    frame = live_rows(challenger, 15, seed=6)
+    with serving(
+        champion, tmp_path / "logs", "--model-name", "churn",
+        "--shadow-url", challenger_server.url + "/v2/models/churn/infer", "--shadow-percent", "100",
+    ) as primary:  # fmt: skip
+        for i in range(0, len(frame), 3):
+            instances = [
+                {name: _value(value) for name, value in row.items()}
+                for row in frame.iloc[i : i + 3].astype(object).to_dict(orient="records")
+            ]
+            answer = httpx.post(primary.url + "/predict", json={"instances": instances})
+            assert answer.status_code == 200, answer.text
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = primary.metrics()
+            if metric_sum(text, "kubeloop_serve_shadow_requests_total") == 5:
+                break
+            time.sleep(0.1)
+    agree = int((champion.estimator.predict(frame) == challenger.estimator.predict(frame)).sum())
+    assert metric_sum(text, "kubeloop_serve_shadow_requests_total") == 5
+    assert metric_sum(text, "kubeloop_serve_shadow_rows_total", result="agree") == agree
+    assert metric_sum(text, "kubeloop_serve_shadow_rows_total") == len(frame)
