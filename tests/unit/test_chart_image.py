@@ -87,7 +87,7 @@ def test_two_stages_and_only_the_virtualenv_crosses(dockerfile: tuple[list[tuple
     assert not any("pip" in run or "compileall" in run for run in runs)
     apt = [run for run in runs if "apt-get" in run]
     assert len(apt) == 1 and "libgomp1" in apt[0] and "if ! ldconfig -p" in apt[0]
-    assert any('import lightgbm, xgboost' in run for run in runs)
+    assert any("import lightgbm, xgboost" in run for run in runs)
     assert not build.all("ADD") and not runtime.all("ADD")
 
 
