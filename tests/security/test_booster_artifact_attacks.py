@@ -293,6 +293,7 @@ CASE_NAMES = [
 ]  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # the "entry twice" case, on purpose
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_a_manifest_pointing_elsewhere_is_refused_naming_the_problem(
     case: str, honest: bytes, fitted: Any, cancer: tuple[Any, np.ndarray]
