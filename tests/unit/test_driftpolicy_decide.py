@@ -105,6 +105,20 @@ def test_no_drift_no_retrain() -> None:
     assert decision.requeue_after == pytest.approx(60.0)
 
 
+def test_a_dataset_check_names_its_html_report_in_the_status_and_the_history() -> None:
+    uri = "file:///models/cancer/cancer-1/drift/cancer-drift/1795435200/report.html"
+    dataset = policy(source={"dataset": {"uri": "file:///data/today.csv"}}, window=None)
+    checked = DriftMeasurement(verdict=CALM.verdict, samples=CALM.samples, report=uri)
+    status = decide(dataset, NOW, checked, {}).status
+    assert status["report"] == uri
+    assert status["history"][-1]["report"] == uri
+    # The next check without a page (a live source) drops the old link, and the history keeps it.
+    later = decide(policy(status), NOW + timedelta(minutes=5), CALM, {}).status
+    assert later["report"] is None
+    assert later["history"][-2]["report"] == uri and "report" not in later["history"][-1]
+    assert "report" not in decide(policy(), NOW, CALM, {}).status
+
+
 def test_not_enough_samples_gives_no_verdict() -> None:
     small = DriftMeasurement(verdict=DRIFT.verdict, samples=50)
     decision = decide(policy(), NOW, small, {})

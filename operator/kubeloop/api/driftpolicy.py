@@ -559,6 +559,9 @@ class DriftCheck(KubeModel):
     """Samples in the span compared."""
     retrain: Annotated[str, StringConstraints(max_length=253)] | None = None
     """Name of the TrainingRun this check created, if any."""
+    report: Annotated[str, StringConstraints(max_length=MAX_URI_LENGTH)] | None = None
+    """Dataset checks: the URI of the check's HTML report (the check Job's
+    kubeloop.io/drift-report annotation)."""
 
 
 class PerformanceStatus(KubeModel):
@@ -613,6 +616,9 @@ class DriftPolicyStatus(KubeModel):
     """Features that drifted in the last check."""
     drifted_share: Annotated[float, Field(ge=0, le=1)] | None = None
     """Share of checked features that drifted in the last check."""
+    report: Annotated[str, StringConstraints(max_length=MAX_URI_LENGTH)] | None = None
+    """Dataset checks: the URI of the last check's self-contained HTML report (``kubeloop drift
+    --html``), copied from the check Job's kubeloop.io/drift-report annotation."""
     performance: PerformanceStatus | None = None
     """Live and reference performance and the label count of the last check (policies with
     spec.performance)."""

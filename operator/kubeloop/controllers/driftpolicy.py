@@ -28,7 +28,7 @@ from kubeloop.controllers.profiles import (
     ServedProfiles,
 )
 from kubeloop.controllers.scraping import proxy_get, ready_pods, scrape_round
-from kubeloop.controllers.trainingrun import trainer_settings
+from kubeloop.controllers.trainingrun import tracking_settings, trainer_settings
 from kubeloop.decide.common import wire_time
 from kubeloop.decide.driftpolicy import (
     DriftMeasurement,
@@ -50,7 +50,9 @@ from kubeloop.drift import performance as perf
 from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 from kubeloop.drift.report import counts_from_bin_labels, drift_report
 from kubeloop.drift.result import parse_result as parse_drift_result
-from kubeloop.resources.driftjob import build_drift_job, drift_job_name
+from kubeloop.registry import champion as registry_champion
+from kubeloop.registry.decide import REGISTRY_UNAVAILABLE, Resolution
+from kubeloop.resources.driftjob import REPORT_ANNOTATION, build_drift_job, drift_job_name
 from kubeloop.trust import ownership
 from kubeloop.trust.images import ImagePolicy
 from kubeloop.trust.urls import (
@@ -117,6 +119,7 @@ class DriftPolicyController:
         )
         # One image policy (kubeloop.trust.images): the same the TrainingRuns it creates meet.
         self.images = ImagePolicy.from_settings(config.runtime_image, config.allowed_images)
+        self.tracking = tracking_settings(config)
 
     # --- measuring ----------------------------------------------------------------------------
 
@@ -364,7 +367,20 @@ class DriftPolicyController:
         return DriftMeasurement(
             verdict=verdict_from_check(check, drift_config(policy["spec"])),
             samples=check.sample_size,
+            # The operator reads no storage: it only names the page the Job wrote.
+            report=(job["metadata"].get("annotations") or {}).get(REPORT_ANNOTATION),
         )
+
+    def registry_champion(self, policy: Mapping[str, Any]) -> Resolution | None:
+        """What the registry's ``champion`` alias names, when the target serves from
+        ``spec.model.registry`` (None: it does not, or the operator has no MLflow)."""
+        target = self.kube.get_or_none(
+            "ModelDeployment", policy["metadata"]["namespace"], policy["spec"]["targetRef"]["name"]
+        )
+        source = registry_champion.champion_source(target)
+        if source is None or not self.tracking.enabled:
+            return None
+        return registry_champion.resolve_champion(self.tracking.client(), source)
 
     # --- reconciling --------------------------------------------------------------------------
 
@@ -387,6 +403,20 @@ class DriftPolicyController:
                 source_run_spec = source_run["spec"] if source_run else None
             measurement = self.measure(policy) if check_due(policy, now) else None
             decision = decide(policy, now, measurement, runs, source_run_spec, images=self.images)
+            if decision.create_run is not None:
+                # A target serving from the MLflow registry: the retrain is judged against the
+                # registry's champion; MLflow unreachable, it waits and nothing is created.
+                champion = self.registry_champion(policy)
+                if champion is not None and champion.reason == REGISTRY_UNAVAILABLE:
+                    decision = decide(
+                        policy,
+                        now,
+                        measurement,
+                        runs,
+                        source_run_spec,
+                        images=self.images,
+                        registry_champion=champion,
+                    )
 
             if decision.create_run is not None:
                 try:

@@ -42,11 +42,14 @@ from kubeloop.drift.defaults import DEFAULT_ALPHA, DISTANCE_TESTS, P_VALUE_TESTS
 from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 from kubeloop.drift.report import DriftConfig, DriftReport, FeatureSettings, unused_feature_settings
 from kubeloop.drift.result import DriftCheckResult
+from kubeloop.registry.decide import REGISTRY_UNAVAILABLE, Resolution
 from kubeloop.resources.meta import child_name, labels_for, owner_reference
 from kubeloop.trust.images import IMAGE_NOT_ALLOWED, ImagePolicy
 
 RetrainReason = Literal["Drift", "Performance", "Schedule", "Manual"]
 IN_FLIGHT = {"Pending", "Running"}
+REGISTRY_RETRY_SECONDS = 30.0
+"""How soon a retrain that waits for an unreachable MLflow registry is tried again."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,8 @@ class DriftMeasurement:
     samples: int = 0
     error: str | None = None  # why no measurement could be made (target, profile, source)
     error_reason: str = Reason.SOURCE_UNAVAILABLE
+    report: str | None = None
+    """Dataset checks: the URI of the HTML report the check Job wrote (its annotation)."""
 
 
 @dataclass
@@ -253,8 +258,22 @@ def check_due(policy: Mapping[str, Any], now: datetime) -> bool:
     status = policy.get("status") or {}
     if not status.get("lastCheckTime"):
         return True
+    if waiting_for_registry(status) and status.get("nextCheckTime"):
+        # A drift retrain waits for MLflow: the check that wants it comes back sooner.
+        if now >= parse_wire_time(status["nextCheckTime"]):
+            return True
     interval = parse_duration(policy["spec"].get("interval", "5m"))
     return now >= parse_wire_time(status["lastCheckTime"]) + interval
+
+
+def waiting_for_registry(status: Mapping[str, Any]) -> bool:
+    """Whether a retrain waits for MLflow: the last failure is the registry's, and no retrain
+    was created since."""
+    failure = status.get("lastFailure") or {}
+    if failure.get("reason") != REGISTRY_UNAVAILABLE:
+        return False
+    created = str((status.get("lastRetrain") or {}).get("time") or "")
+    return created <= str(failure.get("time") or "")
 
 
 # --- the retrain run ------------------------------------------------------------------------
@@ -363,9 +382,15 @@ def decide(
     runs: Mapping[str, Mapping[str, Any]],
     source_run_spec: Mapping[str, Any] | None = None,
     images: ImagePolicy | None = None,
+    registry_champion: Resolution | None = None,
 ) -> Decision:
     """Next status of a DriftPolicy. ``runs`` are its retrain TrainingRuns by name; a retrain
-    run is created only with an image ``images`` allows (None: no image may be named)."""
+    run is created only with an image ``images`` allows (None: no image may be named).
+
+    ``registry_champion``: when the target serves from ``spec.model.registry``, what the
+    registry's ``champion`` alias resolved to (:mod:`kubeloop.registry.champion`), the model
+    the retrain is judged against. MLflow unreachable: the retrain waits (nothing is created,
+    the request stays pending and is tried again in ``REGISTRY_RETRY_SECONDS``)."""
     meta, spec = policy["metadata"], policy["spec"]
     generation = int(meta.get("generation") or 1)
     old: dict[str, Any] = dict(policy.get("status") or {})
@@ -424,14 +449,15 @@ def decide(
             last["message"] = message[:1024]
         status["lastRetrain"] = last
     in_flight = bool(last) and last.get("outcome") in IN_FLIGHT
-    condition(
-        ConditionType.RETRAIN_IN_FLIGHT,
-        in_flight,
-        Reason.RETRAIN_CREATED if in_flight else Reason.NO_DRIFT,
-        f"retrain {last.get('name')} is {last.get('outcome')}"
-        if in_flight
-        else "no retrain running",
-    )
+    if in_flight or not waiting_for_registry(old):
+        condition(
+            ConditionType.RETRAIN_IN_FLIGHT,
+            in_flight,
+            Reason.RETRAIN_CREATED if in_flight else Reason.NO_DRIFT,
+            f"retrain {last.get('name')} is {last.get('outcome')}"
+            if in_flight
+            else "no retrain running",
+        )
 
     # 2. Record the drift check.
     wanted: RetrainReason | None = None
@@ -492,15 +518,18 @@ def decide(
                 message,
             )
             status["message"] = message
+            check: dict[str, Any] = {
+                "time": wire_time(now),
+                "drifted": verdict.drifted,
+                "driftedShare": round(verdict.share, 4),
+                "samples": measurement.samples,
+            }
+            if measurement.report:
+                check["report"] = measurement.report
+            if measurement.report or old.get("report"):
+                status["report"] = measurement.report  # None removes an older page (merge patch)
             history = list(old.get("history") or [])
-            history.append(
-                {
-                    "time": wire_time(now),
-                    "drifted": verdict.drifted,
-                    "driftedShare": round(verdict.share, 4),
-                    "samples": measurement.samples,
-                }
-            )
+            history.append(check)
             status["history"] = history[-MAX_HISTORY:]
 
     # 3. The schedule.
@@ -545,9 +574,32 @@ def decide(
                 Reason.COOLDOWN_ACTIVE,
                 f"{wanted.lower()} retrain skipped: cooldown until {wire_time(last_time + cooldown)}",
             )
+        registry_down = (
+            registry_champion is not None and registry_champion.reason == REGISTRY_UNAVAILABLE
+        )
         if blocked is not None:
             events.append(Event("Normal", blocked[0], blocked[1]))
             status["message"] = f"{status.get('message', '')}; {blocked[1]}".lstrip("; ")
+        elif registry_down and registry_champion is not None:
+            # Nothing half-created: no run that could not be judged against the champion.
+            waiting = f"{wanted.lower()} retrain waits: {registry_champion.message}"
+            if not waiting_for_registry(old):
+                # Once per outage: a repeat would rewrite status and wake the policy again.
+                events.append(Event("Warning", REGISTRY_UNAVAILABLE, waiting))
+                fail(REGISTRY_UNAVAILABLE, waiting)
+            condition(ConditionType.RETRAIN_IN_FLIGHT, False, REGISTRY_UNAVAILABLE, waiting)
+            if waiting not in str(status.get("message") or ""):
+                status["message"] = f"{status.get('message', '')}; {waiting}".lstrip("; ")
+            # Keep what asked for the retrain pending, so it is asked again soon.
+            retry = wire_time(now + timedelta(seconds=REGISTRY_RETRY_SECONDS))
+            if wanted == "Manual":
+                status["handledRequests"] = dict(old.get("handledRequests") or {})
+                if not status["handledRequests"]:
+                    del status["handledRequests"]
+            elif wanted == "Schedule":
+                status["nextScheduleTime"] = retry
+            else:
+                status["nextCheckTime"] = retry
         else:
             number = int(old.get("retrainCount") or 0) + 1
             try:
