@@ -362,3 +362,84 @@ def test_analysis_rounds_keep_their_values_bounds_and_verdicts() -> None:
         ("latency-p99", None, None, 0.5, False, "no data"),
     ]
     assert shown["steps"][1]["text"] == "analysis"
+
+
+def performance_policy(performance: dict[str, Any] | None, metric: str) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "ml", "name": "perf"},
+        "spec": {
+            "targetRef": {"name": "churn"},
+            "performance": {"metric": metric, "minLabels": 50, "tolerance": 0.1},
+        },
+        "status": {"performance": performance} if performance is not None else {},
+    }
+
+
+@pytest.mark.parametrize(
+    ("metric", "performance", "verdict", "lower_is_better"),
+    [
+        ("accuracy", None, "no check yet", False),
+        (
+            "accuracy",
+            {"metric": "accuracy", "labels": 12},
+            "no verdict: 12 labels, fewer than minLabels=50",
+            False,
+        ),
+        (
+            "accuracy",
+            {
+                "metric": "accuracy",
+                "labels": 400,
+                "live": 0.71,
+                "reference": 0.93,
+                "limit": 0.837,
+                "degraded": True,
+            },
+            "degraded",
+            False,
+        ),
+        (
+            "rmse",
+            {
+                "metric": "rmse",
+                "labels": 80,
+                "live": 1.9,
+                "reference": 2.0,
+                "limit": 2.2,
+                "degraded": False,
+            },
+            "healthy",
+            True,
+        ),
+    ],
+)
+def test_performance_drift_shows_live_beside_reference_with_the_limit_and_verdict(
+    metric: str, performance: dict[str, Any] | None, verdict: str, lower_is_better: bool
+) -> None:
+    shown = views.drift_view(performance_policy(performance, metric), None, {})["performance"]
+    assert shown["verdict"] == verdict
+    assert shown["metric"] == metric and shown["lowerIsBetter"] is lower_is_better
+    assert (shown["minLabels"], shown["tolerance"]) == (50, 0.1)
+    for field in ("live", "reference", "limit", "labels", "degraded"):
+        assert shown[field] == (performance or {}).get(field)
+
+
+def test_a_policy_watching_inputs_has_no_performance_and_links_its_reports() -> None:
+    uri = "file:///models/churn/churn-7/drift/daily/1764028800/report.html"
+    policy = {
+        "metadata": {"namespace": "ml", "name": "daily"},
+        "spec": {"targetRef": {"name": "churn"}, "source": {"dataset": {"uri": "s3://b/x.csv"}}},
+        "status": {
+            "report": uri,
+            "history": [
+                {"time": "t0", "drifted": False, "samples": 10},
+                {"time": "t1", "drifted": True, "samples": 10, "report": uri},
+            ],
+        },
+    }
+    shown = views.drift_view(policy, None, {})
+    assert shown["performance"] is None
+    assert shown["report"] == uri
+    assert [h["report"] for h in shown["history"]] == ["", uri]
+    policy["status"]["report"] = "javascript:alert(1)"  # status is writable by others: no link
+    assert views.drift_view(policy, None, {})["report"] == ""

@@ -10,7 +10,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from kubeloop.api.driftpolicy import DEFAULT_MIN_LABELS, DEFAULT_TOLERANCE
 from kubeloop.drift.charts import FeatureVerdict, ScorePoint, feature_histogram, score_timeline
+from kubeloop.drift.performance import LOWER_IS_BETTER
 from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 
 JsonObject = dict[str, Any]
@@ -390,7 +392,10 @@ def drift_view(
             )
         features.append(entry)
     history = [
-        {k: h.get(k) for k in ("time", "drifted", "driftedShare", "samples", "retrain")}
+        {
+            **{k: h.get(k) for k in ("time", "drifted", "driftedShare", "samples", "retrain")},
+            "report": report_link(h.get("report")),
+        }
         for h in status.get("history") or []
     ]
     retrains = [
@@ -408,10 +413,56 @@ def drift_view(
         "samples": status.get("samples"),
         "lastCheckTime": status.get("lastCheckTime"),
         "message": status.get("message") or "",
+        "report": report_link(status.get("report")),
+        "performance": performance_view(policy),
         "features": features,
         "history": history,
         "retrains": retrains,
         "lastRetrain": status.get("lastRetrain"),
+    }
+
+
+REPORT_SCHEMES = ("file://", "pvc://", "s3://", "gs://", "https://", "http://")
+"""Schemes a drift report may be linked with (a javascript: or data: URI is not a link)."""
+
+
+def report_link(uri: Any) -> str:
+    """A status' report URI when it is one the page may link, else ``""``."""
+    text = str(uri or "")
+    return text if text.lower().startswith(REPORT_SCHEMES) else ""
+
+
+def performance_view(policy: Mapping[str, Any]) -> JsonObject | None:
+    """A policy with ``spec.performance``: its last check's live metric beside the reference,
+    the worst value still accepted, the labels behind it and the verdict in words. None for a
+    policy that watches its inputs."""
+    spec = (policy.get("spec") or {}).get("performance")
+    if spec is None:
+        return None
+    performance = _status(policy).get("performance") or {}
+    metric = str(performance.get("metric") or spec.get("metric") or "")
+    degraded = performance.get("degraded")
+    min_labels = spec.get("minLabels", DEFAULT_MIN_LABELS)
+    if degraded is None:
+        labels = performance.get("labels")
+        verdict = (
+            "no check yet"
+            if not performance
+            else f"no verdict: {labels} labels, fewer than minLabels={min_labels}"
+        )
+    else:
+        verdict = "degraded" if degraded else "healthy"
+    return {
+        "metric": metric,
+        "lowerIsBetter": metric in LOWER_IS_BETTER,
+        "live": performance.get("live"),
+        "reference": performance.get("reference"),
+        "limit": performance.get("limit"),
+        "labels": performance.get("labels"),
+        "minLabels": min_labels,
+        "tolerance": spec.get("tolerance", DEFAULT_TOLERANCE),
+        "degraded": degraded,
+        "verdict": verdict,
     }
 
 

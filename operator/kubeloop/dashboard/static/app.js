@@ -204,6 +204,18 @@ async function loadDrift(namespace, name, version) {
   render();
 }
 
+// Performance drift: the live metric on labelled traffic beside the reference and the limit.
+function performanceCard(p) {
+  const worse = p.lowerIsBetter ? "above" : "below";
+  const cls = p.degraded === true ? "chip bad" : p.degraded === false ? "chip ok" : "chip";
+  return h("section", { class: "card", id: "performance", "data-metric": p.metric, "data-degraded": p.degraded ?? "" },
+    h("h2", {}, "Performance ", h("span", { class: cls, id: "performance-verdict" }, p.verdict)),
+    table(["metric", "live", "reference", "limit", "labels"], [h("tr", {},
+      h("td", {}, p.metric), h("td", { "data-live": p.live ?? "" }, fmt(p.live)), h("td", { "data-reference": p.reference ?? "" }, fmt(p.reference)),
+      h("td", { "data-limit": p.limit ?? "" }, fmt(p.limit)), h("td", { "data-labels": p.labels ?? "" }, fmt(p.labels)))]),
+    h("p", { class: "muted" }, `Degraded when live ${p.metric} is ${worse} the limit (reference ${p.lowerIsBetter ? "+" : "−"} ${fmt(p.tolerance * 100)}%), judged on at least ${p.minLabels} labels.`));
+}
+
 function driftPage(namespace, name) {
   const summary = state.drift.find((x) => x.namespace === namespace && x.name === name);
   if (!summary) return [h("h1", {}, `DriftPolicy ${namespace}/${name}`), h("p", { class: "muted" }, "Not found (deleted, or not visible to you).")];
@@ -214,7 +226,9 @@ function driftPage(namespace, name) {
   const page = [h("h1", {}, `DriftPolicy ${namespace}/${name} `,
     summary.drifted === null || summary.drifted === undefined ? null : h("span", { class: summary.drifted ? "chip bad" : "chip ok", id: "verdict" }, summary.drifted ? "drifted" : "no drift")),
     h("p", {}, `Target md/${summary.target} · last check ${summary.lastCheckTime || "-"} · samples ${fmt(summary.samples)} · drifted share ${fmt(summary.driftedShare)}`),
-    summary.message ? h("p", { class: "muted" }, summary.message) : null];
+    summary.message ? h("p", { class: "muted" }, summary.message) : null,
+    summary.report ? h("p", {}, "HTML report of the last check: ", h("a", { id: "drift-report", href: summary.report, "data-report": summary.report }, summary.report)) : null,
+    summary.performance ? performanceCard(summary.performance) : null];
   if (!d) return [...page, h("p", { class: "muted" }, "Reading the reference profile and live counters…")];
   if (d.error) return [...page, h("p", { class: "verdict-drifted", id: "drift-error" }, `error: ${d.error}`)];
   if (d.problems.length) page.push(h("ul", { class: "problems", id: "drift-problems" }, d.problems.map((p) => h("li", {}, p))));
@@ -226,8 +240,9 @@ function driftPage(namespace, name) {
       h("div", { class: "charts" }, f.chart ? markup(f.chart) : h("p", { class: "muted" }, "No reference profile to draw."), f.timeline ? markup(f.timeline) : null)));
   }
   const history = [...d.history].reverse().map((c) => h("tr", {}, h("td", {}, c.time), h("td", {}, h("span", { class: c.drifted ? "verdict-drifted" : "verdict-ok" }, c.drifted ? "drifted" : "no drift")),
-    h("td", {}, fmt(c.driftedShare)), h("td", {}, fmt(c.samples)), h("td", {}, c.retrain || "")));
-  page.push(h("h2", {}, "Checks"), history.length ? table(["time", "verdict", "drifted share", "samples", "retrain"], history) : h("p", { class: "muted" }, "No checks yet."));
+    h("td", {}, fmt(c.driftedShare)), h("td", {}, fmt(c.samples)), h("td", {}, c.retrain || ""),
+    h("td", {}, c.report ? h("a", { href: c.report, "data-report": c.report }, "report") : "")));
+  page.push(h("h2", {}, "Checks"), history.length ? table(["time", "verdict", "drifted share", "samples", "retrain", "HTML report"], history) : h("p", { class: "muted" }, "No checks yet."));
   const retrains = d.retrains.map((r) => h("tr", { "data-retrain": r.name }, h("td", {}, r.name), h("td", {}, r.retrainReason), h("td", {}, phase(r.phase)), h("td", {}, r.created)));
   page.push(h("h2", {}, "Retrains it caused"), retrains.length ? table(["run", "reason", "phase", "created"], retrains) : h("p", { class: "muted" }, "None yet."));
   return page;
