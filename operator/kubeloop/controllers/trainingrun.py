@@ -33,9 +33,10 @@ from kubeloop.decide.trainingrun import (
     job_name,
     latest_results,
 )
+from kubeloop.registry import champion as registry_champion
 from kubeloop.registry import runs as mlflow_runs
 from kubeloop.registry.client import Credentials, RegistryError
-from kubeloop.registry.decide import TRACKING_FAILED
+from kubeloop.registry.decide import REGISTRY_UNAVAILABLE, TRACKING_FAILED
 from kubeloop.resources.cleanupjob import CLEANUP_COMPONENT, cleanup_job_name
 from kubeloop.resources.trainingjob import (
     TRAINING_COMPONENT,
@@ -76,6 +77,10 @@ def tracking_settings(config: OperatorConfig) -> mlflow_runs.TrackingSettings:
         ),
         timeout_seconds=config.mlflow_timeout_seconds,
     )
+
+
+class ChampionWaiting(Exception):
+    """The run's champion is the MLflow registry's, and MLflow does not answer."""
 
 
 def needs_tracking_finish(status: Mapping[str, Any]) -> bool:
@@ -125,6 +130,16 @@ class TrainingRunController:
         deployment_name = (evaluation.get("championRef") or {}).get("name")
         if deployment_name:
             deployment = self.kube.get_or_none("ModelDeployment", namespace, deployment_name)
+        source = registry_champion.champion_source(deployment)
+        if source is not None and self.tracking.enabled:
+            # A deployment serving from the MLflow registry: the registry's champion (docs/mlflow.md).
+            resolved = registry_champion.resolve_champion(self.tracking.client(), source)
+            if resolved.uri and resolved.sha256:
+                label = registry_champion.champion_label(source, resolved)
+                return Champion(resolved.uri, resolved.sha256, label), None
+            if resolved.reason == REGISTRY_UNAVAILABLE:
+                # No Job yet: the run waits rather than be judged against the wrong model.
+                raise ChampionWaiting(str(resolved.message))
         runs = self.kube.list(KIND, namespace, labels=None)
         champion = champion_from_candidates(spec["model"]["name"], deployment, runs, run["metadata"]["name"])
         if champion is None:
@@ -170,7 +185,20 @@ class TrainingRunController:
                 # Before any Job: the one estimator policy, with this process's scikit-learn.
                 estimator_refusal = self.estimator_refusal(run["spec"])
             if job is None and conflict is None and estimator_refusal is None:
-                champion, champion_missing = self.find_champion(run)
+                try:
+                    champion, champion_missing = self.find_champion(run)
+                except ChampionWaiting as waiting:
+                    # Nothing created; the resync timer looks again (docs/mlflow.md).
+                    log.warning("run %s/%s waits for its champion: %s", namespace, name, waiting)
+                    post_event(
+                        self.kube,
+                        run,
+                        "Warning",
+                        REGISTRY_UNAVAILABLE,
+                        str(waiting),
+                        wire_time(datetime.now(UTC)),
+                    )
+                    return
             now = datetime.now(UTC)
             observed = Observed(job=job, pods=pods, conflict=conflict)
             decision = decide(

@@ -258,10 +258,10 @@ def check_due(policy: Mapping[str, Any], now: datetime) -> bool:
     status = policy.get("status") or {}
     if not status.get("lastCheckTime"):
         return True
-    if waiting_for_registry(status) and status.get("nextCheckTime"):
-        # A drift retrain waits for MLflow: the check that wants it comes back sooner.
-        if now >= parse_wire_time(status["nextCheckTime"]):
-            return True
+    # A drift retrain that waits for MLflow: the check that wants it comes back sooner.
+    retry = status.get("nextCheckTime") if waiting_for_registry(status) else None
+    if retry and now >= parse_wire_time(retry):
+        return True
     interval = parse_duration(policy["spec"].get("interval", "5m"))
     return now >= parse_wire_time(status["lastCheckTime"]) + interval
 
