@@ -40,6 +40,7 @@ from kubeloop.api.modeldeployment import (
     RETRY_ANNOTATION,
 )
 from kubeloop.controllers.kube import KINDS, Kube, NotFound
+from kubeloop.dashboard.views import performance_view
 from kubeloop.resources.serving import OWNER_LABEL, SERVER_CONTAINER, TRACK_LABEL
 from kubeloop.resources.trainingjob import TRAINER_CONTAINER
 
@@ -300,6 +301,36 @@ def render_modeldeployment(kube: Kube, md: Mapping[str, Any]) -> Group:
     return Group(*parts)
 
 
+def performance_table(dp: Mapping[str, Any]) -> Table:
+    """A performance policy's last check: live metric beside reference and limit, and why."""
+    shown = performance_view(dp) or {}
+    table = Table(
+        "metric",
+        "live",
+        "reference",
+        "limit",
+        "labels",
+        "verdict",
+        title="Performance (labelled traffic)",
+        title_justify="left",
+    )
+    degraded = shown.get("degraded")
+    style = "red" if degraded else "green" if degraded is False else "yellow"
+
+    def figure(value: Any) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    table.add_row(
+        str(shown.get("metric", "")),
+        figure(shown.get("live")),
+        figure(shown.get("reference")),
+        figure(shown.get("limit")),
+        "-" if shown.get("labels") is None else str(shown["labels"]),
+        Text(str(shown.get("verdict", "")), style=style),
+    )
+    return table
+
+
 def render_driftpolicy(kube: Kube, dp: Mapping[str, Any]) -> Group:
     status = dp.get("status") or {}
     parts: list[Any] = [_header(dp)]
@@ -320,7 +351,11 @@ def render_driftpolicy(kube: Kube, dp: Mapping[str, Any]) -> Group:
     )
     if status.get("nextScheduleTime"):
         info.add_row("next scheduled retrain", status["nextScheduleTime"])
+    if status.get("report"):
+        info.add_row("HTML report", status["report"])
     parts.append(info)
+    if (dp.get("spec") or {}).get("performance") is not None:
+        parts.append(performance_table(dp))
     scores = Table(
         "feature",
         "test",

@@ -443,3 +443,37 @@ def test_a_policy_watching_inputs_has_no_performance_and_links_its_reports() -> 
     assert [h["report"] for h in shown["history"]] == ["", uri]
     policy["status"]["report"] = "javascript:alert(1)"  # status is writable by others: no link
     assert views.drift_view(policy, None, {})["report"] == ""
+
+
+def test_kubectl_kubeloop_status_prints_a_policy_s_performance_and_its_report() -> None:
+    from rich.console import Console
+
+    from kubeloop.plugin import render_driftpolicy
+
+    policy = performance_policy(
+        {
+            "metric": "accuracy",
+            "labels": 400,
+            "live": 0.71,
+            "reference": 0.93,
+            "limit": 0.837,
+            "degraded": True,
+        },
+        "accuracy",
+    )
+    policy["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    policy["kind"] = "DriftPolicy"
+    policy["status"]["report"] = "file:///models/r/report.html"
+    console = Console(width=160, record=True, color_system=None)
+    console.print(render_driftpolicy(None, policy))  # type: ignore[arg-type]  # reads no API
+    text = console.export_text()
+    assert "Performance (labelled traffic)" in text
+    row = next(line for line in text.splitlines() if "accuracy" in line and "0.71" in line)
+    assert all(v in row for v in ("0.93", "0.837", "400", "degraded")), row
+    assert "HTML report" in text and "file:///models/r/report.html" in text
+    plain = performance_policy(None, "accuracy")
+    del plain["spec"]["performance"]
+    plain["kind"], plain["metadata"]["creationTimestamp"] = "DriftPolicy", "2026-01-01T00:00:00Z"
+    console = Console(width=160, record=True, color_system=None)
+    console.print(render_driftpolicy(None, plain))  # type: ignore[arg-type]
+    assert "Performance" not in console.export_text()
