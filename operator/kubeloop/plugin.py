@@ -41,6 +41,7 @@ from kubeloop.api.modeldeployment import (
 )
 from kubeloop.controllers.kube import KINDS, Kube, NotFound
 from kubeloop.dashboard.views import performance_view
+from kubeloop.registry import tags
 from kubeloop.resources.serving import OWNER_LABEL, SERVER_CONTAINER, TRACK_LABEL
 from kubeloop.resources.trainingjob import TRAINER_CONTAINER
 
@@ -197,9 +198,67 @@ def render_trainingrun(kube: Kube, run: Mapping[str, Any]) -> Group:
                 str(trial.get("metrics", {})),
             )
         parts.append(trials)
+    mlflow = mlflow_of_run(run)
+    if mlflow is not None:
+        parts.append(mlflow)
     parts.append(_lineage_of_run(kube, run))
     parts.append(_conditions_table(status))
     return Group(*parts)
+
+
+def mlflow_of_run(run: Mapping[str, Any]) -> Table | None:
+    """The run in MLflow (status.mlflow) and the champion it was judged against (None:
+    neither). Pure, for `status` and `watch`."""
+    status = run.get("status") or {}
+    mlflow = status.get("mlflow") or {}
+    champion = status.get("champion") or {}
+    if not mlflow and not champion:
+        return None
+    table = Table.grid(padding=(0, 2))
+    table.add_row(Text("MLflow", style="bold"), "")
+    if mlflow:
+        chosen = ((run.get("spec") or {}).get("tracking") or {}).get("experimentName")
+        experiment = str(mlflow.get("experimentId", "-"))
+        table.add_row("experiment", f"{experiment}  ({chosen})" if chosen else experiment)
+        table.add_row("run id", str(mlflow.get("runId", "-")))
+        if mlflow.get("registeredModel"):
+            version = mlflow.get("modelVersion", "-")
+            table.add_row("model version", f"{mlflow['registeredModel']} version {version}")
+        table.add_row("finished", "yes" if mlflow.get("finished") else "no (retried)")
+    if champion:
+        table.add_row(
+            "champion",
+            f"{champion.get('source', '-')}  sha256 {str(champion.get('sha256', '-'))[:16]}",
+        )
+    return table
+
+
+def registry_of_deployment(md: Mapping[str, Any]) -> Table | None:
+    """What spec.model.registry resolved to and the aliases this deployment set (status.registry;
+    None: neither). Pure."""
+    registry = (md.get("status") or {}).get("registry") or {}
+    if not registry:
+        return None
+    table = Table.grid(padding=(0, 2))
+    table.add_row(Text("MLflow registry", style="bold"), "")
+    if registry.get("source"):
+        table.add_row(
+            "source",
+            f"{registry['source']}  ->  version {registry.get('version', '-')}",
+        )
+        table.add_row(
+            "resolved",
+            f"{registry.get('uri', '-')}  sha256 {str(registry.get('sha256', '-'))[:16]}",
+        )
+    aliases = registry.get("aliases") or {}
+    if aliases:
+        moved = [
+            f"{alias} -> version {aliases[alias]}"
+            for alias in (tags.CHAMPION, tags.CHALLENGER)
+            if aliases.get(alias)
+        ]
+        table.add_row(f"aliases of {aliases.get('model', '-')}", ", ".join(moved) or "-")
+    return table
 
 
 def _serving_deployments(kube: Kube, namespace: str, sha256: str) -> list[str]:
@@ -297,6 +356,9 @@ def render_modeldeployment(kube: Kube, md: Mapping[str, Any]) -> Group:
         "previous (undo)", previous.get("trainingRun") or str(previous.get("sha256", "-"))[:16]
     )
     parts.append(lineage)
+    registry = registry_of_deployment(md)
+    if registry is not None:
+        parts.append(registry)
     parts.append(_conditions_table(status))
     return Group(*parts)
 
