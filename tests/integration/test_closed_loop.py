@@ -280,6 +280,8 @@ def test_dataset_source_is_checked_by_a_job_and_retrains(
         # ones the operator put in the status.
         report_uri = jobs[0].metadata.annotations["kubeloop.io/drift-report"]
         assert report_uri.startswith(f"file://{tmp_path / 'models'}/") and "/drift/daily/" in report_uri
+        # The operator names that page in the status (it copies the URI, it reads no storage).
+        assert status["report"] == report_uri and status["history"][-1]["report"] == report_uri
         page = Path(report_uri.removeprefix("file://")).read_text()
         for score in status["scores"]:
             row = re.search(rf'<tr class="feature[^"]*" data-feature="{re.escape(score["feature"])}"[^>]*>', page)
