@@ -495,3 +495,116 @@ def test_refused_versions_and_registry_down(
         status_of(custom, namespace, "modeldeployments", "fraud-live"), "RegistryResolved"
     )
     assert resolved and resolved["status"] == "True"
+
+
+def test_retrain_is_judged_against_the_registry_champion(
+    kube_api: Any,
+    namespace: str,
+    mlflow_operator: OperatorProcess,
+    kubelet: LocalKubelet,
+    mlflow: MlflowClient,
+    relay: Relay,
+) -> None:
+    custom = client.CustomObjectsApi(kube_api)
+    # Given a deployment serving loan@prod (version 1), whose champion alias Kubeloop set...
+    first = train(custom, namespace, "loan-1", run_spec("loan", seed=5))
+    mlflow.set_registered_model_alias("loan", "prod", first["mlflow"]["modelVersion"])
+    create(
+        custom,
+        namespace,
+        "ModelDeployment",
+        "loan",
+        {"model": {"registry": {"name": "loan", "alias": "prod"}}, "replicas": 1},
+    )
+    wait_for(
+        lambda: (
+            (status_of(custom, namespace, "modeldeployments", "loan").get("registry") or {})
+            .get("aliases", {})
+            .get("champion")
+        ),
+        60,
+        1,
+        "champion alias set",
+    )
+    # ...and a team that then names version 2 its champion in MLflow.
+    second = train(custom, namespace, "loan-2", run_spec("loan", seed=6))
+    mlflow.set_registered_model_alias("loan", "champion", second["mlflow"]["modelVersion"])
+    served = status_of(custom, namespace, "modeldeployments", "loan")["stable"]
+    assert served["sha256"] == first["model"]["sha256"] != second["model"]["sha256"]
+
+    # When a retrain is asked for while MLflow is down, it waits: nothing is created.
+    relay.cut()
+    try:
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "driftpolicies",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "DriftPolicy",
+                "metadata": {"name": "loan-drift", "annotations": {"kubeloop.io/retrain": "now"}},
+                "spec": {
+                    "targetRef": {"name": "loan"},
+                    "source": {"live": {"prometheusUrl": "http://127.0.0.1:9"}},
+                    "interval": "1h",
+                    "retrain": {"template": {"spec": run_spec("loan", seed=7)}},
+                },
+            },
+        )
+        waits = wait_for(
+            lambda: (
+                (
+                    c := condition(
+                        status_of(custom, namespace, "driftpolicies", "loan-drift"),
+                        "RetrainInFlight",
+                    )
+                )
+                and c["reason"] == "RegistryUnavailable"
+                and c
+            ),
+            60,
+            1,
+            "retrain waits for MLflow",
+        )
+        assert waits["status"] == "False" and "manual retrain waits" in waits["message"]
+        assert "cannot read the champion of registered model 'loan'" in waits["message"]
+        runs = custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "trainingruns", label_selector="kubeloop.io/driftpolicy"
+        )["items"]
+        assert runs == []
+    finally:
+        relay.restore()
+
+    # Then, MLflow back: the retrain is created and judged against version 2, the registry's
+    # champion, not the version the deployment serves.
+    retrain = wait_for(
+        lambda: (
+            status_of(custom, namespace, "driftpolicies", "loan-drift").get("lastRetrain") or {}
+        ).get("name"),
+        60,
+        1,
+        "retrain created",
+    )
+    champion = wait_for(
+        lambda: status_of(custom, namespace, "trainingruns", retrain).get("champion"),
+        60,
+        1,
+        "retrain's champion",
+    )
+    version = second["mlflow"]["modelVersion"]
+    assert champion == {
+        "uri": second["model"]["uri"],
+        "sha256": second["model"]["sha256"],
+        "source": f"MLflow loan@champion (version {version})",
+    }
+    finished = wait_for(
+        lambda: (lambda s: s if s.get("phase") in ("Succeeded", "Failed") else None)(
+            status_of(custom, namespace, "trainingruns", retrain)
+        ),
+        240,
+        1,
+        f"{retrain} finished",
+    )
+    # The trainer loaded that champion (its sha256 verified) and scored it on the same holdout.
+    assert (finished.get("model") or {}).get("championMetrics", {}).get("accuracy") is not None
