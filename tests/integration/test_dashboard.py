@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_modeldeployment_analysis as analysis
 import yaml
 from dashboard_browser import CHROMIUM, DashboardProcess, Recorder, chromium_page, screenshot, texts
 from harness import OperatorProcess, install_crds, wait_for
 from kubernetes import client
+from test_modeldeployment_analysis import Stored, rollout_md, stack
 from test_plugin import md_status, train
 from test_trainingrun_controller import (
     MANUAL_KUBELET,
@@ -645,3 +647,122 @@ def test_drift_page_draws_the_profile_beside_the_live_counts(
                 process.stop()
         operator.stop()
         print(operator.log_tail(30))
+
+
+# The analysis test's fixtures: the same tiny models, servers and Prometheus port.
+data, models, prometheus_port = analysis.data, analysis.models, analysis.prometheus_port
+
+
+@pytest.fixture
+def analysis_operator(
+    kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None, prometheus_port: int
+) -> Iterator[OperatorProcess]:
+    """The operator as test_modeldeployment_analysis runs it: it may query the test's Prometheus."""
+    process = OperatorProcess(
+        kubeconfig_path,
+        namespace,
+        tmp_path / "operator.log",
+        env={
+            "KUBELOOP_RUNTIME_IMAGE": "kubeloop:test",
+            "KUBELOOP_ROLLOUT_TICK_SECONDS": "1",
+            "KUBELOOP_ALLOWED_PROMETHEUS_URLS": f"http://127.0.0.1:{prometheus_port}",
+        },
+    )
+    process.start()
+    yield process
+    process.stop()
+    print(process.log_tail(30))
+
+
+def test_rollout_page_shows_each_analysis_round_as_the_status_holds_it(
+    tmp_path: Path,
+    models: dict[str, Stored],
+    data: Any,
+    kube_api: Any,
+    kubeconfig_path: str,
+    namespace: str,
+    analysis_operator: OperatorProcess,
+    prometheus_port: int,
+) -> None:
+    """Given a canary measured by real analysis rounds (real model servers, real Prometheus),
+    the open Rollout page's analysis table (metric, value, verdict, newest first) equals
+    status.analysis.runs as the API server holds it, and follows new rounds without a reload."""
+    custom = client.CustomObjectsApi(kube_api)
+
+    def status() -> dict[str, Any]:
+        md = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modeldeployments", "churn"
+        )
+        return md.get("status") or {}
+
+    def api_rounds() -> list[tuple[str, float | None, bool]]:
+        runs = (status().get("analysis") or {}).get("runs") or []
+        return [(r["name"], r.get("value"), bool(r.get("passed"))) for r in reversed(runs)]
+
+    with stack(tmp_path, models, "healthy", data[0], namespace, port=prometheus_port) as (url, _):
+        # setWeight 50, one analysis round, then wait for a person: the rounds stay on show.
+        steps = [{"setWeight": 50}, {"analysis": {"count": 1, "interval": "2s"}}, {"pause": {}}]
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modeldeployments", rollout_md(models["stable"], steps, url)
+        )
+        wait_for(lambda: status().get("phase") == "Healthy", 90, what="Healthy")
+        good = models["healthy"]
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "modeldeployments",
+            "churn",
+            {"spec": {"model": {"storageUri": f"file://{good.directory}", "sha256": good.sha256}}},
+        )
+        dashboard = DashboardProcess(kubeconfig_path, tmp_path / "dashboard.log", "-n", namespace)
+        recorder = Recorder()
+        try:
+            with chromium_page(recorder) as page:
+                page.goto(f"{dashboard.url}/#/rollout/{namespace}/churn")
+                page.wait_for_selector("#tracks")
+                # The first round arrives while the page is open (server-sent events).
+                page.wait_for_selector("#analysis tr[data-analysis]", timeout=90_000)
+                wait_for(
+                    lambda: (
+                        any(n for n, v, _ in api_rounds() if v is not None)
+                        and status().get("currentStep") == 2
+                    ),
+                    90,
+                    what="an analysis round with a value, then the pause",
+                )
+
+                def page_rounds() -> list[tuple[str, float | None, bool]]:
+                    rounds = []
+                    for row in page.locator("#analysis tbody tr").all():
+                        value = row.locator("[data-value]").get_attribute("data-value")
+                        verdict = row.locator(".chip").inner_text()  # what the user reads
+                        assert row.get_attribute("data-passed") == str(verdict == "pass").lower()
+                        rounds.append(
+                            (
+                                str(row.get_attribute("data-analysis")),
+                                float(value) if value else None,
+                                verdict == "pass",
+                            )
+                        )
+                    return rounds
+
+                # Background analysis may add a round between two reads: compare until both
+                # sides were read at the same round count.
+                seen: list[Any] = []
+
+                def same() -> list[tuple[str, float | None, bool]] | None:
+                    seen[:] = [page_rounds(), api_rounds()]
+                    return seen[0] if seen[0] == seen[1] else None
+
+                try:
+                    shown = wait_for(same, 30, what="page == API")
+                except AssertionError:
+                    raise AssertionError(f"page {seen[0]} != API {seen[1]}") from None
+                assert {name for name, _, _ in shown} >= {"error-rate", "prediction-shift"}
+                assert all(passed for _, value, passed in shown if value is not None)
+                # The verdict column says it in words, one chip per round.
+                assert page.locator("#analysis tbody tr .chip").count() == len(shown)
+                no_leaks(recorder, dashboard)
+        finally:
+            dashboard.stop()

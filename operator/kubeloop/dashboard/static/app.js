@@ -150,7 +150,7 @@ function rolloutPage(namespace, name) {
   const tracks = r.tracks.map((t) => h("tr", { "data-track": t.track },
     h("td", {}, t.track), h("td", { "data-weight": t.weight }, `${t.weight}%`), h("td", {}, t.trainingRun || "-"),
     h("td", { class: "mono", "data-sha256": t.sha256, title: t.uri }, short(t.sha256)), h("td", {}, `${t.readyReplicas}/${t.replicas}`)));
-  const analysis = [...r.analysis].reverse().map((a) => h("tr", { "data-analysis": a.name, "data-passed": a.passed },
+  const analysis = [...r.analysis].reverse().map((a) => h("tr", { "data-analysis": a.name, "data-passed": String(a.passed) },
     h("td", {}, a.time), h("td", {}, a.step ?? "-"), h("td", {}, a.name), h("td", { "data-value": a.value ?? "" }, fmt(a.value)),
     h("td", {}, `[${fmt(a.min)}, ${fmt(a.max)}]`),
     h("td", {}, h("span", { class: `chip ${a.passed ? "ok" : "bad"}` }, a.passed ? "pass" : "fail"), a.message ? ` ${a.message}` : "")));
