@@ -13,7 +13,9 @@ command and env). Given an operator configured with the MLflow URL:
 * a version without the sha256 tag is refused with a condition, one whose tag does not match
   the artifact is refused by the server before load, and with MLflow down a new deployment
   waits with a condition and nothing applied, then recovers when MLflow answers again; a
-  TrainingRun created meanwhile trains all the same, with a TrackingFailed condition.
+  TrainingRun created meanwhile trains all the same, with a TrackingFailed condition;
+* a DriftPolicy retrain for a deployment by registry alias waits while MLflow is down (nothing
+  created), then is judged against the version the registry's ``champion`` alias names.
 """
 
 from __future__ import annotations
