@@ -10,7 +10,6 @@ import pytest
 
 from kubeloop.decide.common import wire_time
 from kubeloop.decide.driftpolicy import (
-    REGISTRY_RETRY_SECONDS,
     DriftMeasurement,
     Verdict,
     check_due,
@@ -123,7 +122,7 @@ def test_a_retrain_is_created_when_the_champion_is_known(champion: Resolution | 
     assert evaluation["championRef"] == {"name": "churn"}
 
 
-def test_drift_retrain_waits_for_mlflow_and_comes_back_sooner() -> None:
+def test_drift_retrain_waits_for_mlflow_while_the_target_stays_drifted() -> None:
     decision = decide(policy(), NOW, drift(), {}, registry_champion=DOWN)
     assert decision.create_run is None
     status = decision.status
@@ -134,22 +133,42 @@ def test_drift_retrain_waits_for_mlflow_and_comes_back_sooner() -> None:
     assert status["lastFailure"]["reason"] == REGISTRY_UNAVAILABLE
     assert [(e.type, e.reason) for e in decision.events][-1] == ("Warning", REGISTRY_UNAVAILABLE)
     assert waiting_for_registry(status)
-    # The check that wants the retrain is due again in REGISTRY_RETRY_SECONDS, not in 5m.
-    retry = NOW + timedelta(seconds=REGISTRY_RETRY_SECONDS)
-    assert status["nextCheckTime"] == wire_time(retry)
-    assert not check_due(policy(status), retry - timedelta(seconds=1))
-    assert check_due(policy(status), retry)
-    # A reconcile that checks nothing keeps the condition: no status churn, no new Event.
-    again = decide(policy(status), NOW + timedelta(seconds=5), None, {})
+    # No new check is made for it (the next comes at the interval)...
+    assert not check_due(policy(status), NOW + timedelta(minutes=4))
+    # ...but every reconcile still wants the retrain, so the controller asks MLflow again;
+    # while it stays down the status does not change and no second Event is posted.
+    later = NOW + timedelta(seconds=30)
+    assert decide(policy(status), later, None, {}).create_run is not None
+    again = decide(policy(status), later, None, {}, registry_champion=DOWN)
+    assert again.create_run is None
     assert again.status == status and again.events == []
 
-    # MLflow answers at the retry: the retrain is created, and the wait is over.
-    later = decide(policy(status), retry, drift(), {}, registry_champion=UP)
-    assert later.create_run is not None
-    assert later.status["lastRetrain"]["name"] == later.create_run["metadata"]["name"]
-    assert condition(later.status, "RetrainInFlight")["status"] == "True"
-    assert not waiting_for_registry(later.status)
-    assert not check_due(policy(later.status), retry + timedelta(seconds=REGISTRY_RETRY_SECONDS))
+    # MLflow answers: the drift retrain is created, and the wait is over.
+    back = decide(policy(status), later, None, {}, registry_champion=UP)
+    assert back.create_run is not None
+    assert back.status["lastRetrain"]["reason"] == "Drift"
+    assert condition(back.status, "RetrainInFlight")["status"] == "True"
+    assert not waiting_for_registry(back.status)
+
+
+def test_a_drift_retrain_no_longer_wanted_stops_waiting() -> None:
+    waited = decide(policy(), NOW, drift(), {}, registry_champion=DOWN).status
+    calm = DriftMeasurement(
+        verdict=Verdict(
+            drifted=False,
+            share=0.0,
+            scores=[],
+            drifted_features=[],
+            feature_count=1,
+            prediction_drifted=False,
+        ),
+        samples=100,
+    )
+    checked = decide(policy(waited), NOW + timedelta(minutes=5), calm, {})
+    assert checked.create_run is None
+    assert condition(checked.status, "RetrainInFlight")["reason"] != REGISTRY_UNAVAILABLE
+    after = decide(policy(checked.status), NOW + timedelta(minutes=6), None, {})
+    assert after.create_run is None
 
 
 def test_manual_retrain_stays_requested_while_mlflow_is_down() -> None:
@@ -173,12 +192,19 @@ def test_manual_retrain_stays_requested_while_mlflow_is_down() -> None:
     assert done.status["handledRequests"] == {"retrain": "req-1"}
 
 
-def test_scheduled_retrain_fires_again_after_the_wait() -> None:
-    status = {"nextScheduleTime": wire_time(NOW - timedelta(seconds=1))}
-    decision = decide(policy(status, schedule="0 3 * * *"), NOW, None, {}, registry_champion=DOWN)
+def test_scheduled_retrain_stays_due_while_mlflow_is_down() -> None:
+    due = wire_time(NOW - timedelta(seconds=1))
+    decision = decide(
+        policy({"nextScheduleTime": due}, schedule="0 3 * * *"),
+        NOW,
+        None,
+        {},
+        registry_champion=DOWN,
+    )
     assert decision.create_run is None
-    retry = NOW + timedelta(seconds=REGISTRY_RETRY_SECONDS)
-    assert decision.status["nextScheduleTime"] == wire_time(retry)
-    fired = decide(policy(decision.status, schedule="0 3 * * *"), retry, None, {})
+    assert decision.status["nextScheduleTime"] == due
+    fired = decide(
+        policy(decision.status, schedule="0 3 * * *"), NOW + timedelta(seconds=30), None, {}
+    )
     assert fired.create_run is not None
     assert fired.status["lastRetrain"]["reason"] == "Schedule"

@@ -48,8 +48,6 @@ from kubeloop.trust.images import IMAGE_NOT_ALLOWED, ImagePolicy
 
 RetrainReason = Literal["Drift", "Performance", "Schedule", "Manual"]
 IN_FLIGHT = {"Pending", "Running"}
-REGISTRY_RETRY_SECONDS = 30.0
-"""How soon a retrain that waits for an unreachable MLflow registry is tried again."""
 
 
 @dataclass(frozen=True)
@@ -258,10 +256,6 @@ def check_due(policy: Mapping[str, Any], now: datetime) -> bool:
     status = policy.get("status") or {}
     if not status.get("lastCheckTime"):
         return True
-    # A drift retrain that waits for MLflow: the check that wants it comes back sooner.
-    retry = status.get("nextCheckTime") if waiting_for_registry(status) else None
-    if retry and now >= parse_wire_time(retry):
-        return True
     interval = parse_duration(policy["spec"].get("interval", "5m"))
     return now >= parse_wire_time(status["lastCheckTime"]) + interval
 
@@ -390,7 +384,7 @@ def decide(
     ``registry_champion``: when the target serves from ``spec.model.registry``, what the
     registry's ``champion`` alias resolved to (:mod:`kubeloop.registry.champion`), the model
     the retrain is judged against. MLflow unreachable: the retrain waits (nothing is created,
-    the request stays pending and is tried again in ``REGISTRY_RETRY_SECONDS``)."""
+    what asked for it stays pending and is tried again at the next reconcile)."""
     meta, spec = policy["metadata"], policy["spec"]
     generation = int(meta.get("generation") or 1)
     old: dict[str, Any] = dict(policy.get("status") or {})
@@ -449,15 +443,14 @@ def decide(
             last["message"] = message[:1024]
         status["lastRetrain"] = last
     in_flight = bool(last) and last.get("outcome") in IN_FLIGHT
-    if in_flight or not waiting_for_registry(old):
-        condition(
-            ConditionType.RETRAIN_IN_FLIGHT,
-            in_flight,
-            Reason.RETRAIN_CREATED if in_flight else Reason.NO_DRIFT,
-            f"retrain {last.get('name')} is {last.get('outcome')}"
-            if in_flight
-            else "no retrain running",
-        )
+    condition(
+        ConditionType.RETRAIN_IN_FLIGHT,
+        in_flight,
+        Reason.RETRAIN_CREATED if in_flight else Reason.NO_DRIFT,
+        f"retrain {last.get('name')} is {last.get('outcome')}"
+        if in_flight
+        else "no retrain running",
+    )
 
     # 2. Record the drift check.
     wanted: RetrainReason | None = None
@@ -552,6 +545,11 @@ def decide(
         wanted = "Manual"
         status["handledRequests"] = {**(old.get("handledRequests") or {}), "retrain": requested}
 
+    # A drift retrain that waits for MLflow is still wanted while the target stays drifted
+    # (no new check is made for it: the next one comes at its interval).
+    if wanted is None and measurement is None and waiting_for_registry(old) and old.get("drifted"):
+        wanted = "Performance" if spec.get("performance") else "Drift"
+
     # 5. Retrain, within the limits.
     if wanted is not None and retrain:
         day = now.strftime("%Y-%m-%d")
@@ -590,16 +588,15 @@ def decide(
             condition(ConditionType.RETRAIN_IN_FLIGHT, False, REGISTRY_UNAVAILABLE, waiting)
             if waiting not in str(status.get("message") or ""):
                 status["message"] = f"{status.get('message', '')}; {waiting}".lstrip("; ")
-            # Keep what asked for the retrain pending, so it is asked again soon.
-            retry = wire_time(now + timedelta(seconds=REGISTRY_RETRY_SECONDS))
+            # What asked for the retrain stays pending, so each reconcile (the resync timer)
+            # asks MLflow again: a manual request stays unhandled, a scheduled retrain stays
+            # due, and a drifted target stays drifted until its next check.
             if wanted == "Manual":
                 status["handledRequests"] = dict(old.get("handledRequests") or {})
                 if not status["handledRequests"]:
                     del status["handledRequests"]
             elif wanted == "Schedule":
-                status["nextScheduleTime"] = retry
-            else:
-                status["nextCheckTime"] = retry
+                status["nextScheduleTime"] = old.get("nextScheduleTime") or wire_time(now)
         else:
             number = int(old.get("retrainCount") or 0) + 1
             try:
