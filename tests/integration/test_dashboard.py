@@ -6,6 +6,8 @@ every page from what the API server holds: the Models page's lineage figures equ
 TrainingRuns' status, a rollout step change appears on the open page without a reload, the
 page's Promote and Abort buttons move the rollout, the Runs page charts the sweep's trials with
 the winner marked. A read-only identity sees the API server's refusal when it presses a button.
+A canary measured by real analysis rounds shows them as status.analysis holds them; a policy
+judging labelled traffic shows live vs reference accuracy, the limit and the verdict.
 Throughout, no request leaves 127.0.0.1 and the page logs no console error.
 """
 
@@ -570,6 +572,25 @@ def test_drift_page_draws_the_profile_beside_the_live_counts(
                 },
             },
         )
+        # A second policy judges the same model by its accuracy on labelled traffic; its first
+        # check only records the counters, labels come later.
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "driftpolicies",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "DriftPolicy",
+                "metadata": {"name": "loop-perf"},
+                "spec": {
+                    "targetRef": {"name": "loop"},
+                    "source": {"live": {}},
+                    "interval": "3s",
+                    "performance": {"metric": "accuracy", "minLabels": 50, "tolerance": 0.1},
+                },
+            },
+        )
         policy = wait_for(
             lambda: (
                 (s := status_of(custom, namespace, "driftpolicies", "loop-drift")).get("drifted")
@@ -638,6 +659,55 @@ def test_drift_page_draws_the_profile_beside_the_live_counts(
             page.wait_for_selector(f'[data-retrain="{policy["lastRetrain"]["name"]}"]')
             assert page.inner_text("#verdict") == "drifted"
             screenshot(page, "drift", tmp_path, full_page=False)
+
+            # Performance drift: labels arrive on /feedback, the policy's next check judges them,
+            # and its page shows live accuracy beside the reference, the limit and the verdict.
+            labelled = make_synthetic(rows=100, features=FEATURES, seed=3)
+            instances = labelled.drop(columns=["target"]).to_dict(orient="records")
+            feedback = []
+            for start in range(0, 100, 20):
+                answer = httpx.post(
+                    f"{server.url}/predict",
+                    json={"instances": instances[start : start + 20]},
+                    timeout=10,
+                ).json()
+                feedback.append(
+                    {"id": answer["id"], "labels": labelled["target"][start : start + 20].tolist()}
+                )
+            httpx.post(f"{server.url}/feedback", json=feedback, timeout=10).raise_for_status()
+            judged = wait_for(
+                lambda: (
+                    (
+                        p := status_of(custom, namespace, "driftpolicies", "loop-perf").get(
+                            "performance"
+                        )
+                        or {}
+                    ).get("live")
+                    is not None
+                    and p
+                ),
+                60,
+                1,
+                "a performance verdict",
+            )
+            page.goto(f"{dashboard.url}/#/drift/{namespace}/loop-perf")
+            card = page.locator("#performance")
+            card.wait_for()
+
+            def card_shows_the_status() -> bool:
+                now = status_of(custom, namespace, "driftpolicies", "loop-perf")["performance"]
+                figures = {
+                    k: card.locator(f"[data-{k}]").get_attribute(f"data-{k}")
+                    for k in ("live", "reference", "limit", "labels")
+                }
+                verdict = "degraded" if now["degraded"] else "healthy"
+                return (
+                    all(figures[k] and float(figures[k] or "nan") == float(now[k]) for k in figures)
+                    and card.locator("#performance-verdict").inner_text() == verdict
+                )
+
+            wait_for(card_shows_the_status, 30, 1, "the performance card equal to the status")
+            assert judged["labels"] >= 50 and card.get_attribute("data-metric") == "accuracy"
         no_leaks(recorder, dashboard)
     finally:
         traffic_stop.set()
