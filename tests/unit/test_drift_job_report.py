@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,8 @@ def test_on_object_storage_the_page_lands_beside_the_profile_in_the_bucket(
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
+        # moto keeps its buckets in process-wide state: start from an empty S3.
+        urllib.request.urlopen(urllib.request.Request(endpoint + "/moto-api/reset", method="POST"))
         fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing")
         fs.mkdir("models")
         fs.mkdir("live")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,7 +37,11 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     server.start()
     try:
         host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
+        endpoint = f"http://{host}:{port}"
+        # moto keeps its buckets in process-wide state, shared by every server started in this
+        # process: start from an empty S3, whatever another test created.
+        urllib.request.urlopen(urllib.request.Request(endpoint + "/moto-api/reset", method="POST"))
+        yield endpoint
     finally:
         server.stop()
 
