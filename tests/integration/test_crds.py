@@ -24,7 +24,7 @@ from kubeloop.api import crdgen
 from kubeloop.api.conditions import ConditionType, Reason, set_condition
 from kubeloop.api.driftpolicy import DriftPolicyStatus, FeatureScore, RetrainRecord
 from kubeloop.api.modeldeployment import ModelDeploymentStatus, ServedModel
-from kubeloop.api.trainingrun import ModelStatus, TrainingRunStatus
+from kubeloop.api.trainingrun import MlflowStatus, ModelStatus, TrainingRunStatus
 from kubeloop.api.wire import InvalidResource, from_wire, to_wire
 
 pytestmark = pytest.mark.integration
@@ -374,7 +374,10 @@ def test_statuses_from_the_models_are_accepted_and_shown_in_columns(
 ) -> None:
     for name in (TR, MD, DP):
         assert create(kubectl, namespace, example(name)).returncode == 0
-    patch_status(kubectl, namespace, "trainingrun", "breast-cancer-1", trainingrun_status())
+    run_status = trainingrun_status().model_copy(update={"mlflow": MlflowStatus(
+        experiment_id="7", run_id="0f3c" * 8, registered_model="breast-cancer",
+        model_version="3", finished=True)})  # fmt: skip
+    patch_status(kubectl, namespace, "trainingrun", "breast-cancer-1", run_status)
     canary = ServedModel(training_run="breast-cancer-2", revision="breast-cancer-2",
                          sha256="4" * 64, ready_replicas=1)
     patch_status(kubectl, namespace, "modeldeployment", "breast-cancer", ModelDeploymentStatus(
@@ -406,8 +409,11 @@ def test_statuses_from_the_models_are_accepted_and_shown_in_columns(
         "roc_auc 0.9952; every gate passed",
     ]
     wide = kubectl("get", "-n", namespace, "trainingruns", "-o", "wide").stdout.splitlines()
-    assert re.split(r"\s{2,}", wide[0].strip())[-4:] == ["JOB", "ESTIMATOR", "DATA", "SHA256"]
+    assert re.split(r"\s{2,}", wide[0].strip())[-5:] == [
+        "JOB", "ESTIMATOR", "DATA", "SHA256", "MLFLOW-RUN"
+    ]
     assert "sklearn.ensemble.RandomForestClassifier" in wide[1] and "3" * 64 in wide[1]
+    assert wide[1].rstrip().endswith("0f3c" * 8)
 
     deployments = kubectl("get", "-n", namespace, "md").stdout.splitlines()
     assert re.split(r"\s{2,}", deployments[0].strip()) == [
@@ -433,7 +439,7 @@ def test_statuses_from_the_models_are_accepted_and_shown_in_columns(
     ]
     # What the API server stored reads back into the models unchanged.
     stored = get(kubectl, namespace, "trainingrun", "breast-cancer-1")
-    assert from_wire("TrainingRun", stored).status == trainingrun_status()
+    assert from_wire("TrainingRun", stored).status == run_status
 
 
 def test_modeldeployment_scales_through_the_scale_subresource(
