@@ -48,6 +48,17 @@ def install_crds(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> No
     kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, 20 s to exit cleanly, then SIGKILL: a test's child never outlives its fixture."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 class OperatorProcess:
     """``kubeloop operator`` as a subprocess, so tests can SIGKILL and restart it."""
 
@@ -116,12 +127,7 @@ class OperatorProcess:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self._sample_rss()
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            stop_process(self.process)
         self.process = None
 
     def alive(self) -> bool:
@@ -203,13 +209,7 @@ class Server:
         wait_for(ready, timeout=90, interval=0.3, what=f"server on {self.url}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def sigint_as_in_a_terminal() -> None:

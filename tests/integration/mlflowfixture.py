@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import httpx
-from harness import free_port, wait_for
+from harness import free_port, stop_process, wait_for
 
 MLFLOW = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
 
@@ -54,13 +54,7 @@ class MlflowServer:
         wait_for(ready, timeout=timeout, interval=0.5, what=f"mlflow server on {self.url}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 class Relay:
