@@ -22,6 +22,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from kubeloop.controllers import metrics
+from kubeloop.controllers.cache import ObjectCache
 
 FIELD_MANAGER = "kubeloop"
 
@@ -90,9 +91,17 @@ class TooLarge(ValueError):
 class Kube:
     """A thin JSON client over the official client's transport."""
 
-    def __init__(self, api_client: k8s_client.ApiClient, event_hook: EventHook | None = None) -> None:
+    def __init__(
+        self,
+        api_client: k8s_client.ApiClient,
+        event_hook: EventHook | None = None,
+        cache: ObjectCache | None = None,
+    ) -> None:
         self.api_client = api_client
         self.event_hook = event_hook
+        # The operator's watches (kubeloop.controllers.cache): reads of what they hold cost no
+        # request, and what our writes answer is remembered. None: every read asks the server.
+        self.cache = cache
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None, connections: int | None = None) -> Kube:
@@ -180,43 +189,77 @@ class Kube:
         return self.request("GET", KINDS[kind].path(namespace, name))
 
     def get_or_none(self, kind: str, namespace: str, name: str) -> JsonObject | None:
+        """The object from the watches' cache, else from the API server (None: it does not exist)."""
+        found = self.cached(kind, namespace, name)
+        if found is not None:
+            return found
         try:
             return self.get(kind, namespace, name)
         except NotFound:
             return None
 
+    def cached(self, kind: str, namespace: str, name: str) -> JsonObject | None:
+        """The object as the watches last saw it, with no request; None says only "not seen"."""
+        return self.cache.get(kind, namespace, name) if self.cache is not None else None
+
     def list(self, kind: str, namespace: str, labels: Mapping[str, str] | None = None) -> list[JsonObject]:
+        if self.cache is not None:
+            cached = self.cache.list(kind, namespace, labels)
+            if cached is not None:
+                return cached
         query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else {}
         items: list[JsonObject] = self.request("GET", KINDS[kind].path(namespace), query=query).get("items", [])
         return items
 
+    def observe(self, event: Mapping[str, Any]) -> None:
+        """A watch event kopf handed to a handler (``{"type": ..., "object": ...}``) into the cache."""
+        if self.cache is not None and event.get("object"):
+            self.cache.observe(event.get("type"), event["object"])
+
+    def _remember(self, obj: JsonObject) -> JsonObject:
+        if self.cache is not None and obj:
+            self.cache.remember(obj)
+        return obj
+
     def create(self, obj: JsonObject) -> JsonObject:
         kind = KINDS[obj["kind"]]
-        return self.request("POST", kind.path(obj["metadata"].get("namespace")), body=obj)
+        return self._remember(self.request("POST", kind.path(obj["metadata"].get("namespace")), body=obj))
 
     def apply(self, obj: JsonObject) -> JsonObject:
         """Server-side apply with our field manager: idempotent, and safe to repeat after a crash."""
         kind = KINDS[obj["kind"]]
         meta = obj["metadata"]
-        return self.request(
-            "PATCH",
-            kind.path(meta.get("namespace"), meta["name"]),
-            body=obj,
-            query={"fieldManager": FIELD_MANAGER, "force": "true"},
-            content_type="application/apply-patch+yaml",
+        return self._remember(
+            self.request(
+                "PATCH",
+                kind.path(meta.get("namespace"), meta["name"]),
+                body=obj,
+                query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                content_type="application/apply-patch+yaml",
+            )
         )
 
     def patch(self, kind: str, namespace: str, name: str, patch: JsonObject, sub: str = "") -> JsonObject:
         """JSON merge patch (lists are replaced whole, which is what status writes want)."""
-        return self.request(
-            "PATCH",
-            KINDS[kind].path(namespace, name, sub),
-            body=patch,
-            content_type="application/merge-patch+json",
+        return self._remember(
+            self.request(
+                "PATCH",
+                KINDS[kind].path(namespace, name, sub),
+                body=patch,
+                content_type="application/merge-patch+json",
+            )
         )
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: JsonObject) -> JsonObject:
-        return self.patch(kind, namespace, name, {"status": status}, sub="status")
+    def patch_status(
+        self, kind: str, namespace: str, name: str, status: JsonObject, resource_version: str | None = None
+    ) -> JsonObject:
+        """A merge patch of the status; with ``resource_version``, only onto that version of the
+        object (else :class:`Conflict`): a status decided from a read the object has moved past
+        (a cached read behind the watch, another replica's write) is never written."""
+        patch: JsonObject = {"status": status}
+        if resource_version is not None:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        return self.patch(kind, namespace, name, patch, sub="status")
 
     def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> None:
         with suppress(NotFound):

@@ -15,8 +15,10 @@ from prometheus_client import start_http_server
 from kubeloop import API_GROUP
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import driftpolicy, metrics, modeldeployment, trainingrun
+from kubeloop.controllers.cache import ObjectCache
 from kubeloop.controllers.kube import Kube
 from kubeloop.notifications.delivery import Metrics, Notifier, SinkConfigError
+from kubeloop.resources.serving import OWNER_LABEL
 
 FINALIZER = f"{API_GROUP}/finalizer"
 #: Seconds a replica's peering keep-alive counts. kopf writes a keep-alive every
@@ -61,6 +63,17 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
         settings.peering.lifetime = PEERING_LIFETIME_SECONDS
     else:
         settings.peering.standalone = True
+
+
+def watched_objects() -> ObjectCache:
+    """The cache the controllers' watch handlers feed: the kinds and labels kopf watches."""
+    cache = ObjectCache()
+    cache.cover("TrainingRun")
+    cache.cover("Job", trainingrun.RUN_LABEL)
+    cache.cover("Pod", trainingrun.RUN_LABEL)
+    cache.cover("ModelDeployment")
+    cache.cover("Deployment", OWNER_LABEL)
+    return cache
 
 
 def build_registry(kube: Kube, config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -117,6 +130,7 @@ def main(argv: Sequence[str]) -> int:
     except SinkConfigError as error:
         parser.exit(2, f"kubeloop operator: {error}\n")
     kube = Kube.from_environment(args.kubeconfig, connections=HANDLER_THREADS + 4)
+    kube.cache = watched_objects()
     if notifier.enabled:
         kube.event_hook = notifier
     registry = build_registry(kube, config)

@@ -222,7 +222,16 @@ class ModelDeploymentController:
             old_status = md.get("status") or {}
             patch = status_patch(old_status, decision.status)
             if patch:
-                self.kube.patch_status(KIND, namespace, name, patch)
+                try:
+                    self.kube.patch_status(
+                        KIND, namespace, name, patch, resource_version=md["metadata"].get("resourceVersion")
+                    )
+                except Conflict:
+                    # The ModelDeployment moved on since it was read (a cached read behind the
+                    # watch, or a user's change): its newer version is an event that reconciles
+                    # it again; no Event from the older decision.
+                    log.info("%s/%s changed since it was read; deciding again", namespace, name)
+                    return decision
             now_text = wire_time(now)
             for event in decision.events:
                 post_event(
@@ -509,7 +518,10 @@ def register(
     tick = config.rollout_tick_seconds
 
     @kopf.on.event(API_GROUP, API_VERSION, "modeldeployments", registry=registry)
-    def on_modeldeployment_event(name: str, namespace: str | None, type: str, **_: Any) -> None:
+    def on_modeldeployment_event(
+        name: str, namespace: str | None, type: str, event: Mapping[str, Any], **_: Any
+    ) -> None:
+        controller.kube.observe(event)
         if not namespace:
             return
         if type == "DELETED":
@@ -579,7 +591,10 @@ def register(
     @kopf.on.event(
         "apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT}, registry=registry
     )
-    def on_deployment_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    def on_deployment_event(
+        labels: Mapping[str, str], namespace: str | None, event: Mapping[str, Any], **_: Any
+    ) -> None:
+        controller.kube.observe(event)
         if namespace:
             controller.reconcile(namespace, labels[OWNER_LABEL])
 
@@ -596,7 +611,10 @@ def register(
         return {(namespace, ref): name} if ref else None
 
     @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", registry=registry)
-    def on_trainingrun_event(name: str, namespace: str | None, **kwargs: Any) -> None:
+    def on_trainingrun_event(
+        name: str, namespace: str | None, event: Mapping[str, Any], **kwargs: Any
+    ) -> None:
+        controller.kube.observe(event)
         # A run a ModelDeployment waits for may just have succeeded.
         if not namespace:
             return

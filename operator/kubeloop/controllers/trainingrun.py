@@ -50,6 +50,7 @@ from kubeloop.trust import estimators, ownership
 log = logging.getLogger("kubeloop.trainingrun")
 KIND = "TrainingRun"
 RUN_LABEL = "kubeloop.io/trainingrun"
+_JOB_EXISTS = object()
 #: Threads that only reconcile runs with no status yet (their first reconcile creates the Job).
 NEW_RUN_THREADS = 8
 
@@ -173,60 +174,86 @@ class TrainingRunController:
                 if needs_tracking_finish(old_status):
                     self.finish_tracking(run, old_status, [], datetime.now(UTC))
                 return
-            job = self.kube.get_or_none("Job", namespace, job_name(name))
-            # A Job with the run's Job name that is not the run's is neither adopted nor replaced.
-            conflict = self.ownership_conflict("Job", job_name(name), job, ownership.Owner.of(run, RUN_LABEL))
-            if conflict is not None:
-                job = None
-            pods = self.kube.list("Pod", namespace, labels={RUN_LABEL: name}) if job else []
-            champion, champion_missing = (None, None)
-            estimator_refusal = None
-            if job is None:
-                # Before any Job: the one estimator policy, with this process's scikit-learn.
-                estimator_refusal = self.estimator_refusal(run["spec"])
-            if job is None and conflict is None and estimator_refusal is None:
-                try:
-                    champion, champion_missing = self.find_champion(run)
-                except ChampionWaiting as waiting:
-                    # Nothing created; the resync timer looks again (docs/mlflow.md).
-                    log.warning("run %s/%s waits for its champion: %s", namespace, name, waiting)
-                    post_event(
-                        self.kube,
-                        run,
-                        "Warning",
-                        REGISTRY_UNAVAILABLE,
-                        str(waiting),
-                        wire_time(datetime.now(UTC)),
-                    )
-                    return
-            now = datetime.now(UTC)
-            observed = Observed(job=job, pods=pods, conflict=conflict)
-            decision = decide(
-                run, observed, self.settings, now, champion, champion_missing,
-                estimator_refusal=estimator_refusal,
-            )
+            # A new run's Job is looked for in the watches' cache only: the create below meets
+            # any Job of that name the cache does not hold (409), and the run is decided again
+            # with that Job as the API server has it.
+            if old_status.get("phase"):
+                job = self.kube.get_or_none("Job", namespace, job_name(name))
+            else:
+                job = self.kube.cached("Job", namespace, job_name(name))
+            if self._reconcile_with(run, job) is _JOB_EXISTS:
+                self._reconcile_with(run, self.kube.get_or_none("Job", namespace, job_name(name)))
 
-            create_job, new_status = decision.create_job, decision.status
-            if create_job is not None and mlflow_runs.tracked(run, self.tracking):
-                create_job, new_status = self.start_tracking(run, create_job, new_status, now)
-            if create_job is not None:
-                try:
-                    self.kube.create(create_job)
-                except Conflict:
-                    # Created by an earlier attempt that died before writing status: the
-                    # deterministic name is what keeps this from becoming a second Job.
-                    log.info("job %s/%s exists already", namespace, create_job["metadata"]["name"])
-            if new_status != old_status:
-                self.kube.patch_status(KIND, namespace, name, new_status)
-            if needs_tracking_finish(new_status):
-                self.finish_tracking(run, new_status, pods, now)
-            now_text = wire_time(now)
-            for event in decision.events:
-                post_event(self.kube, run, event.type, event.reason, event.message, now_text, status=decision.status)
-            phase = decision.status.get("phase")
-            self.phases.observe(namespace, name, phase)
-            if phase in TERMINAL_PHASES and old_status.get("phase") != phase:
-                _observe_training_time(decision.status, str(phase))
+    def _reconcile_with(self, run: dict[str, Any], job: dict[str, Any] | None) -> object:
+        """Decide with the run's Job as read and apply; :data:`_JOB_EXISTS` if the Job the
+        decision created was there already (nothing else was written)."""
+        namespace, name = run["metadata"]["namespace"], run["metadata"]["name"]
+        old_status = run.get("status") or {}
+        # A Job with the run's Job name that is not the run's is neither adopted nor replaced.
+        conflict = self.ownership_conflict("Job", job_name(name), job, ownership.Owner.of(run, RUN_LABEL))
+        if conflict is not None:
+            job = None
+        pods = self.kube.list("Pod", namespace, labels={RUN_LABEL: name}) if job else []
+        champion, champion_missing = (None, None)
+        estimator_refusal = None
+        if job is None:
+            # Before any Job: the one estimator policy, with this process's scikit-learn.
+            estimator_refusal = self.estimator_refusal(run["spec"])
+        if job is None and conflict is None and estimator_refusal is None:
+            try:
+                champion, champion_missing = self.find_champion(run)
+            except ChampionWaiting as waiting:
+                # Nothing created; the resync timer looks again (docs/mlflow.md).
+                log.warning("run %s/%s waits for its champion: %s", namespace, name, waiting)
+                post_event(
+                    self.kube,
+                    run,
+                    "Warning",
+                    REGISTRY_UNAVAILABLE,
+                    str(waiting),
+                    wire_time(datetime.now(UTC)),
+                )
+                return None
+        now = datetime.now(UTC)
+        observed = Observed(job=job, pods=pods, conflict=conflict)
+        decision = decide(
+            run, observed, self.settings, now, champion, champion_missing,
+            estimator_refusal=estimator_refusal,
+        )
+
+        create_job, new_status = decision.create_job, decision.status
+        if create_job is not None and mlflow_runs.tracked(run, self.tracking):
+            create_job, new_status = self.start_tracking(run, create_job, new_status, now)
+        if create_job is not None:
+            try:
+                self.kube.create(create_job)
+            except Conflict:
+                # Created by an earlier attempt that died before writing status, or someone
+                # else's: the deterministic name keeps it from becoming a second Job, and
+                # the caller decides again with the Job as it is.
+                log.info("job %s/%s exists already", namespace, create_job["metadata"]["name"])
+                if job is None and conflict is None:
+                    return _JOB_EXISTS
+        if new_status != old_status:
+            try:
+                self.kube.patch_status(
+                    KIND, namespace, name, new_status, resource_version=run["metadata"].get("resourceVersion")
+                )
+            except Conflict:
+                # The run moved on since it was read: its newer version is an event that
+                # reconciles it again, and nothing decided from the old one is written.
+                log.info("run %s/%s changed since it was read; deciding again", namespace, name)
+                return None
+        if needs_tracking_finish(new_status):
+            self.finish_tracking(run, new_status, pods, now)
+        now_text = wire_time(now)
+        for event in decision.events:
+            post_event(self.kube, run, event.type, event.reason, event.message, now_text, status=decision.status)
+        phase = decision.status.get("phase")
+        self.phases.observe(namespace, name, phase)
+        if phase in TERMINAL_PHASES and old_status.get("phase") != phase:
+            _observe_training_time(decision.status, str(phase))
+        return None
 
     # --- MLflow (issue 17; docs/mlflow.md) ----------------------------------------------------
 
@@ -387,13 +414,19 @@ def register(registry: kopf.OperatorRegistry, controller: TrainingRunController,
     def not_new(status: Mapping[str, Any], **_: Any) -> bool:
         return bool(status.get("phase"))
 
+    # Each handler first hands its event to the Kube's cache (kubeloop.controllers.cache), so
+    # the reconcile it starts reads what this event said, whatever order kopf calls handlers in.
     @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", when=is_new, registry=registry)
-    async def on_new_run_event(name: str, namespace: str | None, type: str, **_: Any) -> None:
+    async def on_new_run_event(
+        name: str, namespace: str | None, type: str, event: Mapping[str, Any], **_: Any
+    ) -> None:
+        controller.kube.observe(event)
         if type != "DELETED" and namespace:
             await asyncio.get_running_loop().run_in_executor(controller.new_runs, controller.reconcile, namespace, name)
 
     @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", when=not_new, registry=registry)
-    def on_run_event(name: str, namespace: str | None, type: str, **_: Any) -> None:
+    def on_run_event(name: str, namespace: str | None, type: str, event: Mapping[str, Any], **_: Any) -> None:
+        controller.kube.observe(event)
         if type != "DELETED" and namespace:
             controller.reconcile(namespace, name)
 
@@ -428,7 +461,8 @@ def register(registry: kopf.OperatorRegistry, controller: TrainingRunController,
             controller.reconcile_tracking(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
-    def on_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    def on_job_event(labels: Mapping[str, str], namespace: str | None, event: Mapping[str, Any], **_: Any) -> None:
+        controller.kube.observe(event)
         if namespace:
             controller.reconcile(namespace, labels[RUN_LABEL])
 
@@ -439,6 +473,7 @@ def register(registry: kopf.OperatorRegistry, controller: TrainingRunController,
             controller.reconcile_waiting(namespace)
 
     @kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
-    def on_pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    def on_pod_event(labels: Mapping[str, str], namespace: str | None, event: Mapping[str, Any], **_: Any) -> None:
+        controller.kube.observe(event)
         if namespace:
             controller.reconcile(namespace, labels[RUN_LABEL])
