@@ -9,6 +9,7 @@ drops an event handler's error, and the integration tests' 2 s resync hid it.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import kopf
@@ -21,6 +22,9 @@ from kubeloop.controllers import modeldeployment
 class RecordingController:
     def __init__(self) -> None:
         self.reconciled: list[tuple[str, str]] = []
+        self.observed: list[Any] = []
+        # The watches' cache is fed by the handler before it reconciles.
+        self.kube = SimpleNamespace(observe=self.observed.append)
 
     def reconcile(self, namespace: str, name: str) -> None:
         self.reconciled.append((namespace, name))
@@ -48,8 +52,10 @@ def test_a_run_event_reconciles_the_deployments_that_serve_it_through_the_index(
     ]  # fmt: skip
     assert len(run_events) == 1
     # kopf passes every index as a keyword named by its handler id.
-    run_events[0].fn(name="run-2", namespace="team", **dict(indexers.indices.items()))
+    event = {"type": "MODIFIED", "object": {"kind": "TrainingRun", "metadata": {"name": "run-2"}}}
+    run_events[0].fn(name="run-2", namespace="team", event=event, **dict(indexers.indices.items()))
     assert controller.reconciled == [("team", "serve-b")]
+    assert controller.observed == [event]
 
 
 def _outcome(result: Any) -> Any:

@@ -8,9 +8,13 @@ chart's least-privilege test checks.
 
 from __future__ import annotations
 
+import logging
+import queue
 import socket
 import threading
+import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from kubeloop.controllers import metrics
 from kubeloop.controllers.cache import ObjectCache
 
 FIELD_MANAGER = "kubeloop"
+log = logging.getLogger("kubeloop.kube")
 
 JsonObject = dict[str, Any]
 EventHook = Callable[..., Sequence[tuple[str, str]]]
@@ -102,6 +107,8 @@ class Kube:
         # The operator's watches (kubeloop.controllers.cache): reads of what they hold cost no
         # request, and what our writes answer is remembered. None: every read asks the server.
         self.cache = cache
+        # Events written in the background (the operator's), or by the caller (None).
+        self.event_writer: EventWriter | None = None
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None, connections: int | None = None) -> Kube:
@@ -294,6 +301,52 @@ class KeyedLocks:
             yield
 
 
+class EventWriter:
+    """Writes Events off the reconcile's path, as client-go's event recorder does.
+
+    An Event is one more request per decision, and under load each request waits for a busy
+    API server: written inline, it was a third of a new run's first reconcile. Events of one
+    object keep their order (one worker per object, chosen by its uid); a failed write is
+    logged and counted, never retried by reconciling again (the decision is already applied).
+    """
+
+    def __init__(self, workers: int = 8, queue_size: int = 2000) -> None:
+        self._queues: list[queue.Queue[Callable[[], None] | None]] = [
+            queue.Queue(queue_size) for _ in range(workers)
+        ]
+        self._threads = [
+            threading.Thread(target=self._work, args=(q,), name=f"events-{i}", daemon=True)
+            for i, q in enumerate(self._queues)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, key: str, write: Callable[[], None]) -> None:
+        # A full queue makes the reconcile wait (back-pressure) rather than lose Events.
+        self._queues[zlib.crc32(key.encode()) % len(self._queues)].put(write)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every Event submitted so far is written (or the timeout passes)."""
+        deadline = time.monotonic() + timeout
+        for q in self._queues:
+            while q.unfinished_tasks and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    @staticmethod
+    def _work(q: queue.Queue[Callable[[], None] | None]) -> None:
+        while True:
+            write = q.get()
+            try:
+                if write is None:
+                    return
+                write()
+            except Exception:
+                metrics.EVENT_WRITE_FAILURES.inc()
+                log.warning("writing an Event failed", exc_info=True)
+            finally:
+                q.task_done()
+
+
 def post_event(
     kube: Kube,
     obj: JsonObject,
@@ -311,6 +364,27 @@ def post_event(
     meta = obj["metadata"]
     # Counted before the write: an alert on the reason fires even if the Event cannot be stored.
     metrics.EVENTS.labels(meta["namespace"], obj["kind"], meta["name"], type_, reason).inc()
+    if kube.event_writer is not None:
+        kube.event_writer.submit(
+            str(meta.get("uid") or meta["name"]),
+            lambda: _write_event(kube, obj, type_, reason, message, now_text, status=status, related=related),
+        )
+    else:
+        _write_event(kube, obj, type_, reason, message, now_text, status=status, related=related)
+
+
+def _write_event(
+    kube: Kube,
+    obj: JsonObject,
+    type_: str,
+    reason: str,
+    message: str,
+    now_text: str,
+    *,
+    status: Mapping[str, Any] | None,
+    related: Mapping[str, Any] | None,
+) -> None:
+    meta = obj["metadata"]
     kube.create(
         {
             "apiVersion": "v1",
@@ -337,7 +411,7 @@ def post_event(
             "count": 1,
         }
     )
-    # After the write: a failed write retries the reconcile, which posts (and notifies) again.
+    # After the write: the notification says what the cluster's Events say.
     if kube.event_hook is not None:
         for warning_reason, warning in kube.event_hook(
             obj, type_, reason, message, now_text, status=status, related=related

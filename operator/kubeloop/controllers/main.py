@@ -16,7 +16,7 @@ from kubeloop import API_GROUP
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import driftpolicy, metrics, modeldeployment, trainingrun
 from kubeloop.controllers.cache import ObjectCache
-from kubeloop.controllers.kube import Kube
+from kubeloop.controllers.kube import EventWriter, Kube
 from kubeloop.notifications.delivery import Metrics, Notifier, SinkConfigError
 from kubeloop.resources.serving import OWNER_LABEL
 
@@ -131,6 +131,7 @@ def main(argv: Sequence[str]) -> int:
         parser.exit(2, f"kubeloop operator: {error}\n")
     kube = Kube.from_environment(args.kubeconfig, connections=HANDLER_THREADS + 4)
     kube.cache = watched_objects()
+    kube.event_writer = EventWriter()
     if notifier.enabled:
         kube.event_hook = notifier
     registry = build_registry(kube, config)

@@ -62,6 +62,11 @@ EVENTS = Counter(
     ["namespace", "kind", "name", "type", "reason"],
     registry=REGISTRY,
 )
+EVENT_WRITE_FAILURES = Counter(
+    "kubeloop_event_write_failures_total",
+    "Events the operator decided but could not write (the API server refused or did not answer).",
+    registry=REGISTRY,
+)
 
 
 class PhaseTracker:
