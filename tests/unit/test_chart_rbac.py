@@ -68,10 +68,8 @@ DYNAMIC_CALLS: dict[str, frozenset[str]] = {
     # resources.driftjob.build_drift_job: the dataset check
     "driftpolicy:job": frozenset({"Job"}),
     # decide.modeldeployment.Decision: resources.serving builders
-    "modeldeployment:service": frozenset({"Service"}),
-    "modeldeployment:deployment": frozenset({"Deployment"}),
-    "modeldeployment:decision.hpa": frozenset({"HorizontalPodAutoscaler"}),
-    "modeldeployment:decision.pdb": frozenset({"PodDisruptionBudget"}),
+    # (ModelDeploymentController._apply: the Services, Deployments, HPA and PDB it applies)
+    "modeldeployment:obj": frozenset({"Service", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"}),
     # The traffic router's object: traffic.gatewayapi (HTTPRoute) or traffic.istio
     # (VirtualService); the replicas router has none.
     "modeldeployment:route.kind": frozenset({"HTTPRoute", "VirtualService"}),

@@ -73,6 +73,9 @@ def watched_objects() -> ObjectCache:
     cache.cover("Pod", trainingrun.RUN_LABEL)
     cache.cover("ModelDeployment")
     cache.cover("Deployment", OWNER_LABEL)
+    cache.cover("Service", OWNER_LABEL)
+    cache.cover("HorizontalPodAutoscaler", OWNER_LABEL)
+    cache.cover("PodDisruptionBudget", OWNER_LABEL)
     return cache
 
 

@@ -21,6 +21,7 @@ decision said the next thing happens.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+import orjson
 
 from kubeloop import API_GROUP, API_VERSION
 from kubeloop.analysis.base import AnalysisTarget, Measurement
@@ -119,6 +121,11 @@ class ModelDeploymentController:
         self.builtin = BuiltinProvider(policy=policy)
         self.scrape = ScrapeProvider()
         self._wakeups: dict[tuple[str, str], threading.Timer] = {}
+        # What our last server-side apply of each child sent (digest) and left (see
+        # untouched_since), and each child as read by this reconcile's ownership check.
+        self._applied: dict[tuple[str, str, str], tuple[str, tuple[Any, ...]]] = {}
+        self._current: dict[tuple[str, str, str], Mapping[str, Any] | None] = {}
+        self._children: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
         # MLflow (issue 17): registry sources, and the champion/challenger aliases.
         from kubeloop.controllers.trainingrun import tracking_settings
 
@@ -288,17 +295,33 @@ class ModelDeploymentController:
             targets[("PodDisruptionBudget", decision.delete_pdb)] = None
         problems = []
         for kind, name in targets:
-            message = self.ownership_conflict(
-                kind, name, self.kube.get_or_none(kind, namespace, name), owner
-            )
+            current = self.kube.get_or_none(kind, namespace, name)
+            self._current[(kind, namespace, name)] = current
+            message = self.ownership_conflict(kind, name, current, owner)
             if message is not None:
                 problems.append(message)
         return problems
 
+    def _apply(self, obj: dict[str, Any]) -> None:
+        """Server-side apply, skipped when the object is as our last apply of the same body left
+        it: most reconciles (a Deployment's status moved, a tick) change none of the ~5 objects,
+        and each apply is a write the API server must process."""
+        meta = obj["metadata"]
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        digest = applied_digest(obj)
+        current = self._current.get(key)
+        if current is not None and self._applied.get(key) == (digest, untouched_since(current)):
+            return
+        answer = self.kube.apply(obj)
+        with self._wakeup_guard:
+            self._applied[key] = (digest, untouched_since(answer))
+            owner = ((meta.get("labels") or {}).get(OWNER_LABEL)) or ""
+            self._children.setdefault((meta["namespace"], owner), set()).add(key)
+
     def apply(self, md: Mapping[str, Any], observed: Observed, decision: Decision) -> None:
         namespace = md["metadata"]["namespace"]
         for service in decision.services:
-            self.kube.apply(service)
+            self._apply(service)
         route = decision.route
         if route is not None and route.patch is not None:
             try:
@@ -308,16 +331,16 @@ class ModelDeploymentController:
                 log.info("%s %s/%s changed under us; retrying", route.kind, namespace, route.name)
                 self.wake_up(namespace, md["metadata"]["name"], 1.0)
         for deployment in decision.deployments:
-            self.kube.apply(deployment)
+            self._apply(deployment)
         for name in decision.scale_to_zero:
             with contextlib.suppress(NotFound):
                 self.kube.patch("Deployment", namespace, name, {"spec": {"replicas": 0}})
         if decision.hpa is not None:
-            self.kube.apply(decision.hpa)
+            self._apply(decision.hpa)
         if decision.delete_hpa is not None:
             self.kube.delete("HorizontalPodAutoscaler", namespace, decision.delete_hpa)
         if decision.pdb is not None:
-            self.kube.apply(decision.pdb)
+            self._apply(decision.pdb)
         if decision.delete_pdb is not None:
             self.kube.delete("PodDisruptionBudget", namespace, decision.delete_pdb)
 
@@ -481,6 +504,9 @@ class ModelDeploymentController:
             metrics.CANARY_WEIGHT.remove(namespace, name)
         with self._wakeup_guard:
             pending = self._wakeups.pop((namespace, name), None)
+            for key in self._children.pop((namespace, name), set()):
+                self._applied.pop(key, None)
+                self._current.pop(key, None)
         if pending is not None:
             pending.cancel()
 
@@ -490,6 +516,26 @@ class ModelDeploymentController:
             for pending in self._wakeups.values():
                 pending.cancel()
             self._wakeups.clear()
+
+
+def applied_digest(obj: Mapping[str, Any]) -> str:
+    """A digest of a body we apply (key order does not matter)."""
+    return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def untouched_since(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What changes when anyone changes what an apply sets: the object's identity, its spec's
+    generation (or, for kinds without one, its resourceVersion), labels, annotations and
+    owners. Status updates (a Deployment's rollout, an autoscaler's reading) leave it as is."""
+    meta = obj.get("metadata") or {}
+    version = meta.get("generation") if "generation" in meta else meta.get("resourceVersion")
+    return (
+        meta.get("uid"),
+        version,
+        orjson.dumps(meta.get("labels") or {}, option=orjson.OPT_SORT_KEYS),
+        orjson.dumps(meta.get("annotations") or {}, option=orjson.OPT_SORT_KEYS),
+        orjson.dumps(meta.get("ownerReferences") or [], option=orjson.OPT_SORT_KEYS),
+    )
 
 
 def _rolling_out(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -> bool:
@@ -597,6 +643,38 @@ def register(
         controller.kube.observe(event)
         if namespace:
             controller.reconcile(namespace, labels[OWNER_LABEL])
+
+    # The Services, autoscaler and disruption budget: in the watches' cache (no read per
+    # reconcile), and a change someone else makes to them (or their deletion) reconciles the
+    # ModelDeployment at once instead of at its next resync. An autoscaler's or budget's own
+    # status updates (every few seconds) change nothing the operator decides from.
+    @kopf.on.event("", "v1", "services", labels={OWNER_LABEL: kopf.PRESENT}, registry=registry)
+    def on_service_event(
+        labels: Mapping[str, str], namespace: str | None, event: Mapping[str, Any], **_: Any
+    ) -> None:
+        controller.kube.observe(event)
+        if namespace:
+            controller.reconcile(namespace, labels[OWNER_LABEL])
+
+    def on_child_event(
+        labels: Mapping[str, str], namespace: str | None, type: str, event: Mapping[str, Any], **_: Any
+    ) -> None:
+        obj = event.get("object") or {}
+        meta = obj.get("metadata") or {}
+        before = controller.kube.cached(str(obj.get("kind") or ""), str(namespace), str(meta.get("name")))
+        controller.kube.observe(event)
+        changed = before is None or (before.get("metadata") or {}).get("generation") != meta.get("generation")
+        if namespace and (type == "DELETED" or changed):
+            controller.reconcile(namespace, labels[OWNER_LABEL])
+
+    kopf.on.event(
+        "autoscaling", "v2", "horizontalpodautoscalers", labels={OWNER_LABEL: kopf.PRESENT},
+        id="on_autoscaler_event", registry=registry,
+    )(on_child_event)
+    kopf.on.event(
+        "policy", "v1", "poddisruptionbudgets", labels={OWNER_LABEL: kopf.PRESENT},
+        id="on_disruption_budget_event", registry=registry,
+    )(on_child_event)
 
     # kopf passes an index to handlers under its handler id, which defaults to the function's
     # __qualname__ ("register.<locals>.deployments_by_run"): without an explicit id the
