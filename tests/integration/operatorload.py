@@ -66,6 +66,10 @@ class Timeline:
     md_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     md_steps: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # currentStep history
     deployment_uids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # ModelDeployment name -> when its stable Deployment was first seen, and first seen with
+    # every replica updated and available (the cluster's controllers' share of apply -> Healthy).
+    stable_added: dict[str, float] = field(default_factory=dict)
+    stable_available: dict[str, float] = field(default_factory=dict)
 
 
 class Recorder:
@@ -174,6 +178,12 @@ class Recorder:
                     t.md_steps[name].append(int(step))
             elif kind == "Deployment":
                 t.deployment_uids[meta["name"]].add(meta["uid"])
+                owner = labels.get(MD_LABEL)
+                if owner and labels.get("kubeloop.io/track") == "stable":
+                    t.stable_added.setdefault(owner, now)
+                    status, wanted = obj.get("status") or {}, (obj.get("spec") or {}).get("replicas", 1)
+                    if wanted and status.get("updatedReplicas", 0) >= wanted and status.get("availableReplicas", 0) >= wanted:
+                        t.stable_available.setdefault(owner, now)
         if type_ != "DELETED":
             for listener in self.listeners:
                 listener(kind, obj)
