@@ -86,3 +86,19 @@ def test_non_numeric_versions_take_the_newest_arrival(cache: ObjectCache) -> Non
     cache.remember(obj("TrainingRun", "a", "abc", spec={"v": 1}))
     cache.remember(obj("TrainingRun", "a", "abd", spec={"v": 2}))
     assert cache.get("TrainingRun", "ns", "a")["spec"] == {"v": 2}
+
+
+def test_a_404_stands_until_the_watch_or_a_write_says_otherwise(cache: ObjectCache) -> None:
+    count = cache.change_count("Pod", "ns", "p")
+    cache.mark_absent("Pod", "ns", "p", count)
+    assert cache.absent("Pod", "ns", "p")
+    cache.observe("ADDED", obj("Pod", "p", 5, {"kubeloop.io/trainingrun": "a"}))
+    assert not cache.absent("Pod", "ns", "p")
+
+
+def test_a_404_answered_before_an_event_that_arrived_meanwhile_is_not_kept(cache: ObjectCache) -> None:
+    count = cache.change_count("Pod", "ns", "p")  # taken before the GET
+    cache.observe("ADDED", obj("Pod", "p", 5, {"kubeloop.io/trainingrun": "a"}))  # while the GET ran
+    cache.observe("DELETED", obj("Pod", "p", 6, {"kubeloop.io/trainingrun": "a"}))
+    cache.mark_absent("Pod", "ns", "p", count)  # the 404 is older than what the watch said
+    assert not cache.absent("Pod", "ns", "p")

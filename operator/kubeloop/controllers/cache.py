@@ -70,6 +70,10 @@ class ObjectCache:
         self._coverage: dict[str, Coverage] = {}
         self._objects: dict[Key, tuple[int, bytes, Mapping[str, str]]] = {}
         self._tombstones: OrderedDict[Key, int] = OrderedDict()
+        # Keys the API server said do not exist (404), with the key's change count then; any
+        # event or write for the key since makes the entry stale (see absent()).
+        self._absent: dict[Key, int] = {}
+        self._changes: dict[Key, int] = {}
         self.hits = 0
         self.misses = 0
 
@@ -99,6 +103,7 @@ class ObjectCache:
             return
         version = resource_version(obj)
         with self._guard:
+            self._changed(key)
             if not coverage.holds(obj):
                 # A label removed: no longer ours to answer for (a GET will tell).
                 self._objects.pop(key, None)
@@ -122,6 +127,7 @@ class ObjectCache:
             return
         version = resource_version(obj)
         with self._guard:
+            self._changed(key)
             held = self._objects.get(key)
             if held is not None and version >= 0 and held[0] > version:
                 return  # a newer object of the same name (made again) is already here
@@ -130,6 +136,32 @@ class ObjectCache:
             self._tombstones.move_to_end(key)
             while len(self._tombstones) > TOMBSTONES:
                 self._tombstones.popitem(last=False)
+
+    def _changed(self, key: Key) -> None:
+        self._changes[key] = self._changes.get(key, 0) + 1
+        self._absent.pop(key, None)
+
+    def change_count(self, kind: str, namespace: str, name: str) -> int:
+        """Taken before asking the API server for an object (see :meth:`mark_absent`)."""
+        with self._guard:
+            return self._changes.get((kind, namespace, name), 0)
+
+    def mark_absent(self, kind: str, namespace: str, name: str, count: int) -> None:
+        """The API server answered 404 for an object the cache did not hold. Kept only if no
+        event or write for it arrived since ``count`` was taken (else that one is newer)."""
+        key = (kind, namespace, name)
+        if kind not in self._coverage:
+            return
+        with self._guard:
+            if self._changes.get(key, 0) == count and key not in self._objects:
+                self._absent[key] = count
+
+    def absent(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether no object of ours with this name exists: the API server said 404 and the
+        watch has said nothing of it since. An object without the covered label (someone
+        else's, of the same name) is not seen here: a check before a write asks the server."""
+        with self._guard:
+            return (kind, namespace, name) in self._absent
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -205,6 +205,24 @@ class Kube:
         except NotFound:
             return None
 
+    def get_ours_or_none(self, kind: str, namespace: str, name: str) -> JsonObject | None:
+        """Like :meth:`get_or_none` for a reader that only wants objects carrying the cache's
+        label (ours): once the server has said 404, that answer stands until the watch says
+        otherwise, so a missing child costs one request, not one per reconcile."""
+        found = self.cached(kind, namespace, name)
+        if found is not None:
+            return found
+        if self.cache is None:
+            return self.get_or_none(kind, namespace, name)
+        if self.cache.absent(kind, namespace, name):
+            return None
+        count = self.cache.change_count(kind, namespace, name)
+        try:
+            return self.get(kind, namespace, name)
+        except NotFound:
+            self.cache.mark_absent(kind, namespace, name, count)
+            return None
+
     def cached(self, kind: str, namespace: str, name: str) -> JsonObject | None:
         """The object as the watches last saw it, with no request; None says only "not seen"."""
         return self.cache.get(kind, namespace, name) if self.cache is not None else None

@@ -150,15 +150,17 @@ class ModelDeploymentController:
         if router.object_kind is not None and router.object_name is not None:
             route = self._get_tolerant(router.object_kind, namespace, router.object_name)
         run_name = ((spec.get("model") or {}).get("trainingRunRef") or {}).get("name")
+        # Children are ours only with our label (own_children checks the rest): a child the
+        # server said is missing stays missing until the watch says otherwise.
         return Observed(
-            stable=self.kube.get_or_none("Deployment", namespace, deployment_name(name, "stable")),
-            canary=self.kube.get_or_none("Deployment", namespace, deployment_name(name, "canary")),
-            hpa=self.kube.get_or_none("HorizontalPodAutoscaler", namespace, hpa_name(name)),
+            stable=self.kube.get_ours_or_none("Deployment", namespace, deployment_name(name, "stable")),
+            canary=self.kube.get_ours_or_none("Deployment", namespace, deployment_name(name, "canary")),
+            hpa=self.kube.get_ours_or_none("HorizontalPodAutoscaler", namespace, hpa_name(name)),
             route=route,
             training_run=self.kube.get_or_none("TrainingRun", namespace, run_name)
             if run_name
             else None,
-            pdb=self.kube.get_or_none("PodDisruptionBudget", namespace, pdb_name(name)),
+            pdb=self.kube.get_ours_or_none("PodDisruptionBudget", namespace, pdb_name(name)),
             registry=self.resolve_registry(md),
         )
 
@@ -650,10 +652,18 @@ def register(
     # status updates (every few seconds) change nothing the operator decides from.
     @kopf.on.event("", "v1", "services", labels={OWNER_LABEL: kopf.PRESENT}, registry=registry)
     def on_service_event(
-        labels: Mapping[str, str], namespace: str | None, event: Mapping[str, Any], **_: Any
+        labels: Mapping[str, str], namespace: str | None, type: str, event: Mapping[str, Any], **_: Any
     ) -> None:
+        obj = event.get("object") or {}
+        meta = obj.get("metadata") or {}
+        before = controller.kube.cached("Service", str(namespace), str(meta.get("name")))
         controller.kube.observe(event)
-        if namespace:
+        # The echo of our own apply (the version it answered) brings nothing new: no status of
+        # a Service is read by a decision.
+        echo = before is not None and (before.get("metadata") or {}).get("resourceVersion") == meta.get(
+            "resourceVersion"
+        )
+        if namespace and (type == "DELETED" or not echo):
             controller.reconcile(namespace, labels[OWNER_LABEL])
 
     def on_child_event(
