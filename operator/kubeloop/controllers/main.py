@@ -132,7 +132,9 @@ def main(argv: Sequence[str]) -> int:
         notifier = Notifier(config.notifications, notification_metrics())
     except SinkConfigError as error:
         parser.exit(2, f"kubeloop operator: {error}\n")
-    kube = Kube.from_environment(args.kubeconfig, connections=HANDLER_THREADS + 4)
+    kube = Kube.from_environment(
+        args.kubeconfig, connections=HANDLER_THREADS + modeldeployment.REQUEST_THREADS + 4
+    )
     kube.cache = watched_objects()
     kube.event_writer = EventWriter()
     if notifier.enabled:
