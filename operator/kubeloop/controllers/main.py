@@ -53,7 +53,11 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.connect_timeout = 10
     settings.posting.level = logging.WARNING  # our own Events are written by the controllers
     settings.execution.max_workers = HANDLER_THREADS
-    settings.batching.worker_limit = 64
+    # No cap on kopf's per-object workers (its default): they are coroutines, the handler
+    # threads above bound the work. A cap of 64 made the 65th new object wait until a worker
+    # idled out (queueing.idle_timeout, 5 s after its object's last event): with 100 runs or
+    # ModelDeployments applied at once, seconds of apply -> Job / Healthy were that wait.
+    settings.queueing.worker_limit = None
     if config.peering:
         settings.peering.name = config.peering
         settings.peering.standalone = False

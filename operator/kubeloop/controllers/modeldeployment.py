@@ -179,8 +179,8 @@ class ModelDeploymentController:
         """The calls' results, the calls made side by side: a new ModelDeployment's reconcile
         asks the API server about ~8 objects that do not exist yet, and on a busy server each
         answer takes a quarter of a second; one after another they were most of apply -> Healthy."""
-        if len(calls) == 1:
-            return [calls[0]()]
+        if len(calls) <= 1:
+            return [call() for call in calls]
         futures = [self._requests.submit(call) for call in calls[1:]]
         first = calls[0]()
         return [first, *(future.result() for future in futures)]
@@ -320,7 +320,7 @@ class ModelDeploymentController:
         keys = list(targets)
         found = self.all_at_once(
             *(lambda kind=kind, name=name: self.kube.get_or_none(kind, namespace, name) for kind, name in keys)
-        ) if keys else []
+        )
         for (kind, name), current in zip(keys, found, strict=True):
             self._current[(kind, namespace, name)] = current
             message = self.ownership_conflict(kind, name, current, owner)
