@@ -470,7 +470,10 @@ def register(
             controller.reconcile(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={POLICY_LABEL: kopf.PRESENT}, registry=registry)
-    def on_check_job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    def on_check_job_event(
+        labels: Mapping[str, str], namespace: str | None, event: Mapping[str, Any], **_: Any
+    ) -> None:
+        controller.kube.observe(event)
         if namespace:
             controller.reconcile(namespace, labels[POLICY_LABEL])
 
@@ -481,6 +484,9 @@ def register(
         labels={POLICY_LABEL: kopf.PRESENT},
         registry=registry,
     )
-    def on_retrain_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    def on_retrain_event(
+        labels: Mapping[str, str], namespace: str | None, event: Mapping[str, Any], **_: Any
+    ) -> None:
+        controller.kube.observe(event)  # the cache first (kubeloop.controllers.cache)
         if namespace:
             controller.reconcile(namespace, labels[POLICY_LABEL])

@@ -467,7 +467,10 @@ def register(registry: kopf.OperatorRegistry, controller: TrainingRunController,
             controller.reconcile(namespace, labels[RUN_LABEL])
 
     @kopf.on.event(API_GROUP, API_VERSION, "modeldeployments", registry=registry)
-    def on_deployment_event_for_cleanup(namespace: str | None, **_: Any) -> None:
+    def on_deployment_event_for_cleanup(namespace: str | None, event: Mapping[str, Any], **_: Any) -> None:
+        # The cache first: kopf calls this before the ModelDeployment controller's handler, and
+        # a deleted ModelDeployment still in the cache would keep the artifacts waiting.
+        controller.kube.observe(event)
         # A deleted run's artifacts wait while a ModelDeployment serves them.
         if namespace:
             controller.reconcile_waiting(namespace)
