@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import random
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,6 +123,9 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(list(argv))
+    # `kill -USR1 <pid>` prints every thread's stack to stderr (a stuck reconcile, a deadlock)
+    # without stopping the operator.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
