@@ -227,8 +227,13 @@ class Kube:
         """The object as the watches last saw it, with no request; None says only "not seen"."""
         return self.cache.get(kind, namespace, name) if self.cache is not None else None
 
-    def list(self, kind: str, namespace: str, labels: Mapping[str, str] | None = None) -> list[JsonObject]:
-        if self.cache is not None:
+    def list(
+        self, kind: str, namespace: str, labels: Mapping[str, str] | None = None, fresh: bool = False
+    ) -> list[JsonObject]:
+        """The objects from the watches' cache where it can answer, else (or ``fresh``) from
+        the API server. ``fresh`` is for decisions that cannot be taken back: each watch is its
+        own stream, so the cache may hold a Job's completion before its pod's last status."""
+        if self.cache is not None and not fresh:
             cached = self.cache.list(kind, namespace, labels)
             if cached is not None:
                 return cached

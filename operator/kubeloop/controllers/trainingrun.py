@@ -30,6 +30,7 @@ from kubeloop.decide.trainingrun import (
     Observed,
     champion_from_candidates,
     decide,
+    job_condition,
     job_name,
     latest_results,
 )
@@ -193,7 +194,11 @@ class TrainingRunController:
         conflict = self.ownership_conflict("Job", job_name(name), job, ownership.Owner.of(run, RUN_LABEL))
         if conflict is not None:
             job = None
-        pods = self.kube.list("Pod", namespace, labels={RUN_LABEL: name}) if job else []
+            # A finished Job ends the run for good: its pods (their termination messages) are read
+        # from the API server, which has them before the Job controller counts them, while the
+        # pods' watch may not have delivered them yet.
+        finished = job is not None and (job_condition(job, "Complete") or job_condition(job, "Failed")) is not None
+        pods = self.kube.list("Pod", namespace, labels={RUN_LABEL: name}, fresh=finished) if job else []
         champion, champion_missing = (None, None)
         estimator_refusal = None
         if job is None:
@@ -325,18 +330,21 @@ class TrainingRunController:
         deployments: list[dict[str, Any]] = []
         job, pods, training_job, training_pods = None, [], None, []
         if meta.get("deletionTimestamp"):
-            deployments = self.kube.list("ModelDeployment", namespace, labels=None)
+            # A deletion is final: what it waits for and what it deletes are read fresh.
+            deployments = self.kube.list("ModelDeployment", namespace, labels=None, fresh=True)
             owner = ownership.Owner.of(run, RUN_LABEL)
             # The cleanup Job has no owner reference (the run is being deleted): its labels mark it.
             labelled = ownership.Owner.of(run, RUN_LABEL, by_reference=False)
             job = self._own_job(self.kube.get_or_none("Job", namespace, cleanup_job_name(name)), labelled)
             if job is not None:
                 pods = self.kube.list(
-                    "Pod", namespace, labels={RUN_LABEL: name, "app.kubernetes.io/component": CLEANUP_COMPONENT}
+                    "Pod", namespace, labels={RUN_LABEL: name, "app.kubernetes.io/component": CLEANUP_COMPONENT},
+                    fresh=True,
                 )
             training_job = self._own_job(self.kube.get_or_none("Job", namespace, job_name(name)), owner)
             training_pods = self.kube.list(
-                "Pod", namespace, labels={RUN_LABEL: name, "app.kubernetes.io/component": TRAINING_COMPONENT}
+                "Pod", namespace, labels={RUN_LABEL: name, "app.kubernetes.io/component": TRAINING_COMPONENT},
+                fresh=True,
             )
         cleanup = decide_cleanup(
             run, deployments, job, pods, self.settings,
