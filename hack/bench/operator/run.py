@@ -311,7 +311,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         f"- Machine: {results['env']['cpus']} CPUs, {results['env']['platform']}, Python {results['env']['python']}",
         f"- Load average before / after (1, 5, 15 min): {results['env']['load_before']} / {results['env']['load_after']}"
-        " (other work shared the machine; see each case's own figures in results.json)",
+        " (each case's own before/after figures are in results.json)",
         f"- Control plane: hack/cluster (Kubernetes {results['env']['kubernetes']}, kwok fake nodes added per case,"
         " 110 pods each, tainted for the load alone); the operator as a process on this machine, with the"
         " chart's resync (30 s) and rollout tick (5 s), under its own ServiceAccount token and FlowSchema"

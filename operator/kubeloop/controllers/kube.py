@@ -223,6 +223,13 @@ class Kube:
             self.cache.mark_absent(kind, namespace, name, count)
             return None
 
+    def get_fresh(self, kind: str, namespace: str, name: str) -> JsonObject | None:
+        """The object from the API server (None: gone), remembered in the cache."""
+        try:
+            return self._remember(self.get(kind, namespace, name))
+        except NotFound:
+            return None
+
     def cached(self, kind: str, namespace: str, name: str) -> JsonObject | None:
         """The object as the watches last saw it, with no request; None says only "not seen"."""
         return self.cache.get(kind, namespace, name) if self.cache is not None else None

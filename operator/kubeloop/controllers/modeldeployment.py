@@ -261,6 +261,10 @@ class ModelDeploymentController:
                     # watch, or a user's change): its newer version is an event that reconciles
                     # it again; no Event from the older decision.
                     log.info("%s/%s changed since it was read; deciding again", namespace, name)
+                    # Soon, from the newer version (kopf's own writes, e.g. its finalizer, do not
+                    # always reach a handler as an event).
+                    self.kube.get_fresh(KIND, namespace, name)
+                    self.wake_up(namespace, name, 0.5)
                     return decision
             now_text = wire_time(now)
             for event in decision.events:

@@ -52,6 +52,7 @@ log = logging.getLogger("kubeloop.trainingrun")
 KIND = "TrainingRun"
 RUN_LABEL = "kubeloop.io/trainingrun"
 _JOB_EXISTS = object()
+_STATUS_CONFLICT = object()
 #: Threads that only reconcile runs with no status yet (their first reconcile creates the Job).
 NEW_RUN_THREADS = 8
 
@@ -182,8 +183,19 @@ class TrainingRunController:
                 job = self.kube.get_or_none("Job", namespace, job_name(name))
             else:
                 job = self.kube.cached("Job", namespace, job_name(name))
-            if self._reconcile_with(run, job) is _JOB_EXISTS:
+            outcome = self._reconcile_with(run, job)
+            if outcome is _JOB_EXISTS:
                 self._reconcile_with(run, self.kube.get_or_none("Job", namespace, job_name(name)))
+            elif outcome is _STATUS_CONFLICT:
+                # Decide once more from the run as the API server has it now (kopf's own writes,
+                # e.g. its finalizer, do not always reach a handler as an event).
+                fresh = self.kube.get_fresh(KIND, namespace, name)
+                if (
+                    fresh is not None
+                    and not fresh["metadata"].get("deletionTimestamp")
+                    and (fresh.get("status") or {}).get("phase") not in TERMINAL_PHASES
+                ):
+                    self._reconcile_with(fresh, self.kube.get_or_none("Job", namespace, job_name(name)))
 
     def _reconcile_with(self, run: dict[str, Any], job: dict[str, Any] | None) -> object:
         """Decide with the run's Job as read and apply; :data:`_JOB_EXISTS` if the Job the
@@ -248,7 +260,7 @@ class TrainingRunController:
                 # The run moved on since it was read: its newer version is an event that
                 # reconciles it again, and nothing decided from the old one is written.
                 log.info("run %s/%s changed since it was read; deciding again", namespace, name)
-                return None
+                return _STATUS_CONFLICT
         if needs_tracking_finish(new_status):
             self.finish_tracking(run, new_status, pods, now)
         now_text = wire_time(now)
