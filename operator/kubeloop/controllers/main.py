@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import faulthandler
+import io
 import logging
 import os
 import random
@@ -144,7 +146,8 @@ def main(argv: Sequence[str]) -> int:
     limit_malloc_arenas()
     # `kill -USR1 <pid>` prints every thread's stack to stderr (a stuck reconcile, a deadlock)
     # without stopping the operator.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    with contextlib.suppress(io.UnsupportedOperation, ValueError):  # stderr without a file (in-process)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
