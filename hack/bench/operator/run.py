@@ -208,12 +208,9 @@ def bench_runs(api: Any, kubectl: Any, n: int, out: Path, message: str, profile:
         last_done = max((t.run_phase_at[r].get("Succeeded", 0.0) for r in sent), default=0.0)
         result.update({
             "jobs_seen": len(to_job),
-            "apply_to_job_p50_s": round(statistics.median(to_job), 3) if to_job else None,
-            "apply_to_job_p99_s": round(percentile(to_job, 99), 3) if to_job else None,
-            "apply_to_training_p50_s": round(statistics.median(to_training), 3) if to_training else None,
-            "apply_to_training_p99_s": round(percentile(to_training, 99), 3) if to_training else None,
-            "job_to_pod_p50_s": round(statistics.median(job_to_pod), 3) if job_to_pod else None,
-            "job_to_pod_p99_s": round(percentile(job_to_pod, 99), 3) if job_to_pod else None,
+            **p50_p99("apply_to_job", to_job),
+            **p50_p99("apply_to_training", to_training),
+            **p50_p99("job_to_pod", job_to_pod),
             "succeeded": len(succeeded),
             "failed": sum(1 for r in sent if t.run_phase.get(r) == "Failed"),
             "all_succeeded_after_s": round(last_done - started, 1) if len(succeeded) == n else None,
@@ -277,14 +274,10 @@ def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[st
         minutes = (idle_t1 - idle_t0) / 60
         result.update({
             "healthy": len(to_healthy),
-            "apply_to_healthy_p50_s": round(statistics.median(to_healthy), 3) if to_healthy else None,
-            "apply_to_healthy_p99_s": round(percentile(to_healthy, 99), 3) if to_healthy else None,
-            "apply_to_deployment_p50_s": round(statistics.median(to_deployment), 3) if to_deployment else None,
-            "apply_to_deployment_p99_s": round(percentile(to_deployment, 99), 3) if to_deployment else None,
-            "deployment_to_available_p50_s": round(statistics.median(to_available), 3) if to_available else None,
-            "deployment_to_available_p99_s": round(percentile(to_available, 99), 3) if to_available else None,
-            "available_to_healthy_p50_s": round(statistics.median(noticed), 3) if noticed else None,
-            "available_to_healthy_p99_s": round(percentile(noticed, 99), 3) if noticed else None,
+            **p50_p99("apply_to_healthy", to_healthy),
+            **p50_p99("apply_to_deployment", to_deployment),
+            **p50_p99("deployment_to_available", to_available),
+            **p50_p99("available_to_healthy", noticed),
             "operator_requests_during_load": after_load - before,
             "idle_window_s": round(idle_t1 - idle_t0, 1),
             "idle_requests": idle_end - idle_start,
@@ -294,6 +287,14 @@ def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[st
         })
     client.CoreV1Api(api).delete_namespace(namespace)
     return result
+
+
+def p50_p99(name: str, seconds: list[float]) -> dict[str, float | None]:
+    """``<name>_p50_s`` and ``<name>_p99_s`` of ``seconds`` (None for both when there are none)."""
+    return {
+        f"{name}_p50_s": round(statistics.median(seconds), 3) if seconds else None,
+        f"{name}_p99_s": round(percentile(seconds, 99), 3) if seconds else None,
+    }
 
 
 def median_of(reps: list[dict[str, Any]], key: str) -> Any:

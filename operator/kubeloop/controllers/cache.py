@@ -74,8 +74,6 @@ class ObjectCache:
         # event or write for the key since makes the entry stale (see absent()).
         self._absent: dict[Key, int] = {}
         self._changes: dict[Key, int] = {}
-        self.hits = 0
-        self.misses = 0
 
     def cover(self, kind: str, label: str | None = None) -> None:
         self._coverage[kind] = Coverage(label)
@@ -170,9 +168,7 @@ class ObjectCache:
         with self._guard:
             held = self._objects.get((kind, namespace, name))
             if held is None:
-                self.misses += 1
                 return None
-            self.hits += 1
             data = held[1]
         parsed: JsonObject = orjson.loads(data)
         return parsed
@@ -189,7 +185,6 @@ class ObjectCache:
                 for (k, ns, _), (_, data, have) in self._objects.items()
                 if k == kind and ns == namespace and all(have.get(lk) == lv for lk, lv in wanted.items())
             ]
-            self.hits += 1
         return [orjson.loads(data) for data in found]
 
     def __len__(self) -> int:

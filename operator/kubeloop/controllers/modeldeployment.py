@@ -126,9 +126,8 @@ class ModelDeploymentController:
         self.scrape = ScrapeProvider()
         self._wakeups: dict[tuple[str, str], threading.Timer] = {}
         # What our last server-side apply of each child sent (digest) and left (see
-        # untouched_since), and each child as read by this reconcile's ownership check.
+        # untouched_since).
         self._applied: dict[tuple[str, str, str], tuple[str, tuple[Any, ...]]] = {}
-        self._current: dict[tuple[str, str, str], Mapping[str, Any] | None] = {}
         self._children: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
         self._requests = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="md-requests")
         # MLflow (issue 17): registry sources, and the champion/challenger aliases.
@@ -243,11 +242,11 @@ class ModelDeploymentController:
             plan = analysis_plan(md, observed, now)
             measurements = self.measure(md, plan) if plan is not None else None
             decision = decide(md, observed, self.settings, now, measurements)
-            problems = self.conflicts(md, observed, decision, owner)
+            problems, current = self.conflicts(md, observed, decision, owner)
             if problems:
                 # Nothing is written: a colliding object is never modified, scaled or deleted.
                 decision = refused(md, now, ownership.RESOURCE_CONFLICT, "; ".join(problems))
-            self.apply(md, observed, decision)
+            self.apply(md, observed, decision, current)
             self.sync_registry(md, observed, decision)
             old_status = md.get("status") or {}
             patch = status_patch(old_status, decision.status)
@@ -306,9 +305,9 @@ class ModelDeploymentController:
 
     def conflicts(
         self, md: Mapping[str, Any], observed: Observed, decision: Decision, owner: ownership.Owner
-    ) -> list[str]:
+    ) -> tuple[list[str], dict[tuple[str, str], dict[str, Any] | None]]:
         """Every object the decision would create or change whose name is taken by an object
-        this ModelDeployment does not own, read fresh from the API server."""
+        this ModelDeployment does not own, and each of those objects as read (by kind and name)."""
         namespace = md["metadata"]["namespace"]
         targets: dict[tuple[str, str], None] = {}
         for obj in (*decision.services, *decision.deployments, decision.hpa, decision.pdb):
@@ -325,21 +324,20 @@ class ModelDeploymentController:
         found = self.all_at_once(
             *(lambda kind=kind, name=name: self.kube.get_or_none(kind, namespace, name) for kind, name in keys)
         )
-        for (kind, name), current in zip(keys, found, strict=True):
-            self._current[(kind, namespace, name)] = current
-            message = self.ownership_conflict(kind, name, current, owner)
+        current = dict(zip(keys, found, strict=True))
+        for (kind, name), obj in current.items():
+            message = self.ownership_conflict(kind, name, obj, owner)
             if message is not None:
                 problems.append(message)
-        return problems
+        return problems, current
 
-    def _apply(self, obj: dict[str, Any]) -> None:
+    def _apply(self, obj: dict[str, Any], current: Mapping[str, Any] | None) -> None:
         """Server-side apply, skipped when the object is as our last apply of the same body left
         it: most reconciles (a Deployment's status moved, a tick) change none of the ~5 objects,
         and each apply is a write the API server must process."""
         meta = obj["metadata"]
         key = (obj["kind"], meta["namespace"], meta["name"])
         digest = applied_digest(obj)
-        current = self._current.get(key)
         if current is not None and self._applied.get(key) == (digest, untouched_since(current)):
             return
         answer = self.kube.apply(obj)
@@ -348,9 +346,20 @@ class ModelDeploymentController:
             owner = ((meta.get("labels") or {}).get(OWNER_LABEL)) or ""
             self._children.setdefault((meta["namespace"], owner), set()).add(key)
 
-    def apply(self, md: Mapping[str, Any], observed: Observed, decision: Decision) -> None:
+    def apply(
+        self,
+        md: Mapping[str, Any],
+        observed: Observed,
+        decision: Decision,
+        current: Mapping[tuple[str, str], dict[str, Any] | None],
+    ) -> None:
+        """Write the decision; ``current``: the targets as the ownership check read them."""
         namespace = md["metadata"]["namespace"]
-        self.all_at_once(*(lambda service=service: self._apply(service) for service in decision.services))
+
+        def apply_one(obj: dict[str, Any]) -> None:
+            self._apply(obj, current.get((obj["kind"], obj["metadata"]["name"])))
+
+        self.all_at_once(*(lambda service=service: apply_one(service) for service in decision.services))
         route = decision.route
         if route is not None and route.patch is not None:
             try:
@@ -360,16 +369,16 @@ class ModelDeploymentController:
                 log.info("%s %s/%s changed under us; retrying", route.kind, namespace, route.name)
                 self.wake_up(namespace, md["metadata"]["name"], 1.0)
         for deployment in decision.deployments:
-            self._apply(deployment)
+            apply_one(deployment)
         for name in decision.scale_to_zero:
             with contextlib.suppress(NotFound):
                 self.kube.patch("Deployment", namespace, name, {"spec": {"replicas": 0}})
         if decision.hpa is not None:
-            self._apply(decision.hpa)
+            apply_one(decision.hpa)
         if decision.delete_hpa is not None:
             self.kube.delete("HorizontalPodAutoscaler", namespace, decision.delete_hpa)
         if decision.pdb is not None:
-            self._apply(decision.pdb)
+            apply_one(decision.pdb)
         if decision.delete_pdb is not None:
             self.kube.delete("PodDisruptionBudget", namespace, decision.delete_pdb)
 
@@ -535,7 +544,6 @@ class ModelDeploymentController:
             pending = self._wakeups.pop((namespace, name), None)
             for key in self._children.pop((namespace, name), set()):
                 self._applied.pop(key, None)
-                self._current.pop(key, None)
         if pending is not None:
             pending.cancel()
 
@@ -673,6 +681,14 @@ def register(
         if namespace:
             controller.reconcile(namespace, labels[OWNER_LABEL])
 
+    def feed(event: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, Mapping[str, Any]]:
+        """Into the cache; the metadata the cache held before (None: not held) and the event's."""
+        obj = event.get("object") or {}
+        meta = obj.get("metadata") or {}
+        before = controller.kube.cached(str(obj.get("kind") or ""), str(meta.get("namespace")), str(meta.get("name")))
+        controller.kube.observe(event)
+        return (None if before is None else before.get("metadata") or {}), meta
+
     # The Services, autoscaler and disruption budget: in the watches' cache (no read per
     # reconcile), and a change someone else makes to them (or their deletion) reconciles the
     # ModelDeployment at once instead of at its next resync. An autoscaler's or budget's own
@@ -681,26 +697,18 @@ def register(
     def on_service_event(
         labels: Mapping[str, str], namespace: str | None, type: str, event: Mapping[str, Any], **_: Any
     ) -> None:
-        obj = event.get("object") or {}
-        meta = obj.get("metadata") or {}
-        before = controller.kube.cached("Service", str(namespace), str(meta.get("name")))
-        controller.kube.observe(event)
+        before, meta = feed(event)
         # The echo of our own apply (the version it answered) brings nothing new: no status of
         # a Service is read by a decision.
-        echo = before is not None and (before.get("metadata") or {}).get("resourceVersion") == meta.get(
-            "resourceVersion"
-        )
+        echo = before is not None and before.get("resourceVersion") == meta.get("resourceVersion")
         if namespace and (type == "DELETED" or not echo):
             controller.reconcile(namespace, labels[OWNER_LABEL])
 
     def on_child_event(
         labels: Mapping[str, str], namespace: str | None, type: str, event: Mapping[str, Any], **_: Any
     ) -> None:
-        obj = event.get("object") or {}
-        meta = obj.get("metadata") or {}
-        before = controller.kube.cached(str(obj.get("kind") or ""), str(namespace), str(meta.get("name")))
-        controller.kube.observe(event)
-        changed = before is None or (before.get("metadata") or {}).get("generation") != meta.get("generation")
+        before, meta = feed(event)
+        changed = before is None or before.get("generation") != meta.get("generation")
         if namespace and (type == "DELETED" or changed):
             controller.reconcile(namespace, labels[OWNER_LABEL])
 

@@ -155,10 +155,13 @@ class TrainingRunController:
 
     def reconcile(self, namespace: str, name: str) -> None:
         with self.locks.turn(KIND, namespace, name) as mine:
-            if mine:
+            if mine and self._reconcile(namespace, name) is _STATUS_CONFLICT:
+                # Decide once more from the run as the API server has it now (kopf's own writes,
+                # e.g. its finalizer, do not always reach a handler as an event).
+                self.kube.get_fresh(KIND, namespace, name)
                 self._reconcile(namespace, name)
 
-    def _reconcile(self, namespace: str, name: str) -> None:
+    def _reconcile(self, namespace: str, name: str) -> object:
         with metrics.reconcile_timer(KIND):
             run = self.kube.get_or_none(KIND, namespace, name)
             if run is None or run["metadata"].get("deletionTimestamp"):
@@ -167,7 +170,7 @@ class TrainingRunController:
                     self.reconcile_cleanup(run)
                 else:
                     self.waiting_for_deployments.discard((namespace, name))
-                return
+                return None
             if needs_cleanup_reconcile(run):
                 self.reconcile_cleanup(run)
             old_status = run.get("status") or {}
@@ -175,7 +178,7 @@ class TrainingRunController:
                 self.phases.observe(namespace, name, old_status["phase"])
                 if needs_tracking_finish(old_status):
                     self.finish_tracking(run, old_status, [], datetime.now(UTC))
-                return
+                return None
             # A new run's Job is looked for in the watches' cache only: the create below meets
             # any Job of that name the cache does not hold (409), and the run is decided again
             # with that Job as the API server has it.
@@ -185,28 +188,20 @@ class TrainingRunController:
                 job = self.kube.cached("Job", namespace, job_name(name))
             outcome = self._reconcile_with(run, job)
             if outcome is _JOB_EXISTS:
-                self._reconcile_with(run, self.kube.get_or_none("Job", namespace, job_name(name)))
-            elif outcome is _STATUS_CONFLICT:
-                # Decide once more from the run as the API server has it now (kopf's own writes,
-                # e.g. its finalizer, do not always reach a handler as an event).
-                fresh = self.kube.get_fresh(KIND, namespace, name)
-                if (
-                    fresh is not None
-                    and not fresh["metadata"].get("deletionTimestamp")
-                    and (fresh.get("status") or {}).get("phase") not in TERMINAL_PHASES
-                ):
-                    self._reconcile_with(fresh, self.kube.get_or_none("Job", namespace, job_name(name)))
+                outcome = self._reconcile_with(run, self.kube.get_or_none("Job", namespace, job_name(name)))
+            return outcome
 
     def _reconcile_with(self, run: dict[str, Any], job: dict[str, Any] | None) -> object:
         """Decide with the run's Job as read and apply; :data:`_JOB_EXISTS` if the Job the
-        decision created was there already (nothing else was written)."""
+        decision created was there already (nothing else was written), :data:`_STATUS_CONFLICT`
+        if the run moved on before its status was written."""
         namespace, name = run["metadata"]["namespace"], run["metadata"]["name"]
         old_status = run.get("status") or {}
         # A Job with the run's Job name that is not the run's is neither adopted nor replaced.
         conflict = self.ownership_conflict("Job", job_name(name), job, ownership.Owner.of(run, RUN_LABEL))
         if conflict is not None:
             job = None
-            # A finished Job ends the run for good: its pods (their termination messages) are read
+        # A finished Job ends the run for good: its pods (their termination messages) are read
         # from the API server, which has them before the Job controller counts them, while the
         # pods' watch may not have delivered them yet.
         finished = job is not None and (job_condition(job, "Complete") or job_condition(job, "Failed")) is not None
