@@ -610,17 +610,22 @@ def test_a_hanging_sink_never_delays_the_caller_and_a_full_queue_drops_the_oldes
     counted = Counted()
     with WebhookReceiver(default_status=HANG) as hanging:
         notifier = _notifier(hanging.url, counted, queueSize=3, maxAttempts=1, timeoutSeconds=5)
-        start = time.perf_counter()
-        for i in range(10):
-            _notify_promoted(notifier, f"md-{i}")
-        elapsed = time.perf_counter() - start
-        hanging.wait_for(lambda r: r, timeout=5)
-        worker = notifier.workers["hook"]
-        assert worker.pending() == 3
-        # md-0 is stuck in the hanging request; md-1..md-6 were dropped, md-7..md-9 wait
-        assert [item.notification.name for item in worker._queue] == ["md-7", "md-8", "md-9"]
-        hanging.closing.set()  # the hanging request ends, so the worker stops at once
-        notifier.stop()
+        try:
+            _notify_promoted(notifier, "md-0")
+            # md-0 must be the request that hangs: until the worker has taken it, it is the
+            # oldest in the queue and the first dropped (the worker's thread starts on first use)
+            hanging.wait_for(lambda r: r, timeout=5)
+            start = time.perf_counter()
+            for i in range(1, 10):
+                _notify_promoted(notifier, f"md-{i}")
+            elapsed = time.perf_counter() - start
+            worker = notifier.workers["hook"]
+            assert worker.pending() == 3
+            # md-0 is stuck in the hanging request; md-1..md-6 were dropped, md-7..md-9 wait
+            assert [item.notification.name for item in worker._queue] == ["md-7", "md-8", "md-9"]
+        finally:
+            hanging.closing.set()  # the hanging request ends, so the worker stops at once
+            notifier.stop()
     assert elapsed < 0.5, f"notifying took {elapsed:.3f} s with a hanging sink"
     assert len(counted.dropped) == 6
 
@@ -720,11 +725,13 @@ def test_handler_threads_notifying_at_once_start_one_worker_and_lose_nothing() -
                 _notify_promoted(notifier, f"md-{index}-{j}")
 
         threads = [threading.Thread(target=burst, args=(i,)) for i in range(8)]
+        before = set(threading.enumerate())  # a worker another test left running is not ours
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert [t.name for t in threading.enumerate()].count("notify-hook") == 1
+        started = [t.name for t in set(threading.enumerate()) - before]
+        assert started.count("notify-hook") == 1, started
         receiver.wait_for(lambda r: len(r) == 40, timeout=20)
         notifier.stop()
     assert len({r.cloudevent().get_subject() for r in receiver.snapshot()}) == 40

@@ -167,19 +167,24 @@ def main(argv: Sequence[str]) -> int:
         args.kubeconfig, connections=HANDLER_THREADS + modeldeployment.REQUEST_THREADS + 4
     )
     kube.cache = watched_objects()
-    kube.event_writer = EventWriter()
+    kube.event_writer = events = EventWriter()
     if notifier.enabled:
         kube.event_hook = notifier
     registry = build_registry(kube, config)
     if config.metrics_port:
         start_http_server(config.metrics_port, registry=metrics.REGISTRY)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
-    kopf.run(
-        registry=registry,
-        clusterwide=not namespaces,
-        namespaces=namespaces or (),
-        standalone=not config.peering,
-        peering_name=config.peering or None,
-        liveness_endpoint=liveness,
-    )
+    try:
+        kopf.run(
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=namespaces or (),
+            standalone=not config.peering,
+            peering_name=config.peering or None,
+            liveness_endpoint=liveness,
+        )
+    finally:
+        # Events of the last decisions are still queued when SIGTERM stops kopf; the pod's
+        # grace period leaves time to write them (the workers are daemons and would drop them).
+        events.flush(timeout=5.0)
     return 0
