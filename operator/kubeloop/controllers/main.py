@@ -11,7 +11,8 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import kopf
@@ -50,6 +51,27 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
         return bool(libc.mallopt(_M_ARENA_MAX, arenas))
     except (OSError, AttributeError):
         return False
+
+
+#: Table libraries the operator never uses but its estimator check would load: scikit-learn,
+#: XGBoost and LightGBM each import pandas (and pandas pyarrow) when they can, 54 MiB of the
+#: operator's memory. Only the trainer, drift and server pods handle tables.
+TABLE_LIBRARIES = ("pandas",)
+
+
+@contextlib.contextmanager
+def table_libraries_left_out() -> Iterator[list[str]]:
+    """``import pandas`` fails inside (unless something imported it before: an in-process test),
+    and works again after."""
+    left_out = [name for name in TABLE_LIBRARIES if name not in sys.modules]
+    for name in left_out:
+        sys.modules[name] = None  # type: ignore[assignment]  # import raises ModuleNotFoundError
+    try:
+        yield left_out
+    finally:
+        for name in left_out:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
 
 
 def peering_priority() -> int:
@@ -144,6 +166,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(list(argv))
     limit_malloc_arenas()
+    with table_libraries_left_out():
+        return operate(parser, args)
+
+
+def operate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the operator until kopf stops (SIGTERM)."""
     # `kill -USR1 <pid>` prints every thread's stack to stderr (a stuck reconcile, a deadlock)
     # without stopping the operator.
     with contextlib.suppress(io.UnsupportedOperation, ValueError):  # stderr without a file (in-process)
@@ -163,9 +191,8 @@ def main(argv: Sequence[str]) -> int:
         notifier = Notifier(config.notifications, notification_metrics())
     except SinkConfigError as error:
         parser.exit(2, f"kubeloop operator: {error}\n")
-    kube = Kube.from_environment(
-        args.kubeconfig, connections=HANDLER_THREADS + modeldeployment.REQUEST_THREADS + 4
-    )
+    threads = HANDLER_THREADS + modeldeployment.REQUEST_THREADS + modeldeployment.WAKEUP_THREADS
+    kube = Kube.from_environment(args.kubeconfig, connections=threads + 4)
     kube.cache = watched_objects()
     kube.event_writer = events = EventWriter()
     if notifier.enabled:

@@ -24,10 +24,10 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import kopf
 import orjson
@@ -41,6 +41,7 @@ from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
 from kubeloop.controllers.kube import Conflict, Kube, NotFound, post_event
 from kubeloop.controllers.scraping import scrape_round
+from kubeloop.controllers.wakeups import WakeUps
 from kubeloop.controllers.workqueue import CoalescingLocks
 from kubeloop.decide.common import set_wire_condition, wire_time
 from kubeloop.decide.modeldeployment import (
@@ -69,6 +70,8 @@ log = logging.getLogger("kubeloop.modeldeployment")
 _T = TypeVar("_T")
 #: Threads for the reads and applies one reconcile makes side by side (see all_at_once).
 REQUEST_THREADS = 16
+#: Threads that run the reconciles whose wake-up came due (one thread waits for all of them).
+WAKEUP_THREADS = 8
 KIND = "ModelDeployment"
 REGISTRY_RESOLVED = "RegistryResolved"
 """Condition type: whether spec.model.registry resolved (False: waiting or refused, and why)."""
@@ -124,7 +127,7 @@ class ModelDeploymentController:
         self.prometheus = PrometheusProvider(policy=policy)
         self.builtin = BuiltinProvider(policy=policy)
         self.scrape = ScrapeProvider()
-        self._wakeups: dict[tuple[str, str], threading.Timer] = {}
+        self.wakeups = WakeUps(self._woken, workers=WAKEUP_THREADS, name="md-wakeups")
         # What our last server-side apply of each child sent (digest) and left (see
         # untouched_since).
         self._applied: dict[tuple[str, str, str], tuple[str, tuple[Any, ...]]] = {}
@@ -136,7 +139,7 @@ class ModelDeploymentController:
         self.tracking = tracking_settings(config)
         self._registry_notes: dict[tuple[str, str], str] = {}
         self._versions_by_sha256: dict[tuple[str, str], str] = {}
-        self._wakeup_guard = threading.Lock()
+        self._applied_guard = threading.Lock()
         self.stopped = False
         # The one ownership policy (kubeloop.trust.ownership). Not configurable: only the
         # attack tests replace it in-process, to show what the operator did without it.
@@ -341,7 +344,7 @@ class ModelDeploymentController:
         if current is not None and self._applied.get(key) == (digest, untouched_since(current)):
             return
         answer = self.kube.apply(obj)
-        with self._wakeup_guard:
+        with self._applied_guard:
             self._applied[key] = (digest, untouched_since(answer))
             owner = ((meta.get("labels") or {}).get(OWNER_LABEL)) or ""
             self._children.setdefault((meta["namespace"], owner), set()).add(key)
@@ -513,26 +516,12 @@ class ModelDeploymentController:
 
     def wake_up(self, namespace: str, name: str, seconds: float) -> None:
         """Reconcile again in ``seconds`` (one pending wake-up per object; the earlier wins)."""
-        key = (namespace, name)
+        self.wakeups.at_most_in((namespace, name), max(0.1, seconds))
 
-        def fire() -> None:
-            with self._wakeup_guard:
-                self._wakeups.pop(key, None)
-            if self.stopped:
-                return
-            try:
-                self.reconcile(namespace, name)
-            except Exception:
-                log.exception("scheduled reconcile of %s/%s failed", namespace, name)
-
-        with self._wakeup_guard:
-            pending = self._wakeups.get(key)
-            due = threading.Timer(max(0.1, seconds), fire)
-            due.daemon = True
-            if pending is not None and pending.is_alive():
-                pending.cancel()
-            self._wakeups[key] = due
-            due.start()
+    def _woken(self, key: Hashable) -> None:
+        namespace, name = cast(tuple[str, str], key)
+        if not self.stopped:
+            self.reconcile(namespace, name)
 
     def forget(self, namespace: str, name: str) -> None:
         """The ModelDeployment is gone: drop its scrape memory, metrics and wake-up."""
@@ -540,19 +529,14 @@ class ModelDeploymentController:
         self.phases.observe(namespace, name, None)
         with contextlib.suppress(KeyError):
             metrics.CANARY_WEIGHT.remove(namespace, name)
-        with self._wakeup_guard:
-            pending = self._wakeups.pop((namespace, name), None)
+        self.wakeups.cancel((namespace, name))
+        with self._applied_guard:
             for key in self._children.pop((namespace, name), set()):
                 self._applied.pop(key, None)
-        if pending is not None:
-            pending.cancel()
 
     def stop(self) -> None:
         self.stopped = True
-        with self._wakeup_guard:
-            for pending in self._wakeups.values():
-                pending.cancel()
-            self._wakeups.clear()
+        self.wakeups.stop()
 
 
 def applied_digest(obj: Mapping[str, Any]) -> str:
