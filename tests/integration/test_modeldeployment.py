@@ -205,7 +205,7 @@ def test_model_change_walks_the_steps_with_gateway_api_weights_survives_sigkill_
     assert cluster.replicas("churn-canary") == 0 and cluster.replicas("churn-stable") == 4
     args = cluster.args("churn-stable")
     assert args[args.index("--sha256") + 1] == SHA_B
-    assert cluster.events("Promoted")
+    assert wait_for(lambda: cluster.events("Promoted"), timeout=30, what="Promoted event")  # written in the background
 
     # kubectl scale works through the scale subresource
     kubectl("scale", "-n", namespace, "modeldeployment/churn", "--replicas=2")

@@ -186,9 +186,12 @@ def test_falling_accuracy_on_delayed_labels_retrains_and_starts_a_canary(
         run = custom_get(custom, namespace, "trainingruns", run_name)
         assert run["metadata"]["labels"]["kubeloop.io/retrain-reason"] == "performance"
         assert run["spec"]["evaluation"]["compareTo"] == "champion"
-        events = core.list_namespaced_event(
-            namespace, field_selector="involvedObject.name=labels"
-        ).items
+        # Events are written in the background: the policy's may land after its status.
+        def policy_events() -> list[Any] | None:
+            found = core.list_namespaced_event(namespace, field_selector="involvedObject.name=labels").items
+            return found if "PerformanceDegraded" in {e.reason for e in found} else None
+
+        events = wait_for(policy_events, 30, 0.3, "PerformanceDegraded event")
         assert "PerformanceDegraded" in {e.reason for e in events}
 
         # The new model beats the champion on the same fresh (relabelled) holdout...

@@ -115,8 +115,14 @@ def test_run_succeeds_with_metrics_in_columns(kube_api: Any, kubectl: Any, names
 
     table = kubectl("get", "tr", "-n", namespace).stdout
     assert "cancer-1" in table and "Succeeded" in table and "accuracy=" in table
-    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=cancer-1", "-o", "json").stdout
-    assert {"JobCreated", "Succeeded"} <= {e["reason"] for e in json.loads(events)["items"]}
+
+    # Events are written in the background: the Succeeded one may land after the status.
+    def reasons() -> set[str] | None:
+        out = kubectl("get", "events", "-n", namespace, "--field-selector=involvedObject.name=cancer-1", "-o", "json")
+        found = {e["reason"] for e in json.loads(out.stdout)["items"]}
+        return found if {"JobCreated", "Succeeded"} <= found else None
+
+    assert {"JobCreated", "Succeeded"} <= wait_for(reasons, 30, 0.3, "JobCreated and Succeeded events")
 
 
 def test_validation_failure_ends_the_run_with_its_reason(kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
@@ -280,6 +286,12 @@ def events_of(core: client.CoreV1Api, namespace: str, name: str) -> list[Any]:
     return list(core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items)
 
 
+def events_with(core: client.CoreV1Api, namespace: str, name: str, reasons: set[str]) -> list[Any]:
+    """``name``'s Events once those of ``reasons`` are all there (Events are written in the background)."""
+    return wait_for(lambda: (lambda found: found if reasons <= {e.reason for e in found} else None)(
+        events_of(core, namespace, name)), 30, 0.3, f"{sorted(reasons)} events of {name}")
+
+
 def run_gone(custom: client.CustomObjectsApi, namespace: str, name: str) -> bool:
     try:
         get_run(custom, namespace, name)
@@ -345,7 +357,8 @@ def test_delete_policy_waits_for_the_deployment_then_deletes_the_artifacts(
 
     # Then the run is gone, and says what was deleted
     wait_for(lambda: run_gone(custom, namespace, "cancer-del"), 60, what="run deleted")
-    reasons = {e.reason for e in events_of(core, namespace, "cancer-del")}
+    cleanup_reasons = {"ArtifactsInUse", "CleanupStarted", "ArtifactsDeleted"}
+    reasons = {e.reason for e in events_with(core, namespace, "cancer-del", cleanup_reasons)}
     assert {"ArtifactsInUse", "CleanupStarted", "ArtifactsDeleted"} <= reasons
     assert (tmp_path / "trainer" / "models" / "cancer").is_dir()  # only the run's own directory went
 
@@ -393,7 +406,8 @@ def test_a_run_deleted_while_training_stops_its_trainer_before_the_cleanup(
     assert proc.returncode == 0, proc.stderr  # the trainer never wrote: "Absent"
     play_kubelet_terminate(core, namespace, pod_body, message_file.read_text(), proc.returncode, container="cleanup")
     wait_for(lambda: run_gone(custom, namespace, name), 60, what="run deleted")
-    reasons = [e.reason for e in sorted(events_of(core, namespace, name), key=lambda e: e.metadata.creation_timestamp)]
+    events = events_with(core, namespace, name, {"StoppingTraining", "CleanupStarted"})
+    reasons = [e.reason for e in sorted(events, key=lambda e: e.metadata.creation_timestamp)]
     assert reasons.index("StoppingTraining") < reasons.index("CleanupStarted")
 
 

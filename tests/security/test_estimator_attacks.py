@@ -170,7 +170,11 @@ def test_the_operator_fails_the_run_without_creating_a_job(
             assert ready["status"] == "False"
             assert ready["message"].startswith(f"{field} {ATTACK!r} is not allowed: it is a function")
             assert status["lastFailure"]["reason"] == "EstimatorNotAllowed"
-        reasons = {(e.involved_object.name, e.reason, e.type) for e in core.list_namespaced_event(namespace).items}
+        # Events are written in the background: they may land after the status.
+        expected = {(name, "EstimatorNotAllowed", "Warning") for name in runs}
+        reasons = wait_for(lambda: (lambda found: found if expected <= found else None)(
+            {(e.involved_object.name, e.reason, e.type) for e in core.list_namespaced_event(namespace).items}),
+            timeout=30, interval=0.3, what="EstimatorNotAllowed events")
         for name in runs:
             assert (name, "EstimatorNotAllowed", "Warning") in reasons
 

@@ -120,7 +120,11 @@ def test_spec_images_are_refused_unless_the_operator_allows_them(
             assert repr(RUNTIME_IMAGE) in message and "runtime.allowedImages" in message
         run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "evil-run")
         assert run["status"]["phase"] == "Failed"
-        reasons = {(e.involved_object.name, e.reason, e.type) for e in core.list_namespaced_event(namespace).items}
+        # Events are written in the background: they may land after the status.
+        expected = {("evil-run", "ImageNotAllowed", "Warning"), ("evil-md", "ImageNotAllowed", "Warning")}
+        reasons = wait_for(lambda: (lambda found: found if expected <= found else None)(
+            {(e.involved_object.name, e.reason, e.type) for e in core.list_namespaced_event(namespace).items}),
+            timeout=30, interval=0.3, what="ImageNotAllowed events")
         assert ("evil-run", "ImageNotAllowed", "Warning") in reasons
         assert ("evil-md", "ImageNotAllowed", "Warning") in reasons
 

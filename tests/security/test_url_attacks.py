@@ -114,6 +114,12 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
 
 
+def refusal_events(core: client.CoreV1Api, namespace: str, reason: str, names: set[str]) -> list[Any] | None:
+    """The Events of ``reason``, once there is one for each of ``names`` (Events are written in the background)."""
+    found = [e for e in core.list_namespaced_event(namespace).items if e.reason == reason]
+    return found if {e.involved_object.name for e in found} >= names else None
+
+
 def everything_said(core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, operator: OperatorProcess) -> str:
     """Every status, Event and operator log line of the test: where a secret would land."""
     said = []
@@ -203,8 +209,10 @@ def test_prometheus_url_attack_on_drift_policies_and_canary_analysis(
         by_name = {r["name"]: r for r in runs}
         assert "HTTP 200" in by_name["weakened"]["message"] and "HTTP 500" in by_name["error-body"]["message"]
 
-        events = core.list_namespaced_event(namespace).items
-        refusals = [e for e in events if e.reason == "PrometheusUrlNotAllowed"]
+        # Events are written in the background: they may land after the conditions.
+        refused_by_url = {"dp-admin-fragment", "dp-admin", "dp-allowed-fragment", "canary"}
+        refusals = wait_for(lambda: refusal_events(core, namespace, "PrometheusUrlNotAllowed", refused_by_url),
+                            timeout=30, what="PrometheusUrlNotAllowed events")
         assert {e.involved_object.name for e in refusals} >= {"dp-admin-fragment", "dp-admin", "dp-allowed-fragment", "canary"}
         assert all(e.type == "Warning" for e in refusals)
 
@@ -212,9 +220,10 @@ def test_prometheus_url_attack_on_drift_policies_and_canary_analysis(
         # allowed base with the fragment trick (which would request ".../reader" itself).
         assert metadata.requested(f"{ROLE}/admin") == []
         assert all(p.startswith((f"{ROLE}/reader/api/v1/query?", "/err/api/v1/query?")) for p in metadata.paths), metadata.paths
-        said = everything_said(core, custom, namespace, operator)
     finally:
         operator.stop()
+    # Read once the operator has stopped: it writes its queued Events before it exits.
+    said = everything_said(core, custom, namespace, operator)
     assert operator.log_path.read_text(errors="replace")  # the operator did log
     assert SECRET not in said
     assert SECRET not in operator.log_path.read_text(errors="replace")
@@ -272,9 +281,9 @@ def test_profile_uri_attack_reads_nothing_outside_the_storage_root(
     try:
         jobs = wait_for(lambda: check_jobs("dp-file"), timeout=60, what="the weakened operator hands the outside file to a Job")
         assert f"file://{outside}/profile.json" in " ".join(jobs[0].spec.template.spec.containers[0].args)
-        said_weak = everything_said(core, custom, namespace, weak)
     finally:
         weak.stop()
+    said_weak = everything_said(core, custom, namespace, weak)  # once its queued Events are written
     assert SECRET not in said_weak  # the operator itself read nothing
     weak_jobs = {job.metadata.name for name in attacks for job in check_jobs(f"dp-{name}")}
 
@@ -291,10 +300,12 @@ def test_profile_uri_attack_reads_nothing_outside_the_storage_root(
             # No Job of its own: only what the weakened operator left.
             assert {job.metadata.name for job in check_jobs(f"dp-{name}")} <= weak_jobs
         assert "storage roots" in ready("dp-file")["message"] and "http://" in ready("dp-metadata")["message"]
-        events = [e for e in core.list_namespaced_event(namespace).items if e.reason == "StorageUriNotAllowed"]
+        # Events are written in the background: they may land after the conditions.
+        events = wait_for(lambda: refusal_events(core, namespace, "StorageUriNotAllowed", {f"dp-{n}" for n in attacks}),
+                          timeout=30, what="StorageUriNotAllowed events")
         assert {e.involved_object.name for e in events} >= {"dp-file", "dp-passwd", "dp-metadata"}
-        said = everything_said(core, custom, namespace, real)
     finally:
         real.stop()
+    said = everything_said(core, custom, namespace, real)  # once its queued Events are written
     assert metadata.paths == []  # the http:// profileUri was never requested, by either operator
     assert SECRET not in said and "root:x:0:0" not in said
