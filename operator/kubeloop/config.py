@@ -83,7 +83,8 @@ class OperatorConfig(BaseSettings):
         ),
     )
     rollout_tick_seconds: float = Field(
-        5.0, description="How often rollouts in progress are re-evaluated (pauses, analysis)."
+        5.0, description="How often canary rollouts in progress are re-evaluated (pauses, analysis), and how "
+        "soon a ModelDeployment reconcile that failed is tried again."
     )
     peering: str = Field("", description="kopf peering name for HA; empty disables peering.")
     notifications: NotificationSettings = Field(

@@ -120,6 +120,7 @@ class ModelDeploymentController:
         self.locks = CoalescingLocks()
         self.phases = metrics.PhaseTracker(KIND)
         self.clock = clock
+        self.retry_seconds = config.rollout_tick_seconds
         # One URL policy (kubeloop.trust.urls): a metric's prometheusUrl must be configured.
         policy = PrometheusUrlPolicy.from_settings(
             prometheus_url or config.prometheus_url, config.allowed_prometheus_urls
@@ -231,7 +232,15 @@ class ModelDeploymentController:
     def reconcile(self, namespace: str, name: str) -> Decision | None:
         """One reconcile; None if it is gone, or if a waiting reconcile covers this call."""
         with self.locks.turn(KIND, namespace, name) as mine:
-            return self._reconcile(namespace, name) if mine else None
+            if not mine:
+                return None
+            try:
+                return self._reconcile(namespace, name)
+            except Exception:
+                # An event's reconcile is never retried by kopf: without this, a failed write
+                # (a busy API server's 429 or timeout) would wait for the next resync.
+                self.wake_up(namespace, name, self.retry_seconds)
+                raise
 
     def _reconcile(self, namespace: str, name: str) -> Decision | None:
         with metrics.reconcile_timer(KIND):
@@ -560,8 +569,13 @@ def untouched_since(obj: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def _rolling_out(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -> bool:
-    rolling = bool(status.get("canary")) and not status.get("aborted")
-    return rolling or status.get("phase") in (None, "Progressing")
+    """A canary in flight: its pods' and its analysis' moments are looked at every tick.
+
+    A first rollout (no canary) waits only for its Deployment, whose events reconcile it; a
+    reconcile that failed is retried by its own wake-up (ModelDeploymentController.reconcile).
+    Ticking those too was most of 300 new ModelDeployments' reconciles (13 each).
+    """
+    return bool(status.get("canary")) and not status.get("aborted")
 
 
 def _settled(status: Mapping[str, Any], **_: Any) -> bool:

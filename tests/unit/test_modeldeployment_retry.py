@@ -1,0 +1,52 @@
+"""A ModelDeployment reconcile that fails is tried again by its own wake-up: kopf never retries
+an event handler, and a first rollout no longer ticks every few seconds (only canaries do), so
+without it a failed reconcile would wait for the next resync. The API server here is a closed
+port: every request really fails."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from kubernetes import client as k8s_client
+
+from kubeloop.config import OperatorConfig
+from kubeloop.controllers.kube import Kube
+from kubeloop.controllers.modeldeployment import ModelDeploymentController, _rolling_out
+
+
+def _unreachable_kube() -> Kube:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    configuration = k8s_client.Configuration()
+    configuration.host = f"http://127.0.0.1:{port}"
+    configuration.retries = 0
+    return Kube(k8s_client.ApiClient(configuration))
+
+
+def test_a_failed_reconcile_wakes_up_again_after_the_tick() -> None:
+    controller = ModelDeploymentController(_unreachable_kube(), OperatorConfig(rollout_tick_seconds=7))
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whatever the client raises for a refused connection
+            controller.reconcile("team", "churn")
+        pending = controller.wakeups.pending()
+        assert list(pending) == [("team", "churn")]
+        assert 6 < pending[("team", "churn")] <= 7
+    finally:
+        controller.stop()
+
+
+@pytest.mark.parametrize(
+    ("status", "ticks"),
+    [
+        ({}, False),  # new: its creation event reconciles it (and a failure wakes it up)
+        ({"phase": "Progressing"}, False),  # a first rollout: its Deployment's events drive it
+        ({"phase": "Progressing", "canary": {"sha256": "b"}}, True),
+        ({"phase": "Paused", "canary": {"sha256": "b"}}, True),
+        ({"phase": "Degraded", "canary": {"sha256": "b"}, "aborted": True}, False),
+        ({"phase": "Healthy"}, False),
+    ],
+)
+def test_only_a_canary_in_flight_ticks(status: dict[str, object], ticks: bool) -> None:
+    assert _rolling_out(status=status, spec={}) is ticks
