@@ -331,7 +331,18 @@ def test_runs_sweeps_registry_alias_and_promotion(
     )
     assert alias_version(mlflow, "churn", "champion") == v1
 
-    # When it is promoted, then champion moves to v2 and there is no challenger.
+    # When it is promoted at its pause, then champion moves to v2 and there is no challenger.
+    # kubeloop.io/promote means "the next step now": sent while the canary is still at step 0
+    # (setWeight 50, pods not ready yet) it skips that step and the rollout then waits at the
+    # pause at 0% (docs/modeldeployment.md), which this test once did by racing the rollout.
+    wait_for(
+        lambda: (
+            lambda s: s.get("phase") == "Paused" and s.get("canaryWeight") == 50
+        )(status_of(custom, namespace, "modeldeployments", "churn")),
+        120,
+        1,
+        "paused at 50%",
+    )
     custom.patch_namespaced_custom_object(
         GROUP,
         VERSION,
