@@ -141,7 +141,6 @@ class ModelDeploymentController:
         self._registry_notes: dict[tuple[str, str], str] = {}
         self._versions_by_sha256: dict[tuple[str, str], str] = {}
         self._applied_guard = threading.Lock()
-        self.stopped = False
         # The one ownership policy (kubeloop.trust.ownership). Not configurable: only the
         # attack tests replace it in-process, to show what the operator did without it.
         self.ownership_conflict: Callable[
@@ -529,8 +528,7 @@ class ModelDeploymentController:
 
     def _woken(self, key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
-        if not self.stopped:
-            self.reconcile(namespace, name)
+        self.reconcile(namespace, name)
 
     def forget(self, namespace: str, name: str) -> None:
         """The ModelDeployment is gone: drop its scrape memory, metrics and wake-up."""
@@ -544,7 +542,6 @@ class ModelDeploymentController:
                 self._applied.pop(key, None)
 
     def stop(self) -> None:
-        self.stopped = True
         self.wakeups.stop()
 
 

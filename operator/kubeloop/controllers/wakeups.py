@@ -104,6 +104,8 @@ class WakeUps:
         return None
 
     def _fire_logged(self, key: Hashable) -> None:
+        if self._stopped:  # came due just before stop(): the owner no longer wants it
+            return
         try:
             self._fire(key)
         except Exception:
