@@ -42,6 +42,28 @@ def wait_for(check: Callable[[], T | None], timeout: float = 60.0, interval: flo
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check} (last: {last!r})")
 
 
+def events_once(
+    core: Any, namespace: str, ready: Callable[[list[Any]], bool], what: str, name: str | None = None,
+    timeout: float = 30.0,
+) -> list[Any]:
+    """The namespace's Events (only ``name``'s, if given) once ``ready`` holds for them.
+
+    The operator writes Events in the background, as client-go's recorder does: one may land
+    after the status or deletion a test waited for."""
+    selector = f"involvedObject.name={name}" if name else ""
+
+    def listed() -> list[Any] | None:
+        found = list(core.list_namespaced_event(namespace, field_selector=selector).items)
+        return found if ready(found) else None
+
+    return wait_for(listed, timeout, 0.3, what)
+
+
+def event_keys(events: Sequence[Any]) -> set[tuple[str, str, str]]:
+    """``(object name, reason, type)`` of each Event."""
+    return {(e.involved_object.name, e.reason, e.type) for e in events}
+
+
 def install_crds(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """Server-side apply the generated CRDs and wait until the API server serves them."""
     kubectl("apply", "--server-side", "--field-manager=kubeloop-tests", "--force-conflicts", "-f", str(CRDS))

@@ -37,6 +37,7 @@ from harness import (
     OperatorProcess,
     Prometheus,
     Server,
+    events_once,
     free_port,
     wait_for,
 )
@@ -370,12 +371,9 @@ def test_rollout_without_traffic_pauses_instead_of_promoting(
     assert final["canary"]["sha256"] == good.sha256 and final["canaryWeight"] == 50
     assert final["analysis"]["consecutiveInconclusive"] >= 2
     assert all(not run["passed"] and "value" not in run for run in final["analysis"]["runs"])
-    # Events are written in the background: wait for the pause's, then check there is one and no promotion.
-    events = wait_for(
-        lambda: (lambda found: found if any(e.reason == "AnalysisInconclusive" for e in found) else None)(
-            core.list_namespaced_event(namespace, field_selector="involvedObject.name=churn").items),
-        timeout=30, interval=0.3, what="AnalysisInconclusive event",
-    )
+    # The pause's Event (it may land after the status), then: there is one and no promotion.
+    events = events_once(core, namespace, lambda found: any(e.reason == "AnalysisInconclusive" for e in found),
+                         "AnalysisInconclusive event", name="churn")
     inconclusive = [e for e in events if e.reason == "AnalysisInconclusive"]
     assert len(inconclusive) == 1 and "inconclusiveLimit 1" in inconclusive[0].message
     assert not any(e.reason == "Promoted" for e in events)

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import OperatorProcess, install_crds, play_kubelet_terminate, wait_for
+from harness import OperatorProcess, events_once, install_crds, play_kubelet_terminate, wait_for
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -330,16 +330,15 @@ def test_rollout_started_steps_paused_promoted_and_aborted(
     )
     assert promoted.get_data()["canary"] is None
     # "pager" is no sink of the operator's: the events sink still got the promotion, and the
-    # object says what is wrong, once. The operator writes Events off the reconcile's path (as
-    # client-go's recorder does), so the Warning may land after the sink's delivery: wait for it.
-    def sink_warnings() -> list[Any]:
-        return [
-            e
-            for e in client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
-            if e.reason == "NotificationSinkUnknown" and e.involved_object.name == "churn"
-        ]
-
-    warnings = wait_for(sink_warnings, 30, 0.3, "the NotificationSinkUnknown Warning")
+    # object says what is wrong, once (the Warning may land after the sink's delivery).
+    events = events_once(
+        client.CoreV1Api(kube_api),
+        namespace,
+        lambda found: any(e.reason == "NotificationSinkUnknown" for e in found),
+        "the NotificationSinkUnknown Warning",
+        name="churn",
+    )
+    warnings = [e for e in events if e.reason == "NotificationSinkUnknown"]
     assert [(w.type, w.message) for w in warnings] == [
         (
             "Warning",

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from harness import Server, free_port, route_pods_to_host, wait_for
+from harness import Server, events_once, free_port, route_pods_to_host, wait_for
 from kubernetes import client
 from test_closed_loop import (
     FEATURES,
@@ -186,12 +186,8 @@ def test_falling_accuracy_on_delayed_labels_retrains_and_starts_a_canary(
         run = custom_get(custom, namespace, "trainingruns", run_name)
         assert run["metadata"]["labels"]["kubeloop.io/retrain-reason"] == "performance"
         assert run["spec"]["evaluation"]["compareTo"] == "champion"
-        # Events are written in the background: the policy's may land after its status.
-        def policy_events() -> list[Any] | None:
-            found = core.list_namespaced_event(namespace, field_selector="involvedObject.name=labels").items
-            return found if "PerformanceDegraded" in {e.reason for e in found} else None
-
-        events = wait_for(policy_events, 30, 0.3, "PerformanceDegraded event")
+        events = events_once(core, namespace, lambda found: any(e.reason == "PerformanceDegraded" for e in found),
+                             "PerformanceDegraded event", name="labels")
         assert "PerformanceDegraded" in {e.reason for e in events}
 
         # The new model beats the champion on the same fresh (relabelled) holdout...

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import OperatorProcess, play_kubelet_terminate, wait_for
+from harness import OperatorProcess, events_once, play_kubelet_terminate, wait_for
 from kubernetes import client
 
 GROUP, VERSION, PLURAL = "kubeloop.io", "v1alpha1", "trainingruns"
@@ -287,9 +287,9 @@ def events_of(core: client.CoreV1Api, namespace: str, name: str) -> list[Any]:
 
 
 def events_with(core: client.CoreV1Api, namespace: str, name: str, reasons: set[str]) -> list[Any]:
-    """``name``'s Events once those of ``reasons`` are all there (Events are written in the background)."""
-    return wait_for(lambda: (lambda found: found if reasons <= {e.reason for e in found} else None)(
-        events_of(core, namespace, name)), 30, 0.3, f"{sorted(reasons)} events of {name}")
+    """``name``'s Events once those of ``reasons`` are all there."""
+    return events_once(core, namespace, lambda found: reasons <= {e.reason for e in found},
+                       f"{sorted(reasons)} events of {name}", name=name)
 
 
 def run_gone(custom: client.CustomObjectsApi, namespace: str, name: str) -> bool:

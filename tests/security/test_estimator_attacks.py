@@ -123,7 +123,7 @@ def test_the_trainer_refuses_the_function_before_calling_it(
 def test_the_operator_fails_the_run_without_creating_a_job(
     kubeconfig_path: str, kube_api: Any, namespace: str, crds: None, tmp_path: Path,
 ) -> None:
-    from harness import OperatorProcess, wait_for
+    from harness import OperatorProcess, event_keys, events_once, wait_for
     from kubernetes import client
 
     from kubeloop.controllers.kube import Kube
@@ -170,11 +170,9 @@ def test_the_operator_fails_the_run_without_creating_a_job(
             assert ready["status"] == "False"
             assert ready["message"].startswith(f"{field} {ATTACK!r} is not allowed: it is a function")
             assert status["lastFailure"]["reason"] == "EstimatorNotAllowed"
-        # Events are written in the background: they may land after the status.
         expected = {(name, "EstimatorNotAllowed", "Warning") for name in runs}
-        reasons = wait_for(lambda: (lambda found: found if expected <= found else None)(
-            {(e.involved_object.name, e.reason, e.type) for e in core.list_namespaced_event(namespace).items}),
-            timeout=30, interval=0.3, what="EstimatorNotAllowed events")
+        events = events_once(core, namespace, lambda found: expected <= event_keys(found), "EstimatorNotAllowed events")
+        reasons = event_keys(events)
         for name in runs:
             assert (name, "EstimatorNotAllowed", "Warning") in reasons
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import OperatorProcess, install_crds, wait_for
+from harness import OperatorProcess, event_keys, events_once, install_crds, wait_for
 from kubernetes import client
 
 from kubeloop.controllers.kube import Kube
@@ -120,11 +120,9 @@ def test_spec_images_are_refused_unless_the_operator_allows_them(
             assert repr(RUNTIME_IMAGE) in message and "runtime.allowedImages" in message
         run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "evil-run")
         assert run["status"]["phase"] == "Failed"
-        # Events are written in the background: they may land after the status.
         expected = {("evil-run", "ImageNotAllowed", "Warning"), ("evil-md", "ImageNotAllowed", "Warning")}
-        reasons = wait_for(lambda: (lambda found: found if expected <= found else None)(
-            {(e.involved_object.name, e.reason, e.type) for e in core.list_namespaced_event(namespace).items}),
-            timeout=30, interval=0.3, what="ImageNotAllowed events")
+        events = events_once(core, namespace, lambda found: expected <= event_keys(found), "ImageNotAllowed events")
+        reasons = event_keys(events)
         assert ("evil-run", "ImageNotAllowed", "Warning") in reasons
         assert ("evil-md", "ImageNotAllowed", "Warning") in reasons
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import OperatorProcess, wait_for
+from harness import OperatorProcess, events_once, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -185,10 +185,9 @@ def test_modeldeployment_named_like_foreign_objects_takes_nothing_over(
         status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "churn")["status"]
         assert status["phase"] == "Degraded"
         assert condition({"status": status}, "Ready")["reason"] == "ResourceConflict"
-        # Events are written in the background: the Warning may land after the status.
-        events = wait_for(lambda: [e for e in core.list_namespaced_event(namespace).items
-                                   if e.involved_object.name == "churn" and e.reason == "ResourceConflict"],
-                          timeout=30, interval=0.3, what="the ResourceConflict Warning")
+        events = [e for e in events_once(core, namespace, lambda found: any(e.reason == "ResourceConflict" for e in found),
+                                         "the ResourceConflict Warning", name="churn")
+                  if e.reason == "ResourceConflict"]
         assert events and events[0].type == "Warning" and "Service churn" in events[0].message
 
         # Several resyncs (2s) and rollout ticks later: nothing was written, no Event storm.

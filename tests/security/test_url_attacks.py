@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 import pytest
-from harness import OperatorProcess, wait_for
+from harness import OperatorProcess, events_once, wait_for
 from kubernetes import client
 
 GROUP, VERSION = "kubeloop.io", "v1alpha1"
@@ -114,10 +114,14 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
 
 
-def refusal_events(core: client.CoreV1Api, namespace: str, reason: str, names: set[str]) -> list[Any] | None:
-    """The Events of ``reason``, once there is one for each of ``names`` (Events are written in the background)."""
-    found = [e for e in core.list_namespaced_event(namespace).items if e.reason == reason]
-    return found if {e.involved_object.name for e in found} >= names else None
+def refusal_events(core: client.CoreV1Api, namespace: str, reason: str, names: set[str]) -> list[Any]:
+    """The Events of ``reason``, once there is one for each of ``names``."""
+    def refusals(found: list[Any]) -> list[Any]:
+        return [e for e in found if e.reason == reason]
+
+    found = events_once(core, namespace, lambda found: {e.involved_object.name for e in refusals(found)} >= names,
+                        f"{reason} events")
+    return refusals(found)
 
 
 def everything_said(core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, operator: OperatorProcess) -> str:
@@ -211,8 +215,7 @@ def test_prometheus_url_attack_on_drift_policies_and_canary_analysis(
 
         # Events are written in the background: they may land after the conditions.
         refused_by_url = {"dp-admin-fragment", "dp-admin", "dp-allowed-fragment", "canary"}
-        refusals = wait_for(lambda: refusal_events(core, namespace, "PrometheusUrlNotAllowed", refused_by_url),
-                            timeout=30, what="PrometheusUrlNotAllowed events")
+        refusals = refusal_events(core, namespace, "PrometheusUrlNotAllowed", refused_by_url)
         assert {e.involved_object.name for e in refusals} >= {"dp-admin-fragment", "dp-admin", "dp-allowed-fragment", "canary"}
         assert all(e.type == "Warning" for e in refusals)
 
@@ -301,8 +304,7 @@ def test_profile_uri_attack_reads_nothing_outside_the_storage_root(
             assert {job.metadata.name for job in check_jobs(f"dp-{name}")} <= weak_jobs
         assert "storage roots" in ready("dp-file")["message"] and "http://" in ready("dp-metadata")["message"]
         # Events are written in the background: they may land after the conditions.
-        events = wait_for(lambda: refusal_events(core, namespace, "StorageUriNotAllowed", {f"dp-{n}" for n in attacks}),
-                          timeout=30, what="StorageUriNotAllowed events")
+        events = refusal_events(core, namespace, "StorageUriNotAllowed", {f"dp-{n}" for n in attacks})
         assert {e.involved_object.name for e in events} >= {"dp-file", "dp-passwd", "dp-metadata"}
     finally:
         real.stop()
