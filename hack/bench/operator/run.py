@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -194,7 +195,8 @@ def bench_runs(api: Any, kubectl: Any, n: int, out: Path, message: str, profile:
             result["operator_metrics"] = operator_metrics(operator)
         finally:
             if spy is not None:
-                spy.terminate()
+                # py-spy writes its output on SIGINT (Ctrl-C); SIGTERM would lose it.
+                spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=30)
             recorder.stop()
             kubelet.close()

@@ -191,7 +191,10 @@ def operate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         notifier = Notifier(config.notifications, notification_metrics())
     except SinkConfigError as error:
         parser.exit(2, f"kubeloop operator: {error}\n")
-    threads = HANDLER_THREADS + modeldeployment.REQUEST_THREADS + modeldeployment.WAKEUP_THREADS
+    threads = (
+        HANDLER_THREADS + trainingrun.NEW_RUN_THREADS
+        + modeldeployment.REQUEST_THREADS + modeldeployment.WAKEUP_THREADS
+    )
     kube = Kube.from_environment(args.kubeconfig, connections=threads + 4)
     kube.cache = watched_objects()
     kube.event_writer = events = EventWriter()
