@@ -25,6 +25,7 @@ this file (or --out DIR).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -64,6 +65,8 @@ from operatorload import (  # noqa: E402
     trainer_message,
     trainingrun_body,
 )
+
+from kubeloop import API_GROUP, API_VERSION  # noqa: E402
 
 MANUAL_KUBELET = {"kubeloop.io/test-kubelet": "manual"}
 TARGETS = {
@@ -162,6 +165,21 @@ def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
     return out
 
 
+def release(api: Any, namespace: str, plural: str) -> None:
+    """Drop the finalizers of the case's objects once its operator is stopped: the namespace's
+    deletion would otherwise wait forever for an operator that is gone (as after uninstalling
+    one before its objects), and every later case would share the machine with it."""
+    objects = client.CustomObjectsApi(api)
+    listed: dict[str, Any] = objects.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural)  # type: ignore[assignment]
+    for item in listed["items"]:
+        if item["metadata"].get("finalizers"):
+            with contextlib.suppress(client.ApiException):
+                objects.patch_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, plural, item["metadata"]["name"],
+                    {"metadata": {"finalizers": None}},
+                )
+
+
 def bench_runs(api: Any, kubectl: Any, n: int, out: Path, message: str, profile: bool) -> dict[str, Any]:
     namespace = namespace_for(api, f"bench-runs-{n}")
     result: dict[str, Any] = {"case": "trainingruns", "n": n, "namespace": namespace, "load_before": uptime()}
@@ -230,6 +248,7 @@ def bench_runs(api: Any, kubectl: Any, n: int, out: Path, message: str, profile:
         })
         if profile:
             result["profile_top_frames"] = profile_summary(out / f"runs-{n}.pyspy.raw")
+    release(api, namespace, "trainingruns")
     client.CoreV1Api(api).delete_namespace(namespace)
     return result
 
@@ -287,6 +306,7 @@ def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[st
             "operator_peak_rss_mib": round(use.peak_rss_mib, 1) if use else None,
             "load_after": uptime(),
         })
+    release(api, namespace, "modeldeployments")
     client.CoreV1Api(api).delete_namespace(namespace)
     return result
 
