@@ -165,6 +165,22 @@ def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
     return out
 
 
+def controller_manager_limits() -> str:
+    """kube-controller-manager's client rate limit as it runs (hack/cluster's
+    KUBELOOP_KCM_API_QPS / _BURST raise it): its Job, Deployment and ReplicaSet controllers are
+    part of every figure here."""
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"/kube-controller-manager"):
+            flags = dict(a.decode().lstrip("-").split("=", 1) for a in args[1:] if a.startswith(b"--kube-api-"))
+            return (f"{flags.get('kube-api-qps', '20 (default)')} requests/s, "
+                    f"burst {flags.get('kube-api-burst', '30 (default)')}")
+    return "unknown (kube-controller-manager not found on this machine)"
+
+
 def release(api: Any, namespace: str, plural: str) -> None:
     """Drop the finalizers of the case's objects once its operator is stopped: the namespace's
     deletion would otherwise wait forever for an operator that is gone (as after uninstalling
@@ -338,7 +354,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"- Control plane: hack/cluster (Kubernetes {results['env']['kubernetes']}, kwok fake nodes added per case,"
         " 110 pods each, tainted for the load alone); the operator as a process on this machine, with the"
         " chart's resync (30 s) and rollout tick (5 s), under its own ServiceAccount token and FlowSchema"
-        " (priority level workload-low)",
+        " (priority level workload-low); kube-controller-manager's client rate limit:"
+        f" {results['env'].get('controller_manager_limits', '20 requests/s, burst 30 (its defaults)')}",
         f"- Repetitions per case: {results['reps']} (figures below are medians of the repetitions; with one repetition, that run's figures)",
         "",
         "## TrainingRuns applied at once",
@@ -492,7 +509,8 @@ def main() -> int:
         "command": " ".join(["python", "hack/bench/operator/run.py", *sys.argv[1:]]),
         "reps": args.reps,
         "env": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                "kubernetes": version, "load_before": uptime()},
+                "kubernetes": version, "load_before": uptime(),
+                "controller_manager_limits": controller_manager_limits()},
         "runs": {}, "deployments": {}, "profile": {},
     }
     for rep in range(args.reps):
