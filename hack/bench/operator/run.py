@@ -165,20 +165,20 @@ def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
     return out
 
 
-def controller_manager_limits() -> str:
+def controller_manager_limits(cluster: Any) -> str:
     """kube-controller-manager's client rate limit as it runs (hack/cluster's
     KUBELOOP_KCM_API_QPS / _BURST raise it): its Job, Deployment and ReplicaSet controllers are
-    part of every figure here."""
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and args[0].endswith(b"/kube-controller-manager"):
-            flags = dict(a.decode().lstrip("-").split("=", 1) for a in args[1:] if a.startswith(b"--kube-api-"))
-            return (f"{flags.get('kube-api-qps', '20 (default)')} requests/s, "
-                    f"burst {flags.get('kube-api-burst', '30 (default)')}")
-    return "unknown (kube-controller-manager not found on this machine)"
+    part of every figure here. Read from the process hack/cluster recorded for this cluster
+    (its state dir holds the kubeconfig and pids/<component>.pid)."""
+    if not cluster.local:
+        return "unknown (a cluster hack/cluster did not start)"
+    try:
+        pid = (Path(cluster.kubeconfig).parent / "pids" / "kube-controller-manager.pid").read_text().strip()
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "unknown (hack/cluster's kube-controller-manager is not running)"
+    flags = dict(a.decode().lstrip("-").split("=", 1) for a in args[1:] if a.startswith(b"--kube-api-"))
+    return f"{flags.get('kube-api-qps', '20 (default)')} requests/s, burst {flags.get('kube-api-burst', '30 (default)')}"
 
 
 def release(api: Any, namespace: str, plural: str) -> None:
@@ -510,7 +510,7 @@ def main() -> int:
         "reps": args.reps,
         "env": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                 "kubernetes": version, "load_before": uptime(),
-                "controller_manager_limits": controller_manager_limits()},
+                "controller_manager_limits": controller_manager_limits(cluster)},
         "runs": {}, "deployments": {}, "profile": {},
     }
     for rep in range(args.reps):
