@@ -56,7 +56,7 @@ _STATUS_CONFLICT = object()
 #: Threads that only reconcile runs with no status yet (their first reconcile creates the Job).
 #: A first reconcile is mostly waiting for two writes (the Job, the status): with 8 threads,
 #: 1,000 runs applied at once waited p99 35 s for their Job (the lane made ~25 Jobs a second
-#: while the runs came at ~33 a second); with 32, p99 3.6 s (hack/bench/operator).
+#: while the runs came at ~33 a second); with 32, p99 3.5 s (hack/bench/operator/results.md).
 NEW_RUN_THREADS = 32
 
 
