@@ -62,3 +62,30 @@ def _outcome(result: Any) -> Any:
     from kopf._core.actions.execution import Outcome
 
     return Outcome(final=True, result=result)
+
+
+def test_a_deployment_event_asks_the_wake_up_lane_and_needs_no_handler_thread() -> None:
+    """A plain function handler runs on kopf's handler threads, where a Deployment's "available"
+    queued behind new ModelDeployments' first reconciles (hack/bench/operator: ~30 s median
+    between available and Healthy for 300 applied at once). The handler is a coroutine that
+    feeds the cache and asks for a reconcile on the wake-up lane, which coalesces a burst."""
+    import asyncio
+    import inspect
+
+    registry = kopf.OperatorRegistry()
+    controller = RecordingController()
+    woken: list[tuple[str, str, float]] = []
+    controller.wake_up = lambda namespace, name, seconds: woken.append((namespace, name, seconds))  # type: ignore[attr-defined]
+    modeldeployment.register(registry, controller, OperatorConfig())  # type: ignore[arg-type]
+    handlers = [
+        h for h in registry._watching.get_all_handlers()
+        if h.fn.__name__ == "on_deployment_event"
+    ]  # fmt: skip
+    assert len(handlers) == 1
+    assert inspect.iscoroutinefunction(handlers[0].fn)
+    event = {"type": "MODIFIED", "object": {"kind": "Deployment", "metadata": {"name": "m-stable"}}}
+    labels = {"kubeloop.io/modeldeployment": "m"}
+    asyncio.run(handlers[0].fn(labels=labels, namespace="team", event=event))
+    assert controller.observed == [event]
+    assert controller.reconciled == []
+    assert woken == [("team", "m", modeldeployment.DEPLOYMENT_EVENT_DELAY)]

@@ -37,6 +37,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,7 @@ def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[st
         try:
             assert operator.process is not None
             before = dispatched(api, flow_schema)
+            use_before, load_t0 = process_use(operator.process.pid), time.monotonic()
             sent = apply_all(api, namespace, "modeldeployments",
                              [modeldeployment_body(f"md-{i:04d}", "a" * 64, placement=nodes.placement) for i in range(m)])
             deadline = time.monotonic() + max(300, m * 1.5)
@@ -288,6 +290,7 @@ def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[st
                     break
                 time.sleep(1)
             after_load = dispatched(api, flow_schema)
+            use_loaded, load_seconds = process_use(operator.process.pid), time.monotonic() - load_t0
             time.sleep(30)  # let the last status writes and Deployment rollouts settle
             idle_start, idle_t0 = dispatched(api, flow_schema), time.monotonic()
             time.sleep(idle_seconds)
@@ -316,6 +319,11 @@ def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[st
             **p50_p99("deployment_to_available", to_available),
             **p50_p99("available_to_healthy", noticed),
             "operator_requests_during_load": after_load - before,
+            # How busy the operator was while it brought them up (of this machine's 2 cores):
+            # its share, next to the API server, etcd and the controllers, of the same CPUs.
+            "load_window_s": round(load_seconds, 1),
+            "operator_cpu_seconds": round(use_loaded.cpu_seconds - use_before.cpu_seconds, 1)
+            if use_loaded and use_before else None,
             "idle_window_s": round(idle_t1 - idle_t0, 1),
             "idle_requests": idle_end - idle_start,
             "idle_requests_per_object_minute": round((idle_end - idle_start) / m / minutes, 3),
@@ -323,6 +331,67 @@ def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[st
             "load_after": uptime(),
         })
     release(api, namespace, "modeldeployments")
+    client.CoreV1Api(api).delete_namespace(namespace)
+    return result
+
+
+def bench_children(api: Any, kubeconfig: str, m: int) -> dict[str, Any]:
+    """The yardstick for ModelDeployments: the children the operator writes for M new ones (the
+    three Services and the stable Deployment each, the very bodies ``decide`` builds) written by
+    a plain client with no operator, 32 ModelDeployments at a time, in the same run. What is left
+    between this and the operator's figures is the operator's; this is the cluster's floor."""
+    from datetime import UTC, datetime
+
+    from kubeloop.config import OperatorConfig
+    from kubeloop.controllers.kube import Kube
+    from kubeloop.controllers.modeldeployment import serving_settings
+    from kubeloop.decide.modeldeployment import Observed, decide
+
+    namespace = namespace_for(api, f"bench-children-{m}")
+    result: dict[str, Any] = {"case": "children", "m": m, "namespace": namespace, "load_before": uptime()}
+    settings = serving_settings(OperatorConfig(runtime_image="kubeloop:test"))
+    kube = Kube.from_environment(kubeconfig, connections=40)
+    with FakeNodes(api, f"bench-{namespace}", math.ceil(m / 100) + 1) as nodes:
+        # The owners exist first (the garbage collector deletes children whose owner is gone);
+        # no operator reconciles them.
+        apply_all(api, namespace, "modeldeployments",
+                  [modeldeployment_body(f"md-{i:04d}", "a" * 64, placement=nodes.placement) for i in range(m)])
+        owners = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "modeldeployments")["items"]
+        recorder = Recorder(api, namespace).start()
+
+        def write(md: dict[str, Any]) -> int:
+            decision = decide(md, Observed(), settings, datetime.now(UTC))
+            for obj in (*decision.services, *decision.deployments):
+                kube.apply(obj)
+            return len(decision.services) + len(decision.deployments)
+
+        try:
+            # All at once, as the ModelDeployments were applied: from this moment, like apply.
+            started = time.time()
+            with ThreadPoolExecutor(max_workers=32) as pool:
+                writes = sum(pool.map(write, owners))
+            result["write_seconds"] = round(time.time() - started, 1)
+            deadline = time.monotonic() + max(300, m * 1.5)
+            while time.monotonic() < deadline:
+                with recorder.lock:
+                    if len(recorder.timeline.stable_available) >= m:
+                        break
+                time.sleep(0.5)
+        finally:
+            recorder.stop()
+        t = recorder.timeline
+        names = [md["metadata"]["name"] for md in owners]
+        to_available = [t.stable_available[r] - started for r in names if r in t.stable_available]
+        added_to_available = [t.stable_available[r] - t.stable_added[r] for r in names
+                              if r in t.stable_available and r in t.stable_added]
+        result.update({
+            "available": len(to_available),
+            "writes_per_object": round(writes / m, 1),
+            **p50_p99("start_to_available", to_available),
+            **p50_p99("deployment_to_available", added_to_available),
+            "load_after": uptime(),
+        })
     client.CoreV1Api(api).delete_namespace(namespace)
     return result
 
@@ -365,6 +434,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "## ModelDeployments applied at once",
         "",
         *deployments_table(results["deployments"]),
+        *children_table(results.get("children") or {}, results["deployments"]),
     ]
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for row in results["targets"]:
@@ -412,12 +482,17 @@ def runs_table(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def per_object(total: float | None, m: int) -> str:
+    return "-" if total is None else f"{total / m:.1f}"
+
+
 def deployments_table(deployments: dict[str, list[dict[str, Any]]]) -> list[str]:
     lines = [
         "| M | apply→Healthy p50 / p99 (s) | of which: apply→stable Deployment (operator) p50 / p99 | "
         "Deployment→available (cluster's controllers) p50 / p99 | available→Healthy (operator) p50 / p99 | "
-        "Healthy | idle requests / object / minute | idle window (s) | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Healthy | API requests / object (load) | operator CPU (s) over the load window (s) | "
+        "idle requests / object / minute | idle window (s) | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mm, reps in sorted(deployments.items(), key=lambda kv: int(kv[0])):
         def d(key: str, reps: list[dict[str, Any]] = reps) -> Any:
@@ -427,8 +502,37 @@ def deployments_table(deployments: dict[str, list[dict[str, Any]]]) -> list[str]
             f"{d('apply_to_deployment_p50_s')} / {d('apply_to_deployment_p99_s')} | "
             f"{d('deployment_to_available_p50_s')} / {d('deployment_to_available_p99_s')} | "
             f"{d('available_to_healthy_p50_s')} / {d('available_to_healthy_p99_s')} | "
-            f"{min(r['healthy'] for r in reps)}/{mm} | {d('idle_requests_per_object_minute')} | "
+            f"{min(r['healthy'] for r in reps)}/{mm} | {per_object(d('operator_requests_during_load'), int(mm))} | "
+            f"{d('operator_cpu_seconds') or '-'} / {d('load_window_s') or '-'} | {d('idle_requests_per_object_minute')} | "
             f"{d('idle_window_s')} | {d('operator_peak_rss_mib')} |"
+        )
+    return lines
+
+
+def children_table(children: dict[str, list[dict[str, Any]]], deployments: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The yardstick for ModelDeployments (:func:`bench_children`) next to the operator's figure."""
+    if not children:
+        return []
+    lines = [
+        "",
+        "The yardstick, in the same run: the same children (three Services and the stable Deployment"
+        " per ModelDeployment, the bodies the operator's decision builds) written by a plain client,"
+        " 32 at a time, with no operator; timed from the moment it starts on all of them.",
+        "",
+        "| M | writes / object | all written after (s) | start→Deployment available p50 / p99 (s) |"
+        " Deployment→available p50 / p99 (s) | operator's apply→Healthy p99 / this p99 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mm, reps in sorted(children.items(), key=lambda kv: int(kv[0])):
+        def d(key: str, reps: list[dict[str, Any]] = reps) -> Any:
+            return median_of(reps, key)
+        operator_p99 = median_of(deployments.get(mm) or [], "apply_to_healthy_p99_s")
+        floor_p99 = d("start_to_available_p99_s")
+        ratio = f"{operator_p99 / floor_p99:.2f}" if operator_p99 and floor_p99 else "-"
+        lines.append(
+            f"| {mm} | {d('writes_per_object')} | {d('write_seconds')} | "
+            f"{d('start_to_available_p50_s')} / {floor_p99} | "
+            f"{d('deployment_to_available_p50_s')} / {d('deployment_to_available_p99_s')} | {ratio} |"
         )
     return lines
 
@@ -525,6 +629,9 @@ def main() -> int:
             row = bench_deployments(api, m, work, args.idle_seconds)
             print(json.dumps(row), flush=True)
             results["deployments"].setdefault(str(m), []).append(row)
+            floor = bench_children(api, cluster.kubeconfig, m)
+            print(json.dumps(floor), flush=True)
+            results.setdefault("children", {}).setdefault(str(m), []).append(floor)
     results["env"]["load_after"] = uptime()
     finish(results, args)
     return 0

@@ -209,19 +209,28 @@ class Kube:
         """Like :meth:`get_or_none` for a reader that only wants objects carrying the cache's
         label (ours): once the server has said 404, that answer stands until the watch says
         otherwise, so a missing child costs one request, not one per reconcile."""
-        found = self.cached(kind, namespace, name)
-        if found is not None:
+        answered, found = self.known(kind, namespace, name, ours=True)
+        if answered:
             return found
         if self.cache is None:
             return self.get_or_none(kind, namespace, name)
-        if self.cache.absent(kind, namespace, name):
-            return None
         count = self.cache.change_count(kind, namespace, name)
         try:
             return self.get(kind, namespace, name)
         except NotFound:
             self.cache.mark_absent(kind, namespace, name, count)
             return None
+
+    def known(self, kind: str, namespace: str, name: str, ours: bool = False) -> tuple[bool, JsonObject | None]:
+        """What the cache says with no request: ``(True, object)`` when the watches hold it,
+        ``(True, None)`` for a name the server said is missing (``ours``: see
+        :meth:`get_ours_or_none`), ``(False, None)`` when only the server can answer."""
+        found = self.cached(kind, namespace, name)
+        if found is not None:
+            return True, found
+        if ours and self.cache is not None and self.cache.absent(kind, namespace, name):
+            return True, None
+        return False, None
 
     def get_fresh(self, kind: str, namespace: str, name: str) -> JsonObject | None:
         """The object from the API server (None: gone), remembered in the cache."""

@@ -72,6 +72,9 @@ _T = TypeVar("_T")
 REQUEST_THREADS = 16
 #: Threads that run the reconciles whose wake-up came due (one thread waits for all of them).
 WAKEUP_THREADS = 8
+#: Seconds between a Deployment's event and the reconcile it asks for (the events of one
+#: rollout come in bursts; one reconcile answers a burst).
+DEPLOYMENT_EVENT_DELAY = 0.1
 KIND = "ModelDeployment"
 REGISTRY_RESOLVED = "RegistryResolved"
 """Condition type: whether spec.model.registry resolved (False: waiting or refused, and why)."""
@@ -159,11 +162,15 @@ class ModelDeploymentController:
         run_name = ((spec.get("model") or {}).get("trainingRunRef") or {}).get("name")
         # Children are ours only with our label (own_children checks the rest): a child the
         # server said is missing stays missing until the watch says otherwise.
-        read = self.all_at_once(
-            lambda: self.kube.get_ours_or_none("Deployment", namespace, deployment_name(name, "stable")),
-            lambda: self.kube.get_ours_or_none("Deployment", namespace, deployment_name(name, "canary")),
-            lambda: self.kube.get_ours_or_none("HorizontalPodAutoscaler", namespace, hpa_name(name)),
-            lambda: self.kube.get_ours_or_none("PodDisruptionBudget", namespace, pdb_name(name)),
+        read = self.read_all(
+            namespace,
+            [
+                ("Deployment", deployment_name(name, "stable")),
+                ("Deployment", deployment_name(name, "canary")),
+                ("HorizontalPodAutoscaler", hpa_name(name)),
+                ("PodDisruptionBudget", pdb_name(name)),
+            ],
+            ours=True,
         )
         return Observed(
             stable=read[0],
@@ -176,6 +183,28 @@ class ModelDeploymentController:
             pdb=read[3],
             registry=self.resolve_registry(md),
         )
+
+    def read_all(
+        self, namespace: str, names: list[tuple[str, str]], ours: bool = False
+    ) -> list[dict[str, Any] | None]:
+        """The objects (kind, name), None for a missing one: what the cache answers at once,
+        the rest from the API server side by side. Cache answers never queue in the request
+        pool: behind a burst of new ModelDeployments' writes, a reconcile that needed no
+        request waited there for seconds. ``ours``: see :meth:`Kube.get_ours_or_none`."""
+        found: list[dict[str, Any] | None] = []
+        asks: list[int] = []
+        for index, (kind, name) in enumerate(names):
+            answered, obj = self.kube.known(kind, namespace, name, ours=ours)
+            found.append(obj)
+            if not answered:
+                asks.append(index)
+        read = self.kube.get_ours_or_none if ours else self.kube.get_or_none
+        fetched = self.all_at_once(
+            *(lambda kind=names[i][0], name=names[i][1]: read(kind, namespace, name) for i in asks)
+        )
+        for index, obj in zip(asks, fetched, strict=True):
+            found[index] = obj
+        return found
 
     def all_at_once(self, *calls: Callable[[], _T]) -> list[_T]:
         """The calls' results, the calls made side by side: a new ModelDeployment's reconcile
@@ -332,9 +361,7 @@ class ModelDeploymentController:
             targets[("PodDisruptionBudget", decision.delete_pdb)] = None
         problems = []
         keys = list(targets)
-        found = self.all_at_once(
-            *(lambda kind=kind, name=name: self.kube.get_or_none(kind, namespace, name) for kind, name in keys)
-        )
+        found = self.read_all(namespace, keys)
         current = dict(zip(keys, found, strict=True))
         for (kind, name), obj in current.items():
             message = self.ownership_conflict(kind, name, obj, owner)
@@ -349,11 +376,11 @@ class ModelDeploymentController:
         meta = obj["metadata"]
         key = (obj["kind"], meta["namespace"], meta["name"])
         digest = applied_digest(obj)
-        if current is not None and self._applied.get(key) == (digest, untouched_since(current)):
+        if current is not None and self._applied.get(key) == (digest, untouched_since(current, obj)):
             return
         answer = self.kube.apply(obj)
         with self._applied_guard:
-            self._applied[key] = (digest, untouched_since(answer))
+            self._applied[key] = (digest, untouched_since(answer, obj))
             owner = ((meta.get("labels") or {}).get(OWNER_LABEL)) or ""
             self._children.setdefault((meta["namespace"], owner), set()).add(key)
 
@@ -550,17 +577,26 @@ def applied_digest(obj: Mapping[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def untouched_since(obj: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What changes when anyone changes what an apply sets: the object's identity, its spec's
-    generation (or, for kinds without one, its resourceVersion), labels, annotations and
-    owners. Status updates (a Deployment's rollout, an autoscaler's reading) leave it as is."""
+def untouched_since(obj: Mapping[str, Any], applied: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What changes when anyone changes what our apply of ``applied`` set: the object's
+    identity, its spec's generation (or, for kinds without one, its resourceVersion), the values
+    of the labels and annotations we apply, and its owners. Status updates (a Deployment's
+    rollout, an autoscaler's reading) leave it as is, and so do labels and annotations of others:
+    the Deployment controller's revision annotation, written once per rollout, cost every new
+    ModelDeployment a second apply of its Deployment that changed nothing."""
     meta = obj.get("metadata") or {}
+    ours = applied.get("metadata") or {}
     version = meta.get("generation") if "generation" in meta else meta.get("resourceVersion")
+
+    def values_of_ours(field: str) -> bytes:
+        present = meta.get(field) or {}
+        return orjson.dumps([(key, present.get(key)) for key in sorted(ours.get(field) or {})])
+
     return (
         meta.get("uid"),
         version,
-        orjson.dumps(meta.get("labels") or {}, option=orjson.OPT_SORT_KEYS),
-        orjson.dumps(meta.get("annotations") or {}, option=orjson.OPT_SORT_KEYS),
+        values_of_ours("labels"),
+        values_of_ours("annotations"),
         orjson.dumps(meta.get("ownerReferences") or [], option=orjson.OPT_SORT_KEYS),
     )
 
@@ -666,15 +702,21 @@ def register(
         if namespace:
             controller.reconcile(namespace, name)
 
+    # A Deployment's progress is looked at on the wake-up lane, and the handler is a coroutine:
+    # on kopf's handler threads (a plain function runs there) it queued behind new
+    # ModelDeployments' first reconciles (each waits seconds for its Services' creation on a
+    # busy API server), and 300 ModelDeployments applied at once waited a median ~30 s between
+    # their Deployment being available and Healthy. A burst of one Deployment's status events
+    # becomes one reconcile.
     @kopf.on.event(
         "apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT}, registry=registry
     )
-    def on_deployment_event(
+    async def on_deployment_event(
         labels: Mapping[str, str], namespace: str | None, event: Mapping[str, Any], **_: Any
     ) -> None:
         controller.kube.observe(event)
         if namespace:
-            controller.reconcile(namespace, labels[OWNER_LABEL])
+            controller.wake_up(namespace, labels[OWNER_LABEL], DEPLOYMENT_EVENT_DELAY)
 
     def feed(event: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, Mapping[str, Any]]:
         """Into the cache; the metadata the cache held before (None: not held) and the event's."""
