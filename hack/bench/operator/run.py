@@ -25,6 +25,7 @@ this file (or --out DIR).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import math
@@ -83,6 +84,15 @@ def uptime() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split(" ")[0:3])
 
 
+#: Every operator the benchmark started: stopped when it exits, however it exits (see main).
+STARTED: list[OperatorProcess] = []
+
+
+def stop_started() -> None:
+    for operator in STARTED:
+        operator.stop()
+
+
 def start_operator(api: Any, namespace: str, out: Path, tag: str) -> tuple[OperatorProcess, str]:
     kubeconfig, flow_schema = operator_identity(api, namespace, "kubeloop-operator", out / f"{tag}.kubeconfig")
     env = {
@@ -94,6 +104,7 @@ def start_operator(api: Any, namespace: str, out: Path, tag: str) -> tuple[Opera
     }
     operator = OperatorProcess(str(kubeconfig), namespace, out / f"{tag}.operator.log", env=env)
     operator.start()
+    STARTED.append(operator)
     # Ready once kopf has logged in; then a few seconds for its first lists.
     deadline = time.monotonic() + 60
     while "Initial authentication has finished" not in operator.log_tail(400):
@@ -592,6 +603,10 @@ def main() -> int:
                         help="only write results.md from this results.json (with --before, --notes)")
     parser.add_argument("--notes", type=Path, default=None, help="markdown appended to results.md")
     args = parser.parse_args()
+    # A stopped benchmark stops its operators: killed by SIGTERM, its operator process ran on
+    # and loaded the next run (seen: most of a core). sys.exit runs the atexit hook.
+    atexit.register(stop_started)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.from_json is not None:
         finish(json.loads(args.from_json.read_text()), args)
         return 0
