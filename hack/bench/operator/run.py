@@ -323,8 +323,15 @@ def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[st
         noticed = [t.md_phase_at[r]["Healthy"] - t.stable_available[r] for r in sent
                    if "Healthy" in t.md_phase_at[r] and r in t.stable_available]
         minutes = (idle_t1 - idle_t0) / 60
+        # From the moment the load began (the first apply), as the yardstick is timed: the
+        # benchmark's client takes seconds to create them all, and per-object apply times
+        # leave that out.
+        load_start = min(sent.values())
+        from_load_start = [t.md_phase_at[r]["Healthy"] - load_start for r in sent if "Healthy" in t.md_phase_at[r]]
         result.update({
             "healthy": len(to_healthy),
+            "apply_seconds": round(max(sent.values()) - load_start, 1),
+            **p50_p99("load_start_to_healthy", from_load_start),
             **p50_p99("apply_to_healthy", to_healthy),
             **p50_p99("apply_to_deployment", to_deployment),
             **p50_p99("deployment_to_available", to_available),
@@ -531,19 +538,23 @@ def children_table(children: dict[str, list[dict[str, Any]]], deployments: dict[
         " 32 at a time, with no operator; timed from the moment it starts on all of them.",
         "",
         "| M | writes / object | all written after (s) | start→Deployment available p50 / p99 (s) |"
-        " Deployment→available p50 / p99 (s) | operator's apply→Healthy p99 / this p99 |",
-        "|---|---|---|---|---|---|",
+        " Deployment→available p50 / p99 (s) | operator: first apply→Healthy p50 / p99 (s) |"
+        " operator p99 / this p99 (both from the load's start) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for mm, reps in sorted(children.items(), key=lambda kv: int(kv[0])):
         def d(key: str, reps: list[dict[str, Any]] = reps) -> Any:
             return median_of(reps, key)
-        operator_p99 = median_of(deployments.get(mm) or [], "apply_to_healthy_p99_s")
+        operator = deployments.get(mm) or []
+        operator_p50 = median_of(operator, "load_start_to_healthy_p50_s")
+        operator_p99 = median_of(operator, "load_start_to_healthy_p99_s")
         floor_p99 = d("start_to_available_p99_s")
         ratio = f"{operator_p99 / floor_p99:.2f}" if operator_p99 and floor_p99 else "-"
         lines.append(
             f"| {mm} | {d('writes_per_object')} | {d('write_seconds')} | "
             f"{d('start_to_available_p50_s')} / {floor_p99} | "
-            f"{d('deployment_to_available_p50_s')} / {d('deployment_to_available_p99_s')} | {ratio} |"
+            f"{d('deployment_to_available_p50_s')} / {d('deployment_to_available_p99_s')} | "
+            f"{operator_p50} / {operator_p99} | {ratio} |"
         )
     return lines
 
