@@ -281,6 +281,11 @@ def bench_runs(api: Any, kubectl: Any, n: int, out: Path, message: str, profile:
     return result
 
 
+def modeldeployment_bodies(m: int, placement: dict[str, Any]) -> list[dict[str, Any]]:
+    """The M ModelDeployments both ModelDeployment cases apply (the operator's and the yardstick's)."""
+    return [modeldeployment_body(f"md-{i:04d}", "a" * 64, placement=placement) for i in range(m)]
+
+
 def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[str, Any]:
     namespace = namespace_for(api, f"bench-md-{m}")
     result: dict[str, Any] = {"case": "modeldeployments", "m": m, "namespace": namespace, "load_before": uptime()}
@@ -292,7 +297,7 @@ def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[st
             before = dispatched(api, flow_schema)
             use_before, load_t0 = process_use(operator.process.pid), time.monotonic()
             sent = apply_all(api, namespace, "modeldeployments",
-                             [modeldeployment_body(f"md-{i:04d}", "a" * 64, placement=nodes.placement) for i in range(m)])
+                             modeldeployment_bodies(m, nodes.placement))
             deadline = time.monotonic() + max(300, m * 1.5)
             while time.monotonic() < deadline:
                 with recorder.lock:
@@ -323,9 +328,9 @@ def bench_deployments(api: Any, m: int, out: Path, idle_seconds: int) -> dict[st
         noticed = [t.md_phase_at[r]["Healthy"] - t.stable_available[r] for r in sent
                    if "Healthy" in t.md_phase_at[r] and r in t.stable_available]
         minutes = (idle_t1 - idle_t0) / 60
-        # From the moment the load began (the first apply), as the yardstick is timed: the
-        # benchmark's client takes seconds to create them all, and per-object apply times
-        # leave that out.
+        # From the moment the load began (the first apply), as the yardstick is timed:
+        # per-object apply times leave out how long the benchmark's client took to create
+        # them all (apply_seconds).
         load_start = min(sent.values())
         from_load_start = [t.md_phase_at[r]["Healthy"] - load_start for r in sent if "Healthy" in t.md_phase_at[r]]
         result.update({
@@ -373,9 +378,10 @@ def bench_children(api: Any, kubeconfig: str, m: int) -> dict[str, Any]:
         # The owners exist first (the garbage collector deletes children whose owner is gone);
         # no operator reconciles them.
         apply_all(api, namespace, "modeldeployments",
-                  [modeldeployment_body(f"md-{i:04d}", "a" * 64, placement=nodes.placement) for i in range(m)])
-        owners = client.CustomObjectsApi(api).list_namespaced_custom_object(
-            API_GROUP, API_VERSION, namespace, "modeldeployments")["items"]
+                  modeldeployment_bodies(m, nodes.placement))
+        listed: dict[str, Any] = client.CustomObjectsApi(api).list_namespaced_custom_object(  # type: ignore[assignment]
+            API_GROUP, API_VERSION, namespace, "modeldeployments")
+        owners: list[dict[str, Any]] = listed["items"]
         recorder = Recorder(api, namespace).start()
 
         def write(md: dict[str, Any]) -> int:
@@ -480,6 +486,16 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def by_size(cases: dict[str, list[dict[str, Any]]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """A table's rows: each case size (N or M) with its repetitions, smallest first."""
+    return sorted(cases.items(), key=lambda kv: int(kv[0]))
+
+
+def p50_p99_of(reps: list[dict[str, Any]], name: str) -> str:
+    """"p50 / p99" of ``<name>_p50_s`` and ``<name>_p99_s`` (each the median of the repetitions)."""
+    return f"{median_of(reps, f'{name}_p50_s')} / {median_of(reps, f'{name}_p99_s')}"
+
+
 def runs_table(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     lines = [
         "| N | apply→Job p50 / p99 (s) | apply→Training p50 / p99 (s) | Job controller Job→Pod p50 / p99 (s)"
@@ -487,12 +503,12 @@ def runs_table(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
         " | APF queued |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for n, reps in sorted(runs.items(), key=lambda kv: int(kv[0])):
+    for n, reps in by_size(runs):
         def m(key: str, reps: list[dict[str, Any]] = reps) -> Any:
             return median_of(reps, key)
         lines.append(
-            f"| {n} | {m('apply_to_job_p50_s')} / {m('apply_to_job_p99_s')} | {m('apply_to_training_p50_s')} / "
-            f"{m('apply_to_training_p99_s')} | {m('job_to_pod_p50_s')} / {m('job_to_pod_p99_s')} | "
+            f"| {n} | {p50_p99_of(reps, 'apply_to_job')} | {p50_p99_of(reps, 'apply_to_training')} | "
+            f"{p50_p99_of(reps, 'job_to_pod')} | "
             f"{m('all_succeeded_after_s')} | {min(r['succeeded'] for r in reps)}/{n} | "
             f"{max(r['duplicate_jobs'] for r in reps)} | {m('operator_peak_rss_mib')} | {m('operator_cpu_seconds')} | "
             f"{m('operator_requests_per_run')} | {m('apf_queued_requests')} |"
@@ -512,14 +528,12 @@ def deployments_table(deployments: dict[str, list[dict[str, Any]]]) -> list[str]
         "idle requests / object / minute | idle window (s) | peak RSS (MiB) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for mm, reps in sorted(deployments.items(), key=lambda kv: int(kv[0])):
+    for mm, reps in by_size(deployments):
         def d(key: str, reps: list[dict[str, Any]] = reps) -> Any:
             return median_of(reps, key)
         lines.append(
-            f"| {mm} | {d('apply_to_healthy_p50_s')} / {d('apply_to_healthy_p99_s')} | "
-            f"{d('apply_to_deployment_p50_s')} / {d('apply_to_deployment_p99_s')} | "
-            f"{d('deployment_to_available_p50_s')} / {d('deployment_to_available_p99_s')} | "
-            f"{d('available_to_healthy_p50_s')} / {d('available_to_healthy_p99_s')} | "
+            f"| {mm} | {p50_p99_of(reps, 'apply_to_healthy')} | {p50_p99_of(reps, 'apply_to_deployment')} | "
+            f"{p50_p99_of(reps, 'deployment_to_available')} | {p50_p99_of(reps, 'available_to_healthy')} | "
             f"{min(r['healthy'] for r in reps)}/{mm} | {per_object(d('operator_requests_during_load'), int(mm))} | "
             f"{d('operator_cpu_seconds') or '-'} / {d('load_window_s') or '-'} | {d('idle_requests_per_object_minute')} | "
             f"{d('idle_window_s')} | {d('operator_peak_rss_mib')} |"
@@ -542,19 +556,15 @@ def children_table(children: dict[str, list[dict[str, Any]]], deployments: dict[
         " operator p99 / this p99 (both from the load's start) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for mm, reps in sorted(children.items(), key=lambda kv: int(kv[0])):
-        def d(key: str, reps: list[dict[str, Any]] = reps) -> Any:
-            return median_of(reps, key)
+    for mm, reps in by_size(children):
         operator = deployments.get(mm) or []
-        operator_p50 = median_of(operator, "load_start_to_healthy_p50_s")
         operator_p99 = median_of(operator, "load_start_to_healthy_p99_s")
-        floor_p99 = d("start_to_available_p99_s")
+        floor_p99 = median_of(reps, "start_to_available_p99_s")
         ratio = f"{operator_p99 / floor_p99:.2f}" if operator_p99 and floor_p99 else "-"
         lines.append(
-            f"| {mm} | {d('writes_per_object')} | {d('write_seconds')} | "
-            f"{d('start_to_available_p50_s')} / {floor_p99} | "
-            f"{d('deployment_to_available_p50_s')} / {d('deployment_to_available_p99_s')} | "
-            f"{operator_p50} / {operator_p99} | {ratio} |"
+            f"| {mm} | {median_of(reps, 'writes_per_object')} | {median_of(reps, 'write_seconds')} | "
+            f"{p50_p99_of(reps, 'start_to_available')} | {p50_p99_of(reps, 'deployment_to_available')} | "
+            f"{p50_p99_of(operator, 'load_start_to_healthy')} | {ratio} |"
         )
     return lines
 
