@@ -57,6 +57,9 @@ HTTP_VERB = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", 
 # "<module>:<source text of the argument>" -> the kinds it carries, read from the decide() or
 # builder code the value comes from.
 DYNAMIC_CALLS: dict[str, frozenset[str]] = {
+    # controllers.peering.PeeringView: kopf's peering object, read only with peering on
+    # (see needed_permissions)
+    "peering:path": frozenset({"ClusterKopfPeering", "KopfPeering"}),
     # decide.trainingrun.Decision.create_job: resources.trainingjob.build_training_job
     "trainingrun:decision.create_job": frozenset({"Job"}),
     # the same Job, with the trainer's MLflow env when the run is tracked (kubeloop.registry)
@@ -82,6 +85,9 @@ DYNAMIC_CALLS: dict[str, frozenset[str]] = {
 }
 
 KOPF_CHANGING = {"create", "update", "resume", "delete", "field"}
+#: Kinds whose objects earlier versions let kopf put its finalizer on (its resync timers): kopf
+#: removes it from each when it sees one and no handler needs it any more - a patch.
+KOPF_FINALIZER_OF_EARLIER_VERSIONS = {"trainingruns", "modeldeployments", "driftpolicies"}
 
 
 @dataclass(frozen=True)
@@ -285,6 +291,8 @@ def _code_permissions() -> tuple[frozenset[Permission], tuple[str, ...]]:
             if handler.decorator in {"timer", "daemon"} | KOPF_CHANGING:
                 # kopf keeps its finalizer (and, for changing handlers, progress annotations).
                 needed.add((handler.group, handler.plural, "patch"))
+            if handler.plural in KOPF_FINALIZER_OF_EARLIER_VERSIONS:
+                needed.add((handler.group, handler.plural, "patch"))
     needed.add(("", "events", "create"))  # kopf posts events about its handlers too
     return frozenset(needed), tuple(unresolved)
 
@@ -292,7 +300,10 @@ def _code_permissions() -> tuple[frozenset[Permission], tuple[str, ...]]:
 def needed_permissions(peering: bool, cluster_wide: bool) -> tuple[set[Permission], list[str]]:
     """What the operator needs, and the call sites the derivation could not resolve."""
     code, unresolved = _code_permissions()
-    needed = set(code)
+    # The operator reads kopf's peering object only when there is one.
+    peering_reads = {p for p in code if p[0] == "kopf.dev"}
+    assert peering_reads <= {("kopf.dev", plural, "get") for plural in ("clusterkopfpeerings", "kopfpeerings")}
+    needed = set(code) - peering_reads
     if peering:
         plural = "clusterkopfpeerings" if cluster_wide else "kopfpeerings"
         needed |= {("kopf.dev", plural, verb) for verb in ("get", "list", "watch", "patch")}

@@ -12,7 +12,7 @@ from kubernetes import client as k8s_client
 
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers.kube import Kube
-from kubeloop.controllers.modeldeployment import ModelDeploymentController, _rolling_out
+from kubeloop.controllers.modeldeployment import ModelDeploymentController
 
 
 def _unreachable_kube() -> Kube:
@@ -35,18 +35,3 @@ def test_a_failed_reconcile_wakes_up_again_after_the_tick() -> None:
         assert 6 < pending[("team", "churn")] <= 7
     finally:
         controller.stop()
-
-
-@pytest.mark.parametrize(
-    ("status", "ticks"),
-    [
-        ({}, False),  # new: its creation event reconciles it (and a failure wakes it up)
-        ({"phase": "Progressing"}, False),  # a first rollout: its Deployment's events drive it
-        ({"phase": "Progressing", "canary": {"sha256": "b"}}, True),
-        ({"phase": "Paused", "canary": {"sha256": "b"}}, True),
-        ({"phase": "Degraded", "canary": {"sha256": "b"}, "aborted": True}, False),
-        ({"phase": "Healthy"}, False),
-    ],
-)
-def test_only_a_canary_in_flight_ticks(status: dict[str, object], ticks: bool) -> None:
-    assert _rolling_out(status=status, spec={}) is ticks

@@ -21,12 +21,14 @@ from kubeloop.api.driftpolicy import DEFAULT_PROMETHEUS_WINDOW, ignored_settings
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
 from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, post_event
+from kubeloop.controllers.peering import always_active
 from kubeloop.controllers.profiles import (
     MAX_PROFILE_BYTES,
     PROFILE_PATH,
     ProfileUnavailable,
     ServedProfiles,
 )
+from kubeloop.controllers.resync import Resyncs
 from kubeloop.controllers.scraping import proxy_get, ready_pods, scrape_round
 from kubeloop.controllers.trainingrun import tracking_settings, trainer_settings
 from kubeloop.decide.common import wire_time
@@ -64,6 +66,9 @@ from kubeloop.trust.urls import (
 log = logging.getLogger("kubeloop.driftpolicy")
 KIND = "DriftPolicy"
 POLICY_LABEL = "kubeloop.io/driftpolicy"
+#: A policy's resync measures drift when its check is due (a query, a scrape, a Job's result):
+#: on 2 threads of their own, a slow check delays other policies' resyncs, never an event.
+RESYNC_THREADS = 2
 # The sample name prometheus_client's parser gives the server's per-bin counter.
 FEATURE_BIN_SAMPLE = "kubeloop_serve_feature_bin_total"
 
@@ -105,10 +110,15 @@ def prometheus_query(
 
 class DriftPolicyController:
     def __init__(
-        self, kube: Kube, config: OperatorConfig, clock: Callable[[], datetime] | None = None
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        clock: Callable[[], datetime] | None = None,
+        active: Callable[[], bool] = always_active,
     ) -> None:
         self.kube = kube
         self.config = config
+        self.resyncs = Resyncs(self.resync, name="driftpolicy-resyncs", workers=RESYNC_THREADS, active=active)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.locks = KeyedLocks()
         self.profiles = ServedProfiles()
@@ -384,11 +394,16 @@ class DriftPolicyController:
 
     # --- reconciling --------------------------------------------------------------------------
 
-    def reconcile(self, namespace: str, name: str) -> None:
+    def resync(self, namespace: str, name: str) -> float | None:
+        """The schedule's clock and the safety net: every policy is looked at this often."""
+        return self.config.resync_seconds if self.reconcile(namespace, name) else None
+
+    def reconcile(self, namespace: str, name: str) -> bool:
+        """One reconcile; False when the policy is gone (or going)."""
         with self.locks.hold(KIND, namespace, name), metrics.reconcile_timer(KIND):
             policy = self.kube.get_or_none(KIND, namespace, name)
             if policy is None or policy["metadata"].get("deletionTimestamp"):
-                return
+                return False
             now = self.clock()
             runs = {
                 run["metadata"]["name"]: run
@@ -452,22 +467,23 @@ class DriftPolicyController:
                 metrics.DRIFT_SCORE.labels(namespace, name, score["feature"], score["test"]).set(
                     score["score"]
                 )
+            return True
 
 
 def register(
     registry: kopf.OperatorRegistry, controller: DriftPolicyController, config: OperatorConfig
 ) -> None:
+    # Each event also arms the policy's resync, its schedule's clock
+    # (kubeloop.controllers.resync; not a kopf timer, which would put kopf's finalizer on it).
     @kopf.on.event(API_GROUP, API_VERSION, "driftpolicies", registry=registry)
     def on_policy_event(name: str, namespace: str | None, type: str, **_: Any) -> None:
-        if type != "DELETED" and namespace:
-            controller.reconcile(namespace, name)
-
-    @kopf.timer(
-        API_GROUP, API_VERSION, "driftpolicies", interval=config.resync_seconds, registry=registry
-    )
-    def resync(name: str, namespace: str | None, **_: Any) -> None:
-        if namespace:
-            controller.reconcile(namespace, name)
+        if not namespace:
+            return
+        if type == "DELETED":
+            controller.resyncs.forget(namespace, name)
+            return
+        exists = controller.reconcile(namespace, name)
+        controller.resyncs.arm(namespace, name, config.resync_seconds if exists else None)
 
     @kopf.on.event("batch", "v1", "jobs", labels={POLICY_LABEL: kopf.PRESENT}, registry=registry)
     def on_check_job_event(

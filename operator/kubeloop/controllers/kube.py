@@ -78,6 +78,9 @@ KINDS: dict[str, Kind] = {
     "PodDisruptionBudget": Kind("policy", "v1", "poddisruptionbudgets"),
     "HTTPRoute": Kind("gateway.networking.k8s.io", "v1", "httproutes"),
     "VirtualService": Kind("networking.istio.io", "v1", "virtualservices"),
+    # kopf's peering objects: read to know whether this replica is the working one.
+    "ClusterKopfPeering": Kind("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False),
+    "KopfPeering": Kind("kopf.dev", "v1", "kopfpeerings"),
 }
 
 

@@ -9,7 +9,6 @@ import faulthandler
 import io
 import logging
 import os
-import random
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ from kubeloop.config import OperatorConfig
 from kubeloop.controllers import driftpolicy, metrics, modeldeployment, trainingrun
 from kubeloop.controllers.cache import ObjectCache
 from kubeloop.controllers.kube import EventWriter, Kube
+from kubeloop.controllers.peering import PeeringView, always_active, peering_priority
 from kubeloop.notifications.delivery import Metrics, Notifier, SinkConfigError
 from kubeloop.resources.serving import OWNER_LABEL
 
@@ -74,17 +74,7 @@ def table_libraries_left_out() -> Iterator[None]:
                 del sys.modules[name]
 
 
-def peering_priority() -> int:
-    """A random priority per replica process.
-
-    kopf pauses *every* replica that sees a live peer of the same priority, and all replicas of
-    one Deployment share their arguments: with one fixed priority, two replicas would both
-    stand still. With distinct priorities the highest one works and the others are standbys.
-    """
-    return random.SystemRandom().randint(1, 2**31 - 1)
-
-
-def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig, priority: int) -> None:
     """Our own finalizer and annotation prefix; nothing written into our status schema."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
@@ -107,7 +97,9 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
         settings.peering.standalone = False
         # A replica waits for the peering before it touches anything (no two workers at start).
         settings.peering.mandatory = True
-        settings.peering.priority = peering_priority()
+        # Distinct per replica (kopf pauses every replica that sees a live peer of the same
+        # priority) and highest for the oldest (kubeloop.controllers.peering.peering_priority).
+        settings.peering.priority = priority
         settings.peering.lifetime = PEERING_LIFETIME_SECONDS
     else:
         settings.peering.standalone = True
@@ -127,21 +119,31 @@ def watched_objects() -> ObjectCache:
     return cache
 
 
-def build_registry(kube: Kube, config: OperatorConfig) -> kopf.OperatorRegistry:
+def build_registry(
+    kube: Kube, config: OperatorConfig, namespaces: Sequence[str] = ()
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    priority = peering_priority()
+    # The operator's own lanes (resyncs, wake-ups) act only while kopf would: see
+    # kubeloop.controllers.peering.
+    active = (
+        PeeringView(kube, config.peering, priority, namespaces).active if config.peering else always_active
+    )
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure_kopf(settings, config)
+        configure_kopf(settings, config, priority)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # In a pod: the ServiceAccount token; elsewhere: $KUBECONFIG (kopf's own readers).
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    trainingrun.register(registry, trainingrun.TrainingRunController(kube, config), config)
-    driftpolicy.register(registry, driftpolicy.DriftPolicyController(kube, config), config)
-    modeldeployment.register(registry, modeldeployment.ModelDeploymentController(kube, config), config)
+    trainingrun.register(registry, trainingrun.TrainingRunController(kube, config, active=active), config)
+    driftpolicy.register(registry, driftpolicy.DriftPolicyController(kube, config, active=active), config)
+    modeldeployment.register(
+        registry, modeldeployment.ModelDeploymentController(kube, config, active=active), config
+    )
     return registry
 
 
@@ -192,15 +194,15 @@ def operate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except SinkConfigError as error:
         parser.exit(2, f"kubeloop operator: {error}\n")
     threads = (
-        HANDLER_THREADS + trainingrun.NEW_RUN_THREADS
-        + modeldeployment.REQUEST_THREADS + modeldeployment.WAKEUP_THREADS
+        HANDLER_THREADS + trainingrun.NEW_RUN_THREADS + trainingrun.RESYNC_THREADS
+        + driftpolicy.RESYNC_THREADS + modeldeployment.REQUEST_THREADS + modeldeployment.WAKEUP_THREADS
     )
     kube = Kube.from_environment(args.kubeconfig, connections=threads + 4)
     kube.cache = watched_objects()
     kube.event_writer = events = EventWriter()
     if notifier.enabled:
         kube.event_hook = notifier
-    registry = build_registry(kube, config)
+    registry = build_registry(kube, config, namespaces or ())
     if config.metrics_port:
         start_http_server(config.metrics_port, registry=metrics.REGISTRY)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None

@@ -13,9 +13,10 @@ One reconcile, safe to repeat at any moment (and after a crash):
    autoscaler and the disruption budget; then the status (as a merge patch that also removes what the decision dropped)
    and the Events.
 
-Time-based progress (pause and shadow durations, analysis intervals) is driven by a kopf timer
-on every ModelDeployment with a rollout under way, plus a one-shot wake-up at the moment the
-decision said the next thing happens.
+Time-based progress (pause and shadow durations, analysis intervals) is driven by the wake-up
+lane: a wake-up at the moment the decision said the next thing happens, and every
+ModelDeployment always has one pending no later than :func:`resync_after` says (a rollout's
+tick, the resync; not kopf timers, which would put kopf's finalizer on every object).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -40,6 +42,7 @@ from kubeloop.analysis.scrape import ScrapeProvider, ScrapeRound
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
 from kubeloop.controllers.kube import Conflict, Kube, NotFound, post_event
+from kubeloop.controllers.peering import always_active
 from kubeloop.controllers.scraping import scrape_round
 from kubeloop.controllers.wakeups import WakeUps
 from kubeloop.controllers.workqueue import CoalescingLocks
@@ -117,9 +120,12 @@ class ModelDeploymentController:
         config: OperatorConfig,
         prometheus_url: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        active: Callable[[], bool] = always_active,
     ) -> None:
         self.kube = kube
         self.settings = serving_settings(config)
+        self.intervals = ResyncIntervals.from_config(config)
+        self.active = active
         self.locks = CoalescingLocks()
         self.phases = metrics.PhaseTracker(KIND)
         self.clock = clock
@@ -555,7 +561,16 @@ class ModelDeploymentController:
 
     def _woken(self, key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
+        if not self.active():
+            return  # a standby: when kopf resumes it, its listing re-arms every object
         self.reconcile(namespace, name)
+        self.arm_resync(namespace, name)
+
+    def arm_resync(self, namespace: str, name: str) -> None:
+        """Keep a wake-up pending no later than the ModelDeployment's next tick or resync."""
+        md = self.kube.cached(KIND, namespace, name)
+        if md is not None:
+            self.wake_up(namespace, name, resync_after(md.get("status") or {}, md.get("spec") or {}, self.intervals))
 
     def forget(self, namespace: str, name: str) -> None:
         """The ModelDeployment is gone: drop its scrape memory, metrics and wake-up."""
@@ -601,23 +616,40 @@ def untouched_since(obj: Mapping[str, Any], applied: Mapping[str, Any]) -> tuple
     )
 
 
-def _rolling_out(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -> bool:
-    """A canary in flight: its pods' and its analysis' moments are looked at every tick.
+@dataclass(frozen=True)
+class ResyncIntervals:
+    """How often a ModelDeployment is looked at with no event (OperatorConfig's settings)."""
 
-    A first rollout (no canary) waits only for its Deployment, whose events reconcile it; a
-    reconcile that failed is retried by its own wake-up (ModelDeploymentController.reconcile).
-    Ticking those too was most of 300 new ModelDeployments' reconciles (13 each).
+    rollout_tick: float
+    resync: float
+    settled: float
+    registry_poll: float
+
+    @classmethod
+    def from_config(cls, config: OperatorConfig) -> ResyncIntervals:
+        return cls(
+            config.rollout_tick_seconds, config.resync_seconds,
+            config.settled_resync_seconds, config.mlflow_registry_poll_seconds,
+        )
+
+
+def resync_after(status: Mapping[str, Any], spec: Mapping[str, Any], every: ResyncIntervals) -> float:
+    """Seconds to a ModelDeployment's next reconcile with no event.
+
+    A canary in flight: every tick (its pauses' and analysis' moments; a first rollout waits
+    only for its Deployment, whose events reconcile it). Healthy with no canary: the slow
+    resync (every change of it or its children is an event). A model from the MLflow registry:
+    MLflow sends no events, so its alias is looked at every poll (a moved alias starts a
+    canary; an unreachable registry is retried).
     """
-    return bool(status.get("canary")) and not status.get("aborted")
-
-
-def _settled(status: Mapping[str, Any], **_: Any) -> bool:
-    """Healthy with no canary: every change of it or its Deployments is an event that reconciles it."""
-    return status.get("phase") == "Healthy" and not status.get("canary")
-
-
-def _not_settled(status: Mapping[str, Any], **_: Any) -> bool:
-    return not _settled(status)
+    rolling_out = bool(status.get("canary")) and not status.get("aborted")
+    settled = status.get("phase") == "Healthy" and not status.get("canary")
+    seconds = [every.settled if settled else every.resync]
+    if rolling_out:
+        seconds.append(every.rollout_tick)
+    if (spec.get("model") or {}).get("registry"):
+        seconds.append(every.registry_poll)
+    return min(seconds)
 
 
 RUN_INDEX = "deployments_by_run"
@@ -627,9 +659,8 @@ RUN_INDEX = "deployments_by_run"
 def register(
     registry: kopf.OperatorRegistry, controller: ModelDeploymentController, config: OperatorConfig
 ) -> None:
-    """Wire the triggers: the resource's own events, its Deployments' and the TrainingRuns'
-    events, a fast timer while a rollout runs and a slow resync for all."""
-    tick = config.rollout_tick_seconds
+    """Wire the triggers: the resource's own events (which also arm its resync), its
+    Deployments' and the TrainingRuns' events."""
 
     @kopf.on.event(API_GROUP, API_VERSION, "modeldeployments", registry=registry)
     def on_modeldeployment_event(
@@ -642,65 +673,7 @@ def register(
             controller.forget(namespace, name)
             return
         controller.reconcile(namespace, name)
-
-    @kopf.timer(
-        API_GROUP,
-        API_VERSION,
-        "modeldeployments",
-        interval=tick,
-        when=_rolling_out,
-        registry=registry,
-    )
-    def rollout_tick(name: str, namespace: str | None, **_: Any) -> None:
-        if namespace:
-            controller.reconcile(namespace, name)
-
-    # A reconcile is ~15 requests (reads, ownership checks, server-side applies): every 30 s
-    # for every settled ModelDeployment, that was the idle API load. Settled ones are resynced
-    # at the slow interval; timers start after one interval (the object's event reconciled it).
-    @kopf.timer(
-        API_GROUP,
-        API_VERSION,
-        "modeldeployments",
-        interval=config.resync_seconds,
-        initial_delay=config.resync_seconds,
-        when=_not_settled,
-        registry=registry,
-    )
-    def resync(name: str, namespace: str | None, **_: Any) -> None:
-        if namespace:
-            controller.reconcile(namespace, name)
-
-    @kopf.timer(
-        API_GROUP,
-        API_VERSION,
-        "modeldeployments",
-        interval=config.settled_resync_seconds,
-        initial_delay=config.settled_resync_seconds,
-        when=_settled,
-        registry=registry,
-    )
-    def resync_settled(name: str, namespace: str | None, **_: Any) -> None:
-        if namespace:
-            controller.reconcile(namespace, name)
-
-    def _from_registry(spec: Mapping[str, Any], **_: Any) -> bool:
-        return bool((spec.get("model") or {}).get("registry"))
-
-    # MLflow sends no events: a registry source is looked at again at this interval, so an
-    # alias moved in MLflow starts a canary (and an unreachable registry is retried).
-    @kopf.timer(
-        API_GROUP,
-        API_VERSION,
-        "modeldeployments",
-        interval=config.mlflow_registry_poll_seconds,
-        initial_delay=config.mlflow_registry_poll_seconds,
-        when=_from_registry,
-        registry=registry,
-    )
-    def registry_poll(name: str, namespace: str | None, **_: Any) -> None:
-        if namespace:
-            controller.reconcile(namespace, name)
+        controller.arm_resync(namespace, name)
 
     # A Deployment's progress is looked at on the wake-up lane, and the handler is a coroutine:
     # on kopf's handler threads (a plain function runs there) it queued behind new

@@ -17,6 +17,8 @@ from kubeloop import API_GROUP, API_VERSION
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
 from kubeloop.controllers.kube import Conflict, Kube, post_event
+from kubeloop.controllers.peering import always_active
+from kubeloop.controllers.resync import Resyncs
 from kubeloop.controllers.workqueue import CoalescingLocks
 from kubeloop.decide.artifact_cleanup import (
     Action,
@@ -58,6 +60,9 @@ _STATUS_CONFLICT = object()
 #: 1,000 runs applied at once waited p99 35 s for their Job (the lane made ~25 Jobs a second
 #: while the runs came at ~33 a second); with 32, p99 3.5 s (hack/bench/operator/results.md).
 NEW_RUN_THREADS = 32
+#: Resyncs of unchanged runs read the cache and write nothing: 2 threads keep up with 1,000
+#: runs every 30 s.
+RESYNC_THREADS = 2
 
 
 def trainer_settings(config: OperatorConfig) -> TrainerSettings:
@@ -95,10 +100,20 @@ def needs_tracking_finish(status: Mapping[str, Any]) -> bool:
     return status.get("phase") in TERMINAL_PHASES and bool(mlflow.get("runId")) and not mlflow.get("finished")
 
 
+def run_resync_after(status: Mapping[str, Any], every: float) -> float | None:
+    """Seconds to a run's next resync: while it is not finished, or its MLflow update failed
+    (MLflow was down when it finished); None once there is nothing left to look at."""
+    if status.get("phase") not in TERMINAL_PHASES or needs_tracking_finish(status):
+        return every
+    return None
+
+
 class TrainingRunController:
     """The I/O around :func:`decide`: one reconcile per call, safe to repeat at any time."""
 
-    def __init__(self, kube: Kube, config: OperatorConfig) -> None:
+    def __init__(
+        self, kube: Kube, config: OperatorConfig, active: Callable[[], bool] = always_active
+    ) -> None:
         self.kube = kube
         self.settings = trainer_settings(config)
         self.tracking = tracking_settings(config)
@@ -106,9 +121,11 @@ class TrainingRunController:
         # A lane of its own for new runs: their Job is not queued behind the Job and pod events
         # of the runs already training (kopf's one handler pool serves every event in order).
         self.new_runs = ThreadPoolExecutor(NEW_RUN_THREADS, thread_name_prefix="new-runs")
+        self.resync_seconds = config.resync_seconds
+        self.resyncs = Resyncs(self.resync, name="trainingrun-resyncs", workers=RESYNC_THREADS, active=active)
         self.phases = metrics.PhaseTracker(KIND)
         # Deleted runs whose artifacts a ModelDeployment still serves: a change to any
-        # ModelDeployment in their namespace looks at them again (kopf stops timers on deletion).
+        # ModelDeployment in their namespace looks at them again (a finished run has no resync).
         self.waiting_for_deployments: set[tuple[str, str]] = set()
         # The one ownership policy (kubeloop.trust.ownership). Not configurable: only the
         # attack tests replace it in-process, to show what the operator did without it.
@@ -324,8 +341,28 @@ class TrainingRunController:
             )
         self.kube.patch_status(KIND, namespace, name, patch)
 
+    def resync(self, namespace: str, name: str) -> float | None:
+        """The safety net (an event missed, a Job gone unnoticed, MLflow back up): the run's
+        reconcile, or its MLflow update once it finished; seconds to the next one."""
+        run = self.kube.cached(KIND, namespace, name)
+        if run is None:
+            return None
+        if (run.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+            self.reconcile(namespace, name)
+        else:
+            self.reconcile_tracking(namespace, name)
+        run = self.kube.cached(KIND, namespace, name)
+        return None if run is None else run_resync_after(run.get("status") or {}, self.resync_seconds)
+
+    def watch_resync(self, namespace: str, name: str, type: str, run: Mapping[str, Any]) -> None:
+        """An event of the run: arm its next resync (or drop it: deleted, or nothing left)."""
+        if type == "DELETED":
+            self.resyncs.forget(namespace, name)
+        else:
+            self.resyncs.arm(namespace, name, run_resync_after(run.get("status") or {}, self.resync_seconds))
+
     def reconcile_tracking(self, namespace: str, name: str) -> None:
-        """The tracking timer: a finished run whose MLflow update failed before."""
+        """A finished run whose MLflow update failed before."""
         with self.locks.turn(KIND, namespace, name) as mine:
             if not mine:
                 return
@@ -421,10 +458,8 @@ def _import_scikit_learn() -> None:
 
 
 def register(registry: kopf.OperatorRegistry, controller: TrainingRunController, config: OperatorConfig) -> None:
-    """Wire the triggers: the run's own events, its Job's and pods' events, and a resync timer."""
-
-    def not_finished(status: Mapping[str, Any], **_: Any) -> bool:
-        return status.get("phase") not in TERMINAL_PHASES
+    """Wire the triggers: the run's own events (which also arm its resync), its Job's and pods'
+    events."""
 
     def is_new(status: Mapping[str, Any], **_: Any) -> bool:
         return not status.get("phase")
@@ -434,17 +469,25 @@ def register(registry: kopf.OperatorRegistry, controller: TrainingRunController,
 
     # Each handler first hands its event to the Kube's cache (kubeloop.controllers.cache), so
     # the reconcile it starts reads what this event said, whatever order kopf calls handlers in.
+    # Each event also arms the run's resync (kubeloop.controllers.resync; not a kopf timer,
+    # which would put kopf's finalizer on every run).
     @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", when=is_new, registry=registry)
     async def on_new_run_event(
-        name: str, namespace: str | None, type: str, event: Mapping[str, Any], **_: Any
+        name: str, namespace: str | None, type: str, event: Mapping[str, Any], body: Mapping[str, Any], **_: Any
     ) -> None:
         controller.kube.observe(event)
+        if namespace:
+            controller.watch_resync(namespace, name, type, body)
         if type != "DELETED" and namespace:
             await asyncio.get_running_loop().run_in_executor(controller.new_runs, controller.reconcile, namespace, name)
 
     @kopf.on.event(API_GROUP, API_VERSION, "trainingruns", when=not_new, registry=registry)
-    def on_run_event(name: str, namespace: str | None, type: str, event: Mapping[str, Any], **_: Any) -> None:
+    def on_run_event(
+        name: str, namespace: str | None, type: str, event: Mapping[str, Any], body: Mapping[str, Any], **_: Any
+    ) -> None:
         controller.kube.observe(event)
+        if namespace:
+            controller.watch_resync(namespace, name, type, body)
         if type != "DELETED" and namespace:
             controller.reconcile(namespace, name)
 
@@ -453,30 +496,6 @@ def register(registry: kopf.OperatorRegistry, controller: TrainingRunController,
         # The first estimator check imports scikit-learn: seconds on a busy node, which every
         # run reconciled meanwhile would wait for after a start or a standby's takeover.
         threading.Thread(target=_import_scikit_learn, name="import-scikit-learn", daemon=True).start()
-
-    # No firing at once: the run's own event has just reconciled it (kopf starts timers with
-    # the object, so 1,000 new runs would otherwise be reconciled twice in the same second).
-    @kopf.timer(
-        API_GROUP, API_VERSION, "trainingruns",
-        interval=config.resync_seconds, initial_delay=config.resync_seconds, when=not_finished,
-        registry=registry,
-    )
-    def resync(name: str, namespace: str | None, **_: Any) -> None:
-        if namespace:
-            controller.reconcile(namespace, name)
-
-    def tracking_unfinished(status: Mapping[str, Any], **_: Any) -> bool:
-        return needs_tracking_finish(status)
-
-    # Only runs whose MLflow update failed (MLflow was down when they finished) have this timer.
-    @kopf.timer(
-        API_GROUP, API_VERSION, "trainingruns",
-        interval=config.resync_seconds, initial_delay=config.resync_seconds,
-        when=tracking_unfinished, registry=registry,
-    )
-    def retry_tracking(name: str, namespace: str | None, **_: Any) -> None:
-        if namespace:
-            controller.reconcile_tracking(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
     def on_job_event(labels: Mapping[str, str], namespace: str | None, event: Mapping[str, Any], **_: Any) -> None:
