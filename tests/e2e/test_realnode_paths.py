@@ -178,8 +178,8 @@ def operator(real_node: RealNode, e2e_namespace: str, models_dir: Path,
     })
     process.start()
     yield process
-    # The operator removes its finalizers: delete what it manages while it still runs, or the
-    # namespace would stay Terminating.
+    # Runs with cleanupPolicy: Delete carry the operator's artifact-cleanup finalizer, which only
+    # the operator removes: delete what it manages while it still runs.
     real_node.kubectl("delete", "-n", e2e_namespace, "driftpolicies,modeldeployments,trainingruns", "--all",
                       "--wait=true", "--timeout=60s", check=False, timeout=90)
     process.stop()

@@ -101,7 +101,7 @@ def _until(check: Any, timeout: float = 5.0) -> None:
 
 def test_a_resync_rearms_from_what_the_kind_answers_and_stops_on_none() -> None:
     kind = Kind(answers=[0.05, 0.05, None])
-    resyncs = Resyncs(kind, name="test-resyncs")
+    resyncs = Resyncs(kind, "TestKind")
     try:
         resyncs.arm("team", "churn", 0.05)
         _until(lambda: len(kind.calls) == 3)
@@ -116,7 +116,7 @@ def test_an_event_does_not_postpone_a_pending_resync() -> None:
     # A kopf timer's interval does not move with events either: an object changing every
     # second must still be resynced.
     kind = Kind()
-    resyncs = Resyncs(kind, name="test-resyncs")
+    resyncs = Resyncs(kind, "TestKind")
     try:
         resyncs.arm("team", "churn", 0.1)
         resyncs.arm("team", "churn", 30)
@@ -128,7 +128,7 @@ def test_an_event_does_not_postpone_a_pending_resync() -> None:
 
 def test_none_and_forget_drop_the_pending_resync() -> None:
     kind = Kind()
-    resyncs = Resyncs(kind, name="test-resyncs")
+    resyncs = Resyncs(kind, "TestKind")
     try:
         resyncs.arm("team", "a", 0.1)
         resyncs.arm("team", "b", 0.1)
@@ -143,7 +143,7 @@ def test_none_and_forget_drop_the_pending_resync() -> None:
 def test_a_failed_resync_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(resync_module, "FAILED_RETRY_SECONDS", 0.05)
     kind = Kind(fail=True)
-    resyncs = Resyncs(kind, name="test-resyncs")
+    resyncs = Resyncs(kind, "TestKind")
     try:
         resyncs.arm("team", "churn", 0.01)
         _until(lambda: len(kind.calls) >= 3)
@@ -156,7 +156,7 @@ def test_a_standby_resyncs_nothing_and_forgets_what_came_due() -> None:
     # kopf lists every object again when it resumes a paused replica: those events re-arm.
     kind = Kind(answers=[0.05] * 10)
     standby = threading.Event()
-    resyncs = Resyncs(kind, name="test-resyncs", active=lambda: not standby.is_set())
+    resyncs = Resyncs(kind, "TestKind", active=lambda: not standby.is_set())
     try:
         standby.set()
         resyncs.arm("team", "churn", 0.01)

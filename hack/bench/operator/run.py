@@ -194,9 +194,9 @@ def controller_manager_limits(cluster: Any) -> str:
 
 
 def release(api: Any, namespace: str, plural: str) -> None:
-    """Drop the finalizers of the case's objects once its operator is stopped: the namespace's
-    deletion would otherwise wait forever for an operator that is gone (as after uninstalling
-    one before its objects), and every later case would share the machine with it."""
+    """Drop any finalizer left on the case's objects once its operator is stopped (the operator
+    puts none on these since its resyncs left kopf timers, but an older operator's would keep
+    the namespace Terminating, and every later case would share the machine with it)."""
     objects = client.CustomObjectsApi(api)
     listed: dict[str, Any] = objects.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural)  # type: ignore[assignment]
     for item in listed["items"]:

@@ -118,7 +118,7 @@ class DriftPolicyController:
     ) -> None:
         self.kube = kube
         self.config = config
-        self.resyncs = Resyncs(self.resync, name="driftpolicy-resyncs", workers=RESYNC_THREADS, active=active)
+        self.resyncs = Resyncs(self.resync, KIND, workers=RESYNC_THREADS, active=active)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.locks = KeyedLocks()
         self.profiles = ServedProfiles()

@@ -16,6 +16,13 @@ RECONCILES = Counter(
     ["kind", "result"],
     registry=REGISTRY,
 )
+RESYNCS = Counter(
+    "kubeloop_resyncs_total",
+    "Reconciles with no event behind them (the periodic safety net, a rollout's timed steps), by "
+    "kind; a standby replica's stays flat.",
+    ["kind"],
+    registry=REGISTRY,
+)
 RECONCILE_SECONDS = Histogram(
     "kubeloop_reconcile_duration_seconds",
     "Time one reconcile took, by kind.",

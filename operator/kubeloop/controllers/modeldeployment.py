@@ -563,6 +563,7 @@ class ModelDeploymentController:
         namespace, name = cast(tuple[str, str], key)
         if not self.active():
             return  # a standby: when kopf resumes it, its listing re-arms every object
+        metrics.RESYNCS.labels(KIND).inc()
         self.reconcile(namespace, name)
         self.arm_resync(namespace, name)
 

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Hashable
 from typing import cast
 
+from kubeloop.controllers import metrics
 from kubeloop.controllers.peering import always_active
 from kubeloop.controllers.wakeups import WakeUps
 
@@ -37,13 +38,14 @@ class Resyncs:
     def __init__(
         self,
         resync: Callable[[str, str], float | None],
-        name: str,
+        kind: str,
         workers: int = 2,
         active: Callable[[], bool] = always_active,
     ) -> None:
         self._resync = resync
+        self.kind = kind
         self.active = active
-        self._lane = WakeUps(self._fired, workers=workers, name=name)
+        self._lane = WakeUps(self._fired, workers=workers, name=f"{kind.lower()}-resyncs")
 
     def arm(self, namespace: str, name: str, seconds: float | None) -> None:
         """Resync within ``seconds`` (an earlier pending one stays); ``None`` stops its resyncs."""
@@ -66,6 +68,7 @@ class Resyncs:
         namespace, name = cast(tuple[str, str], key)
         if not self.active():
             return
+        metrics.RESYNCS.labels(self.kind).inc()
         try:
             seconds = self._resync(namespace, name)
         except Exception:

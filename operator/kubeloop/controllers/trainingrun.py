@@ -122,7 +122,7 @@ class TrainingRunController:
         # of the runs already training (kopf's one handler pool serves every event in order).
         self.new_runs = ThreadPoolExecutor(NEW_RUN_THREADS, thread_name_prefix="new-runs")
         self.resync_seconds = config.resync_seconds
-        self.resyncs = Resyncs(self.resync, name="trainingrun-resyncs", workers=RESYNC_THREADS, active=active)
+        self.resyncs = Resyncs(self.resync, KIND, workers=RESYNC_THREADS, active=active)
         self.phases = metrics.PhaseTracker(KIND)
         # Deleted runs whose artifacts a ModelDeployment still serves: a change to any
         # ModelDeployment in their namespace looks at them again (a finished run has no resync).
