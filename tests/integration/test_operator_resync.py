@@ -14,6 +14,7 @@ Given ``kubeloop operator`` processes with a 2 s resync:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clusterfixture import MANUAL_KUBELET_LABEL
 from harness import OperatorProcess, wait_for
 from kubernetes import client
 from operatorload import (
@@ -37,6 +39,9 @@ from operatorload import (
 pytestmark = pytest.mark.slow
 
 KOPF_FINALIZER = "kubeloop.io/finalizer"
+#: kwok leaves pods with this label Running (clusterfixture): the runs stay in flight, and
+#: nothing happens to them.
+IN_FLIGHT = {"KUBELOOP_POD_LABELS": json.dumps({MANUAL_KUBELET_LABEL[0]: MANUAL_KUBELET_LABEL[1]})}
 PLURALS = {"TrainingRun": "trainingruns", "ModelDeployment": "modeldeployments", "DriftPolicy": "driftpolicies"}
 #: kopf's peering lifetime in the operator (kubeloop.controllers.main) and slack for CI.
 TAKEOVER_BOUND_S = 40.0
@@ -50,6 +55,27 @@ def resyncs(process: OperatorProcess, kind: str) -> float:
         if line.startswith(f'kubeloop_resyncs_total{{kind="{kind}"}}'):
             return float(line.split()[-1])
     return 0.0
+
+
+def peering_moves(process: OperatorProcess) -> list[str]:
+    """kopf's pause and resume lines in a replica's log, oldest first."""
+    text = process.log_path.read_text(errors="replace")
+    return [line for line in text.splitlines() if "Pausing operations" in line or "Resuming operations" in line]
+
+
+_last_moves: dict[int, tuple[int, float]] = {}
+
+
+def paused_for(process: OperatorProcess, seconds: float) -> bool:
+    """Whether kopf paused the replica and has not resumed it for ``seconds`` (checked by polling)."""
+    moves = peering_moves(process)
+    if not moves or "Pausing operations" not in moves[-1]:
+        return False
+    seen = _last_moves.get(id(process))
+    if seen is None or seen[0] != len(moves):
+        _last_moves[id(process)] = (len(moves), time.monotonic())
+        return False
+    return time.monotonic() - seen[1] >= seconds
 
 
 def policy_body(name: str, target: str) -> dict[str, Any]:
@@ -95,7 +121,7 @@ def test_no_kopf_finalizer_and_a_run_in_flight_is_still_resynced(
     }
     for (kind, _), body in bodies.items():
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], body)
-    process = OperatorProcess(kubeconfig_path, namespace, tmp_path / "operator.log")
+    process = OperatorProcess(kubeconfig_path, namespace, tmp_path / "operator.log", env=IN_FLIGHT)
     operators.append(process)
     process.start()
 
@@ -114,8 +140,8 @@ def test_no_kopf_finalizer_and_a_run_in_flight_is_still_resynced(
     for kind, name in bodies:
         assert KOPF_FINALIZER not in finalizers(custom, namespace, kind, name), (kind, name)
 
-    # And the runs in flight (their Jobs' pods are never scheduled: nothing happens to them)
-    # are reconciled with no event every 2 s
+    # And the runs in flight (their trainers run on and on: nothing happens to them) are
+    # reconciled with no event every 2 s
     for name in ("legacy", "run"):
         phase = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", name)["status"]["phase"]
         assert phase not in ("Succeeded", "Failed"), (name, phase)
@@ -147,7 +173,7 @@ def test_an_outranked_replica_resyncs_nothing(
 ) -> None:
     custom = client.CustomObjectsApi(kube_api)
     peering = install_peering(kubectl, namespace, tmp_path)
-    env = {"KUBELOOP_PEERING": peering}
+    env = {"KUBELOOP_PEERING": peering, **IN_FLIGHT}
     older = OperatorProcess(kubeconfig_path, namespace, tmp_path / "older.log", env={**env, "POD_ID": "older"})
     younger = OperatorProcess(kubeconfig_path, namespace, tmp_path / "younger.log", env={**env, "POD_ID": "younger"})
     operators += [older, younger]
@@ -167,11 +193,12 @@ def test_an_outranked_replica_resyncs_nothing(
     os.kill(older.process.pid, signal.SIGSTOP)
     wait_for(lambda: resyncs(younger, "TrainingRun") >= 2, TAKEOVER_BOUND_S, what="the younger replica taking over")
 
-    # And the older one comes back: it outranks the younger again
+    # And the older one comes back: it outranks the younger again. kopf flaps for a moment
+    # (the older replica, thawed, first cleans its own expired entry out of the peering
+    # object, and the younger resumes until the older's next keep-alive): wait until kopf has
+    # kept the younger paused for a few seconds.
     os.kill(older.process.pid, signal.SIGCONT)
-    wait_for(lambda: "Pausing operations" in younger.log_path.read_text(errors="replace"), 30,
-             what="kopf pausing the younger replica")
-    time.sleep(3)  # resyncs already running when it paused finish
+    wait_for(lambda: paused_for(younger, 5.0), 60, interval=1.0, what="kopf keeping the younger replica paused")
 
     # Then the outranked replica resyncs nothing, while the working one goes on
     younger_before, older_before = resyncs(younger, "TrainingRun"), resyncs(older, "TrainingRun")
