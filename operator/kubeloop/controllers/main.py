@@ -75,7 +75,9 @@ def table_libraries_left_out() -> Iterator[None]:
 
 
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig, priority: int) -> None:
-    """Our own finalizer and annotation prefix; nothing written into our status schema."""
+    """Our own finalizer name and annotation prefix; nothing written into our status schema."""
+    # No handler needs kopf's finalizer any more (kubeloop.controllers.resync); its name stays
+    # so kopf recognises, and removes, the one earlier versions put on objects.
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
