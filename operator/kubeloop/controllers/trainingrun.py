@@ -235,7 +235,7 @@ class TrainingRunController:
             try:
                 champion, champion_missing = self.find_champion(run)
             except ChampionWaiting as waiting:
-                # Nothing created; the resync timer looks again (docs/mlflow.md).
+                # Nothing created; the run's resync looks again (docs/mlflow.md).
                 log.warning("run %s/%s waits for its champion: %s", namespace, name, waiting)
                 post_event(
                     self.kube,
@@ -315,7 +315,7 @@ class TrainingRunController:
         self, run: Mapping[str, Any], status: Mapping[str, Any], pods: list[dict[str, Any]], now: datetime
     ) -> None:
         """End the MLflow run and register a Succeeded model; a failure is the TrackingFailed
-        condition (the run stays Succeeded) and is retried by the tracking timer."""
+        condition (the run stays Succeeded) and is retried by the run's resync."""
         namespace, name = run["metadata"]["namespace"], run["metadata"]["name"]
         generation = run["metadata"].get("generation")
         conditions = list(status.get("conditions") or [])
