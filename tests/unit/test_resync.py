@@ -10,17 +10,20 @@ kopf finalizer, on the real API server) is in tests/integration/test_operator_re
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from test_wakeups import _until
 
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import resync as resync_module
 from kubeloop.controllers.modeldeployment import ResyncIntervals, resync_after
-from kubeloop.controllers.peering import outranked_by, peering_priority
+from kubeloop.controllers.peering import always_active, outranked_by, peering_priority
 from kubeloop.controllers.resync import Resyncs
 from kubeloop.controllers.trainingrun import run_resync_after
 
@@ -93,71 +96,62 @@ class Kind:
         return self.answers.pop(0) if self.answers else None
 
 
-def _until(check: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.01)
+@contextlib.contextmanager
+def running(kind: Kind, active: Callable[[], bool] = always_active) -> Iterator[Resyncs]:
+    """A lane for the test's kind, stopped when the test ends (pass or fail)."""
+    resyncs = Resyncs(kind, "TestKind", active=active)
+    try:
+        yield resyncs
+    finally:
+        resyncs.stop()
 
 
 def test_a_resync_rearms_from_what_the_kind_answers_and_stops_on_none() -> None:
     kind = Kind(answers=[0.05, 0.05, None])
-    resyncs = Resyncs(kind, "TestKind")
-    try:
+    with running(kind) as resyncs:
         resyncs.arm("team", "churn", 0.05)
         _until(lambda: len(kind.calls) == 3)
         time.sleep(0.2)
         assert [call[:2] for call in kind.calls] == [("team", "churn")] * 3
         assert resyncs.pending() == {}  # None: no more resyncs
-    finally:
-        resyncs.stop()
 
 
 def test_an_event_does_not_postpone_a_pending_resync() -> None:
     # A kopf timer's interval does not move with events either: an object changing every
     # second must still be resynced.
     kind = Kind()
-    resyncs = Resyncs(kind, "TestKind")
-    try:
+    with running(kind) as resyncs:
         resyncs.arm("team", "churn", 0.1)
         resyncs.arm("team", "churn", 30)
         _until(lambda: kind.calls)
         assert len(kind.calls) == 1 and kind.calls[0][2] < 1.0
-    finally:
-        resyncs.stop()
 
 
 def test_none_and_forget_drop_the_pending_resync() -> None:
     kind = Kind()
-    resyncs = Resyncs(kind, "TestKind")
-    try:
+    with running(kind) as resyncs:
         resyncs.arm("team", "a", 0.1)
         resyncs.arm("team", "b", 0.1)
         resyncs.arm("team", "a", None)  # e.g. the run finished
         resyncs.forget("team", "b")  # e.g. deleted
         time.sleep(0.3)
         assert kind.calls == []
-    finally:
-        resyncs.stop()
 
 
 def test_a_failed_resync_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(resync_module, "FAILED_RETRY_SECONDS", 0.05)
     kind = Kind(fail=True)
-    resyncs = Resyncs(kind, "TestKind")
-    try:
+    with running(kind) as resyncs:
         resyncs.arm("team", "churn", 0.01)
         _until(lambda: len(kind.calls) >= 3)
         assert len(kind.calls) >= 3
-    finally:
-        resyncs.stop()
 
 
 def test_a_standby_resyncs_nothing_and_forgets_what_came_due() -> None:
     # kopf lists every object again when it resumes a paused replica: those events re-arm.
     kind = Kind(answers=[0.05] * 10)
     standby = threading.Event()
-    resyncs = Resyncs(kind, "TestKind", active=lambda: not standby.is_set())
-    try:
+    with running(kind, active=lambda: not standby.is_set()) as resyncs:
         standby.set()
         resyncs.arm("team", "churn", 0.01)
         time.sleep(0.3)
@@ -167,8 +161,6 @@ def test_a_standby_resyncs_nothing_and_forgets_what_came_due() -> None:
         resyncs.arm("team", "churn", 0.01)
         _until(lambda: kind.calls)
         assert kind.calls
-    finally:
-        resyncs.stop()
 
 
 # --- which replica works ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubeloop.controllers.kube import KINDS, Kube, NotFound
+from kubeloop.decide.common import parse_wire_time
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = parse_wire_time(value)
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
