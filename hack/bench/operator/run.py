@@ -158,7 +158,8 @@ def profile_summary(raw: Path, top: int = 25) -> list[tuple[str, float]]:
 
 
 def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
-    """Reconciles and their summed seconds by kind, from the operator's own /metrics."""
+    """Reconciles and their summed seconds by kind, and the operator's requests by verb,
+    resource and code, from the operator's own /metrics."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -174,6 +175,10 @@ def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
                 out[f"reconciles_{kind}"] = out.get(f"reconciles_{kind}", 0) + sample.value
             elif sample.name == "kubeloop_reconcile_duration_seconds_sum":
                 out[f"reconcile_seconds_{kind}"] = round(out.get(f"reconcile_seconds_{kind}", 0) + sample.value, 1)
+            elif sample.name == "kubeloop_api_requests_total" and sample.value:
+                # What each request was (the operator's own client; kopf's are not in it).
+                labels = sample.labels
+                out[f"api_requests {labels['verb']} {labels['resource']} {labels['code']}"] = sample.value
     return out
 
 

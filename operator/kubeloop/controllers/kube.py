@@ -84,6 +84,35 @@ KINDS: dict[str, Kind] = {
 }
 
 
+def request_labels(method: str, path: str, content_type: str = "application/json") -> tuple[str, str]:
+    """The Kubernetes verb and resource (``deployments``, ``pods/proxy``; ``-`` for paths that
+    name none, like ``/version``) of a request, for kubeloop_api_requests_total: bounded
+    labels (never a namespace or a name) that say which requests a reconcile costs."""
+    parts = [part for part in path.split("?", 1)[0].split("/") if part]
+    # /api/v1/... or /apis/<group>/<version>/...: what follows is the resource path.
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:] if parts[:1] == ["apis"] else []
+    if len(rest) >= 2 and rest[0] == "namespaces":
+        # namespaces/<ns>/<resource>/...; "namespaces/<ns>" alone is the namespace itself.
+        rest = rest[2:] if len(rest) > 2 else ["namespaces", rest[1]]
+    if not rest:
+        return method.lower(), "-"
+    resource = rest[0] if len(rest) < 3 else f"{rest[0]}/{rest[2]}"
+    named = len(rest) >= 2
+    if method == "GET":
+        verb = "get" if named else "list"
+    elif method == "POST":
+        verb = "create"
+    elif method == "PATCH":
+        verb = "apply" if content_type == "application/apply-patch+yaml" else "patch"
+    elif method == "PUT":
+        verb = "update"
+    elif method == "DELETE":
+        verb = "delete" if named else "deletecollection"
+    else:
+        verb = method.lower()
+    return verb, resource
+
+
 class NotFound(LookupError):
     """The object does not exist (HTTP 404)."""
 
@@ -146,7 +175,14 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api_client.call_api(method_, url, headers, body_, _request_timeout=30)
+        verb, resource = request_labels(method, path, content_type)
+        started = time.perf_counter()
+        try:
+            response = self.api_client.call_api(method_, url, headers, body_, _request_timeout=30)
+        except Exception:
+            metrics.observe_api_request(verb, resource, "error", time.perf_counter() - started)
+            raise
+        metrics.observe_api_request(verb, resource, str(response.status), time.perf_counter() - started)
         data: bytes
         if limit is None:
             response.read()  # type: ignore[no-untyped-call]

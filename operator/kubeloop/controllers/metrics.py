@@ -30,6 +30,20 @@ RECONCILE_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+API_REQUESTS = Counter(
+    "kubeloop_api_requests_total",
+    "Requests the operator's own client sent to the Kubernetes API server, by verb, resource "
+    "and HTTP status code (error: no answer); kopf's watches and peering are not counted here.",
+    ["verb", "resource", "code"],
+    registry=REGISTRY,
+)
+API_REQUEST_SECONDS = Histogram(
+    "kubeloop_api_request_duration_seconds",
+    "Time from sending a request to the API server to its answer's headers, by verb.",
+    ["verb"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 RESOURCES_BY_PHASE = Gauge(
     "kubeloop_resources",
     "Resources the operator has seen, by kind and phase.",
@@ -144,3 +158,8 @@ NOTIFICATION_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+
+
+def observe_api_request(verb: str, resource: str, code: str, seconds: float) -> None:
+    API_REQUESTS.labels(verb, resource, code).inc()
+    API_REQUEST_SECONDS.labels(verb).observe(seconds)

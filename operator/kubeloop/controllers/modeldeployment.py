@@ -158,7 +158,9 @@ class ModelDeploymentController:
 
     # --- reading --------------------------------------------------------------------------------
 
-    def observe(self, md: Mapping[str, Any]) -> Observed:
+    def observe(self, md: Mapping[str, Any], said_missing: set[tuple[str, str]] | None = None) -> Observed:
+        """What the decision needs to see; ``said_missing`` collects the children the API
+        server answered 404 for in this call (see :meth:`conflicts`)."""
         namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
         spec = md["spec"]
         router = router_for((spec.get("rollout") or {}).get("trafficRouting"))
@@ -177,6 +179,7 @@ class ModelDeploymentController:
                 ("PodDisruptionBudget", pdb_name(name)),
             ],
             ours=True,
+            said_missing=said_missing,
         )
         return Observed(
             stable=read[0],
@@ -191,12 +194,17 @@ class ModelDeploymentController:
         )
 
     def read_all(
-        self, namespace: str, names: list[tuple[str, str]], ours: bool = False
+        self,
+        namespace: str,
+        names: list[tuple[str, str]],
+        ours: bool = False,
+        said_missing: set[tuple[str, str]] | None = None,
     ) -> list[dict[str, Any] | None]:
         """The objects (kind, name), None for a missing one: what the cache answers at once,
         the rest from the API server side by side. Cache answers never queue in the request
         pool: behind a burst of new ModelDeployments' writes, a reconcile that needed no
-        request waited there for seconds. ``ours``: see :meth:`Kube.get_ours_or_none`."""
+        request waited there for seconds. ``ours``: see :meth:`Kube.get_ours_or_none`;
+        ``said_missing`` gets the (kind, name) the server answered 404 for in this call."""
         found: list[dict[str, Any] | None] = []
         asks: list[int] = []
         for index, (kind, name) in enumerate(names):
@@ -210,6 +218,8 @@ class ModelDeploymentController:
         )
         for index, obj in zip(asks, fetched, strict=True):
             found[index] = obj
+            if obj is None and said_missing is not None:
+                said_missing.add(names[index])
         return found
 
     def all_at_once(self, *calls: Callable[[], _T]) -> list[_T]:
@@ -283,12 +293,18 @@ class ModelDeploymentController:
                 self.forget(namespace, name)
                 return None
             owner = ownership.Owner.of(md, OWNER_LABEL)
-            observed = self.own_children(self.observe(md), owner)
+            said_missing: set[tuple[str, str]] = set()
+            observed = self.own_children(self.observe(md, said_missing), owner)
             now = self.clock()
             plan = analysis_plan(md, observed, now)
-            measurements = self.measure(md, plan) if plan is not None else None
+            measurements = None
+            if plan is not None:
+                measurements = self.measure(md, plan)
+                # A measurement may take seconds (a Prometheus query): too old an answer to
+                # vouch that a name is still free.
+                said_missing.clear()
             decision = decide(md, observed, self.settings, now, measurements)
-            problems, current = self.conflicts(md, observed, decision, owner)
+            problems, current = self.conflicts(md, decision, owner, said_missing)
             if problems:
                 # Nothing is written: a colliding object is never modified, scaled or deleted.
                 decision = refused(md, now, ownership.RESOURCE_CONFLICT, "; ".join(problems))
@@ -350,10 +366,18 @@ class ModelDeploymentController:
         )
 
     def conflicts(
-        self, md: Mapping[str, Any], observed: Observed, decision: Decision, owner: ownership.Owner
+        self,
+        md: Mapping[str, Any],
+        decision: Decision,
+        owner: ownership.Owner,
+        said_missing: set[tuple[str, str]] | None = None,
     ) -> tuple[list[str], dict[tuple[str, str], dict[str, Any] | None]]:
         """Every object the decision would create or change whose name is taken by an object
-        this ModelDeployment does not own, and each of those objects as read (by kind and name)."""
+        this ModelDeployment does not own, and each of those objects as read (by kind and name).
+        A name in ``said_missing`` (the server answered 404 for it earlier in this reconcile,
+        milliseconds ago) is not asked again: a new ModelDeployment's stable Deployment was
+        read twice. That answer is as old as any read before a write: the window in which
+        someone else could take the name is the one every read-then-apply has."""
         namespace = md["metadata"]["namespace"]
         targets: dict[tuple[str, str], None] = {}
         for obj in (*decision.services, *decision.deployments, decision.hpa, decision.pdb):
@@ -366,9 +390,11 @@ class ModelDeploymentController:
         if decision.delete_pdb is not None:
             targets[("PodDisruptionBudget", decision.delete_pdb)] = None
         problems = []
-        keys = list(targets)
+        missing = said_missing or set()
+        keys = [key for key in targets if key not in missing]
         found = self.read_all(namespace, keys)
-        current = dict(zip(keys, found, strict=True))
+        current: dict[tuple[str, str], dict[str, Any] | None] = dict.fromkeys(targets)
+        current.update(zip(keys, found, strict=True))
         for (kind, name), obj in current.items():
             message = self.ownership_conflict(kind, name, obj, owner)
             if message is not None:
