@@ -35,9 +35,11 @@ class Received:
 
 
 class WebhookReceiver:
-    def __init__(self, statuses: Iterable[int] = (), default_status: int = 200) -> None:
+    def __init__(self, statuses: Iterable[int] = (), default_status: int = 200, delay: float = 0.0) -> None:
         self.script = list(statuses)
         self.default_status = default_status
+        # Seconds each answer waits (a slow sink): what is queued behind it waits too.
+        self.delay = delay
         self.received: list[Received] = []
         self.closing = threading.Event()
         self._lock = threading.Lock()
@@ -60,6 +62,8 @@ class WebhookReceiver:
                 if status == HANG:
                     receiver.closing.wait(60)
                     return
+                if receiver.delay:
+                    receiver.closing.wait(receiver.delay)
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()

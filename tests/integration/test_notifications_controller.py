@@ -12,6 +12,7 @@ dead sink does not slow the reconcile down.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -557,3 +558,54 @@ def test_drift_detected_retrain_created_and_refused_carry_the_scores_and_metrics
         kubelet.stop.set()
         operator.stop()
         print(operator.log_tail(40))
+
+
+# --- a graceful stop ------------------------------------------------------------------------
+
+
+def test_an_operator_stopped_by_sigterm_sends_what_it_had_queued_first(
+    kube_api: Any, kubeconfig_path: str, namespace: str, tmp_path: Path, crds: None
+) -> None:
+    custom = client.CustomObjectsApi(kube_api)
+    # Given a sink that takes 1.5 s per answer, subscribed to rollout.started
+    with WebhookReceiver(delay=1.5) as slow:
+        setting = json.dumps({
+            "sinks": {"slow": {"type": "cloudevents", "url": slow.url}},
+            "subscriptions": {"rollout.started": ["slow"]},
+            "source": "//test-cluster",
+            "timeoutSeconds": 5,
+        })
+        process = OperatorProcess(
+            kubeconfig_path, namespace, tmp_path / "operator.log",
+            env={"KUBELOOP_RUNTIME_IMAGE": "kubeloop:test", "KUBELOOP_NOTIFICATIONS": setting},
+        )
+        process.start()
+        try:
+            # And three new ModelDeployments, each of which notifies rollout.started at once
+            names = ["churn-0", "churn-1", "churn-2"]
+            for name in names:
+                custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "modeldeployments", modeldeployment(name, SHA_A)
+                )
+            for name in names:
+                wait_for(lambda name=name: md_status(custom, namespace, name).get("phase"), 60,
+                         what=f"{name}'s first status")
+            slow.wait_for(lambda r: r, timeout=30)  # the first is being answered; two wait
+
+            # When the operator is stopped as Kubernetes stops a pod (SIGTERM)
+            assert process.process is not None
+            stopped_at = time.monotonic()
+            process.process.send_signal(signal.SIGTERM)
+            code = process.process.wait(timeout=30)
+            exited_after = time.monotonic() - stopped_at
+        finally:
+            process.stop()
+            print(process.log_tail(30))
+        subjects = sorted(e.get_subject() for e in slow.cloudevents()
+                          if e.get_type() == "io.kubeloop.rollout.started")
+
+    # Then it exits cleanly within the pod's grace period (30 s), and only after sending the
+    # notifications it had queued (the worker threads are daemons: before, they died with it)
+    assert code == 0, process.log_tail(30)
+    assert exited_after < 30
+    assert subjects == names, subjects

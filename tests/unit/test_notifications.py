@@ -630,6 +630,46 @@ def test_a_hanging_sink_never_delays_the_caller_and_a_full_queue_drops_the_oldes
     assert len(counted.dropped) == 6
 
 
+def test_stopping_delivers_what_is_queued_first() -> None:
+    # An operator stopping (SIGTERM, a rolling upgrade) has its last decisions' notifications
+    # queued behind a slow sink: they are sent before it ends, not dropped.
+    counted = Counted()
+    with WebhookReceiver(delay=0.1) as slow:
+        notifier = _notifier(slow.url, counted)
+        for i in range(5):
+            _notify_promoted(notifier, f"md-{i}")
+        start = time.perf_counter()
+        notifier.stop(timeout=5.0)
+        elapsed = time.perf_counter() - start
+        names = [r.cloudevent().get_subject() for r in slow.snapshot()]
+    assert len(names) == 5, names
+    assert [d[2] for d in counted.delivered] == ["delivered"] * 5
+    assert counted.dropped == []
+    assert elapsed < 2.0, f"stopping took {elapsed:.2f} s for 5 answers of 0.1 s"
+
+
+def test_stopping_gives_a_hanging_sink_the_timeout_then_counts_what_is_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counted = Counted()
+    with WebhookReceiver(default_status=HANG) as hanging:
+        notifier = _notifier(hanging.url, counted, maxAttempts=1, timeoutSeconds=30)
+        try:
+            for i in range(4):
+                _notify_promoted(notifier, f"md-{i}")
+            hanging.wait_for(lambda r: r, timeout=5)  # md-0 hangs; md-1..md-3 wait behind it
+            start = time.perf_counter()
+            with caplog.at_level(logging.WARNING, logger="kubeloop.notifications"):
+                notifier.stop(timeout=0.5)
+            elapsed = time.perf_counter() - start
+        finally:
+            hanging.closing.set()
+    assert 0.4 <= elapsed < 1.5, f"stop took {elapsed:.2f} s with a 0.5 s timeout"
+    assert counted.dropped == ["hook"] * 3
+    assert "dropped 3 notification(s)" in caplog.text
+    assert hanging.url not in caplog.text
+
+
 def test_a_closed_port_fails_fast_and_logs_no_url(caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -219,6 +219,8 @@ def operate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
     finally:
         # Events of the last decisions are still queued when SIGTERM stops kopf; the pod's
-        # grace period leaves time to write them (the workers are daemons and would drop them).
+        # grace period (30 s) leaves time to write them (the workers are daemons and would
+        # drop them), then to send the notifications those Events queued.
         events.flush(timeout=5.0)
+        notifier.stop(timeout=10.0)
     return 0

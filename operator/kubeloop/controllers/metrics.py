@@ -141,7 +141,8 @@ NOTIFICATION_ATTEMPTS = Counter(
 )
 NOTIFICATIONS_DROPPED = Counter(
     "kubeloop_notifications_dropped_total",
-    "Notifications dropped unsent because the sink's queue was full (the oldest goes first).",
+    "Notifications dropped unsent: the sink's queue was full (the oldest goes first), or the "
+    "operator was stopping and the sink did not take them in time.",
     ["sink"],
     registry=REGISTRY,
 )

@@ -114,6 +114,8 @@ class SinkWorker:
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._stopping = threading.Event()
+        # Set by stop(): deliver what is queued, then end (a graceful shutdown).
+        self._draining = False
         self._thread: threading.Thread | None = None
         self._sleep = sleep or (lambda seconds: self._stopping.wait(seconds))
 
@@ -152,12 +154,35 @@ class SinkWorker:
             )
             self._thread.start()
 
+    def drain(self) -> None:
+        """Deliver what is queued, then end; see :meth:`stop`."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+
     def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
+        """Deliver what is queued for up to ``timeout`` seconds (an operator stopping within
+        its pod's grace period: the last decisions' notifications are usually still queued),
+        then stop; what is still waiting then is dropped, counted and logged."""
+        deadline = time.monotonic() + timeout
+        self.drain()
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._stopping.set()  # cuts a retry's wait short
         with self._cond:
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+            left = list(self._queue)
+            self._queue.clear()
+            self.metrics.queued(self.name, 0)
+        for _ in left:
+            self.metrics.dropped(self.name)
+        if left:
+            log.warning(
+                "notification sink %s: stopping; dropped %d notification(s) not sent within %.1f s",
+                self.name,
+                len(left),
+                timeout,
+            )
 
     def pending(self) -> int:
         with self._cond:
@@ -166,9 +191,9 @@ class SinkWorker:
     def _run(self) -> None:
         while not self._stopping.is_set():
             with self._cond:
-                while not self._queue and not self._stopping.is_set():
+                while not self._queue and not self._stopping.is_set() and not self._draining:
                     self._cond.wait()
-                if self._stopping.is_set():
+                if self._stopping.is_set() or not self._queue:
                     return
                 item = self._queue.popleft()
                 self.metrics.queued(self.name, len(self._queue))
@@ -197,7 +222,9 @@ class SinkWorker:
                 delay,
             )
             if self._sleep(delay):
-                return  # stopping
+                # Stopping: this one is dropped like those still queued.
+                self.metrics.dropped(self.name)
+                return
             delay = min(delay * 2, self.settings.max_backoff_seconds)
         self.metrics.delivered(self.name, notification.trigger, "failed")
         log.warning(
@@ -321,6 +348,11 @@ class Notifier:
             self.workers[name].put(notification)
         return warnings
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Every sink delivers what it has queued, side by side, for up to ``timeout`` seconds
+        in all; what is left is dropped and counted (:meth:`SinkWorker.stop`)."""
+        deadline = time.monotonic() + timeout
         for worker in self.workers.values():
-            worker.stop()
+            worker.drain()
+        for worker in self.workers.values():
+            worker.stop(max(0.0, deadline - time.monotonic()))
