@@ -464,6 +464,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         *deployments_table(results["deployments"]),
         *children_table(results.get("children") or {}, results["deployments"]),
+        *requests_table(results),
     ]
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for row in results["targets"]:
@@ -543,6 +544,39 @@ def deployments_table(deployments: dict[str, list[dict[str, Any]]]) -> list[str]
             f"{d('operator_cpu_seconds') or '-'} / {d('load_window_s') or '-'} | {d('idle_requests_per_object_minute')} | "
             f"{d('idle_window_s')} | {d('operator_peak_rss_mib')} |"
         )
+    return lines
+
+
+def requests_table(results: dict[str, Any]) -> list[str]:
+    """The operator's own requests per object by verb, resource and code (its
+    kubeloop_api_requests_total at the end of each case, median of the repetitions), for the
+    largest N and M: where the "API requests" columns above go. kopf's (watches, peering) are
+    not in it."""
+    columns: list[tuple[str, list[dict[str, Any]], int]] = []
+    for label, cases in (("per TrainingRun", results["runs"]), ("per ModelDeployment", results["deployments"])):
+        if cases:
+            size, reps = by_size(cases)[-1]
+            columns.append((f"{label} (N = {size})" if label.endswith("Run") else f"{label} (M = {size})",
+                            reps, int(size)))
+    keys = sorted({k for _, reps, _ in columns for r in reps for k in r.get("operator_metrics", {})
+                   if k.startswith("api_requests ")})
+    if not keys:
+        return []
+    lines = [
+        "",
+        "The operator's own requests (`kubeloop_api_requests_total`, read from its /metrics at the end"
+        " of each case; kopf's watches and peering are not in it), per object, medians of the repetitions:",
+        "",
+        "| verb | resource | code | " + " | ".join(title for title, _, _ in columns) + " |",
+        "|---|---|---|" + "---|" * len(columns),
+    ]
+    for key in keys:
+        _, verb, resource, code = key.split(" ")
+        cells = []
+        for _, reps, size in columns:
+            values = [r.get("operator_metrics", {}).get(key, 0.0) / size for r in reps]
+            cells.append(f"{statistics.median(values):.2f}" if any(values) else "")
+        lines.append(f"| {verb} | {resource} | {code} | " + " | ".join(cells) + " |")
     return lines
 
 
