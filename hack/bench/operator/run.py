@@ -553,11 +553,11 @@ def requests_table(results: dict[str, Any]) -> list[str]:
     largest N and M: where the "API requests" columns above go. kopf's (watches, peering) are
     not in it."""
     columns: list[tuple[str, list[dict[str, Any]], int]] = []
-    for label, cases in (("per TrainingRun", results["runs"]), ("per ModelDeployment", results["deployments"])):
+    for label, letter, cases in (("per TrainingRun", "N", results["runs"]),
+                                 ("per ModelDeployment", "M", results["deployments"])):
         if cases:
             size, reps = by_size(cases)[-1]
-            columns.append((f"{label} (N = {size})" if label.endswith("Run") else f"{label} (M = {size})",
-                            reps, int(size)))
+            columns.append((f"{label} ({letter} = {size})", reps, int(size)))
     keys = sorted({k for _, reps, _ in columns for r in reps for k in r.get("operator_metrics", {})
                    if k.startswith("api_requests ")})
     if not keys:
