@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus")
@@ -160,6 +162,27 @@ class OperatorProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def samples(self, name: str) -> list[Sample]:
+        """Every sample called ``name`` on the operator's /metrics (``_total``, ``_count`` and
+        ``_sum`` are part of a sample's name), read over real HTTP and parsed by
+        prometheus_client's own parser."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        return [
+            sample
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        ]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples called ``name`` whose labels include ``labels`` (0 when there
+        are none yet: a counter appears with its first increment)."""
+        return sum(
+            sample.value
+            for sample in self.samples(name)
+            if all(sample.labels.get(key) == value for key, value in labels.items())
+        )
 
 
 def play_kubelet_terminate(

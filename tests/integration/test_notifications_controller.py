@@ -20,11 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from harness import OperatorProcess, events_once, install_crds, play_kubelet_terminate, wait_for
 from kubernetes import client
-from prometheus_client.parser import text_string_to_metric_families
 
 from webhook_receiver import HANG, Received, WebhookReceiver
 
@@ -134,16 +132,6 @@ def wait_event(receiver: WebhookReceiver, subject: str, type_: str, timeout: flo
     except AssertionError:
         seen = [(e.get_subject(), e.get_type()) for e in receiver.cloudevents()]
         raise AssertionError(f"no {type_} for {subject}; received {seen}") from None
-
-
-def operator_metric(operator: OperatorProcess, name: str, **labels: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 # --- TrainingRuns ---------------------------------------------------------------------------
@@ -411,21 +399,11 @@ def test_a_500_is_retried_and_a_dead_sink_does_not_delay_the_reconcile(
     )
     assert received[2].cloudevent().get_data()["stable"]["sha256"] == SHA_A
     assert (
-        operator_metric(
-            notifying_operator,
-            "kubeloop_notification_attempts_total",
-            sink="flaky",
-            outcome="http_5xx",
-        )
+        notifying_operator.metric("kubeloop_notification_attempts_total", sink="flaky", outcome="http_5xx")
         == 2
     )
     wait_for(
-        lambda: (
-            operator_metric(
-                notifying_operator, "kubeloop_notifications_total", sink="flaky", result="delivered"
-            )
-            >= 3
-        ),
+        lambda: notifying_operator.metric("kubeloop_notifications_total", sink="flaky", result="delivered") >= 3,
         30,
         0.5,
         "flaky deliveries counted",
@@ -442,15 +420,7 @@ def test_a_500_is_retried_and_a_dead_sink_does_not_delay_the_reconcile(
     # attempt: 3 Events at least 15 s. The margin is for a shared, loaded test machine.
     assert dead < quiet + 6.0, (quiet, dead)
     wait_for(
-        lambda: (
-            operator_metric(
-                notifying_operator,
-                "kubeloop_notification_attempts_total",
-                sink="dead",
-                outcome="error",
-            )
-            >= 2
-        ),
+        lambda: notifying_operator.metric("kubeloop_notification_attempts_total", sink="dead", outcome="error") >= 2,
         30,
         0.5,
         "closed-port attempts counted",

@@ -16,16 +16,15 @@ created its children and written its status:
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from harness import OperatorProcess, wait_for
 from kubernetes import client
 from operatorload import GROUP, VERSION, modeldeployment_body
-from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.slow
 
@@ -33,17 +32,11 @@ pytestmark = pytest.mark.slow
 def requests_by_label(process: OperatorProcess) -> tuple[dict[tuple[str, str, str], float], float]:
     """``kubeloop_api_requests_total`` by (verb, resource, code), and the duration histogram's
     total count, from the operator's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    counted: dict[tuple[str, str, str], float] = {}
-    timed = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "kubeloop_api_requests_total":
-                counted[(sample.labels["verb"], sample.labels["resource"], sample.labels["code"])] = sample.value
-            elif sample.name == "kubeloop_api_request_duration_seconds_count":
-                timed += sample.value
-    return counted, timed
+    counted = {
+        (sample.labels["verb"], sample.labels["resource"], sample.labels["code"]): sample.value
+        for sample in process.samples("kubeloop_api_requests_total")
+    }
+    return counted, process.metric("kubeloop_api_request_duration_seconds_count")
 
 
 @pytest.fixture
@@ -64,7 +57,7 @@ def test_a_new_modeldeployment_costs_what_the_series_says(
         try:
             requests_by_label(operator)
             return True
-        except OSError:
+        except httpx.HTTPError:
             return False
 
     wait_for(serving, 30, what="the operator's /metrics")

@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,16 +44,6 @@ IN_FLIGHT = {"KUBELOOP_POD_LABELS": json.dumps({MANUAL_KUBELET_LABEL[0]: MANUAL_
 PLURALS = {"TrainingRun": "trainingruns", "ModelDeployment": "modeldeployments", "DriftPolicy": "driftpolicies"}
 #: kopf's peering lifetime in the operator (kubeloop.controllers.main) and slack for CI.
 TAKEOVER_BOUND_S = 40.0
-
-
-def resyncs(process: OperatorProcess, kind: str) -> float:
-    """``kubeloop_resyncs_total{kind=...}`` from the operator's /metrics (0 before the first)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    for line in text.splitlines():
-        if line.startswith(f'kubeloop_resyncs_total{{kind="{kind}"}}'):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def peering_moves(process: OperatorProcess) -> list[str]:
@@ -145,12 +134,12 @@ def test_no_kopf_finalizer_and_a_run_in_flight_is_still_resynced(
     for name in ("legacy", "run"):
         phase = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", name)["status"]["phase"]
         assert phase not in ("Succeeded", "Failed"), (name, phase)
-    before = resyncs(process, "TrainingRun")
+    before = process.metric("kubeloop_resyncs_total", kind="TrainingRun")
     time.sleep(5)
-    after = resyncs(process, "TrainingRun")
+    after = process.metric("kubeloop_resyncs_total", kind="TrainingRun")
     assert after - before >= 2 * 1.5, f"2 runs, 5 s, a 2 s resync: {after - before} resyncs"
-    assert resyncs(process, "DriftPolicy") >= 1
-    assert resyncs(process, "ModelDeployment") >= 1
+    assert process.metric("kubeloop_resyncs_total", kind="DriftPolicy") >= 1
+    assert process.metric("kubeloop_resyncs_total", kind="ModelDeployment") >= 1
 
     # When the operator is stopped and every object deleted
     process.stop()
@@ -185,13 +174,13 @@ def test_an_outranked_replica_resyncs_nothing(
     status = peering_status(kube_api, namespace, peering)
     assert int(status["older"]["priority"]) > int(status["younger"]["priority"]), status
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", trainingrun_body("run"))
-    wait_for(lambda: resyncs(older, "TrainingRun") >= 2, 30, what="the older replica resyncing the run")
-    assert resyncs(younger, "TrainingRun") == 0
+    wait_for(lambda: older.metric("kubeloop_resyncs_total", kind="TrainingRun") >= 2, 30, what="the older replica resyncing the run")
+    assert younger.metric("kubeloop_resyncs_total", kind="TrainingRun") == 0
 
     # When the older one freezes until its keep-alive expires, the younger takes over
     assert older.process is not None
     os.kill(older.process.pid, signal.SIGSTOP)
-    wait_for(lambda: resyncs(younger, "TrainingRun") >= 2, TAKEOVER_BOUND_S, what="the younger replica taking over")
+    wait_for(lambda: younger.metric("kubeloop_resyncs_total", kind="TrainingRun") >= 2, TAKEOVER_BOUND_S, what="the younger replica taking over")
 
     # And the older one comes back: it outranks the younger again. kopf flaps for a moment
     # (the older replica, thawed, first cleans its own expired entry out of the peering
@@ -201,7 +190,8 @@ def test_an_outranked_replica_resyncs_nothing(
     wait_for(lambda: paused_for(younger, 5.0), 60, interval=1.0, what="kopf keeping the younger replica paused")
 
     # Then the outranked replica resyncs nothing, while the working one goes on
-    younger_before, older_before = resyncs(younger, "TrainingRun"), resyncs(older, "TrainingRun")
+    younger_before = younger.metric("kubeloop_resyncs_total", kind="TrainingRun")
+    older_before = older.metric("kubeloop_resyncs_total", kind="TrainingRun")
     time.sleep(8)
-    assert resyncs(younger, "TrainingRun") == younger_before, "a standby replica resynced"
-    assert resyncs(older, "TrainingRun") - older_before >= 2
+    assert younger.metric("kubeloop_resyncs_total", kind="TrainingRun") == younger_before, "a standby replica resynced"
+    assert older.metric("kubeloop_resyncs_total", kind="TrainingRun") - older_before >= 2

@@ -161,24 +161,20 @@ def operator_metrics(operator: OperatorProcess) -> dict[str, float]:
     """Reconciles and their summed seconds by kind, and the operator's requests by verb,
     resource and code, from the operator's own /metrics."""
     import httpx
-    from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, float] = {}
     try:
-        text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
-    except httpx.HTTPError:
-        return out
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            kind = sample.labels.get("kind", "")
-            if sample.name == "kubeloop_reconcile_duration_seconds_count":
-                out[f"reconciles_{kind}"] = out.get(f"reconciles_{kind}", 0) + sample.value
-            elif sample.name == "kubeloop_reconcile_duration_seconds_sum":
-                out[f"reconcile_seconds_{kind}"] = round(out.get(f"reconcile_seconds_{kind}", 0) + sample.value, 1)
-            elif sample.name == "kubeloop_api_requests_total" and sample.value:
-                # What each request was (the operator's own client; kopf's are not in it).
+        for name, key in (("_count", "reconciles"), ("_sum", "reconcile_seconds")):
+            for sample in operator.samples("kubeloop_reconcile_duration_seconds" + name):
+                kind = sample.labels.get("kind", "")
+                out[f"{key}_{kind}"] = round(out.get(f"{key}_{kind}", 0) + sample.value, 1)
+        # What each request was (the operator's own client; kopf's are not in it).
+        for sample in operator.samples("kubeloop_api_requests_total"):
+            if sample.value:
                 labels = sample.labels
                 out[f"api_requests {labels['verb']} {labels['resource']} {labels['code']}"] = sample.value
+    except httpx.HTTPError:
+        return {}
     return out
 
 
