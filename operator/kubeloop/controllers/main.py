@@ -36,6 +36,31 @@ PEERING_LIFETIME_SECONDS = 12
 HANDLER_THREADS = 32
 
 
+class HandlerSuccessFilter(logging.Filter):
+    """Leaves out kopf's "Handler '...' succeeded." lines. kopf writes one at INFO for every
+    watch event every handler takes (the operator's handlers take them all, most only to feed
+    its cache): 300 ModelDeployments being created log thousands of them and bury what the
+    operator decided. Failures, retries and the operator's own lines still pass; ``--verbose``
+    keeps everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.INFO
+            and record.name == "kopf.objects"
+            and record.getMessage().startswith("Handler ")
+            and record.getMessage().endswith(" succeeded.")
+        )
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if not verbose:
+        logging.getLogger("kopf.objects").addFilter(HandlerSuccessFilter())
+
+
 #: glibc malloc arenas. By default glibc gives threads up to 8 arenas per core, and the
 #: operator's ~60 threads (handlers, new runs, requests, Event writers) each parse and drop
 #: JSON: memory freed in one arena is not reused by another, and the peak RSS grew with N.
@@ -167,7 +192,10 @@ def main(argv: Sequence[str]) -> int:
         "--namespace", action="append", default=None,
         help="watch only this namespace (repeatable); default: KUBELOOP_NAMESPACES or all",
     )
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="log at DEBUG, and keep kopf's line for every handler that succeeded",
+    )
     args = parser.parse_args(list(argv))
     limit_malloc_arenas()
     with table_libraries_left_out():
@@ -180,10 +208,7 @@ def operate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # without stopping the operator.
     with contextlib.suppress(io.UnsupportedOperation, ValueError):  # stderr without a file (in-process)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(args.verbose)
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it from there
