@@ -35,7 +35,8 @@ from pydantic import TypeAdapter, ValidationError
 from test_chart_dashboard import exported_series
 from test_chart_support import CHART, REPO, helm, one, render, template_args, tool
 
-from kubeloop.analysis.builtin import INFERENCE_ENDPOINTS
+from kubeloop.analysis.base import AnalysisTarget
+from kubeloop.analysis.builtin import INFERENCE_ENDPOINTS, promql
 from kubeloop.api.common import OutputUri
 from kubeloop.api.conditions import Reason
 from kubeloop.resources.serving import (
@@ -325,7 +326,8 @@ def test_alert_values_reach_the_rules(tmp_path: Path) -> None:
 def test_event_alerts_fire_on_a_first_event_and_resolve(tmp_path: Path) -> None:
     """promtool's rule unit tests: a series of kubeloop_events_total that appears at 1 (the
     first abort of a ModelDeployment) fires; an older series that does not move stays quiet;
-    the alert resolves after the window."""
+    the alert resolves after the window. A performance policy turning Drifted
+    (PerformanceDegraded) fires the drift alert too, with its own words."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(rule_spec(tmp_path)))
     aborted = 'kubeloop_events_total{namespace="ml-a",kind="ModelDeployment",name="churn",type="Warning",reason="AnalysisFailed"}'
@@ -333,6 +335,12 @@ def test_event_alerts_fire_on_a_first_event_and_resolve(tmp_path: Path) -> None:
     drift = 'kubeloop_events_total{namespace="ml-a",kind="DriftPolicy",name="churn",type="Warning",reason="DriftDetected"}'
     cooldown = 'kubeloop_events_total{namespace="ml-a",kind="DriftPolicy",name="churn",type="Normal",reason="CooldownActive"}'
     limit = 'kubeloop_events_total{namespace="ml-a",kind="DriftPolicy",name="churn",type="Normal",reason="RetrainLimitReached"}'
+    degraded = 'kubeloop_events_total{namespace="ml-b",kind="DriftPolicy",name="labels",type="Warning",reason="PerformanceDegraded"}'
+    held = 'kubeloop_events_total{namespace="ml-b",kind="DriftPolicy",name="labels",type="Normal",reason="PerformanceHeld"}'
+    degraded_alert = {"exp_labels": {"severity": "info", "namespace": "ml-b", "name": "labels", "reason": "PerformanceDegraded"},
+                      "exp_annotations": {
+                          "summary": "DriftPolicy ml-b/labels detected a performance drop",
+                          "description": "The model's live performance on labelled traffic fell below its limit. Live against reference: kubectl kubeloop status dp/labels -n ml-b; with a retrain template the policy retrains on its own."}}
     tests = {
         "rule_files": [str(rules)],
         "evaluation_interval": "1m",
@@ -344,6 +352,8 @@ def test_event_alerts_fire_on_a_first_event_and_resolve(tmp_path: Path) -> None:
                 {"series": drift, "values": "_x10 1x50 2x120"},  # drifted at 10, again at 60
                 {"series": cooldown, "values": "1+1x180"},
                 {"series": limit, "values": "0x100 1x80"},  # exists, moves at 100
+                {"series": degraded, "values": "_x70 1x110"},  # performance fell at 70
+                {"series": held, "values": "_x5 1+1x175"},  # recoveries: no alert
             ],
             "alert_rule_test": [
                 {"eval_time": "59m", "alertname": "KubeloopRolloutAborted", "exp_alerts": []},
@@ -360,12 +370,20 @@ def test_event_alerts_fire_on_a_first_event_and_resolve(tmp_path: Path) -> None:
                         "description": "The served data moved away from the training data. Scores per feature: kubectl kubeloop status dp/churn -n ml-a; with a retrain template the policy retrains on its own."}},
                 ]},
                 {"eval_time": "45m", "alertname": "KubeloopDriftDetected", "exp_alerts": []},
-                {"eval_time": "75m", "alertname": "KubeloopDriftDetected", "exp_alerts": [
+                {"eval_time": "65m", "alertname": "KubeloopDriftDetected", "exp_alerts": [
                     {"exp_labels": {"severity": "info", "namespace": "ml-a", "name": "churn", "reason": "DriftDetected"},
                      "exp_annotations": {
                         "summary": "DriftPolicy ml-a/churn detected drift",
                         "description": "The served data moved away from the training data. Scores per feature: kubectl kubeloop status dp/churn -n ml-a; with a retrain template the policy retrains on its own."}},
                 ]},
+                {"eval_time": "75m", "alertname": "KubeloopDriftDetected", "exp_alerts": [
+                    {"exp_labels": {"severity": "info", "namespace": "ml-a", "name": "churn", "reason": "DriftDetected"},
+                     "exp_annotations": {
+                        "summary": "DriftPolicy ml-a/churn detected drift",
+                        "description": "The served data moved away from the training data. Scores per feature: kubectl kubeloop status dp/churn -n ml-a; with a retrain template the policy retrains on its own."}},
+                    degraded_alert,
+                ]},
+                {"eval_time": "150m", "alertname": "KubeloopDriftDetected", "exp_alerts": []},
                 {"eval_time": "90m", "alertname": "KubeloopRetrainRefused", "exp_alerts": []},
                 {"eval_time": "110m", "alertname": "KubeloopRetrainRefused", "exp_alerts": [
                     {"exp_labels": {"severity": "warning", "namespace": "ml-a", "name": "churn", "reason": "RetrainLimitReached"},
@@ -483,6 +501,54 @@ def test_documented_scrape_config_selects_what_the_pod_monitor_selects(tmp_path:
     assert {"namespace", "pod", "__address__"} <= targets and "endpoint" not in targets
     # The operator's own namespace label wins, as with the ServiceMonitor's honorLabels.
     assert operator["honor_labels"] is True
+
+
+def test_documented_names_are_those_of_the_readme_release(tmp_path: Path) -> None:
+    """The operator job keeps the metrics Service, and the docs name the dashboard ConfigMap,
+    as `helm install kubeloop charts/kubeloop -n kubeloop` (the README's command) creates them:
+    the chart does not add `-kubeloop` to a release name that already contains it."""
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"helm install (\S+) charts/kubeloop -n (\S+)", readme)
+    assert match, "the README installs the chart with `helm install NAME charts/kubeloop -n NS`"
+    release, namespace = match.groups()
+    docs = yaml.safe_load_all(
+        helm(*template_args(MONITORING_ON, release=release, namespace=namespace,
+                            values_file=tmp_path / "values.json")).stdout
+    )
+    rendered = [doc for doc in docs if doc]
+    services = {doc["metadata"]["name"] for doc in rendered if doc["kind"] == "Service"}
+    operator = {job["job_name"]: job for job in documented_scrape_config()["scrape_configs"]}["kubeloop-operator"]
+    keep = next(r for r in operator["relabel_configs"]
+                if r.get("source_labels") == ["__meta_kubernetes_service_name"])
+    assert [name for name in services if re.fullmatch(keep["regex"], name)] == [f"{release}-metrics"], services
+    assert operator["kubernetes_sd_configs"][0]["namespaces"]["names"] == [namespace]
+    dashboards = {doc["metadata"]["name"] for doc in rendered
+                  if doc["kind"] == "ConfigMap" and doc["metadata"].get("labels", {}).get("grafana_dashboard")}
+    text = (REPO / "docs" / "metrics.md").read_text()
+    assert dashboards and all(f"`{name}`" in text for name in dashboards), dashboards
+
+
+def test_documented_analysis_queries_count_what_the_built_in_checks_count() -> None:
+    """The two "Useful queries" named after the built-in errorRate and latencyP99 checks select
+    the series the checks select (inference endpoints only; 5xx only for errors), so a
+    dashboard built from the docs shows the numbers that gate a rollout."""
+    text = (REPO / "docs" / "metrics.md").read_text()
+    block = re.search(r"## Useful queries\n\n```promql\n(.*?)```", text, flags=re.DOTALL)
+    assert block, "docs/metrics.md has a ```promql block under ## Useful queries"
+    queries = {
+        name: re.search(rf"built-in {name} analysis.*?\n((?:[^#\n][^\n]*\n)+)", block[1], flags=re.DOTALL)
+        for name in ("errorRate", "latencyP99")
+    }
+    target = AnalysisTarget(namespace="ns", name="m", window=timedelta(minutes=1))
+    for name, found in queries.items():
+        assert found, f"no query under a comment naming the built-in {name} analysis"
+        query, builtin = found[1], promql(name, target)
+        endpoints = f'endpoint=~"{"|".join(INFERENCE_ENDPOINTS)}"'
+        # Every series the check reads, read with the check's own matchers.
+        for series in re.findall(r"(kubeloop_serve_\w+)\{", builtin):
+            assert series in query, (name, series, query)
+        assert query.count(endpoints) == builtin.count(endpoints), (name, query)
+        assert query.count('code=~"5.."') == builtin.count('code=~"5.."'), (name, query)
 
 
 # -- values.schema.json: the storage roots the trainer and the operator accept --------------------
