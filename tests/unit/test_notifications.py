@@ -91,11 +91,32 @@ TRIGGERS = [
     ("ModelDeployment", "Warning", "AnalysisFailed", "step failed", {"aborted": False}, None),
     ("ModelDeployment", "Normal", "AnalysisPassed", "ok", {}, None),
     ("DriftPolicy", "Warning", "DriftDetected", "drift", {"drifted": True}, t.DRIFT_DETECTED),
+    # a performance policy turns Drifted with its own reason: the same trigger, so a
+    # subscription to drift.detected hears of it (data.signal says which)
+    (
+        "DriftPolicy",
+        "Warning",
+        "PerformanceDegraded",
+        "performance degraded: live accuracy 0.61 ...",
+        {"drifted": True, "performance": {"metric": "accuracy", "degraded": True}},
+        t.DRIFT_DETECTED,
+    ),
+    # and recovers without a notification, as a feature policy does
+    ("DriftPolicy", "Normal", "PerformanceHeld", "performance held", {"drifted": False}, None),
+    ("DriftPolicy", "Normal", "NoDrift", "no drift", {"drifted": False}, None),
     (
         "DriftPolicy",
         "Normal",
         "RetrainCreated",
         "created TrainingRun p-1 (drift)",
+        {},
+        t.RETRAIN_CREATED,
+    ),
+    (
+        "DriftPolicy",
+        "Normal",
+        "RetrainCreated",
+        "created TrainingRun p-4 (performance)",
         {},
         t.RETRAIN_CREATED,
     ),
@@ -370,6 +391,75 @@ def test_drift_carries_drifted_features_first_and_the_retrain_numbers() -> None:
         "threshold": 0.7,
     }
     assert note.data["targetRef"] == "churn"
+
+
+def test_feature_drift_says_its_signal() -> None:
+    status = {"drifted": True, "driftedFeatures": ["x2"], "driftedShare": 0.5, "samples": 900}
+    note = derive(_obj("DriftPolicy", {"targetRef": {"name": "churn"}}), "Warning",
+                  "DriftDetected", "drift: 1/2 features moved (x2)", NOW, status)  # fmt: skip
+    assert note is not None and note.trigger == t.DRIFT_DETECTED
+    assert note.data["signal"] == "features" and "performance" not in note.data
+
+
+def _performance_drift() -> Notification:
+    status = {
+        "drifted": True,
+        "samples": None,
+        "performance": {
+            "metric": "accuracy",
+            "labels": 480,
+            "reference": 0.93,
+            "live": 0.61,
+            "limit": 0.837,
+            "degraded": True,
+        },
+        "lastRetrain": {"name": "churn-r1", "reason": "Performance", "outcome": "Pending"},
+    }
+    spec = {"targetRef": {"name": "churn"}, "performance": {"metric": "accuracy"}}
+    note = derive(
+        _obj("DriftPolicy", spec),
+        "Warning",
+        "PerformanceDegraded",
+        "performance degraded: live accuracy 0.61 over 480 labels vs reference 0.93 (limit 0.837, tolerance 0.1): below the limit",
+        NOW,
+        status,
+    )
+    assert note is not None
+    return note
+
+
+def test_performance_drift_is_drift_detected_with_live_against_reference() -> None:
+    note = _performance_drift()
+    assert note.trigger == t.DRIFT_DETECTED
+    assert note.cloudevent_type == "io.kubeloop.drift.detected"
+    assert note.reason == "PerformanceDegraded"  # the CloudEvent's kubeloopreason
+    assert note.data["signal"] == "performance" and note.data["drifted"] is True
+    assert note.data["performance"] == {
+        "metric": "accuracy",
+        "live": 0.61,
+        "reference": 0.93,
+        "limit": 0.837,
+        "labels": 480,
+        "degraded": True,
+    }
+    assert note.data["driftedFeatures"] == [] and note.data["scores"] == []
+    assert note.data["retrain"]["reason"] == "Performance"
+    # An operator subscribed to drift.detected (the docs' example) sends it
+    chosen = subscribers(note.trigger, {}, {"drift.detected": ["slack"]}, SINKS)
+    assert chosen.sinks == ("slack",)
+
+
+def test_performance_drift_on_slack_shows_live_limit_and_reference() -> None:
+    attachment = slack_message(_performance_drift())["attachments"][0]
+    assert attachment["title"] == "DriftPolicy ml/churn: drift.detected"
+    assert attachment["color"] == "#ecb22e" and attachment["footer"] == "kubeloop PerformanceDegraded"
+    assert {f["title"]: f["value"] for f in attachment["fields"]} == {
+        "live accuracy": "0.61",
+        "limit": "0.837",
+        "reference": "0.93",
+        "labels": "480",
+        "retrain": "churn-r1 (Pending)",
+    }
 
 
 def test_not_a_number_is_sent_as_null() -> None:

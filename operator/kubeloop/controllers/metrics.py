@@ -71,7 +71,7 @@ DRIFT_SCORE = Gauge(
 )
 RETRAINS = Counter(
     "kubeloop_retrains_total",
-    "TrainingRuns created by DriftPolicies, by reason (drift, schedule, manual).",
+    "TrainingRuns created by DriftPolicies, by reason (drift, performance, schedule, manual).",
     ["namespace", "policy", "reason"],
     registry=REGISTRY,
 )

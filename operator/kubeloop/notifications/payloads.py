@@ -123,10 +123,19 @@ def _fields(notification: Notification) -> list[tuple[str, str]]:
                 (f"analysis {failed.get('name')}", f"{_fmt(failed.get('value'))} ({bound})")
             )
         return fields
-    fields = [
-        ("drifted share", _fmt(data.get("driftedShare"))),
-        ("samples", _fmt(data.get("samples"))),
-    ]
+    performance = data.get("performance") or {}
+    if data.get("signal") == "performance":
+        fields = [
+            (f"live {performance.get('metric')}", _fmt(performance.get("live"))),
+            ("limit", _fmt(performance.get("limit"))),
+            ("reference", _fmt(performance.get("reference"))),
+            ("labels", _fmt(performance.get("labels"))),
+        ]
+    else:
+        fields = [
+            ("drifted share", _fmt(data.get("driftedShare"))),
+            ("samples", _fmt(data.get("samples"))),
+        ]
     for score in [s for s in data.get("scores") or [] if s.get("drifted")][:10]:
         fields.append((f"{score.get('feature')} ({score.get('test')})", _fmt(score.get("score"))))
     retrain = data.get("retrain") or {}

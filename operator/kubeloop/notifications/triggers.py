@@ -54,6 +54,7 @@ MAX_SCORES = 50
 """Most per-feature drift scores a notification carries (the drifted ones first)."""
 
 _RETRAIN_REASONS = {Reason.RETRAIN_CREATED, Reason.SCHEDULED_RETRAIN, Reason.MANUAL_RETRAIN}
+_DRIFTED_REASONS = {Reason.DRIFT_DETECTED, Reason.PERFORMANCE_DEGRADED}
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,9 @@ def trigger_of(
             return ROLLOUT_ABORTED
         return None
     if kind == "DriftPolicy":
-        if reason == Reason.DRIFT_DETECTED:
+        # Both ways a policy turns Drifted: its features moved, or (spec.performance) its live
+        # performance on labelled traffic fell; data["signal"] says which.
+        if reason in _DRIFTED_REASONS:
             return DRIFT_DETECTED
         # RetrainCreated is also the reason of "skipped: a retrain is still running".
         if reason in _RETRAIN_REASONS and message.startswith("created TrainingRun "):
@@ -261,12 +264,21 @@ def rollout_data(status: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-def drift_data(status: Mapping[str, Any], retrain_run: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A DriftPolicy: drifted features and their scores, the share, the retrain and its numbers."""
+def drift_data(
+    status: Mapping[str, Any],
+    retrain_run: Mapping[str, Any] | None,
+    spec: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A DriftPolicy: what it watches (``signal``: ``features``, or ``performance`` with
+    spec.performance), drifted features and their scores, the share, live performance against
+    its reference, the retrain and its numbers."""
+    performance = status.get("performance") or {}
+    watches_performance = bool((spec or {}).get("performance") or performance)
     scores = sorted(
         status.get("scores") or [], key=lambda s: (not s.get("drifted"), str(s.get("feature")))
     )
     data: dict[str, Any] = {
+        "signal": "performance" if watches_performance else "features",
         "drifted": bool(status.get("drifted")),
         "driftedFeatures": list(status.get("driftedFeatures") or []),
         "driftedShare": _number(status.get("driftedShare")),
@@ -280,6 +292,12 @@ def drift_data(status: Mapping[str, Any], retrain_run: Mapping[str, Any] | None)
             for s in scores[:MAX_SCORES]
         ],
     }
+    if performance:
+        data["performance"] = {
+            k: _number(performance[k])
+            for k in ("metric", "live", "reference", "limit", "labels", "degraded")
+            if k in performance
+        }
     last = status.get("lastRetrain") or {}
     if last:
         data["retrain"] = {
@@ -315,7 +333,7 @@ def derive(
     elif kind == "ModelDeployment":
         data = rollout_data(current)
     else:
-        data = drift_data(current, (related or {}).get("retrain"))
+        data = drift_data(current, (related or {}).get("retrain"), obj.get("spec") or {})
         data["targetRef"] = ((obj.get("spec") or {}).get("targetRef") or {}).get("name")
     meta = obj.get("metadata") or {}
     return Notification(
