@@ -4,7 +4,7 @@ Given ``kubeloop operator`` configured with sinks that point at threaded HTTP se
 127.0.0.1 (a CloudEvents receiver subscribed to every trigger, a Slack-compatible one named by
 annotations, one answering 500 twice, one that hangs and one closed port), when TrainingRuns
 succeed, fail and miss their gate, a ModelDeployment rolls out, is promoted and aborted, and a
-DriftPolicy detects drift and retrains a model the champion gate refuses, then each turn arrives as a CloudEvent that the cloudevents SDK
+DriftPolicy detects drift (in its features, or in live performance on labelled traffic) and retrains a model the champion gate refuses, then each turn arrives as a CloudEvent that the cloudevents SDK
 parses, with the attributes and the numbers of the object's status; a 500 is retried; a
 dead sink does not slow the reconcile down.
 """
@@ -526,6 +526,92 @@ def test_drift_detected_retrain_created_and_refused_carry_the_scores_and_metrics
         wait_event(sinks.events, retrain["name"], "io.kubeloop.run.gate-failed", 5)
     finally:
         kubelet.stop.set()
+        operator.stop()
+        print(operator.log_tail(40))
+
+
+def test_performance_degraded_is_drift_detected_with_live_against_reference(
+    kubeconfig_path: str, kubectl: Any, kube_api: Any, namespace: str, tmp_path: Path, sinks: Sinks
+) -> None:
+    """A policy with spec.performance turns Drifted with reason PerformanceDegraded (not
+    DriftDetected): its subscribers to drift.detected hear of it, with the live metric against
+    the reference, and of the retrain it creates (reason Performance)."""
+    from harness import Server, free_port, route_pods_to_host
+    from test_closed_loop import LocalKubelet, serve_champion
+    from test_performance_loop import LabelledTraffic, new_concept, performance_policy
+
+    install_crds(kubectl)
+    operator = start_operator(
+        kubeconfig_path,
+        namespace,
+        tmp_path,
+        sinks,
+        KUBELOOP_DEFAULT_STORAGE_URI=f"file://{tmp_path}/models",
+    )
+    core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    kubelet = LocalKubelet(core, namespace, tmp_path)
+    kubelet.start()
+    server = traffic = None
+    try:
+        # Given a champion served here, and a performance policy the Slack sink hears
+        # drift.detected of (the subscription every drift subscriber already has)
+        port = free_port()
+        stable = serve_champion(custom, namespace, {"replicas": 1, "server": {"port": port}})
+        server = Server(stable["uri"], stable["sha256"], "stable", tmp_path / "serve.log", "loop",
+                        host="0.0.0.0", port=port)  # fmt: skip
+        server.wait_ready()
+        wait_for(
+            lambda: route_pods_to_host(
+                core, namespace, "kubeloop.io/modeldeployment=loop,kubeloop.io/track=stable"
+            ),
+            60,
+            1,
+            "stable pod routed here",
+        )
+        relabelled = tmp_path / "models" / "incoming" / "relabelled.csv"
+        relabelled.parent.mkdir(parents=True, exist_ok=True)
+        new_concept(4000, seed=2).to_csv(relabelled, index=False)
+        policy = performance_policy("labels", 100, f"file://{relabelled}")
+        policy["metadata"]["annotations"] = {SUBSCRIBE + "drift.detected": "events,slack"}
+        policy["spec"]["retrain"]["autoPromote"] = False
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "driftpolicies", policy)
+
+        # When the labels of half the input space flip and arrive on /feedback
+        traffic = LabelledTraffic(server.url, new_concept(3000, seed=9))
+        traffic.start()
+
+        # Then drift.detected arrives with the reason PerformanceDegraded and the numbers the
+        # policy's status records
+        drift = wait_event(sinks.events, "labels", "io.kubeloop.drift.detected", 180)
+        created = wait_event(sinks.events, "labels", "io.kubeloop.retrain.created", 30)
+        status = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "driftpolicies", "labels"
+        )["status"]
+        assert drift.get_extension("kubeloopreason") == "PerformanceDegraded"
+        data = drift.get_data()
+        assert data["signal"] == "performance" and data["drifted"] is True
+        assert data["targetRef"] == "loop"
+        numbers, recorded = data["performance"], status["performance"]
+        assert numbers["metric"] == "accuracy" and numbers["degraded"] is True
+        assert numbers["reference"] == pytest.approx(recorded["reference"])
+        assert numbers["limit"] == pytest.approx(recorded["limit"])
+        assert numbers["live"] < numbers["limit"] and numbers["labels"] >= 100
+        retrain = created.get_data()["retrain"]
+        assert retrain["reason"] == "Performance" and retrain["name"] == status["lastRetrain"]["name"]
+        assert created.get_data()["message"].endswith("(performance)")
+        # and the Slack sink, subscribed to drift.detected by annotation, shows live and limit
+        slack = sinks.slack.wait_for(lambda r: r, timeout=30)
+        attachment = json.loads(slack[0].body)["attachments"][0]
+        assert attachment["title"] == f"DriftPolicy {namespace}/labels: drift.detected"
+        fields = {f["title"]: f["value"] for f in attachment["fields"]}
+        assert float(fields["live accuracy"]) == pytest.approx(numbers["live"], abs=1e-3)
+        assert float(fields["limit"]) == pytest.approx(numbers["limit"], abs=1e-3)
+    finally:
+        if traffic is not None:
+            traffic.stop.set()
+        kubelet.stop.set()
+        if server is not None:
+            server.stop()
         operator.stop()
         print(operator.log_tail(40))
 
