@@ -29,6 +29,11 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
+from kubeloop.api.batching import (
+    DEFAULT_MAX_BATCH_LATENCY_MS,
+    DEFAULT_MAX_BATCH_SIZE,
+    MAX_BATCH_LATENCY_MS,
+)
 from kubeloop.api.common import (
     HTTP_URL,
     MAX_MESSAGE_LENGTH,
@@ -157,9 +162,9 @@ class ModelSource(KubeModel):
 class BatchingSpec(KubeModel):
     """Adaptive micro-batching: concurrent requests are predicted together."""
 
-    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
-    """Largest number of rows predicted in one call."""
-    max_latency_ms: Annotated[int, Field(ge=0, le=10000)] = 5
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = DEFAULT_MAX_BATCH_SIZE
+    """Largest number of rows predicted in one call; 1 predicts every request alone."""
+    max_latency_ms: Annotated[int, Field(ge=0, le=MAX_BATCH_LATENCY_MS)] = DEFAULT_MAX_BATCH_LATENCY_MS
     """Longest a request waits for others to join its batch, in milliseconds."""
 
 
@@ -201,7 +206,8 @@ class ServerSpec(KubeModel):
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     """Worker processes per pod."""
     batching: BatchingSpec | None = None
-    """Micro-batching of concurrent requests; default: off."""
+    """Micro-batching of concurrent requests; default: on, up to 64 rows per call, a request
+    waiting at most 2 ms for others (``maxBatchSize: 1`` turns it off)."""
     service_account_name: ResourceName | None = None
     """ServiceAccount the server pods run as (in this namespace), e.g. one bound to a cloud
     identity (EKS IRSA, GKE or Azure workload identity) so the servers read the model's storage

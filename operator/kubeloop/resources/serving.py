@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kubeloop.api.batching import DEFAULT_MAX_BATCH_LATENCY_MS, DEFAULT_MAX_BATCH_SIZE
 from kubeloop.resources.meta import child_name, labels_for, owner_reference
 from kubeloop.resources.storage import PodStorage
 from kubeloop.resources.trainingjob import (
@@ -210,9 +211,9 @@ def server_args(
     if batching:
         args += [
             "--max-batch-size",
-            str(batching.get("maxBatchSize", 32)),
+            str(batching.get("maxBatchSize", DEFAULT_MAX_BATCH_SIZE)),
             "--max-batch-latency-ms",
-            str(batching.get("maxLatencyMs", 5)),
+            str(batching.get("maxLatencyMs", DEFAULT_MAX_BATCH_LATENCY_MS)),
         ]
     if shadow is not None and shadow.percent > 0:
         args += ["--shadow-url", shadow.url, "--shadow-percent", str(shadow.percent)]

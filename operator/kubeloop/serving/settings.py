@@ -18,6 +18,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from kubeloop.api.batching import (
+    DEFAULT_MAX_BATCH_LATENCY_MS,
+    DEFAULT_MAX_BATCH_SIZE,
+    MAX_BATCH_LATENCY_MS,
+)
+
 ENV_PREFIX = "KUBELOOP_SERVE_"
 MIB = 1024 * 1024
 
@@ -73,8 +79,10 @@ class ServeSettings(BaseSettings):
         "8081); 0: no gRPC.",
     )
     workers: int = Field(default_factory=_default_workers, ge=1, le=256)
-    max_batch_size: int = Field(default=64, ge=1, le=65536)
-    max_batch_latency_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1, le=65536)
+    max_batch_latency_ms: float = Field(
+        default=float(DEFAULT_MAX_BATCH_LATENCY_MS), ge=0.0, le=float(MAX_BATCH_LATENCY_MS)
+    )
     track: Literal["stable", "canary"] = "stable"
     shadow_url: str | None = None
     shadow_percent: float = Field(default=0.0, ge=0.0, le=100.0)

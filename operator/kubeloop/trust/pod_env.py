@@ -32,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from kubeloop.api.batching import DEFAULT_MAX_BATCH_LATENCY_MS, DEFAULT_MAX_BATCH_SIZE
+
 
 class PinnedVariable(NamedTuple):
     """One variable a credentials Secret may not set, the value it is pinned to, and why."""
@@ -83,8 +85,8 @@ PINNED: tuple[PinnedVariable, ...] = (
     PinnedVariable("KUBELOOP_SERVE_PORT", "", "the port the probes and Services use; the server is given --port"),
     PinnedVariable("KUBELOOP_SERVE_WORKERS", "", "worker processes; the server is given --workers"),
     PinnedVariable("KUBELOOP_SERVE_GRPC_PORT", "0", "the gRPC port the Services use; the server is given --grpc-port"),
-    PinnedVariable("KUBELOOP_SERVE_MAX_BATCH_SIZE", "64", "rows per model call, unless spec.server.batching sets it"),
-    PinnedVariable("KUBELOOP_SERVE_MAX_BATCH_LATENCY_MS", "2", "batch wait, unless spec.server.batching sets it"),
+    PinnedVariable("KUBELOOP_SERVE_MAX_BATCH_SIZE", str(DEFAULT_MAX_BATCH_SIZE), "rows per model call, unless spec.server.batching sets it"),
+    PinnedVariable("KUBELOOP_SERVE_MAX_BATCH_LATENCY_MS", str(DEFAULT_MAX_BATCH_LATENCY_MS), "batch wait, unless spec.server.batching sets it"),
     PinnedVariable("KUBELOOP_SERVE_TRACK", "", "the track label of the metrics; the server is given --track"),
     PinnedVariable("KUBELOOP_SERVE_SHADOW_URL", "", "where every request is mirrored to; only a shadow step sets it"),
     PinnedVariable("KUBELOOP_SERVE_SHADOW_PERCENT", "0", "the share of requests mirrored; only a shadow step sets it"),
