@@ -37,8 +37,8 @@ from clusterfixture import unique_name
 from harness import REPO
 
 from kubeloop.decide.driftpolicy import retrain_run
-from kubeloop.resources.serving import ModelRef, ServingSettings, build_track_deployment
-from kubeloop.resources.trainingjob import credentials_env_from
+from kubeloop.resources.serving import ModelRef, ServingSettings, auth_env, build_track_deployment
+from kubeloop.resources.trainingjob import credentials_env_from, tracking_env
 
 CHART = REPO / "charts" / "kubeloop"
 HACK_CLUSTER = REPO / "hack" / "cluster"
@@ -66,13 +66,18 @@ def helm_template(namespace: str, values: dict[str, Any]) -> list[dict[str, Any]
 # -- objects --------------------------------------------------------------------------------------
 
 
-def training_spec(secret: str | None = None, source: str = "sklearn://iris", output: str | None = None) -> dict[str, Any]:
+def training_spec(
+    secret: str | None = None, source: str = "sklearn://iris", output: str | None = None,
+    tracking_secret: str | None = None,
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "model": {"name": "iris", "estimator": "sklearn.linear_model.LogisticRegression", "task": "classification"},
         "data": {"source": source, "target": "target"},
     }
     if secret:
         spec["credentials"] = {"secretRef": {"name": secret}}
+    if tracking_secret:
+        spec["tracking"] = {"credentials": {"secretRef": {"name": tracking_secret}}}
     if output:
         spec["output"] = {"storageUri": output}
     return spec
@@ -84,7 +89,7 @@ def training_run(name: str, **kw: Any) -> dict[str, Any]:
 
 def model_deployment(
     name: str, secret: str | None = None, uri: str = "s3://models/iris/model.skops",
-    service_account: str | None = None,
+    service_account: str | None = None, auth_secret: str | None = None,
 ) -> dict[str, Any]:
     model: dict[str, Any] = {"storageUri": uri, "sha256": SHA}
     if secret:
@@ -92,6 +97,8 @@ def model_deployment(
     spec: dict[str, Any] = {"model": model}
     if service_account:
         spec["server"] = {"serviceAccountName": service_account}
+    if auth_secret:
+        spec.setdefault("server", {})["auth"] = {"secretRef": {"name": auth_secret}, "key": "AWS_SECRET_ACCESS_KEY"}
     return {"apiVersion": API, "kind": "ModelDeployment", "metadata": {"name": name}, "spec": spec}
 
 
@@ -314,6 +321,80 @@ def test_a_driftpolicy_naming_an_unreadable_secret_or_claim_is_refused(world: Wo
         # A copy of a run may name anything: only who may read everything may ask for one.
         author = "carol" if "fromTrainingRun" in policy["spec"].get("retrain", {}) else "alice"
         world.admitted(author, named(policy, f"{author}-{label}"))
+
+
+def _secret_refs(env: list[dict[str, Any]]) -> set[str]:
+    """The Secrets a container's ``env`` reads by ``secretKeyRef``."""
+    return {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+# The Secret references the other tests leave out, each with the object naming it and what the
+# operator would build from the stored object: the Secrets the pod it creates then reads.
+OTHER_SECRET_FIELDS = [
+    pytest.param(
+        "spec.server.auth.secretRef",
+        lambda secret: model_deployment("x", auth_secret=secret),
+        lambda stored: _secret_refs(auth_env(stored)),  # the server's bearer token
+        "alice",
+        id="server-auth",
+    ),
+    pytest.param(
+        "spec.tracking.credentials.secretRef",
+        lambda secret: training_run("x", tracking_secret=secret),
+        lambda stored: _secret_refs(tracking_env(stored["spec"], "http://mlflow", "r", "e")),
+        "alice",
+        id="run-tracking",
+    ),
+    pytest.param(
+        "spec.retrain.template.spec.tracking.credentials.secretRef",
+        lambda secret: drift_policy("x", retrain={"template": {"spec": training_spec(tracking_secret=secret)}}),
+        lambda stored: _secret_refs(tracking_env(retrain_run(stored, 1, "Drift", None)["spec"], "http://mlflow", "r", "e")),
+        "alice",
+        id="template-tracking",
+    ),
+    pytest.param(
+        "spec.retrain.overrides.tracking.credentials.secretRef",
+        lambda secret: drift_policy("x", retrain={
+            "fromTrainingRun": {"name": "iris"},
+            "overrides": {"tracking": {"credentials": {"secretRef": {"name": secret}}}},
+        }),
+        # copying a run that names no Secret at all
+        lambda stored: _secret_refs(tracking_env(retrain_run(stored, 1, "Drift", training_spec())["spec"],
+                                                 "http://mlflow", "r", "e")),
+        "carol",  # a copy of a run may name anything: only who may read every Secret may ask
+        id="overrides-tracking",
+    ),
+]
+
+
+@pytest.mark.parametrize(("field", "naming", "pod_reads", "reader"), OTHER_SECRET_FIELDS)
+def test_a_server_token_or_tracking_secret_the_author_may_not_read_is_refused(
+    world: World,
+    field: str,
+    naming: Callable[[str], dict[str, Any]],
+    pod_reads: Callable[[dict[str, Any]], set[str]],
+    reader: str,
+) -> None:
+    def named(name: str) -> dict[str, Any]:
+        obj = naming("s3")
+        return {**obj, "metadata": {"name": name}}
+
+    # Weakened: mallory's object naming Secret s3 is stored, and what the operator builds from
+    # it reads that Secret into a pod (the server's token, the trainer's MLflow credentials).
+    world.admitted("mallory", named("weak"))
+    kind = named("weak")["kind"].lower()
+    stored = json.loads(world.kubectl("get", kind, "weak", "-n", world.namespace, "-o", "json").stdout)
+    stored["metadata"].setdefault("uid", "u")
+    assert pod_reads(stored) == {"s3"}
+
+    world.enforce()
+    message = world.refused("mallory", named("steal"))
+    assert (
+        f'{field}: user "mallory" may not get Secret "s3" in namespace "{world.namespace}"; '
+        "ask for get on it or name a Secret you can read"
+    ) in message
+    # Who may read s3 creates the very same object.
+    world.admitted(reader, named(reader))
 
 
 def test_a_driftpolicy_copying_someone_elses_run_is_refused(world: World) -> None:
