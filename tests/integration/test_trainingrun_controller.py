@@ -26,6 +26,9 @@ import pytest
 from harness import OperatorProcess, events_once, play_kubelet_terminate, wait_for
 from kubernetes import client
 
+from kubeloop.resources.driftjob import drift_report_uri
+from kubeloop.training.data import load_table
+
 GROUP, VERSION, PLURAL = "kubeloop.io", "v1alpha1", "trainingruns"
 # kwok leaves pods with this label alone, so the test can finish them like a kubelet would.
 MANUAL_KUBELET = {"kubeloop.io/test-kubelet": "manual"}
@@ -316,12 +319,32 @@ def trained_run(core: client.CoreV1Api, custom: client.CustomObjectsApi, namespa
     return run_dir
 
 
+def dataset_drift_check(run_dir: Path, tmp_path: Path, policy: str, due_epoch: int) -> Path:
+    """The real `kubeloop drift` of a dataset DriftPolicy, its page written where the drift Job
+    puts it (beside the run's profile); returns the page."""
+    data = tmp_path / "incoming" / "today.csv"
+    if not data.exists():
+        data.parent.mkdir(parents=True)
+        load_table("sklearn://breast_cancer").frame.to_csv(data, index=False)
+    page = Path(drift_report_uri(f"file://{run_dir}/profile.json", policy, due_epoch).removeprefix("file://"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubeloop.cli", "drift", "--data", str(data), "--profile", str(run_dir / "profile.json"),
+         "--html", str(page), "--termination-log", str(tmp_path / f"drift-{policy}-{due_epoch}.json")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert page.is_file()
+    return page
+
+
 def test_delete_policy_waits_for_the_deployment_then_deletes_the_artifacts(
     kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
     core, custom, batch = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api), client.BatchV1Api(kube_api)
     # Given a Succeeded run with cleanupPolicy Delete, whose model a ModelDeployment serves
+    # and a dataset DriftPolicy has checked twice (its reports live in the run's directory)
     run_dir = trained_run(core, custom, namespace, tmp_path, "cancer-del", "Delete")
+    pages = [dataset_drift_check(run_dir, tmp_path, "cancer-drift", epoch) for epoch in (1764028800, 1764115200)]
     wait_for(lambda: ARTIFACT_CLEANUP in (get_run(custom, namespace, "cancer-del")["metadata"].get("finalizers") or []),
              30, what="our finalizer on the run")
     md = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "cancer-serve"},
@@ -352,7 +375,8 @@ def test_delete_policy_waits_for_the_deployment_then_deletes_the_artifacts(
     args = [str(message_file) if a == container["terminationMessagePath"] else a for a in container["args"]]
     proc = subprocess.run([sys.executable, "-m", "kubeloop.cli", *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert not run_dir.exists()
+    assert not run_dir.exists() and not any(page.exists() for page in pages)
+    assert json.loads(message_file.read_text())["files"] == 4 + len(pages)
     play_kubelet_terminate(core, namespace, pod_body, message_file.read_text(), proc.returncode, container="cleanup")
 
     # Then the run is gone, and says what was deleted

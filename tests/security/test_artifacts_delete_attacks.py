@@ -5,11 +5,17 @@ spec. On real files under ``tmp_path``: two run directories ``a`` and ``b`` of o
 victim run outside the storage root. Each attack runs against a weakened deletion first (it
 must remove the victim, so the attack is real), then through the real ``kubeloop artifacts
 delete`` process, which must refuse with exit 2 and leave every victim file in place.
+
+A run directory may also hold the dataset drift checks' reports (``drift/<policy>/<epoch>/
+report.html``): the cleanup deletes them with the run, so that tree is held to exactly that
+shape, without following a link, and anything else in it refuses the whole directory.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -148,3 +154,102 @@ def test_dot_and_empty_segments_are_refused_before_any_file_system_sees_them(tmp
     result = delete_run_directory(uri.format(root=root), env={})
     assert result.status == "Refused" and "segment" in result.message
     assert intact(a)
+
+
+def drift_page(run: Path, policy: str = "daily", epoch: str = "1700000000") -> Path:
+    page = run / "drift" / policy / epoch / "report.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text("<!DOCTYPE html>")
+    return page
+
+
+@pytest.mark.parametrize(
+    ("linked", "named"),
+    [
+        pytest.param("drift", "drift is a symbolic link", id="drift-itself"),
+        pytest.param("drift/daily", "drift/daily is a symbolic link", id="a-policy-directory"),
+        pytest.param("drift/daily/1700000000", "drift/daily/1700000000 is a symbolic link", id="a-check-directory"),
+    ],
+)
+def test_a_link_in_the_drift_tree_cannot_lead_the_cleanup_out(tmp_path: Path, root: Path, linked: str,
+                                                              named: str) -> None:
+    # Another team's reports, shaped like the part of the drift tree the link stands for.
+    victim = tmp_path / "elsewhere" / "reports"
+    depth = {"drift": 3, "drift/daily": 2, "drift/daily/1700000000": 1}[linked]
+    victim_page = victim.joinpath(*["daily", "1700000000", "report.html"][3 - depth:])
+    victim_page.parent.mkdir(parents=True)
+    victim_page.write_text("theirs")
+    run = run_dir(root / "m" / "r")
+    own = linked != "drift"  # beside the link, the run's own report
+    if own:
+        drift_page(run, "weekly")
+    (run / linked).parent.mkdir(parents=True, exist_ok=True)
+    (run / linked).symlink_to(victim)
+
+    # Weakened: a cleanup that deletes the pages by the path a report's URI spells follows the
+    # link (glob does) and deletes the victim's page.
+    for page in glob.glob(f"{run}/drift/*/*/report.html"):
+        os.remove(page)
+    assert not victim_page.exists()
+    victim_page.write_text("theirs")
+    if own:
+        drift_page(run, "weekly")
+
+    for extra in ((), ("--storage-root", f"file://{root}")):
+        code, result = delete(tmp_path, f"file://{run}", *extra)
+        assert (code, result["status"]) == (EXIT_REFUSED, "Refused"), result
+        assert named in str(result["message"])
+        assert victim_page.read_text() == "theirs" and intact(run) and (run / linked).is_symlink()
+
+
+def test_a_linked_drift_page_is_refused_and_its_target_kept(tmp_path: Path, root: Path) -> None:
+    victim = tmp_path / "elsewhere" / "secret.txt"
+    victim.parent.mkdir()
+    victim.write_text("theirs")
+    run = run_dir(root / "m" / "r")
+    page = drift_page(run)
+    page.unlink()
+    page.symlink_to(victim)
+    code, result = delete(tmp_path, f"file://{run}", "--storage-root", f"file://{root}")
+    assert (code, result["status"]) == (EXIT_REFUSED, "Refused")
+    assert "drift/daily/1700000000/report.html is a symbolic link" in str(result["message"])
+    assert victim.read_text() == "theirs" and intact(run)
+
+
+@pytest.mark.parametrize(
+    ("stranger", "named"),
+    [
+        pytest.param("drift", "drift is not a directory", id="drift-is-a-file"),
+        pytest.param("drift/notes.txt", "drift/notes.txt is not a DriftPolicy's report directory",
+                     id="a-file-for-a-policy"),
+        pytest.param("drift/Daily/1700000000/report.html", "drift/Daily is not a DriftPolicy's",
+                     id="not-an-object-name"),
+        pytest.param("drift/daily/latest/report.html", "drift/daily/latest is not a drift check's",
+                     id="not-an-epoch"),
+        pytest.param("drift/daily/1700000000/data.csv", "drift/daily/1700000000/data.csv is not a drift report",
+                     id="a-stranger-beside-the-page"),
+        pytest.param("drift/daily/1700000000/report.html/x", "drift/daily/1700000000/report.html is not a drift report",
+                     id="a-directory-for-the-page"),
+    ],
+)
+def test_someone_elses_files_in_the_drift_tree_refuse_the_whole_directory(tmp_path: Path, root: Path,
+                                                                          stranger: str, named: str) -> None:
+    run = run_dir(root / "m" / "r")
+    if stranger != "drift":
+        drift_page(run, "weekly")
+    (run / stranger).parent.mkdir(parents=True, exist_ok=True)
+    (run / stranger).write_text("mine")
+    code, result = delete(tmp_path, f"file://{run}", "--storage-root", f"file://{root}")
+    assert (code, result["status"]) == (EXIT_REFUSED, "Refused"), result
+    assert named in str(result["message"])
+    assert (run / stranger).read_text() == "mine" and intact(run)
+
+
+def test_the_drift_reports_and_a_check_s_temporary_file_go_with_the_run(root: Path) -> None:
+    run = run_dir(root / "m" / "r")
+    drift_page(run)
+    page = drift_page(run, "weekly", "1700086400")
+    (page.parent / ".report.html.tmp-0123abcd").write_bytes(b"half")
+    result = delete_run_directory(f"file://{run}", env={}, storage_root=f"file://{root}")
+    assert (result.status, result.files) == ("Deleted", 4 + 3)
+    assert not run.exists() and (root / "m").is_dir()

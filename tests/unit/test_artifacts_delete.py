@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from kubeloop.drift.result import EXIT_CHECKED
+from kubeloop.resources.driftjob import REPORT_ANNOTATION, build_drift_job
+from kubeloop.resources.trainingjob import TrainerSettings
+from kubeloop.runtime import drift, train
 from kubeloop.runtime.artifacts import EXIT_REFUSED, delete_run_directory, main
+from kubeloop.training.data import load_table
 
 
 def write_run_dir(root: Path, trials: int = 0) -> Path:
@@ -41,6 +46,54 @@ def test_deletes_a_run_directory_with_its_trials(tmp_path: Path) -> None:
     assert (tmp_path / "models" / "cancer").is_dir()  # only the run's own directory goes
 
 
+def _dataset_check(root: Path, run: Path, policy: str, due_epoch: int, data: Path) -> Path:
+    """The dataset drift Job's own command line (resources.driftjob), run by the real
+    ``kubeloop drift``: it writes its page beside the run's profile; returns the page."""
+    settings = TrainerSettings(
+        image="kubeloop:test", image_pull_policy="IfNotPresent", default_storage_uri=f"file://{root}",
+        allowed_estimator_prefixes=("sklearn.",), job_ttl_seconds=600, models_pvc="",
+    )  # fmt: skip
+    policy_body = {"apiVersion": "kubeloop.io/v1alpha1", "kind": "DriftPolicy",
+                   "metadata": {"name": policy, "namespace": "ml", "uid": "u-1"},
+                   "spec": {"source": {"dataset": {"uri": f"file://{data}"}}}}  # fmt: skip
+    job = build_drift_job(policy_body, due_epoch, f"file://{run}/profile.json", {}, settings)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    message = root.parent / f"drift-{policy}-{due_epoch}.json"
+    args = [str(message) if a == "/dev/termination-log" else a for a in container["args"][1:]]
+    assert drift.main(args, env=env) == EXIT_CHECKED
+    return Path(job["metadata"]["annotations"][REPORT_ANNOTATION].removeprefix("file://"))
+
+
+def test_a_run_checked_by_dataset_drift_policies_is_deleted_with_its_reports(tmp_path: Path) -> None:
+    # Given a run trained by the real `kubeloop train` and checked three times by two DriftPolicies
+    root = tmp_path / "models"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({
+        "model": {"name": "iris", "estimator": "sklearn.linear_model.LogisticRegression",
+                  "params": {"max_iter": 300}, "task": "classification"},
+        "data": {"source": "sklearn://iris"}, "evaluation": {"metric": "accuracy"},
+    }))  # fmt: skip
+    code = train.main(["--spec", str(spec), "--run-name", "iris-1", "--storage-uri", f"file://{root}",
+                       "--termination-log", str(tmp_path / "train.json"), "--quiet"], env={})
+    assert code == 0
+    run = root / "iris" / "iris-1"
+    data = root / "incoming" / "today.csv"
+    data.parent.mkdir()
+    load_table("sklearn://iris").frame.to_csv(data, index=False)
+    pages = [_dataset_check(root, run, policy, epoch, data)
+             for policy, epoch in (("daily", 1700000000), ("daily", 1700086400), ("weekly", 1700000000))]
+    assert all(page.is_file() and page.is_relative_to(run / "drift") for page in pages)
+
+    # When its cleanup runs, then the whole directory goes, reports included, and nothing else
+    code = main(["delete", f"file://{run}", "--storage-root", f"file://{root}",
+                 "--termination-log", str(tmp_path / "cleanup.json")], env={})
+    result = json.loads((tmp_path / "cleanup.json").read_text())
+    assert (code, result["status"]) == (0, "Deleted"), result
+    assert result["files"] == 4 + len(pages)  # model.skops, model.sha256, profile.json, report.json
+    assert not run.exists() and data.is_file()
+
+
 def test_a_sweep_directory_with_markers_only_in_its_trials_is_a_run(tmp_path: Path) -> None:
     run = tmp_path / "models" / "cancer" / "sweep-1" / "trials" / "0"
     run.mkdir(parents=True)
@@ -60,9 +113,9 @@ def test_a_trainer_temporary_file_does_not_block_deletion(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("layout", "words"),
     [
-        pytest.param({"cancer/cancer-1/model.sha256": b"x"}, "entries `kubeloop train` does not write (cancer)",
+        pytest.param({"cancer/cancer-1/model.sha256": b"x"}, "entries neither `kubeloop train` nor a drift check writes (cancer)",
                      id="the-storage-root"),
-        pytest.param({"notes.txt": b"mine", "data.csv": b"a,b"}, "does not write (data.csv, notes.txt)",
+        pytest.param({"notes.txt": b"mine", "data.csv": b"a,b"}, "writes (data.csv, notes.txt)",
                      id="someone-elses-directory"),
         pytest.param({"model.skops": b"x", "profile.json": b"{}"}, "no model.sha256 or report.json",
                      id="no-marker"),

@@ -29,10 +29,11 @@ from kubeloop.resources.trainingjob import (
     runtime_pod_spec,
     scratch_volume,
 )
+from kubeloop.trust.run_directory import DRIFT_REPORT_FILE, drift_report_path
 
 CHECK_CONTAINER = "drift"
 REPORT_ANNOTATION = "kubeloop.io/drift-report"
-REPORT_FILE = "report.html"
+REPORT_FILE = DRIFT_REPORT_FILE  # the cleanup of a TrainingRun knows it (kubeloop.trust.run_directory)
 
 
 def drift_job_name(policy_name: str, due_epoch: int) -> str:
@@ -42,8 +43,7 @@ def drift_job_name(policy_name: str, due_epoch: int) -> str:
 
 def drift_report_uri(profile_uri: str, policy_name: str, due_epoch: int) -> str:
     """Where the check due at ``due_epoch`` writes its HTML report: beside the profile."""
-    directory = profile_uri.rstrip("/").rpartition("/")[0]
-    return f"{directory}/drift/{policy_name}/{due_epoch}/{REPORT_FILE}"
+    return drift_report_path(profile_uri.rstrip("/").rpartition("/")[0], policy_name, due_epoch)
 
 
 def _writable_report_mount(storage: PodStorage, pod_report_path: str) -> dict[str, Any] | None:

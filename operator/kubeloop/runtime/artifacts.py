@@ -6,11 +6,13 @@ The operator runs this in a TrainingRun's cleanup Job (``spec.cleanupPolicy: Del
 only a pod gets the run's storage as the trainer did: its ``pvc://`` claim mounted writable,
 its Secret's credentials for ``s3://``. The directory is ``<storageUri>/<model>/<run>/``.
 
-Before anything is deleted the directory must look like what ``kubeloop train`` writes
-(:mod:`kubeloop.training.artifacts`): ``model.sha256`` or ``report.json`` at its top or in a
-sweep's ``trials/<index>/``, and nothing at its top but the trainer's files, ``trials/`` and
-the trainer's temporary files. So a mistyped URI (a storage root, someone else's directory)
-is refused rather than emptied. A directory that is missing or empty counts as done.
+Before anything is deleted the directory must look like what Kubeloop writes there (the one
+list: :mod:`kubeloop.trust.run_directory`): ``model.sha256`` or ``report.json`` at its top or
+in a sweep's ``trials/<index>/``, and nothing at its top but the trainer's files, ``trials/``,
+the dataset drift checks' reports (``drift/<policy>/<epoch>/report.html``, every entry of that
+tree checked, none a symbolic link) and the writers' temporary files. So a mistyped URI (a
+storage root, someone else's directory) is refused rather than emptied. A directory that is
+missing or empty counts as done.
 
 The path is checked as written, before any file system sees it (fsspec would quietly fold
 ``a/../b`` into ``b``, deleting a sibling run): ``.``, ``..`` and empty segments are refused,
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,15 +43,18 @@ import orjson
 
 from kubeloop.runtime import termination
 from kubeloop.runtime.usage import UsageError, UsageParser
+from kubeloop.trust.run_directory import (
+    DRIFT_DIR,
+    KUBELOOP_ENTRIES,
+    MARKER_FILES,
+    TEMPORARY_FILE,
+    TRIALS_DIR,
+    drift_entry_problem,
+)
 
 EXIT_OK, EXIT_REFUSED, EXIT_FAILED, EXIT_USAGE = 0, 2, 3, 64
 ENV_PVC_ROOT = "KUBELOOP_PVC_MOUNT_ROOT"
 DEFAULT_PVC_MOUNT_ROOT = "/mnt/pvc"
-
-# What `kubeloop train` writes at the top of a run directory (kubeloop.training.artifacts).
-MARKER_FILES = ("model.sha256", "report.json")
-TRAINER_FILES = frozenset({"model.skops", "model.sha256", "profile.json", "report.json", "trials"})
-TEMPORARY_FILE = re.compile(r"^\.[^/]+\.tmp-[0-9a-f]+$")  # write_atomic's temporary sibling
 
 
 @dataclass(frozen=True)
@@ -161,13 +165,46 @@ def _name(path: str) -> str:
     return path.rstrip("/").rpartition("/")[2]
 
 
+def _kind(entry: Mapping[str, Any]) -> str:
+    """directory, file, link or other, without following a link (fsspec's local ``islink``)."""
+    if entry.get("islink"):
+        return "link"
+    kind = str(entry.get("type"))
+    return kind if kind in {"directory", "file"} else "other"
+
+
+def _drift_problem(fs: Any, path: str) -> str | None:
+    """Why ``<path>/drift`` holds more than drift checks' reports (None: it holds only those).
+
+    Walked without following links: a link anywhere in it (or ``drift`` itself one) refuses
+    the whole directory, so nothing outside the run is ever listed, counted or deleted.
+    """
+    top = f"{path}/{DRIFT_DIR}"
+    kind = _kind(fs.info(top))
+    if kind != "directory":
+        what = "a symbolic link" if kind == "link" else "not a directory"
+        return f"{DRIFT_DIR} is {what}, not the drift checks' report directory"
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        for entry in fs.ls(f"{top}/{relative}" if relative else top, detail=True):
+            below = f"{relative}/{_name(str(entry['name']))}" if relative else _name(str(entry["name"]))
+            kind = _kind(entry)
+            problem = drift_entry_problem(below, kind)
+            if problem is not None:
+                return problem
+            if kind == "directory":
+                pending.append(below)
+    return None
+
+
 def _refusal(fs: Any, path: str) -> str | None:
-    """Why ``path`` is not a run directory written by the trainer (None: it is one)."""
+    """Why ``path`` is not a run directory written by Kubeloop (None: it is one)."""
     entries = [_name(str(entry)) for entry in fs.ls(path, detail=False)]
-    unexpected = sorted(n for n in entries if n not in TRAINER_FILES and not TEMPORARY_FILE.match(n))
+    unexpected = sorted(n for n in entries if n not in KUBELOOP_ENTRIES and not TEMPORARY_FILE.match(n))
     has_marker = any(marker in entries for marker in MARKER_FILES)
-    if not has_marker and "trials" in entries:
-        for trial in fs.ls(f"{path}/trials", detail=False):
+    if not has_marker and TRIALS_DIR in entries:
+        for trial in fs.ls(f"{path}/{TRIALS_DIR}", detail=False):
             if _name(str(trial)).isdigit() and fs.isdir(str(trial)):
                 inside = {_name(str(e)) for e in fs.ls(str(trial), detail=False)}
                 if inside & set(MARKER_FILES):
@@ -175,9 +212,11 @@ def _refusal(fs: Any, path: str) -> str | None:
                     break
     if unexpected:
         shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
-        return f"it holds entries `kubeloop train` does not write ({shown})"
+        return f"it holds entries neither `kubeloop train` nor a drift check writes ({shown})"
     if not has_marker:
         return "it has no model.sha256 or report.json (at its top or in trials/<index>/)"
+    if DRIFT_DIR in entries:
+        return _drift_problem(fs, path)
     return None
 
 
@@ -205,7 +244,7 @@ def delete_run_directory(uri: str, env: Mapping[str, str] | None = None,
             return DeleteResult(
                 "Refused", uri,
                 f"refusing to delete {uri}: it does not look like a run directory written by "
-                f"`kubeloop train`: {refusal}",
+                f"Kubeloop: {refusal}",
             )
         files = len(fs.find(path))
         fs.rm(path, recursive=True)

@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kubeloop.trust import boosters, model_types
+from kubeloop.trust import boosters, model_types, run_directory
+from kubeloop.trust.run_directory import temporary_name
 from kubeloop.trust.skops_io import skops_io
 
-MODEL_FILE = "model.skops"
-CHECKSUM_FILE = "model.sha256"
-PROFILE_FILE = "profile.json"
-REPORT_FILE = "report.json"
+# Names from the one list of what a run directory holds, which the cleanup reads too.
+MODEL_FILE = run_directory.MODEL_FILE
+CHECKSUM_FILE = run_directory.CHECKSUM_FILE
+PROFILE_FILE = run_directory.PROFILE_FILE
+REPORT_FILE = run_directory.REPORT_FILE
 DEFAULT_TRUSTED_TYPE_PREFIXES: tuple[str, ...] = model_types.DEFAULT_ESTIMATOR_PACKAGES
 
 
@@ -85,12 +86,12 @@ def write_atomic(
         if local is not None:
             directory, name = os.path.split(os.path.abspath(local))
             os.makedirs(directory, exist_ok=True)
-            temporary = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex}")
+            temporary = os.path.join(directory, temporary_name(name))
             _write_local_atomic(temporary, os.path.join(directory, name), payload)
             return
         fs, path = _filesystem(uri, options)
         directory, _, name = path.rpartition("/")
-        temporary = f"{directory}/.{name}.tmp-{uuid.uuid4().hex}" if directory else f".{name}.tmp"
+        temporary = f"{directory}/{temporary_name(name)}" if directory else temporary_name(name)
         fs.makedirs(directory, exist_ok=True)
         fs.pipe_file(temporary, payload)
         try:

@@ -40,6 +40,7 @@ from kubeloop.training.result import (
 )
 from kubeloop.training.spec import TrainingRunSpec
 from kubeloop.trust.estimators import DEFAULT_ALLOWED_PREFIXES
+from kubeloop.trust.run_directory import TRIALS_DIR
 
 log = logging.getLogger("kubeloop.train")
 
@@ -123,7 +124,7 @@ def output_root(request: TrainingRequest) -> str:
     storage = resolve_uri(storage, request.pvc_mount_root)
     root = artifacts.join_uri(storage, request.spec.model.name, request.run_name)
     if request.trial_index is not None:
-        root = artifacts.join_uri(root, "trials", str(request.trial_index))
+        root = artifacts.join_uri(root, TRIALS_DIR, str(request.trial_index))
     return root
 
 
