@@ -1,29 +1,34 @@
 """Attack: name a ModelDeployment after objects that are not its own (issue 13, item 5,
 "Ownership").
 
-The victims are another app's objects in the namespace: a plain Service (selector app=web), a
-Deployment of that app, and an autoscaler, owned by nobody, named exactly like a
-ModelDeployment's children (``<name>``, ``<name>-stable``, ``<name>``). The attacker creates
-the ModelDeployment.
+The victims are another app's objects in the namespace, owned by nobody and named exactly like
+a ModelDeployment's children: a plain Service (selector app=web) named ``<name>``, a
+Deployment named ``<name>-stable``, an autoscaler named ``<name>``. The attacker creates the
+ModelDeployment. Each kind is attacked on its own (the test is parametrized by kind), so each
+takeover is shown to work before the real policy is shown to refuse it:
 
 (a) Weakened policy: the ModelDeployment controller, run in this process against the real API
     server with its ownership policy replaced by "everything is mine" (what the operator did
-    before: server-side apply with ``force``). The Service is re-pointed at model pods and gets
-    the ModelDeployment's controller reference, and when the ModelDeployment is deleted the
-    garbage collector deletes the other app's Service: the attack is real, and the collector
-    runs in this cluster. (The old apply then fails on the Deployment's immutable selector, so
-    the other app's Deployment and autoscaler survived only by that accident.)
+    before: server-side apply with ``force``). The victim is taken over - the Service re-pointed
+    at model pods, the model server container put into the Deployment's pods, the autoscaler
+    made to scale the ModelDeployment - gets the ModelDeployment's controller reference and the
+    ``kubeloop`` field manager, and when the ModelDeployment is deleted the garbage collector
+    deletes it: the attack is real, and the collector runs in this cluster. The Deployment
+    victim selects its pods with the labels the operator's Deployment uses (labels are free to
+    write): a Deployment with another selector was safe from the old apply only by the
+    accident of the selector being immutable (a 422), which no policy should rely on.
 (b) Real operator (a ``kubeloop operator`` process): the ModelDeployment is ``Degraded`` with
-    ``ResourceConflict`` naming ``Service churn``, an Event says so, none of the victims is
-    written (same resourceVersion/generation, spec, labels, owner references; no ``kubeloop``
-    field manager), none of the ModelDeployment's other children is created, and after the
-    ModelDeployment is deleted and the collector has deleted a witness it did own, the victims
-    are all still there, unchanged.
+    ``ResourceConflict`` naming the victim, an Event says so, the victim is not written (same
+    resourceVersion/generation, spec, labels, owner references; no ``kubeloop`` field
+    manager), none of the ModelDeployment's other children is created, and after the
+    ModelDeployment is deleted and the collector has deleted a witness it did own, the victim
+    is still there, unchanged.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,7 @@ from kubeloop.config import OperatorConfig
 from kubeloop.controllers.kube import FIELD_MANAGER, Kube
 from kubeloop.controllers.modeldeployment import ModelDeploymentController
 from kubeloop.controllers.trainingrun import TrainingRunController
+from kubeloop.resources.serving import track_selector
 
 GROUP, VERSION = "kubeloop.io", "v1alpha1"
 SHA = "a" * 64
@@ -52,7 +58,10 @@ def victim_service(name: str) -> dict[str, Any]:
     }
 
 
-def victim_deployment(name: str) -> dict[str, Any]:
+def victim_deployment(name: str, selector: dict[str, str] | None = None) -> dict[str, Any]:
+    """The other app's Deployment; ``selector``: the labels its pods are selected by (default
+    app=web)."""
+    selector = selector or {"app": "web"}
     security = {
         "allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": 65534,
         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
@@ -62,9 +71,9 @@ def victim_deployment(name: str) -> dict[str, Any]:
         "metadata": {"name": name, "labels": {"app": "web"}},
         "spec": {
             "replicas": 1,
-            "selector": {"matchLabels": {"app": "web"}},
+            "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": {"app": "web"}},
+                "metadata": {"labels": {"app": "web", **selector}},
                 "spec": {"containers": [{"name": "web", "image": PAUSE_IMAGE, "securityContext": security}]},
             },
         },
@@ -93,13 +102,38 @@ def attacker_md(name: str) -> dict[str, Any]:
     }
 
 
-def create_victims(kube: Kube, namespace: str, name: str) -> None:
-    for obj in (victim_service(name), victim_deployment(f"{name}-stable"), victim_hpa(name)):
-        obj["metadata"]["namespace"] = namespace
-        kube.create(obj)
+def stable_deployment_victim(name: str) -> dict[str, Any]:
+    """A Deployment named ``name`` whose pods carry the labels the stable Deployment of
+    ModelDeployment ``<name without -stable>`` selects."""
+    return victim_deployment(name, track_selector(name.removesuffix("-stable"), "stable"))
 
 
-VICTIMS = (("Service", ""), ("Deployment", "-stable"), ("HorizontalPodAutoscaler", ""))
+def serves_the_model(obj: dict[str, Any]) -> bool:
+    """Whether the weakened apply took ``obj`` over for the ModelDeployment it names."""
+    md = obj["metadata"]["name"].removesuffix("-stable")
+    if obj["kind"] == "Service":
+        return bool(obj["spec"]["selector"] != {"app": "web"}
+                    and obj["spec"]["selector"].get("kubeloop.io/modeldeployment") == md)
+    if obj["kind"] == "Deployment":
+        containers = obj["spec"]["template"]["spec"]["containers"]
+        return any(c["image"] == RUNTIME_IMAGE for c in containers)
+    return bool(obj["spec"]["scaleTargetRef"] == {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "name": md})
+
+
+# kind, name suffix of the ModelDeployment's child, the victim
+VICTIMS = (
+    ("Service", "", victim_service),
+    ("Deployment", "-stable", stable_deployment_victim),
+    ("HorizontalPodAutoscaler", "", victim_hpa),
+)
+CHILDREN = (("Service", ""), ("Service", "-stable"), ("Service", "-canary"), ("Deployment", "-stable"),
+            ("Deployment", "-canary"), ("HorizontalPodAutoscaler", ""))
+
+
+def create_victim(kube: Kube, namespace: str, victim: Callable[[str], dict[str, Any]], name: str) -> None:
+    obj = victim(name)
+    obj["metadata"]["namespace"] = namespace
+    kube.create(obj)
 
 
 def fingerprint(obj: dict[str, Any]) -> dict[str, Any]:
@@ -122,15 +156,17 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
 
 
+@pytest.mark.parametrize(("kind", "suffix", "victim"), VICTIMS, ids=[v[0] for v in VICTIMS])
 def test_modeldeployment_named_like_foreign_objects_takes_nothing_over(
     kubeconfig_path: str, kube_api: Any, namespace: str, crds: None, tmp_path: Path,
+    kind: str, suffix: str, victim: Callable[[str], dict[str, Any]],
 ) -> None:
     kube = Kube(kube_api)
     core = client.CoreV1Api(kube_api)
     custom = client.CustomObjectsApi(kube_api)
 
     # --- (a) weakened policy: the controller in-process, ownership check replaced -----------
-    create_victims(kube, namespace, "victim")
+    create_victim(kube, namespace, victim, f"victim{suffix}")
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", attacker_md("victim"))
     md_uid = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "victim")[
         "metadata"]["uid"]
@@ -139,29 +175,26 @@ def test_modeldeployment_named_like_foreign_objects_takes_nothing_over(
     )
     weakened.ownership_conflict = lambda kind, name, existing, owner: None
     try:
-        # Services are applied first; the Deployment's immutable selector then stops the old
-        # apply with a 422 (so a foreign Deployment survives by luck, not by policy).
-        with pytest.raises(ApiException, match="field is immutable"):
-            weakened.reconcile(namespace, "victim")
+        weakened.reconcile(namespace, "victim")
     finally:
         weakened.stop()
-    service = kube.get("Service", namespace, "victim")
-    assert service["spec"]["selector"] != {"app": "web"}, "the attack must re-point the Service"
-    assert service["spec"]["selector"].get("kubeloop.io/modeldeployment") == "victim"
-    assert [r["uid"] for r in service["metadata"]["ownerReferences"]] == [md_uid]
-    assert FIELD_MANAGER in fingerprint(service)["managers"]
+    taken = kube.get(kind, namespace, f"victim{suffix}")
+    assert serves_the_model(taken), f"the attack must take {kind} victim{suffix} over: {taken['spec']}"
+    assert [r["uid"] for r in taken["metadata"]["ownerReferences"]] == [md_uid]
+    assert FIELD_MANAGER in fingerprint(taken)["managers"]
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "victim")
-    # ... and deleting the ModelDeployment has the garbage collector delete the other app's Service.
-    wait_for(lambda: kube.get_or_none("Service", namespace, "victim") is None, timeout=90,
-             what="weakened: garbage collector deletes Service victim")
+    # ... and deleting the ModelDeployment has the garbage collector delete the other app's object.
+    wait_for(lambda: kube.get_or_none(kind, namespace, f"victim{suffix}") is None, timeout=90,
+             what=f"weakened: garbage collector deletes {kind} victim{suffix}")
 
     # --- (b) the real operator -------------------------------------------------------------------
-    create_victims(kube, namespace, "churn")
-    # Let the other app settle (its pods ready, its status written) before taking the fingerprint.
-    wait_for(lambda: (lambda d: (d.get("status") or {}).get("readyReplicas") == 1
-                      and d["status"].get("observedGeneration") == d["metadata"]["generation"])(
-        kube.get("Deployment", namespace, "churn-stable")), timeout=60, what="victim Deployment ready")
-    before = {kind: kube.get(kind, namespace, f"churn{suffix}") for kind, suffix in VICTIMS}
+    create_victim(kube, namespace, victim, f"churn{suffix}")
+    if kind == "Deployment":
+        # Let the other app settle (its pods ready, its status written) before the fingerprint.
+        wait_for(lambda: (lambda d: (d.get("status") or {}).get("readyReplicas") == 1
+                          and d["status"].get("observedGeneration") == d["metadata"]["generation"])(
+            kube.get("Deployment", namespace, "churn-stable")), timeout=60, what="victim Deployment ready")
+    before = kube.get(kind, namespace, f"churn{suffix}")
     operator = OperatorProcess(
         kubeconfig_path, namespace, tmp_path / "operator.log",
         env={"KUBELOOP_RUNTIME_IMAGE": RUNTIME_IMAGE, "KUBELOOP_ROLLOUT_TICK_SECONDS": "1"},
@@ -179,28 +212,28 @@ def test_modeldeployment_named_like_foreign_objects_takes_nothing_over(
 
         found = wait_for(degraded, timeout=60, what=f"ResourceConflict (operator log:\n{operator.log_tail()})")
         assert found["status"] == "True"
-        assert found["message"].startswith("Service churn already exists and it is not managed by ModelDeployment churn")
-        for kind, suffix in VICTIMS:
-            assert f"{kind} churn{suffix} already exists" in found["message"]
+        assert found["message"].startswith(
+            f"{kind} churn{suffix} already exists and it is not managed by ModelDeployment churn")
         status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "churn")["status"]
         assert status["phase"] == "Degraded"
         assert condition({"status": status}, "Ready")["reason"] == "ResourceConflict"
         events = [e for e in events_once(core, namespace, lambda found: any(e.reason == "ResourceConflict" for e in found),
                                          "the ResourceConflict Warning", name="churn")
                   if e.reason == "ResourceConflict"]
-        assert events and events[0].type == "Warning" and "Service churn" in events[0].message
+        assert events and events[0].type == "Warning" and f"{kind} churn{suffix}" in events[0].message
 
         # Several resyncs (2s) and rollout ticks later: nothing was written, no Event storm.
         time.sleep(8)
         assert operator.alive(), operator.log_tail()
-        for kind, suffix in VICTIMS:
-            after = kube.get(kind, namespace, f"churn{suffix}")
-            assert fingerprint(after) == fingerprint(before[kind]), f"{kind} churn{suffix} was modified"
-            assert FIELD_MANAGER not in fingerprint(after)["managers"]
-        assert kube.get("Service", namespace, "churn")["metadata"]["resourceVersion"] == \
-            before["Service"]["metadata"]["resourceVersion"]
-        for kind, name in (("Service", "churn-stable"), ("Service", "churn-canary"), ("Deployment", "churn-canary")):
-            assert kube.get_or_none(kind, namespace, name) is None, f"{kind} {name} must not be created"
+        after = kube.get(kind, namespace, f"churn{suffix}")
+        assert fingerprint(after) == fingerprint(before), f"{kind} churn{suffix} was modified"
+        assert FIELD_MANAGER not in fingerprint(after)["managers"]
+        if kind == "Service":  # a Deployment's and an autoscaler's status move on their own
+            assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        for child, child_suffix in CHILDREN:
+            if (child, child_suffix) != (kind, suffix):
+                assert kube.get_or_none(child, namespace, f"churn{child_suffix}") is None, \
+                    f"{child} churn{child_suffix} must not be created"
         events = [e for e in core.list_namespaced_event(namespace).items
                   if e.involved_object.name == "churn" and e.reason == "ResourceConflict"]
         assert len(events) == 1 and (events[0].count or 1) == 1
@@ -219,10 +252,9 @@ def test_modeldeployment_named_like_foreign_objects_takes_nothing_over(
         wait_for(lambda: not _exists(core, namespace, "witness"), timeout=90,
                  what="garbage collector deletes the witness")
         time.sleep(3)
-        for kind, suffix in VICTIMS:
-            after = kube.get(kind, namespace, f"churn{suffix}")
-            assert fingerprint(after) == fingerprint(before[kind]), f"{kind} churn{suffix} changed after deletion"
-        assert kube.get("Service", namespace, "churn")["spec"]["selector"] == {"app": "web"}
+        after = kube.get(kind, namespace, f"churn{suffix}")
+        assert fingerprint(after) == fingerprint(before), f"{kind} churn{suffix} changed after deletion"
+        assert not serves_the_model(after)
     finally:
         operator.stop()
 
