@@ -4,6 +4,8 @@ Given a real server started with KUBELOOP_SERVE_AUTH_TOKEN (from the environment
 ModelDeployment's secretKeyRef gives it) and --metrics-port, when clients call it with and
 without the token and on either port, then inference and feedback need the token (401 with
 WWW-Authenticate), health stays open, and /metrics is served on the metrics port alone.
+/metrics and /profile stay open without the token by design (Prometheus and the operator read
+them): what keeps other clients from them is the metrics port and a NetworkPolicy.
 """
 
 from __future__ import annotations
@@ -94,6 +96,36 @@ def test_metrics_are_served_on_the_metrics_port_alone(guarded: tuple[RunningServ
     assert httpx.get(metrics_url + "/profile").status_code == 200
     assert httpx.post(metrics_url + "/predict", json=ROW).status_code == 404
     assert httpx.get(metrics_url + "/v2/health/ready").status_code == 404
+
+
+@pytest.fixture(scope="module")
+def guarded_one_port(
+    model: StoredModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A token and no metrics port: every endpoint on the main port."""
+    with serving(
+        model, tmp_path_factory.mktemp("logs"), env={"KUBELOOP_SERVE_AUTH_TOKEN": TOKEN}
+    ) as server:
+        yield server
+
+
+def test_metrics_and_profile_stay_open_by_design_and_predict_does_not(
+    guarded: tuple[RunningServer, str], guarded_one_port: RunningServer
+) -> None:
+    """Not a boundary (docs/security.md, docs/serving.md): with auth on, /metrics (live traffic's
+    bin counts per feature) and /profile (the training data's reference bins and category
+    values) answer without a token, because Prometheus and the operator read them with none.
+    spec.server.metricsPort moves both to a port of their own, which the chart's
+    servingNetworkPolicy opens to Prometheus and the API server alone."""
+    server, metrics_url = guarded
+    for base in (guarded_one_port.url, metrics_url):
+        profile = httpx.get(base + "/profile")
+        assert profile.status_code == 200 and profile.json()["profile"]["features"], base
+        metrics = httpx.get(base + "/metrics")
+        assert metrics.status_code == 200 and "kubeloop_serve_feature_bin_total" in metrics.text
+    for url in (guarded_one_port.url, server.url):
+        assert httpx.post(url + "/predict", json=ROW).status_code == 401, url
+        assert httpx.get(url + "/v2/models/model").status_code == 200  # metadata: open
 
 
 def test_the_token_is_not_on_the_command_line(guarded: tuple[RunningServer, str]) -> None:
