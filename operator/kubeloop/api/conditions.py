@@ -67,6 +67,7 @@ class Reason(StrEnum):
     MODEL_NOT_READY = "ModelNotReady"
     MODEL_NOT_FOUND = "ModelNotFound"
     CHECKSUM_MISMATCH = "ChecksumMismatch"
+    MODEL_UNUSABLE = "ModelUnusable"
     REPLICAS_NOT_READY = "ReplicasNotReady"
     REPLICAS_READY = "ReplicasReady"
     HEALTHY = "Healthy"

@@ -22,6 +22,7 @@ tick, the resync; not kopf timers, which would put kopf's finalizer on every obj
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -54,12 +55,14 @@ from kubeloop.decide.modeldeployment import (
     analysis_plan,
     decide,
     refused,
+    tracks_to_inspect,
 )
 from kubeloop.registry import decide as registry_decide
 from kubeloop.registry.client import RegistryError
 from kubeloop.registry.decide import Resolution
 from kubeloop.resources.serving import (
     OWNER_LABEL,
+    TRACK_LABEL,
     ServingSettings,
     deployment_name,
     hpa_name,
@@ -232,6 +235,26 @@ class ModelDeploymentController:
         first = calls[0]()
         return [first, *(future.result() for future in futures)]
 
+    def with_server_pods(self, md: Mapping[str, Any], observed: Observed, now: datetime) -> Observed:
+        """``observed`` with the server pods of the tracks that have not been ready for a while
+        (:func:`tracks_to_inspect`): one LIST per such track, none on the healthy path. Their
+        container statuses say whether the server refused its model (ChecksumMismatch)."""
+        tracks = tracks_to_inspect(md, observed, now)
+        if not tracks:
+            return observed
+        namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
+
+        def pods_of(track: str) -> list[dict[str, Any]]:
+            try:
+                return self.kube.list("Pod", namespace, labels={OWNER_LABEL: name, TRACK_LABEL: track})
+            except Exception as error:
+                # Only a diagnosis: without it the condition says ReplicasNotReady, as before.
+                log.warning("cannot list the %s pods of %s/%s: %s", track, namespace, name, error)
+                return []
+
+        pods = self.all_at_once(*(lambda track=track: pods_of(track) for track in tracks))
+        return dataclasses.replace(observed, server_pods=dict(zip(tracks, pods, strict=True)))
+
     def _get_tolerant(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         # A cluster without the Gateway API or Istio CRDs answers 404 for the whole kind: for
         # the rollout that is the same as a missing object, which its status explains.
@@ -296,6 +319,7 @@ class ModelDeploymentController:
             said_missing: set[tuple[str, str]] = set()
             observed = self.own_children(self.observe(md, said_missing), owner)
             now = self.clock()
+            observed = self.with_server_pods(md, observed, now)
             plan = analysis_plan(md, observed, now)
             measurements = None
             if plan is not None:

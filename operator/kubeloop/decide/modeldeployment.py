@@ -67,6 +67,7 @@ from kubeloop.api.modeldeployment import (
 )
 from kubeloop.api.wire import InvalidResource, from_wire
 from kubeloop.decide.common import Event, parse_wire_time, set_wire_condition, wire_time
+from kubeloop.decide.server_pods import POD_CHECK_AFTER, ServerRefusal, server_refusal
 from kubeloop.registry.decide import REGISTRY_UNAVAILABLE, Resolution
 from kubeloop.resources.serving import (
     SHA_ANNOTATION,
@@ -119,6 +120,8 @@ class Observed:
     pdb: Mapping[str, Any] | None = None
     registry: Resolution | None = None
     """What ``spec.model.registry`` resolved to (:mod:`kubeloop.registry.decide`), if set."""
+    server_pods: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
+    """A track's server pods, read only for the tracks :func:`tracks_to_inspect` names."""
 
 
 @dataclass
@@ -286,6 +289,34 @@ def ready_replicas(deployment: Mapping[str, Any] | None, sha256: str) -> int:
     if int(status.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
         return 0
     return min(int(status.get("readyReplicas") or 0), int(status.get("updatedReplicas") or 0))
+
+
+def tracks_to_inspect(md: Mapping[str, Any], observed: Observed, now: datetime) -> list[str]:
+    """The tracks whose server pods the controller should read: those with pods asked for
+    that have not been ready for :data:`POD_CHECK_AFTER` (the track's Ready condition has
+    been False that long). Their container statuses say whether the server refused the model
+    (:mod:`kubeloop.decide.server_pods`). A healthy or just-starting track is not read."""
+    status = md.get("status") or {}
+    tracks = []
+    for track, deployment, condition_type in (
+        ("stable", observed.stable, ConditionType.STABLE_READY),
+        ("canary", observed.canary, ConditionType.CANARY_READY),
+    ):
+        model = _model_ref(status.get(track))
+        if model is None or deployment is None or (track == "canary" and not _rollout_active(status)):
+            continue
+        wanted = int((deployment.get("spec") or {}).get("replicas") or 0)
+        if wanted == 0 or ready_replicas(deployment, model.sha256) >= wanted:
+            continue
+        condition = _condition(status, condition_type) or {}
+        since = _time(condition.get("lastTransitionTime"))
+        if condition.get("status") == "False" and since is not None and now - since >= POD_CHECK_AFTER:
+            tracks.append(track)
+    return tracks
+
+
+def _refusal(observed: Observed, track: str, model: ModelRef) -> ServerRefusal | None:
+    return server_refusal(observed.server_pods.get(track) or (), model.sha256)
 
 
 def _time(text: Any) -> datetime | None:
@@ -535,7 +566,10 @@ def decide(
     if _rollout_active(r.status) and canary is not None and stable is not None:
         _unpause_shift(r, spec)
         _check_analysis(r, md, verdicts)
-        if _rollout_active(r.status):
+        # A route that cannot carry the weights (missing, or without our backends) holds the
+        # rollout where it is: no step advances and nothing is promoted (TrafficRoutingFailed).
+        routable = _route_error(md, observed, router, r.weight) is None
+        if _rollout_active(r.status) and routable:
             if not spec.get("paused") and not _paused_inconclusive(r.status):
                 _advance(r, md, observed, router, total, canary, stable)
             if r.step_index >= len(r.steps):
@@ -1024,21 +1058,32 @@ def _write_status(
     stable_ready = stable is not None and (
         ready_replicas(observed.stable, stable.sha256) >= 1 or total == 0
     )
+    # A server that refused its model (exit code and termination message of a pod, read only
+    # while the track is not ready): the reason says why; only a condition's message quotes
+    # what the pod wrote.
+    stable_refusal: ServerRefusal | None = None
+    canary_refusal: ServerRefusal | None = None
     if stable is None:
         r.condition(ConditionType.STABLE_READY, False, Reason.REPLICAS_NOT_READY, "no model is served yet")
     else:
         wanted = int(((observed.stable or {}).get("spec") or {}).get("replicas") or 0)
         all_ready = stable_ready and ready_replicas(observed.stable, stable.sha256) >= wanted
+        stable_refusal = None if all_ready else _refusal(observed, "stable", stable)
         r.condition(ConditionType.STABLE_READY, all_ready,
-                    Reason.REPLICAS_READY if all_ready else Reason.REPLICAS_NOT_READY,
-                    f"{stable.revision}: {status['readyReplicas']}/{wanted} ready")
+                    Reason.REPLICAS_READY if all_ready
+                    else stable_refusal.reason if stable_refusal else Reason.REPLICAS_NOT_READY,
+                    f"{stable.revision}: {status['readyReplicas']}/{wanted} ready"
+                    + (f"; {stable_refusal.detail()}" if stable_refusal else ""))
     if canary is not None and active:
         canary_ready = ready_replicas(observed.canary, canary.sha256)
         wanted = int((observed.canary or {}).get("spec", {}).get("replicas") or 0)
         ok = canary_ready >= 1 and canary_ready >= wanted
+        canary_refusal = None if ok else _refusal(observed, "canary", canary)
         r.condition(ConditionType.CANARY_READY, ok,
-                    Reason.REPLICAS_READY if ok else Reason.REPLICAS_NOT_READY,
-                    f"{canary.revision}: {canary_ready} ready")
+                    Reason.REPLICAS_READY if ok
+                    else canary_refusal.reason if canary_refusal else Reason.REPLICAS_NOT_READY,
+                    f"{canary.revision}: {canary_ready} ready"
+                    + (f"; {canary_refusal.detail()}" if canary_refusal else ""))
     elif _condition(status, ConditionType.CANARY_READY) is not None:
         r.condition(ConditionType.CANARY_READY, False, Reason.REPLICAS_NOT_READY, "no canary running")
 
@@ -1052,8 +1097,12 @@ def _write_status(
         _set_phase(r, phase, message, reason, warning=is_failure)
         return
     ready_message = f"serving {stable.revision if stable else '?'} ({status['readyReplicas']}/{total} ready)"
-    r.condition(ConditionType.READY, stable_ready,
-                Reason.HEALTHY if stable_ready else Reason.REPLICAS_NOT_READY, ready_message)
+    if stable_ready or stable_refusal is None:
+        r.condition(ConditionType.READY, stable_ready,
+                    Reason.HEALTHY if stable_ready else Reason.REPLICAS_NOT_READY, ready_message)
+    else:
+        r.condition(ConditionType.READY, False, stable_refusal.reason,
+                    f"{ready_message}; {stable_refusal.detail()}")
     if problem is not None:
         reason, message, is_failure = problem
         message = f"{message}; still {ready_message}"
@@ -1083,6 +1132,8 @@ def _write_status(
             message += f", shadow {status['shadowPercent']}%"
         if route_error:
             message += f"; {route_error}"
+        if canary_refusal is not None:
+            message += f"; canary {canary_refusal.short()}"
         if r.holding_for_analysis:
             message += "; waiting for a background analysis round to pass before promoting"
         paused_step = (
@@ -1090,7 +1141,12 @@ def _write_status(
             and r.steps[index].get("pause") is not None
             and not r.steps[index]["pause"].get("duration")
         )
-        if spec.get("paused"):
+        if route_error:
+            # The rollout waits where it is (no step advances, see _advance) until the route
+            # can carry the weights: the reason says so, whatever the step.
+            r.condition(ConditionType.PROGRESSING, False, REASON_TRAFFIC_ROUTING, message)
+            _set_phase(r, PROGRESSING, message, REASON_TRAFFIC_ROUTING)
+        elif spec.get("paused"):
             r.condition(ConditionType.PROGRESSING, "Unknown", Reason.PAUSED,
                         f"{message} (paused: spec.paused is true)")
             _set_phase(r, PAUSED, f"{message} (paused)", Reason.PAUSED)
@@ -1105,6 +1161,14 @@ def _write_status(
             r.condition(ConditionType.PROGRESSING, True, reason, message)
             _set_phase(r, PAUSED if paused_step else PROGRESSING, message, reason)
         r.condition(ConditionType.DEGRADED, False, Reason.ROLLOUT_STARTED, "rollout in progress")
+        return
+    if stable_refusal is not None:
+        # Kubernetes restarts the server, which refuses the same file again: a person must
+        # act (retrain, or pin the digest of the file they trust).
+        message = f"{ready_message}; {stable_refusal.short()}"
+        r.condition(ConditionType.PROGRESSING, False, stable_refusal.reason, message)
+        r.condition(ConditionType.DEGRADED, True, stable_refusal.reason, message)
+        _set_phase(r, DEGRADED, message, stable_refusal.reason, warning=True)
         return
     r.condition(ConditionType.DEGRADED, False, Reason.HEALTHY, ready_message)
     if stable_ready and deployment_rolled(observed.stable, stable.sha256 if stable else "", total):

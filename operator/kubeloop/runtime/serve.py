@@ -11,7 +11,9 @@ Shutdown (SIGTERM): readiness answers 503 at once, requests keep being served fo
 ``--shutdown-delay-seconds`` so load balancers stop sending, then the listener closes and
 in-flight requests (including queued batches) are answered before the process exits 0.
 
-Exit codes: 0 clean shutdown, 2 bad settings, 3 sha256 mismatch, 4 model unusable.
+Exit codes: 0 clean shutdown, 2 bad settings, 3 sha256 mismatch, 4 model unusable. On 3 and 4
+the reason (one line) is also written to the container's termination message
+(``--termination-log``, default /dev/termination-log when writable), where the operator reads it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from kubeloop.runtime import termination
+
 if TYPE_CHECKING:
     from kubeloop.serving.app import ServeApp
     from kubeloop.serving.model import ModelArtifact
@@ -41,6 +45,8 @@ log = logging.getLogger("kubeloop.serve")
 
 EXIT_OK = 0
 EXIT_BAD_SETTINGS = 2
+#: Most characters of a refusal written to the termination message (Kubernetes keeps 4096 bytes).
+MAX_REFUSAL_CHARS = 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,15 +98,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="always call the estimator's own predict (no direct forest/linear paths)",
     )
     add("--log-level", choices=["debug", "info", "warning", "error"])
+    add(
+        "--termination-log",
+        metavar="PATH",
+        help=f"where a refusal (exit 3 or 4) is written in one line (default: "
+        f"{termination.DEFAULT_PATH} when writable)",
+    )
     return parser
 
 
 def load_settings(argv: Sequence[str]) -> ServeSettings:
     """Settings from the command line, falling back to the environment."""
+    return _parse(argv)[0]
+
+
+def _parse(argv: Sequence[str]) -> tuple[ServeSettings, Path | None]:
+    """The settings, and where a refusal is reported (not a setting of the server itself)."""
     from kubeloop.serving.settings import ServeSettings
 
     given = vars(build_parser().parse_args(list(argv)))
-    return ServeSettings(**given)
+    flag = given.pop("termination_log", None)
+    return ServeSettings(**given), termination.resolve_path(flag)
+
+
+def write_refusal(path: Path | None, error: BaseException) -> None:
+    """The reason the server refuses its model, in one bounded line, for the operator."""
+    line = " ".join(str(error).split())[:MAX_REFUSAL_CHARS]
+    termination.write(path, line.encode(), "kubeloop serve")
 
 
 def _describe(error: ValidationError) -> str:
@@ -116,7 +140,7 @@ def _describe(error: ValidationError) -> str:
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``kubeloop serve``; returns the process exit code."""
     try:
-        settings = load_settings(argv)
+        settings, termination_log = _parse(argv)
     except ValidationError as exc:
         print(f"kubeloop serve: {_describe(exc)}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
@@ -137,6 +161,7 @@ def main(argv: Sequence[str]) -> int:
         )
     except ModelArtifactError as exc:
         log.error("refusing to serve: %s", exc)
+        write_refusal(termination_log, exc)
         return exc.exit_code
     _leave_out_unneeded(artifact.model_bytes)
     if settings.insecure_skip_verify:
@@ -152,8 +177,8 @@ def main(argv: Sequence[str]) -> int:
     box = [artifact]
     del artifact
     if settings.workers == 1:
-        return _serve_in_process(settings, box)
-    return _supervise(settings, box)
+        return _serve_in_process(settings, box, termination_log)
+    return _supervise(settings, box, termination_log)
 
 
 def _leave_out_never_served() -> None:
@@ -321,7 +346,9 @@ def _build_app(
     return ServeApp(build_state(settings, artifact, _version(), siblings))
 
 
-def _serve_in_process(settings: ServeSettings, box: list[ModelArtifact]) -> int:
+def _serve_in_process(
+    settings: ServeSettings, box: list[ModelArtifact], termination_log: Path | None = None
+) -> int:
     early = _EarlyStop()
     from kubeloop.serving.model import ModelArtifactError, trusted_types
 
@@ -333,6 +360,7 @@ def _serve_in_process(settings: ServeSettings, box: list[ModelArtifact]) -> int:
         del artifact  # the loaded model is all we need from here on
     except ModelArtifactError as exc:
         log.error("refusing to serve: %s", exc)
+        write_refusal(termination_log, exc)
         return exc.exit_code
     if early.signal is not None:
         log.info("stopped before serving (%s)", signal.Signals(early.signal).name)
@@ -349,7 +377,12 @@ def _serve_in_process(settings: ServeSettings, box: list[ModelArtifact]) -> int:
 
 
 def _worker_main(
-    env: dict[str, str], index: int, sockets_dir: str, workers: int, log_level: str
+    env: dict[str, str],
+    index: int,
+    sockets_dir: str,
+    workers: int,
+    log_level: str,
+    termination_log: str | None = None,
 ) -> None:
     """Body of one worker process (spawned, so it starts from a clean interpreter)."""
     early = _EarlyStop()
@@ -373,6 +406,7 @@ def _worker_main(
         del artifact
     except ModelArtifactError as exc:
         log.error("worker %d refusing to serve: %s", index, exc)
+        write_refusal(Path(termination_log) if termination_log else None, exc)
         sys.exit(exc.exit_code)
     if early.signal is not None:
         log.info("worker %d stopped before serving (%s)", index, signal.Signals(early.signal).name)
@@ -401,7 +435,9 @@ def _stage(artifact: ModelArtifact, directory: Path) -> tuple[str, str | None]:
     return str(model_path), str(profile_path) if profile_path else None
 
 
-def _supervise(settings: ServeSettings, box: list[ModelArtifact]) -> int:
+def _supervise(
+    settings: ServeSettings, box: list[ModelArtifact], termination_log: Path | None = None
+) -> int:
     """Stage the verified artifact, run N workers, forward signals, restart crashed workers.
 
     This process never loads the model (nor scikit-learn): workers do, and a worker that
@@ -437,7 +473,10 @@ def _supervise(settings: ServeSettings, box: list[ModelArtifact]) -> int:
     def start(index: int) -> Any:
         process = context.Process(
             target=_worker_main,
-            args=(env, index, str(workdir), settings.workers, settings.log_level),
+            args=(
+                env, index, str(workdir), settings.workers, settings.log_level,
+                str(termination_log) if termination_log else None,
+            ),
             name=f"kubeloop-serve-worker-{index}",
         )
         process.start()
