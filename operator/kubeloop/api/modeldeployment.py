@@ -177,7 +177,9 @@ class ServerAuth(KubeModel):
     secret_ref: SecretReference
     """A Secret in this namespace holding the token. The server container reads it as an
     environment variable from the Secret (``secretKeyRef``): the token is never in the pod
-    spec. Clients send ``Authorization: Bearer <token>``; health endpoints stay open."""
+    spec. Clients send ``Authorization: Bearer <token>``. Health, metadata, /metrics and
+    /profile stay open (the operator and Prometheus read them): put them on ``metricsPort``
+    behind the chart's ``servingNetworkPolicy``."""
     key: Annotated[str, StringConstraints(min_length=1, max_length=253)] = "token"
     """The Secret's key holding the token."""
 
