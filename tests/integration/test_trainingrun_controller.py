@@ -142,6 +142,34 @@ def test_validation_failure_ends_the_run_with_its_reason(kube_api: Any, namespac
     assert "rows" in status["message"]
 
 
+def test_a_refused_data_source_fails_the_run_at_once_with_the_trainers_reason(
+    kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    core, custom, batch = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api), client.BatchV1Api(kube_api)
+    # Given a run whose data source is the machine's own files, which the real trainer refuses
+    run = trainingrun("cancer-etc", backoffLimit=3, data={"source": "file:///etc/passwd", "format": "csv", "target": "target"})
+    message, code = run_trainer_locally(run, tmp_path / "trainer")
+    assert code == 4, message
+    assert json.loads(message)["reason"] == "SpecInvalid"
+
+    # When its pod ends with the trainer's exit code and termination message
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, run)
+    pod = wait_for(lambda: next(iter(trainer_pods(core, namespace, "cancer-etc")), None), 60, what="trainer pod")
+    play_kubelet_terminate(core, namespace, pod, message, code)
+
+    # Then the Job fails on that one pod (podFailurePolicy: no retry can help), and the run says why
+    wait_for(lambda: run_phase(custom, namespace, "cancer-etc") == "Failed", 60, what="run Failed")
+    status = get_run(custom, namespace, "cancer-etc")["status"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], status["lastFailure"]["reason"]) == ("False", "SpecInvalid", "SpecInvalid")
+    assert "spec.data.source" in ready["message"] and "(exit code 4)" in ready["message"]
+    job = batch.list_namespaced_job(namespace, label_selector="kubeloop.io/trainingrun=cancer-etc").items[0]
+    failed = next(c for c in job.status.conditions if c.type == "Failed" and c.status == "True")
+    assert failed.reason == "PodFailurePolicy"
+    time.sleep(2)  # a retry would have its pod by now
+    assert len(trainer_pods(core, namespace, "cancer-etc")) == 1
+
+
 def test_sweep_of_six_yields_six_trials_and_the_best(kube_api: Any, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
     core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
     run = trainingrun("cancer-sweep", sweep={"grid": {"C": [0.001, 0.1, 10.0], "fit_intercept": [True, False]}, "parallelism": 6})

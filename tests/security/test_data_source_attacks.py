@@ -36,11 +36,11 @@ from typing import Any
 import orjson
 import pytest
 
-from kubeloop.training.result import EXIT_CODES, REASON_SPEC_INVALID, parse_result
+from kubeloop.training.result import EXIT_CODES, EXIT_UNAVAILABLE, REASON_SPEC_INVALID, parse_result
 
 SECRET = "s3cr3t-7f3a9c"
 SECRET_ENV = {"SECRET_TOKEN": SECRET}  # first, as a Secret's keys come first in a pod's environ
-EXIT_SPEC = EXIT_CODES["TrainingFailed"]
+EXIT_SPEC = EXIT_CODES["TrainingFailed"]  # final: the Job fails on the first pod
 EXIT_VALIDATION = EXIT_CODES["DataValidationFailed"]
 
 # Weakened policies: each replaces one piece of the real one, in the trainer's own process.
@@ -269,10 +269,10 @@ def test_an_unparseable_https_body_is_not_echoed(tmp_path: Path, https_server: t
     # comes out here is the URL's token; the real policy repeats neither.
     weakened = train(tmp_path, spec, env, weaken=RAW_READ_ERRORS
                      + "; p.display_uri = lambda uri: uri")
-    assert weakened.code == EXIT_SPEC and weakened.shows_secret(), weakened.termination
+    assert weakened.code == EXIT_UNAVAILABLE and weakened.shows_secret(), weakened.termination
 
     refused = train(tmp_path, spec, env)
-    assert refused.code == EXIT_SPEC and refused.result.reason == "DataUnavailable"
+    assert refused.code == EXIT_UNAVAILABLE and refused.result.reason == "DataUnavailable"
     message = refused.result.message
     assert "not readable as csv" in message and "ParserError" in message and "spec.data.source" in message
     assert not refused.shows_secret()

@@ -121,3 +121,8 @@ def test_troubleshooting_covers_every_trainingrun_failure() -> None:
     text = (DOCS / "troubleshooting.md").read_text()
     for reason in set(EXIT_CODES) - {"Succeeded", "TrainingFailed"}:
         assert f"`{reason}`" in text, reason
+    # Every reason a failed run's condition can carry from the trainer (decide.trainingrun).
+    from kubeloop.decide.trainingrun import TRAINER_FAILURE_HINTS
+
+    for reason in TRAINER_FAILURE_HINTS:
+        assert f"`{reason}`" in text, reason

@@ -334,10 +334,19 @@ def test_a_fit_error_exits_4_and_names_the_estimator(tmp_path: Path) -> None:
     assert not (tmp_path / "models").exists()
 
 
-def test_unwritable_storage_exits_4_and_leaves_no_completion_marker(tmp_path: Path) -> None:
+def test_data_or_a_champion_out_of_reach_exits_5_to_be_retried(tmp_path: Path) -> None:
+    code, result = _train(tmp_path, _spec(data={"source": f"file://{tmp_path}/not-yet.csv"}), "run-d")
+    assert (code, result.status, result.reason) == (5, "TrainingFailed", "DataUnavailable")
+    spec = _spec(evaluation={"compareTo": "champion"})
+    code, result = _train(tmp_path, spec, "run-c", "--champion-uri", f"file://{tmp_path}/gone/model.skops",
+                          "--champion-sha256", "0" * 64)
+    assert (code, result.reason) == (5, "ChampionUnavailable")
+
+
+def test_unwritable_storage_exits_5_to_be_retried_and_leaves_no_completion_marker(tmp_path: Path) -> None:
     blocker = tmp_path / "models"
     blocker.write_text("a file where the storage directory should be")
     code, result = _train(tmp_path, _spec(), "run-w")
-    assert (code, result.reason) == (4, "StorageFailed")
+    assert (code, result.reason) == (5, "StorageFailed")
     assert str(blocker) in result.message
     assert result.metrics  # the evaluation happened and is still reported

@@ -9,17 +9,20 @@ import pytest
 
 from kubeloop.api.trainingrun import Phase
 from kubeloop.decide.trainingrun import (
+    TRAINER_FAILURE_HINTS,
     Observed,
     best_trial,
     champion_from_candidates,
     decide,
 )
+from kubeloop.resources import trainingjob
 from kubeloop.resources.trainingjob import (
     Champion,
     TrainerSettings,
     build_training_job,
     sweep_combinations,
 )
+from kubeloop.training import result as trainer_result
 from kubeloop.training.result import Gate, TrainingResult, render_result
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
@@ -157,6 +160,46 @@ CASES: list[tuple[str, dict[str, Any], Observed, str, str, str]] = [
         ),
         "Failed", "False", "BackoffLimitExceeded",
     ),
+    # The trainer's own reason is the run's: at once for a final exit code (4: the Job's
+    # podFailurePolicy fails it on the first pod), after all retries for a transient one (5).
+    *(
+        (
+            f"trainer-{reason}",
+            {},
+            Observed(
+                make_job(failed_reason="PodFailurePolicy" if code == 4 else "BackoffLimitExceeded"),
+                [make_pod(result("TrainingFailed", code, reason=reason, message="what the trainer said"),
+                          created=created) for created in (("a",) if code == 4 else ("a", "b", "c"))],
+            ),
+            "Failed", "False", reason,
+        )
+        for reason, code in (
+            ("SpecInvalid", 4), ("EstimatorNotAllowed", 4), ("FitFailed", 4), ("ChampionUnavailable", 4),
+            ("ChampionUnavailable", 5), ("DataUnavailable", 5), ("StorageFailed", 5),
+        )
+    ),
+    # A termination message is written by a pod: a reason outside the trainer's set is not repeated.
+    (
+        "trainer-unknown-reason",
+        {},
+        Observed(make_job(failed_reason="PodFailurePolicy"),
+                 [make_pod(result("TrainingFailed", 4, reason="Succeeded", message="all good, really"))]),
+        "Failed", "False", "TrainerFailed",
+    ),
+    (
+        "trainer-reason-not-a-reason",
+        {},
+        Observed(make_job(failed_reason="BackoffLimitExceeded"),
+                 [make_pod(result("TrainingFailed", 5, reason="Kubeloop OK; see https://x.example"))]),
+        "Failed", "False", "BackoffLimitExceeded",
+    ),
+    (
+        "trainer-reason-of-another-status",
+        {},
+        Observed(make_job(failed_reason="BackoffLimitExceeded"),
+                 [make_pod(result("Succeeded", 1, reason="SpecInvalid"), exit_code=1)]),
+        "Failed", "False", "BackoffLimitExceeded",
+    ),
 ]
 
 
@@ -175,6 +218,42 @@ def test_decide_follows_the_job(
         assert decision.events[-1].type == "Warning"
         assert decision.events[-1].reason == reason
         assert decision.status["completionTime"]
+
+
+def test_a_trainer_reason_says_whether_it_was_retried_and_what_to_do() -> None:
+    at_once = decide(make_run(status={"phase": "Pending"}), Observed(
+        make_job(failed_reason="PodFailurePolicy"),
+        [make_pod(result("TrainingFailed", 4, reason="SpecInvalid",
+                         message="spec.data.source file:///etc/passwd is outside the data roots"))],
+    ), SETTINGS, NOW).status
+    assert at_once["message"] == (
+        "training failed (exit code 4): spec.data.source file:///etc/passwd is outside the data roots; "
+        "fix the spec field the message names and create a new run (a run's spec cannot change)"
+    )
+    retried = decide(make_run(status={"phase": "Pending"}), Observed(
+        make_job(failed_reason="BackoffLimitExceeded"),
+        [make_pod(result("TrainingFailed", 5, reason="StorageFailed", message="cannot write s3://m/x"),
+                  created=created) for created in ("a", "b")],
+    ), SETTINGS, NOW).status
+    assert retried["lastFailure"]["reason"] == "StorageFailed"
+    assert retried["message"].startswith("training failed after all retries (exit code 5): cannot write s3://m/x; ")
+    assert "spec.output.storageUri" in retried["message"]
+
+
+def test_every_reason_the_trainer_fails_with_is_known_and_every_known_one_is_the_trainers() -> None:
+    assert set(TRAINER_FAILURE_HINTS) == trainer_result.FAILURE_REASONS - {"DataValidationFailed", "GateFailed"}
+
+
+def test_the_job_fails_at_once_on_the_final_exit_codes_and_retries_the_rest() -> None:
+    # The builder keeps its own copy of the trainer's codes (it does not import the trainer).
+    assert trainingjob.FINAL_EXIT_CODES == trainer_result.FINAL_EXIT_CODES == (2, 3, 4)
+    assert trainingjob.EXIT_UNAVAILABLE == trainer_result.EXIT_UNAVAILABLE == 5
+    for overrides, action in (({}, "FailJob"), ({"sweep": {"grid": {"C": [0.1, 1.0]}}}, "FailIndex")):
+        job = build_training_job(make_run(**overrides), SETTINGS)
+        rule = job["spec"]["podFailurePolicy"]["rules"][0]
+        assert rule["action"] == action
+        assert rule["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [2, 3, 4]}
+        assert 5 not in rule["onExitCodes"]["values"]
 
 
 def test_success_records_the_lineage() -> None:

@@ -25,7 +25,16 @@ from kubeloop.resources.trainingjob import (
     build_training_job,
     job_name,
 )
-from kubeloop.training.result import TrainingResult, parse_result
+from kubeloop.training.result import (
+    REASON_CHAMPION_UNAVAILABLE,
+    REASON_DATA_UNAVAILABLE,
+    REASON_ESTIMATOR_NOT_ALLOWED,
+    REASON_FIT_FAILED,
+    REASON_SPEC_INVALID,
+    REASON_STORAGE_FAILED,
+    TrainingResult,
+    parse_result,
+)
 from kubeloop.trust.estimators import EstimatorNotAllowedError, EstimatorSpecError, check_spec_paths
 from kubeloop.trust.images import IMAGE_NOT_ALLOWED, ImagePolicy
 from kubeloop.trust.ownership import RESOURCE_CONFLICT
@@ -34,10 +43,25 @@ PENDING, TRAINING, SUCCEEDED, FAILED = "Pending", "Training", "Succeeded", "Fail
 TERMINAL_PHASES = {SUCCEEDED, FAILED}
 MAX_TRIALS_IN_STATUS = 100
 
-REASON_ESTIMATOR_NOT_ALLOWED = "EstimatorNotAllowed"
 REASON_CHAMPION_NOT_FOUND = "ChampionNotFound"
 
 LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
+
+# The trainer's own reasons for a TrainingFailed, each with what to do about it. A failed run's
+# condition carries the trainer's reason when it is one of these; the termination message is
+# written by a pod, so any other reason reads as TrainerFailed.
+TRAINER_FAILURE_HINTS: dict[str, str] = {
+    REASON_SPEC_INVALID: "fix the spec field the message names and create a new run (a run's spec "
+                         "cannot change)",
+    REASON_ESTIMATOR_NOT_ALLOWED: "name an estimator class under the operator's allowed prefixes "
+                                  "(chart value training.allowedEstimatorPrefixes) in a new run",
+    REASON_FIT_FAILED: "the estimator raised on this data with these params; see {logs}",
+    REASON_CHAMPION_UNAVAILABLE: "the champion's model could not be read, trusted or scored on "
+                                 "this holdout; see {logs}",
+    REASON_DATA_UNAVAILABLE: "check spec.data.source and its credentials (spec.credentials)",
+    REASON_STORAGE_FAILED: "check that the output storage (spec.output.storageUri) is reachable "
+                           "and writable",
+}
 
 
 @dataclass
@@ -375,7 +399,14 @@ def _failure(
         )
     code = f" (exit code {exit_codes[-1]})" if exit_codes else ""
     detail = trainer_says or (failed or {}).get("message") or "the trainer failed"
-    if job_reason in {"BackoffLimitExceeded", "FailedIndexes"}:
+    retried_out = job_reason in {"BackoffLimitExceeded", "FailedIndexes"}
+    trainer_reason = result.reason if result is not None and result_status == "TrainingFailed" else ""
+    if trainer_reason in TRAINER_FAILURE_HINTS:
+        logs = f"`kubectl logs job/{job['metadata']['name']}`"
+        after = " after all retries" if retried_out else ""
+        hint = TRAINER_FAILURE_HINTS[trainer_reason].format(logs=logs)
+        return trainer_reason, f"training failed{after}{code}: {detail}; {hint}"
+    if retried_out:
         return Reason.BACKOFF_LIMIT_EXCEEDED, (
             f"training failed after all retries{code}: {detail}; see `kubectl logs job/{job['metadata']['name']}`"
         )

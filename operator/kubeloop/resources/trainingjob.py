@@ -20,10 +20,15 @@ TRAINING_COMPONENT = "training"
 SCRATCH_DIR = "/tmp"
 RUNTIME_UID = 10001
 
-# Exit codes of `kubeloop train` that no retry can fix (the data or the gate said no).
-EXIT_DATA_VALIDATION = 2
-EXIT_GATE = 3
-EXIT_TRAINING = 4
+# Exit codes of `kubeloop train` (kubeloop.training.result, which this builder does not import;
+# a unit test holds the two together). 2, 3 and 4 are final: the same spec on the same data
+# gives the same answer, so the Job fails on the first such pod instead of retrying it
+# backoffLimit times. 5 (data or storage out of reach) and crashes are retried.
+EXIT_DATA_VALIDATION = 2  # a validation rule failed: the data says no
+EXIT_GATE = 3  # the model missed its gate: a retrain on the same data misses it again
+EXIT_TRAINING = 4  # spec invalid or refused by policy, the fit raised, the champion is unusable
+EXIT_UNAVAILABLE = 5  # data, storage or the champion's storage could not be reached: retried
+FINAL_EXIT_CODES = (EXIT_DATA_VALIDATION, EXIT_GATE, EXIT_TRAINING)
 
 
 @dataclass(frozen=True)
@@ -218,7 +223,7 @@ def build_training_job(
         "backoffLimit": spec.get("backoffLimit", 2),
         "ttlSecondsAfterFinished": spec.get("ttlSecondsAfterFinished", settings.job_ttl_seconds),
         "template": {"metadata": {"labels": {**dict(settings.pod_labels), **labels}}, "spec": pod_spec},
-        # A data or gate failure is final: retrying the same data cannot change the answer.
+        # A validation, gate or spec failure is final: retrying cannot change the answer.
         "podFailurePolicy": {
             "rules": [
                 {
@@ -226,7 +231,7 @@ def build_training_job(
                     "onExitCodes": {
                         "containerName": TRAINER_CONTAINER,
                         "operator": "In",
-                        "values": [EXIT_DATA_VALIDATION, EXIT_GATE],
+                        "values": list(FINAL_EXIT_CODES),
                     },
                 },
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},

@@ -6,7 +6,8 @@ Reads the spec (``--spec FILE`` or env ``KUBELOOP_TRAININGRUN_SPEC`` holding JSO
 evaluates, writes ``<storageUri>/<model>/<run>/{model.skops,model.sha256,profile.json,
 report.json}``, prints a summary to stdout and the compact JSON result to the termination
 message path. Exit codes: 0 Succeeded, 2 DataValidationFailed, 3 GateFailed,
-4 TrainingFailed, 64 command-line usage error (see :mod:`kubeloop.training.result`).
+4 TrainingFailed (final: a retry gives the same answer), 5 TrainingFailed that a retry may fix
+(data or storage out of reach), 64 command-line usage error (see :mod:`kubeloop.training.result`).
 
 Sweep trial mode: with ``JOB_COMPLETION_INDEX`` set (an Indexed Job) and a ``spec.sweep``
 grid, the run trains only that combination and writes under ``.../trials/<index>/``.

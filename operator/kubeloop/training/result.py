@@ -13,9 +13,19 @@ code  status                 meaning
 0     Succeeded              artifact written, every gate passed
 2     DataValidationFailed   the data broke a validation rule; nothing was written
 3     GateFailed             artifact written as a record, but a gate refused it
-4     TrainingFailed         anything else (spec, estimator refused, data unreadable,
-                             fit error, champion unusable, storage error); see ``reason``
+4     TrainingFailed         the run cannot succeed as written: ``SpecInvalid`` (a data
+                             source refused by policy included), ``EstimatorNotAllowed``,
+                             ``FitFailed``, ``ChampionUnavailable`` (the champion is
+                             corrupt, untrusted or cannot score this holdout)
+5     TrainingFailed         something the run needs could not be reached:
+                             ``DataUnavailable``, ``StorageFailed``,
+                             ``ChampionUnavailable`` (its storage); a retry may succeed
 ====  =====================  =========================================================
+
+Codes 2, 3 and 4 are final (:data:`FINAL_EXIT_CODES`: the training Job's ``podFailurePolicy``
+fails the Job on them, so a refused spec costs one pod); 5, and a crash (1, or 137 when the
+kernel kills the pod for memory), are retried up to the run's ``backoffLimit``. ``reason`` is
+one of :data:`FAILURE_REASONS`; the operator repeats it as the run's condition reason.
 """
 
 from __future__ import annotations
@@ -36,6 +46,10 @@ EXIT_CODES: dict[str, int] = {
     "GateFailed": 3,
     "TrainingFailed": 4,
 }
+EXIT_UNAVAILABLE = 5
+"""A TrainingFailed that a retry may fix: storage or data could not be reached (see above)."""
+FINAL_EXIT_CODES = (EXIT_CODES["DataValidationFailed"], EXIT_CODES["GateFailed"], EXIT_CODES["TrainingFailed"])
+"""Exit codes no retry can change: the same spec on the same data gives the same answer."""
 
 # Finer reasons inside TrainingFailed, as CamelCase constants for conditions and events.
 REASON_SUCCEEDED = "Succeeded"
@@ -47,6 +61,19 @@ REASON_DATA_UNAVAILABLE = "DataUnavailable"
 REASON_CHAMPION_UNAVAILABLE = "ChampionUnavailable"
 REASON_FIT_FAILED = "FitFailed"
 REASON_STORAGE_FAILED = "StorageFailed"
+
+FAILURE_REASONS = frozenset({
+    REASON_VALIDATION_FAILED,
+    REASON_GATE_FAILED,
+    REASON_SPEC_INVALID,
+    REASON_ESTIMATOR_NOT_ALLOWED,
+    REASON_DATA_UNAVAILABLE,
+    REASON_CHAMPION_UNAVAILABLE,
+    REASON_FIT_FAILED,
+    REASON_STORAGE_FAILED,
+})
+"""Every reason a failed trainer writes. A termination message is written by a pod, so a
+reader repeats a reason only when it is one of these."""
 
 
 class _Wire(BaseModel):

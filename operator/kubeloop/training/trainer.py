@@ -25,6 +25,7 @@ import orjson
 from kubeloop.training import artifacts
 from kubeloop.training.result import (
     EXIT_CODES,
+    EXIT_UNAVAILABLE,
     REASON_CHAMPION_UNAVAILABLE,
     REASON_DATA_UNAVAILABLE,
     REASON_ESTIMATOR_NOT_ALLOWED,
@@ -138,12 +139,20 @@ def run_training(request: TrainingRequest) -> TrainingOutcome:
 
 
 def _failed(
-    request: TrainingRequest, status: Status, reason: str, message: str, **fields: Any
+    request: TrainingRequest,
+    status: Status,
+    reason: str,
+    message: str,
+    *,
+    retryable: bool = False,
+    **fields: Any,
 ) -> _Stop:
+    """The run's failure; ``retryable`` when something it needs could not be reached (exit
+    EXIT_UNAVAILABLE, retried by the Job), else its status's final exit code."""
     return _Stop(
         TrainingResult(
             status=status,
-            exit_code=EXIT_CODES[status],
+            exit_code=EXIT_UNAVAILABLE if retryable else EXIT_CODES[status],
             reason=reason,
             message=message,
             trial=request.trial_index,
@@ -215,7 +224,8 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             ) from None
         except data.DataError as exc:
             raise _failed(
-                request, "TrainingFailed", REASON_DATA_UNAVAILABLE, str(exc), params=params
+                request, "TrainingFailed", REASON_DATA_UNAVAILABLE, str(exc), params=params,
+                retryable=True,  # missing, unreachable or unreadable now; may be there later
             ) from None
     frame = loaded.frame
     with _timed(timings, "validate"):
@@ -477,6 +487,7 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             params=params,
             data_fingerprint=data_fingerprint,
             metrics=metrics,
+            retryable=True,  # the storage may answer on the next try
         ) from None
     return TrainingOutcome(result=result, report=report, model=model, timings=timings)
 
@@ -506,11 +517,17 @@ def _champion_metrics(
         features = x_test if names is None else x_test[[str(n) for n in names]]
         predictions = evaluate.predict(champion, features, task, need_probabilities=True)
         return evaluate.compute_metrics(task, y_test.to_numpy(), predictions)
-    except (
-        artifacts.ArtifactIntegrityError,
-        artifacts.UntrustedArtifactError,
-        artifacts.StorageError,
-    ) as exc:
+    except artifacts.StorageError as exc:  # unreachable now: a retry may read it
+        raise _failed(
+            request,
+            "TrainingFailed",
+            REASON_CHAMPION_UNAVAILABLE,
+            str(exc),
+            params=params,
+            data_fingerprint=data_fingerprint,
+            retryable=True,
+        ) from None
+    except (artifacts.ArtifactIntegrityError, artifacts.UntrustedArtifactError) as exc:
         raise _failed(
             request,
             "TrainingFailed",
