@@ -40,7 +40,13 @@ TABLE: list[tuple[str, tuple[str, ...], bool, str]] = [
     ("sklearn.linear_model.LogisticRegression", SKLEARN, False,
      "re-exported: really sklearn.linear_model._logistic.LogisticRegression"),
     # classes under the package that are not estimators
-    ("sklearn.utils._bunch.Bunch", SKLEARN, False, "not a scikit-learn estimator"),
+    ("sklearn.cluster._bisect_k_means._BisectingTree", SKLEARN, False,
+     "not a scikit-learn estimator"),
+    # beside the vetted distance metrics and kernels: the ones that hold a Python callable
+    ("sklearn.metrics._dist_metrics.PyFuncDistance64", SKLEARN, False,
+     "not a scikit-learn estimator"),
+    ("sklearn.gaussian_process.kernels.PairwiseKernel", SKLEARN, False,
+     "not a scikit-learn estimator"),
     # names that are not there
     ("sklearn.no_such_module.Thing", SKLEARN, False, "cannot be imported"),
     ("sklearn.linear_model._logistic.NoSuchEstimator", SKLEARN, False, "has no NoSuchEstimator"),

@@ -21,7 +21,14 @@ the object it names is, before anything is called:
 * public and concrete: not named with a leading underscore, not abstract, with a ``fit``
   method (``sklearn.base.BaseEstimator`` itself has none), and not one of
   scikit-learn's test helpers (modules ``tests``, ``_testing``, ``_mocking``), which exist to
-  check the library and take callables as parameters.
+  check the library and take callables as parameters;
+* not one of :data:`UNLOADABLE_ESTIMATORS`: classes whose fitted model holds types the model
+  server will not load (:mod:`kubeloop.trust.model_types`), or that skops cannot write at
+  all. A run with one would train, end Succeeded and leave a model no ModelDeployment could
+  serve and no champion comparison could read; refusing the class says so before any Job.
+  Which types a fitted model holds can also depend on its params, so the trainer loads every
+  artifact it wrote with the server's own loader before it reports success
+  (``training.trainer``).
 
 A parameter value written as ``{estimator: <path>, params: {...}}`` is an estimator too (a
 Pipeline's steps, a ColumnTransformer's transformers, a meta-estimator's base estimator), and
@@ -52,6 +59,53 @@ NESTED_ESTIMATOR_KEYS = frozenset({"estimator", "params"})
 TEST_HELPER_MODULES = frozenset({"tests", "_testing", "_mocking"})
 """Module names whose classes are scikit-learn's own test doubles, never a model to train."""
 
+
+def _holds(types: str) -> str:
+    return f"its fitted model holds types the model server will not load: {types}"
+
+
+_SCORE_FUNC = _holds(
+    "the function sklearn.feature_selection._univariate_selection.f_classif (score_func)"
+)
+_SEARCH = _holds(
+    "scorer objects and CV splitters (sklearn.metrics._scorer._PassthroughScorer, "
+    "sklearn.model_selection._split.KFold/StratifiedKFold); spec.sweep searches a parameter "
+    "grid instead and keeps the best trial"
+)
+UNLOADABLE_ESTIMATORS: dict[str, str] = {
+    # real name -> why: the types its fitted model holds that kubeloop.trust.model_types
+    # refuses (functions, or objects that hold callables or are not vetted), or that skops
+    # cannot write it at all. tests/security/test_trainer_models_load.py fits every class this
+    # module admits and checks both ways: the rest load, and these really do not.
+    "sklearn.cluster._birch.Birch": "skops cannot write its fitted model at all (Birch's tree "
+    "of subclusters)",
+    "sklearn.cluster._bisect_k_means.BisectingKMeans": _holds(
+        "sklearn.cluster._bisect_k_means._BisectingTree and the function "
+        "sklearn.cluster._kmeans._kmeans_single_lloyd"
+    ),
+    "sklearn.cluster._agglomerative.FeatureAgglomeration": _holds(
+        "the function numpy.mean (pooling_func)"
+    ),
+    "sklearn.feature_selection._univariate_selection.GenericUnivariateSelect": _SCORE_FUNC,
+    "sklearn.feature_selection._univariate_selection.SelectFdr": _SCORE_FUNC,
+    "sklearn.feature_selection._univariate_selection.SelectFpr": _SCORE_FUNC,
+    "sklearn.feature_selection._univariate_selection.SelectFwe": _SCORE_FUNC,
+    "sklearn.feature_selection._univariate_selection.SelectKBest": _SCORE_FUNC,
+    "sklearn.feature_selection._univariate_selection.SelectPercentile": _SCORE_FUNC,
+    "sklearn.preprocessing._polynomial.SplineTransformer": _holds(
+        "scipy.interpolate._bsplines.BSpline and the function "
+        "scipy._lib.array_api_compat.numpy._aliases.asarray"
+    ),
+    "sklearn.model_selection._search.GridSearchCV": _SEARCH,
+    "sklearn.model_selection._search.RandomizedSearchCV": _SEARCH,
+    "sklearn.model_selection._search_successive_halving.HalvingGridSearchCV": _SEARCH,
+    "sklearn.model_selection._search_successive_halving.HalvingRandomSearchCV": _SEARCH,
+    "sklearn.model_selection._classification_threshold.TunedThresholdClassifierCV": _holds(
+        "scorer objects (sklearn.metrics._scorer._CurveScorer) and metric functions"
+    ),
+}
+"""Estimator classes refused because the model server could not load what they fit."""
+
 _FIX = (
     "name a scikit-learn estimator class (a subclass of sklearn.base.BaseEstimator), e.g. "
     "sklearn.ensemble.RandomForestClassifier, and write nested estimators explicitly as "
@@ -61,6 +115,10 @@ _FIX = (
 
 class EstimatorNotAllowedError(ValueError):
     """The path names something Kubeloop will not call; the message names the field and the fix."""
+
+
+class EstimatorModelNotLoadableError(EstimatorNotAllowedError):
+    """The class is one of :data:`UNLOADABLE_ESTIMATORS`: no server could load its model."""
 
 
 class EstimatorSpecError(ValueError):
@@ -130,6 +188,13 @@ def resolve_class(path: str, prefixes: Sequence[str], field: str = "spec.model.e
     if problem is not None:
         raise EstimatorNotAllowedError(f"{field} {path!r} is not allowed: {problem}; " + _FIX)
     assert isinstance(found, type)
+    real_name = f"{found.__module__}.{found.__qualname__}"
+    why = UNLOADABLE_ESTIMATORS.get(real_name)
+    if why is not None:
+        raise EstimatorModelNotLoadableError(
+            f"{field} {path!r} is not allowed: {why}; no ModelDeployment could serve what the "
+            "run trains, nor a later run compare against it; choose another estimator"
+        )
     return found
 
 

@@ -57,6 +57,65 @@ VETTED_TYPES: dict[str, str] = {
     "by a fitted MLPClassifier/MLPRegressor (solver='sgd')",
     "collections.OrderedDict": "the best scores and evaluation results a fitted LightGBM "
     "wrapper keeps (a dict that remembers order; building one runs no user code)",
+    # The types below are held by models the trainer fits from estimators the estimator policy
+    # admits (kubeloop.trust.estimators); without them a run would end Succeeded with a model
+    # no server loads. Each was admitted after reading how skops rebuilds it: never through a
+    # constructor or reduce function the file names, only ``cls.__new__(cls)`` and then the
+    # class's own ``__setstate__`` or ``__dict__.update`` (ObjectNode), ``cls()`` and item
+    # assignment (DictNode), ``cls(*values)`` for a namedtuple (TupleNode), or not at all
+    # (SparseMatrixNode); every value inside is a node judged on its own. None of these
+    # classes' ``__new__``/``__setstate__`` calls anything it was given, so loading one calls
+    # no callable of the file's choosing. As for ``Tree``, the Cython classes' index arrays are
+    # taken as they are: what stops a tampered file is the sha256 pinned in the TrainingRun's
+    # status and checked before any of this, not this list.
+    "sklearn.utils._bunch.Bunch": "the named sub-estimators of a fitted VotingClassifier/"
+    "Regressor and StackingClassifier/Regressor (named_estimators_): a dict subclass that skops "
+    "rebuilds as Bunch() and then item by item",
+    "sklearn.calibration._CalibratedClassifier": "one calibrated fold of a fitted "
+    "CalibratedClassifierCV: a plain object (no __setstate__) holding a fitted estimator, its "
+    "calibrators and classes, rebuilt by __new__ and __dict__.update",
+    # GaussianProcessClassifier/Regressor keep their fitted kernel (kernel_). A spec can only
+    # give them the default kernel, ConstantKernel * RBF: kernels are not estimators, so
+    # {estimator: ...} cannot name one, and params are JSON. So only these three are listed;
+    # PairwiseKernel (whose metric may be a callable) and the others are not.
+    "sklearn.gaussian_process.kernels.ConstantKernel": "part of the default kernel of a fitted "
+    "GaussianProcessClassifier/Regressor: a plain object of numbers (no __setstate__)",
+    "sklearn.gaussian_process.kernels.RBF": "part of the default kernel of a fitted "
+    "GaussianProcessClassifier/Regressor: a plain object of numbers (no __setstate__)",
+    "sklearn.gaussian_process.kernels.Product": "the default kernel of a fitted "
+    "GaussianProcessClassifier/Regressor (ConstantKernel * RBF): a plain object holding its "
+    "two factors (no __setstate__)",
+    "sklearn.impute._iterative._ImputerTriplet": "one step of a fitted IterativeImputer's "
+    "imputation_sequence_: a namedtuple of two indices and an estimator, which skops rebuilds by "
+    "calling the namedtuple class on its three values (tuple.__new__)",
+    "scipy.sparse._csr.csr_matrix": "the sparse components_ of a fitted SparseRandomProjection "
+    "(and SpectralEmbedding's affinity_matrix_). skops does not call the class the file names: "
+    "its SparseMatrixNode reads the entry with scipy.sparse.load_npz, which uses "
+    "numpy.load(allow_pickle=False) and builds only scipy's sparse classes from arrays",
+    "sklearn._loss.loss.HalfTweedieLoss": "the loss of a fitted TweedieRegressor (log link): "
+    "a plain object like the losses skops trusts itself (its Cython part is a skops LossNode)",
+    "sklearn._loss.loss.HalfTweedieLossIdentity": "the loss of a fitted TweedieRegressor "
+    "(identity link, the default): a plain object like the losses skops trusts itself",
+    # KNeighbors*, RadiusNeighbors*, NearestNeighbors, KernelDensity, LocalOutlierFactor,
+    # Isomap... keep a KD or ball tree (algorithm auto, kd_tree or ball_tree; brute keeps
+    # none). BinaryTree.__setstate__ assigns typed arrays and numbers and a distance metric
+    # that Cython checks is a DistanceMetric64; DistanceMetric64.__setstate__ assigns p, vec
+    # and mat.
+    "sklearn.neighbors._kd_tree.KDTree": "the neighbour index of a fitted nearest-neighbours "
+    "model (a Cython class rebuilt from arrays by its own __setstate__)",
+    "sklearn.neighbors._ball_tree.BallTree": "the neighbour index of a fitted "
+    "nearest-neighbours model (a Cython class rebuilt from arrays by its own __setstate__)",
+    **{
+        f"sklearn.metrics._dist_metrics.{metric}Distance64": "the distance metric of a KD or "
+        "ball tree (a Cython class rebuilt from p and two arrays by its own __setstate__)"
+        # Every metric a spec's `metric: <name>` can select. Not PyFuncDistance64: it holds
+        # a Python callable and calls it on every distance.
+        for metric in (
+            "BrayCurtis Canberra Chebyshev Dice Euclidean Hamming Haversine Jaccard Kulsinski "
+            "Mahalanobis Manhattan Matching Minkowski RogersTanimoto RussellRao SEuclidean "
+            "SokalMichener SokalSneath"
+        ).split()
+    },
 }
 
 
