@@ -381,6 +381,19 @@ def test_sweep_picks_the_best_trial_and_lists_all() -> None:
     assert "best of 6 trials" in decision.status["message"]
 
 
+def test_a_failed_sweep_says_why_its_trial_failed() -> None:
+    pods = [
+        make_pod(result(accuracy=0.93, trial=0), index=0),
+        make_pod(result("TrainingFailed", 4, trial=1, reason="FitFailed",
+                        message="fitting sklearn.svm.SVC failed: ValueError: gamma"), index=1),
+    ]
+    decision = decide(make_run(status={"phase": "Training"}, sweep=SWEEP),
+                      Observed(make_job(failed_reason="FailedIndexes", completions=2), pods), SETTINGS, NOW)
+    assert decision.status["phase"] == "Failed"
+    assert decision.status["lastFailure"]["reason"] == "FitFailed"
+    assert decision.status["message"].startswith("training failed (exit code 4): fitting sklearn.svm.SVC")
+
+
 @pytest.mark.parametrize(
     ("metric", "values", "best"),
     [

@@ -26,6 +26,7 @@ from kubeloop.resources.trainingjob import (
     job_name,
 )
 from kubeloop.training.result import (
+    EXIT_UNAVAILABLE,
     REASON_CHAMPION_UNAVAILABLE,
     REASON_DATA_UNAVAILABLE,
     REASON_ESTIMATOR_NOT_ALLOWED,
@@ -366,7 +367,10 @@ def decide(
             warning=True,
         )
     else:
-        reason, message = _failure(existing_job, failed, result, observed.pods)
+        # A sweep fails by its failed trials: the first one's result says why (a run without a
+        # sweep has one result, the same).
+        failing = next((r for _, r in sorted(results.items()) if r.status != "Succeeded"), result)
+        reason, message = _failure(existing_job, failed, failing, observed.pods)
         transition(FAILED, "False", reason, message, warning=True)
     status["conditions"] = conditions
     return Decision(status=status, events=events)
@@ -403,7 +407,7 @@ def _failure(
     trainer_reason = result.reason if result is not None and result_status == "TrainingFailed" else ""
     if trainer_reason in TRAINER_FAILURE_HINTS:
         logs = f"`kubectl logs job/{job['metadata']['name']}`"
-        after = " after all retries" if retried_out else ""
+        after = " after all retries" if retried_out and result is not None and result.exit_code == EXIT_UNAVAILABLE else ""
         hint = TRAINER_FAILURE_HINTS[trainer_reason].format(logs=logs)
         return trainer_reason, f"training failed{after}{code}: {detail}; {hint}"
     if retried_out:
