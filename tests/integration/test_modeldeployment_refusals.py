@@ -2,12 +2,13 @@
 
 * A stable server pod that refuses its model: the ModelDeployment's Ready condition says
   ChecksumMismatch, names the pod and quotes the server.
-* A rollout whose HTTPRoute is missing: Progressing says TrafficRoutingFailed and the rollout
-  holds until the route exists, then goes on.
+* A rollout whose HTTPRoute is missing, or whose weights the API server refuses to write (a
+  ValidatingAdmissionPolicy freezes the route): Progressing says TrafficRoutingFailed and the
+  rollout holds until the route exists / the policy is gone, then goes on.
 
 Real here: the API server, kube-controller-manager (Deployment -> ReplicaSet -> pod, and the
-Deployment's readyReplicas), the ``kubeloop operator`` process, the upstream HTTPRoute CRD,
-and ``kubeloop serve`` run as a process on a real (tampered) model file, whose exit code and
+Deployment's readyReplicas), the ``kubeloop operator`` process, the upstream HTTPRoute CRD, the
+admission policy's refusal, and ``kubeloop serve`` run as a process on a real (tampered) model file, whose exit code and
 termination message are what the pod's status carries. Played: kwok's fake kubelet makes the
 pods Running and Ready; the test then writes the server container's crash into the pod's status
 (what a kubelet writes after the container exited and is waiting to restart), since no kubelet
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 from harness import OperatorProcess, free_port, wait_for
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from test_modeldeployment import (  # noqa: F401 - the fixture, used by name
     GROUP,
@@ -194,3 +196,93 @@ def test_a_rollout_whose_http_route_is_missing_says_traffic_routing_failed_and_w
     status = wait_status(cluster, "50% and paused", lambda s: s.get("currentStep") == 1 and s.get("canaryWeight") == 50)
     assert condition(status, "Progressing")["reason"] == "Paused"
     assert cluster.route_weights("churn-route") == [50, 50]
+
+
+def frozen_routes_policy(namespace: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ValidatingAdmissionPolicy (and its binding, for this namespace only) that refuses every
+    change of an HTTPRoute: the API server refuses the operator's write of the weights."""
+    name = f"frozen-routes-{namespace}"[:63]
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": ["gateway.networking.k8s.io"], "apiVersions": ["*"],
+                "operations": ["UPDATE"], "resources": ["httproutes"],
+            }]},
+            "validations": [{"expression": "false", "message": "routes in this namespace are frozen"}],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
+        },
+    }
+    return policy, binding
+
+
+@pytest.mark.usefixtures("gateway_api_crds")
+def test_a_rollout_whose_route_weights_the_api_server_refuses_says_traffic_routing_failed(
+    kube_api: Any, namespace: str, rollout_operator: OperatorProcess
+) -> None:
+    cluster = Cluster(kube_api, namespace)
+    admission = client.AdmissionregistrationV1Api(kube_api)
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "churn", "namespace": namespace},
+        "spec": {"parentRefs": [{"name": "public-gateway"}], "rules": [{"backendRefs": [
+            {"name": "churn-stable", "port": 8080, "weight": 100},
+            {"name": "churn-canary", "port": 8080, "weight": 0},
+        ]}]},
+    }
+    cluster.custom.create_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes", route)
+    steps = [{"setWeight": 50}, {"pause": {}}]
+    md = modeldeployment(steps, routing={"gatewayAPI": {"httpRoute": "churn"}}, replicas=2)
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, md)
+    wait_status(cluster, "Healthy on model A", lambda s: s.get("phase") == "Healthy")
+
+    # Given an admission policy that refuses every change of the route
+    policy, binding = frozen_routes_policy(namespace)
+    admission.create_validating_admission_policy(policy)
+    admission.create_validating_admission_policy_binding(binding)
+    try:
+        def refused() -> bool:
+            try:
+                cluster.custom.patch_namespaced_custom_object(
+                    "gateway.networking.k8s.io", "v1", namespace, "httproutes", "churn",
+                    {"metadata": {"labels": {"probe": str(time.monotonic_ns())}}})
+                return False
+            except ApiException as error:
+                return error.status in (403, 422)
+
+        wait_for(refused, timeout=30, what="the policy in force")
+
+        # When a new model rolls out
+        cluster.patch_md("churn", {"spec": {"model": model(SHA_B)}})
+
+        # Then Progressing says TrafficRoutingFailed with the API server's answer, and holds
+        status = wait_status(cluster, "TrafficRoutingFailed",
+                             lambda s: condition(s, "Progressing").get("reason") == "TrafficRoutingFailed")
+        message = condition(status, "Progressing")["message"]
+        assert "HTTPRoute 'churn': the API server refused the new weights" in message
+        assert "routes in this namespace are frozen" in message
+        time.sleep(3)  # ticks of the rollout (1 s)
+        status = cluster.status("churn")
+        assert status["currentStep"] == 0 and status["canaryWeight"] == 0
+        assert cluster.route_weights("churn") == [100, 0]
+    finally:
+        admission.delete_validating_admission_policy_binding(binding["metadata"]["name"])
+        admission.delete_validating_admission_policy(policy["metadata"]["name"])
+
+    # When the policy is gone, the weights are written and the rollout goes on
+    status = wait_status(cluster, "50% and paused", lambda s: s.get("currentStep") == 1 and s.get("canaryWeight") == 50)
+    assert condition(status, "Progressing")["reason"] == "Paused"
+    assert cluster.route_weights("churn") == [50, 50]

@@ -169,12 +169,14 @@ class PodWorld(World):
         super().__init__(md)
         self.pods: dict[str, list[dict[str, Any]]] = {"stable": [], "canary": []}
         self.reads: list[str] = []
+        self.route_refused: str | None = None
 
     def observed(self) -> Observed:
         seen = super().observed()
         tracks = tracks_to_inspect(self.md, seen, self.now)
         self.reads.extend(tracks)
-        return Observed(**{**seen.__dict__, "server_pods": {t: copy.deepcopy(self.pods[t]) for t in tracks}})
+        return Observed(**{**seen.__dict__, "route_refused": self.route_refused,
+                           "server_pods": {t: copy.deepcopy(self.pods[t]) for t in tracks}})
 
     def not_ready(self, track: str) -> None:
         deployment = self.deployments[f"churn-{track}"]
@@ -326,3 +328,24 @@ def test_a_route_that_cannot_carry_the_weights_holds_the_rollout_as_traffic_rout
     world.run(5)
     assert world.status["stable"]["sha256"] == SHA_B, world.status
     assert world.condition("Progressing")["reason"] == "Healthy"
+
+
+def test_a_route_whose_weights_the_api_server_refused_holds_the_rollout_too() -> None:
+    """The controller decides again with the refusal it got from its write of the weights."""
+    steps = [{"setWeight": 20}, {"pause": {}}]
+    world = PodWorld(modeldeployment(steps, rollout={
+        "steps": steps, "trafficRouting": {"gatewayAPI": {"httpRoute": "churn"}}}))
+    world.route = copy.deepcopy(ROUTE)
+    world.run()
+    world.route_refused = "HTTPRoute 'churn': the API server refused the new weights (422: frozen)"
+    world.change_spec(model=model(SHA_B))
+    world.run()
+    progressing = world.condition("Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "TrafficRoutingFailed")
+    assert world.route_refused in progressing["message"]
+    assert world.status["currentStep"] == 0 and world.status["canaryWeight"] == 0
+    assert "StepAdvanced" not in world.event_reasons()
+    world.route_refused = None
+    world.run()
+    assert world.status["currentStep"] == 1 and world.status["canaryWeight"] == 20
+    assert world.condition("Progressing")["reason"] == "Paused"

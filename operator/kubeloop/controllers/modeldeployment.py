@@ -34,6 +34,7 @@ from typing import Any, TypeVar, cast
 
 import kopf
 import orjson
+from kubernetes.client.exceptions import ApiException
 
 from kubeloop import API_GROUP, API_VERSION
 from kubeloop.analysis.base import AnalysisTarget, Measurement
@@ -332,7 +333,14 @@ class ModelDeploymentController:
             if problems:
                 # Nothing is written: a colliding object is never modified, scaled or deleted.
                 decision = refused(md, now, ownership.RESOURCE_CONFLICT, "; ".join(problems))
-            self.apply(md, observed, decision, current)
+            refused_route = self.apply(md, observed, decision, current)
+            if refused_route is not None:
+                # The weights were not written: decide again knowing it, so the status holds the
+                # rollout where it was and says TrafficRoutingFailed (no step, weight or Event
+                # of the first decision is recorded).
+                observed = dataclasses.replace(observed, route_refused=refused_route)
+                decision = decide(md, observed, self.settings, now, measurements)
+                self.apply(md, observed, decision, current, write_route=False)
             self.sync_registry(md, observed, decision)
             old_status = md.get("status") or {}
             patch = status_patch(old_status, decision.status)
@@ -446,22 +454,37 @@ class ModelDeploymentController:
         observed: Observed,
         decision: Decision,
         current: Mapping[tuple[str, str], dict[str, Any] | None],
-    ) -> None:
-        """Write the decision; ``current``: the targets as the ownership check read them."""
+        write_route: bool = True,
+    ) -> str | None:
+        """Write the decision; ``current``: the targets as the ownership check read them.
+        Returns why the API server refused the route's weights (a 4xx other than a conflict:
+        the route is gone, or a policy or validation refuses the change), else None; a 5xx or
+        429 is raised (kopf and the wake-up lane retry)."""
         namespace = md["metadata"]["namespace"]
+        refused: str | None = None
 
         def apply_one(obj: dict[str, Any]) -> None:
             self._apply(obj, current.get((obj["kind"], obj["metadata"]["name"])))
 
         self.all_at_once(*(lambda service=service: apply_one(service) for service in decision.services))
         route = decision.route
-        if route is not None and route.patch is not None:
+        if write_route and route is not None and route.patch is not None:
             try:
                 self.kube.patch(route.kind, namespace, route.name, route.patch)
             except Conflict:
                 # Someone edited the route since we read it: retry on the fresh object soon.
                 log.info("%s %s/%s changed under us; retrying", route.kind, namespace, route.name)
                 self.wake_up(namespace, md["metadata"]["name"], 1.0)
+            except (NotFound, ApiException) as error:
+                code = 404 if isinstance(error, NotFound) else int(error.status or 0)
+                if code >= 500 or code in (0, 429):
+                    raise
+                said = " ".join(str(error.reason if isinstance(error, ApiException) else error).split())
+                refused = (
+                    f"{route.kind} {route.name!r}: the API server refused the new weights "
+                    f"({code}: {said[:300]})"
+                )
+                log.warning("%s/%s: %s", namespace, md["metadata"]["name"], refused)
         for deployment in decision.deployments:
             apply_one(deployment)
         for name in decision.scale_to_zero:
@@ -475,6 +498,7 @@ class ModelDeploymentController:
             apply_one(decision.pdb)
         if decision.delete_pdb is not None:
             self.kube.delete("PodDisruptionBudget", namespace, decision.delete_pdb)
+        return refused
 
     # --- MLflow registry (issue 17; docs/mlflow.md) -------------------------------------------
 

@@ -122,6 +122,9 @@ class Observed:
     """What ``spec.model.registry`` resolved to (:mod:`kubeloop.registry.decide`), if set."""
     server_pods: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     """A track's server pods, read only for the tracks :func:`tracks_to_inspect` names."""
+    route_refused: str | None = None
+    """Why the API server refused this reconcile's write of the route's weights, if it did
+    (the controller then decides again with it: the rollout holds as TrafficRoutingFailed)."""
 
 
 @dataclass
@@ -942,6 +945,8 @@ def _route_error(md: Mapping[str, Any], observed: Observed, router: Any, weight:
     """Why the router cannot put ``weight`` on its object, if it cannot."""
     if router.object_kind is None:
         return None
+    if observed.route_refused:
+        return observed.route_refused
     patch: WeightPatch = router.weight_patch(observed.route, _backends(md), weight)
     return patch.error
 
@@ -1025,7 +1030,7 @@ def _desired_children(
         decision.delete_pdb = pdb_name(name)
     if router.object_kind is not None:
         decision.route = router.weight_patch(observed.route, _backends(md), weight)
-        r.router_error = decision.route.error
+        r.router_error = observed.route_refused or decision.route.error
 
 
 def _write_status(
