@@ -16,6 +16,12 @@ unloadable (``UNLOADABLE_ESTIMATORS``) is refused with the field named, and its 
 cannot be written or loaded, so the refusal list cannot go stale unnoticed. A class the trainer
 cannot fit on a one-target table at all is in :data:`CANNOT_FIT` with the reason, and its fits
 really fail.
+
+And the second guard, for what params decide (a ``metric``, a ``scoring``): the trainer loads
+what it wrote with the server's loader before it reports success. Against a deliberately
+narrowed model-type policy, a run whose model holds a type that policy refuses fails, names the
+type and writes no report; against the real policy the same run succeeds. A model skops cannot
+write at all fails the run the same way instead of crashing the trainer.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ import pkgutil
 import warnings
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+import orjson
 import pytest
 from threadpoolctl import threadpool_limits
 
@@ -36,9 +44,11 @@ from kubeloop.trust.skops_io import skops_io
 
 skops_io()  # as the runtimes import it: skops then trusts no estimator by itself
 
+from kubeloop.runtime.train import main as train_main  # noqa: E402
 from kubeloop.training import estimators as trainer_estimators  # noqa: E402
-from kubeloop.training.artifacts import dump_model  # noqa: E402
+from kubeloop.training.artifacts import REPORT_FILE, dump_model  # noqa: E402
 from kubeloop.training.data import load_table  # noqa: E402
+from kubeloop.training.result import parse_result  # noqa: E402
 from kubeloop.trust import estimators as trust_estimators  # noqa: E402
 from kubeloop.trust import model_types  # noqa: E402
 from kubeloop.trust.estimators import (  # noqa: E402
@@ -212,7 +222,8 @@ def fitted_models(path: str) -> tuple[list[bytes | BaseException], list[str]]:
     params = PARAMS.get(path, {})
     written: list[bytes | BaseException] = []
     fit_failures = []
-    with patch.dict(trust_estimators.UNLOADABLE_ESTIMATORS, clear=True):
+    with patch.dict(trust_estimators.UNLOADABLE_ESTIMATORS, clear=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated classes say so when built
         estimator_class = trainer_estimators.check_spec(path, params, DEFAULT_ALLOWED_PREFIXES)
         models = {
             table: trainer_estimators.build_estimator(path, params, DEFAULT_ALLOWED_PREFIXES)
@@ -294,3 +305,60 @@ def test_what_the_trainer_stores_the_server_loads_or_the_policy_refuses_up_front
         assert isinstance(payload, bytes), f"{path}: the trainer cannot write it: {payload!r}"
         model = model_types.load_trusted(payload)  # raises, naming the types, if refused
         assert type(model).__name__ == path.rpartition(".")[2]
+
+
+# --- the trainer's own check, for what params decide ------------------------------------------
+
+
+def _train(tmp_path: Path, run: str, estimator: str, params: dict[str, Any]) -> tuple[int, Any]:
+    spec = {
+        "model": {"name": "iris", "estimator": estimator, "params": params,
+                  "task": "classification"},
+        "data": {"source": "sklearn://iris", "split": {"testFraction": 0.3, "seed": 11}},
+        "evaluation": {"metric": "accuracy"},
+    }  # fmt: skip
+    spec_file = tmp_path / f"{run}.json"
+    spec_file.write_bytes(orjson.dumps(spec))
+    termination = tmp_path / f"{run}.termination"
+    code = train_main(
+        ["--spec", str(spec_file), "--run-name", run, "--storage-uri",
+         f"file://{tmp_path}/models", "--termination-log", str(termination), "--quiet"],
+        env={},
+    )  # fmt: skip
+    return code, parse_result(termination.read_bytes())
+
+
+def test_the_trainer_fails_a_run_whose_model_the_server_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    estimator, params = "sklearn.neighbors.KNeighborsClassifier", {"metric": "manhattan"}
+    # Weakened (narrowed): the server's policy without the KD tree's distance metric.
+    narrowed = dict(model_types.VETTED_TYPES)
+    del narrowed["sklearn.metrics._dist_metrics.ManhattanDistance64"]
+    with monkeypatch.context() as patch:
+        patch.setattr(model_types, "VETTED_TYPES", narrowed)
+        code, result = _train(tmp_path, "narrowed", estimator, params)
+    assert (code, result.status, result.reason) == (4, "TrainingFailed", "EstimatorNotAllowed")
+    assert "sklearn.metrics._dist_metrics.ManhattanDistance64" in result.message
+    assert "the model server will not load" in result.message
+    assert result.uri is None and result.sha256 is None
+    assert not list((tmp_path / "models").rglob(REPORT_FILE))  # no finished run left behind
+
+    # The real policy: the same run succeeds, and its model loads.
+    code, result = _train(tmp_path, "real", estimator, params)
+    assert (code, result.status) == (0, "Succeeded"), result.message
+    assert result.uri is not None
+    model_types.load_trusted(Path(result.uri.removeprefix("file://")).read_bytes())
+
+
+def test_a_model_skops_cannot_write_fails_the_run_instead_of_crashing_the_trainer(
+    tmp_path: Path,
+) -> None:
+    # With early stopping on a named scoring, the fitted model holds a scorer that holds the
+    # model's own bound method: skops recurses until Python gives up.
+    params = {"early_stopping": True, "scoring": "accuracy", "max_iter": 5}
+    code, result = _train(tmp_path, "scorer", "sklearn.ensemble.HistGradientBoostingClassifier",
+                          params)  # fmt: skip
+    assert (code, result.status, result.reason) == (4, "TrainingFailed", "EstimatorNotAllowed")
+    assert "cannot be stored: skops cannot write its fitted model (RecursionError" in result.message
+    assert not list((tmp_path / "models").rglob(REPORT_FILE))

@@ -1,9 +1,10 @@
 """One training run from spec to stored artifacts: the sequence, and nothing but the sequence.
 
 load → validate → fingerprint → split → fit → evaluate (and the champion, on the same
-holdout) → gates → profile → serialise → write (report.json last). Each step is a function
-of the modules beside this one; this module strings them together, times them, and turns
-every way a run can end into one :class:`~kubeloop.training.result.TrainingResult`.
+holdout) → gates → profile → serialise → verify (load it back with the model server's own
+loader) → write (report.json last). Each step is a function of the modules beside this one;
+this module strings them together, times them, and turns every way a run can end into one
+:class:`~kubeloop.training.result.TrainingResult`.
 """
 
 from __future__ import annotations
@@ -357,8 +358,10 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
         )
         profile_bytes = profile.to_json_bytes()
     with _timed(timings, "serialise"):
-        model_bytes = artifacts.dump_model(model, columns.features)
+        model_bytes = _dump(request, model, columns.features, params, data_fingerprint)
         model_sha256 = artifacts.sha256_hex(model_bytes)
+    with _timed(timings, "verify"):
+        _check_the_server_loads(request, model_bytes, params, data_fingerprint)
 
     model_uri = artifacts.join_uri(root, artifacts.MODEL_FILE)
     profile_uri = artifacts.join_uri(root, artifacts.PROFILE_FILE)
@@ -490,6 +493,64 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             retryable=True,  # the storage may answer on the next try
         ) from None
     return TrainingOutcome(result=result, report=report, model=model, timings=timings)
+
+
+def _dump(
+    request: TrainingRequest,
+    model: Any,
+    features: list[str],
+    params: dict[str, Any],
+    data_fingerprint: str,
+) -> bytes:
+    """``model.skops``; a model skops cannot write fails the run instead of crashing it."""
+    try:
+        return artifacts.dump_model(model, features)
+    except Exception as exc:  # skops refuses some fitted objects, or recurses without end
+        raise _failed(
+            request,
+            "TrainingFailed",
+            REASON_ESTIMATOR_NOT_ALLOWED,
+            f"spec.model.estimator {request.spec.model.estimator!r} with these "
+            f"spec.model.params cannot be stored: skops cannot write its fitted model "
+            f"({type(exc).__name__}: {str(exc)[:300]}); choose other params or another "
+            "estimator. Nothing was written",
+            params=params,
+            data_fingerprint=data_fingerprint,
+        ) from None
+
+
+def _check_the_server_loads(
+    request: TrainingRequest, model_bytes: bytes, params: dict[str, Any], data_fingerprint: str
+) -> None:
+    """Load ``model.skops`` exactly as ``kubeloop serve`` will, before anything is written.
+
+    The estimator policy refuses the classes whose models no server loads
+    (``kubeloop.trust.estimators.UNLOADABLE_ESTIMATORS``), but which types a fitted model holds
+    can also depend on its params (a ``metric``, a ``scoring``). Without this check such a run
+    would end Succeeded, and its model would then stop every server and champion comparison.
+    """
+    from kubeloop.trust import model_types
+
+    try:
+        model_types.load_trusted(model_bytes)  # the server's own loader and type policy
+    except model_types.UntrustedModelTypesError as exc:
+        refused = "; ".join(f"{name} ({why})" for name, why in exc.refused)
+        problem = f"its fitted model holds types the model server will not load: {refused}"
+    except Exception as exc:  # whatever stops the server's loader stops the server
+        problem = f"the model server cannot load its fitted model ({type(exc).__name__}: {exc})"
+    else:
+        return
+    raise _failed(
+        request,
+        "TrainingFailed",
+        REASON_ESTIMATOR_NOT_ALLOWED,
+        f"spec.model.estimator {request.spec.model.estimator!r} with these spec.model.params "
+        f"is not allowed: {problem}. No ModelDeployment could serve it, so nothing was "
+        "written; change the params that chose those types (e.g. a metric or a scoring) or "
+        "choose another estimator",
+        params=params,
+        data_fingerprint=data_fingerprint,
+    )
 
 
 def _champion_metrics(

@@ -44,6 +44,15 @@ from kubeloop.trust.boosters import BOOSTER_PACKAGES, BOOSTER_TYPES
 
 DEFAULT_ESTIMATOR_PACKAGES: tuple[str, ...] = ("sklearn",)
 
+# The DistanceMetric64 subclasses a fitted model's KD or ball tree may hold: one per metric name
+# a spec may write (`metric: manhattan`). Not PyFuncDistance64: it holds a Python callable and
+# calls it on every distance.
+_DISTANCE_METRICS = (
+    "BrayCurtis", "Canberra", "Chebyshev", "Dice", "Euclidean", "Hamming", "Haversine",
+    "Jaccard", "Kulsinski", "Mahalanobis", "Manhattan", "Matching", "Minkowski",
+    "RogersTanimoto", "RussellRao", "SEuclidean", "SokalMichener", "SokalSneath",
+)  # fmt: skip
+
 VETTED_TYPES: dict[str, str] = {
     "numpy.dtype": "the dtype of a fitted array attribute (e.g. a forest's classes_); "
     "constructing a dtype runs no user code",
@@ -108,13 +117,7 @@ VETTED_TYPES: dict[str, str] = {
     **{
         f"sklearn.metrics._dist_metrics.{metric}Distance64": "the distance metric of a KD or "
         "ball tree (a Cython class rebuilt from p and two arrays by its own __setstate__)"
-        # Every metric a spec's `metric: <name>` can select. Not PyFuncDistance64: it holds
-        # a Python callable and calls it on every distance.
-        for metric in (
-            "BrayCurtis Canberra Chebyshev Dice Euclidean Hamming Haversine Jaccard Kulsinski "
-            "Mahalanobis Manhattan Matching Minkowski RogersTanimoto RussellRao SEuclidean "
-            "SokalMichener SokalSneath"
-        ).split()
+        for metric in _DISTANCE_METRICS
     },
 }
 
