@@ -295,6 +295,11 @@ def test_what_the_trainer_stores_the_server_loads_or_the_policy_refuses_up_front
         assert refusal is not None
         assert "spec.model.params.steps[0][1].estimator" in str(refusal)
         assert UNLOADABLE_ESTIMATORS[path] in str(refusal)
+        # ...and by the operator, before it creates a Job
+        assert trust_estimators.spec_refusal(
+            "sklearn.pipeline.Pipeline", {"steps": [["model", _est(path)]]},
+            DEFAULT_ALLOWED_PREFIXES,
+        ) == str(refusal)  # fmt: skip
         for payload in written:
             if isinstance(payload, bytes):
                 with pytest.raises(model_types.UntrustedModelTypesError):
