@@ -4,7 +4,8 @@
 Given a supported estimator configuration (forests, gradient boosting, histogram gradient
 boosting, linear models, a user Pipeline, the trainer's own one-hot ColumnTransformer for
 explicit categorical columns and for inferred text columns with missing values, MLPs with both
-optimisers, regressors), when `kubeloop train` writes model.skops, then
+optimisers, regressors, nearest neighbours over a KD and a ball tree, a Gaussian process, a
+calibrated classifier, voting and stacking ensembles), when `kubeloop train` writes model.skops, then
 ``kubeloop.trust.model_types.load_trusted`` loads it and the loaded model scores the holdout
 exactly as the run reported; a fresh interpreter that imports skops the way the runtimes do
 (skops then trusts no estimator itself) loads every one of them too; two of them are also served by a real `kubeloop serve` process
@@ -75,6 +76,30 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], str, str, dict[str, Any]]] = {
                                 "sklearn://diabetes", {}),
     "hist_gradient_boosting_regressor": ("sklearn.ensemble.HistGradientBoostingRegressor",
                                          {"max_iter": 10}, "regression", "sklearn://diabetes", {}),
+    # the models an audit found the server refusing (KD/ball trees and distance metrics, GP
+    # kernels, calibrated folds, the Bunch of named members); every admitted class is checked
+    # in test_every_admitted_estimator_loads.py, these go all the way through `kubeloop train`
+    "k_neighbors": ("sklearn.neighbors.KNeighborsClassifier", {"n_neighbors": 5},
+                    "classification", "sklearn://iris", {}),
+    "k_neighbors_ball_tree": ("sklearn.neighbors.KNeighborsRegressor",
+                              {"algorithm": "ball_tree", "metric": "manhattan"}, "regression",
+                              "sklearn://diabetes", {}),
+    "gaussian_process": ("sklearn.gaussian_process.GaussianProcessClassifier", {},
+                         "classification", "sklearn://iris", {}),
+    "calibrated": ("sklearn.calibration.CalibratedClassifierCV",
+                   {"estimator": _est("sklearn.linear_model.LogisticRegression", max_iter=1000),
+                    "cv": 3}, "classification", "sklearn://breast_cancer", {}),
+    "voting": ("sklearn.ensemble.VotingClassifier",
+               {"estimators": [["lr", _est("sklearn.linear_model.LogisticRegression",
+                                           max_iter=1000)],
+                               ["tree", _est("sklearn.tree.DecisionTreeClassifier",
+                                             max_depth=3)]]},
+               "classification", "sklearn://wine", {}),
+    "stacking": ("sklearn.ensemble.StackingRegressor",
+                 {"estimators": [["ridge", _est("sklearn.linear_model.Ridge")],
+                                 ["tree", _est("sklearn.tree.DecisionTreeRegressor",
+                                               max_depth=3)]]},
+                 "regression", "sklearn://diabetes", {}),
 }  # fmt: skip
 
 
