@@ -165,15 +165,6 @@ def dump_model(model: Any, feature_names: Sequence[str] | None = None) -> bytes:
     return boosters.add_entries(payload, booster_entries)
 
 
-def trusted_types_for(payload: bytes, allowed_prefixes: Sequence[str]) -> list[str]:
-    """The types ``payload`` needs trusted, as :mod:`kubeloop.trust.model_types` decides for
-    estimators under ``allowed_prefixes``; raises when any is refused."""
-    try:
-        return model_types.trusted_types(payload, allowed_prefixes)
-    except model_types.UntrustedModelTypesError as exc:
-        raise UntrustedArtifactError(f"refusing to load the artifact: {exc}") from exc
-
-
 def load_model_bytes(
     payload: bytes,
     expected_sha256: str | None,
