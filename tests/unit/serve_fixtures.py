@@ -62,7 +62,7 @@ def store_model(
     estimator.fit(features, target)
     skops.io.dump(estimator, directory / "model.skops")
     digest = hashlib.sha256((directory / "model.skops").read_bytes()).hexdigest()
-    (directory / "model.sha256").write_text(digest)
+    (directory / "model.sha256").write_text(f"{digest}  model.skops\n")  # sha256sum's line
     matrix = np.asarray(features, dtype=np.float64)
     profile = build_profile(
         {name: matrix[:, i] for i, name in enumerate(feature_names)},

@@ -315,3 +315,29 @@ def test_fast_paths_can_be_switched_off(tmp_path: Any) -> None:
     plain = load_model(artifact, "m", fast_paths=False)
     assert plain.fast is None
     np.testing.assert_array_equal(plain.predict(IRIS.data), model.predict(IRIS.data))
+
+
+def test_the_documented_local_serve_command_reads_the_trainers_model_sha256(tmp_path: Any) -> None:
+    """docs/serving-protocol.md serves a run with ``--sha256 "$(cat .../model.sha256)"``: the
+    file the real trainer writes is a sha256sum line, and the server takes its digest."""
+    import re
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from serve_fixtures import train_with_kubeloop
+
+    from kubeloop.runtime.serve import load_settings
+
+    model = train_with_kubeloop(tmp_path, "churn", "sklearn.linear_model.LogisticRegression", {"max_iter": 200})
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "serving-protocol.md").read_text()
+    command = re.search(r"^kubeloop serve --model-uri (\S+) --sha256 (\"\$\(cat \S+\)\") .*$", docs, re.MULTILINE)
+    assert command, "docs/serving-protocol.md serves a local run with --sha256 \"$(cat .../model.sha256)\""
+    sha256_file = command[2].removeprefix('"$(cat ').removesuffix(')"')
+    assert sha256_file == command[1] + "/model.sha256"
+    # The shell's $(cat ...), on the file the trainer wrote.
+    given = subprocess.run(["sh", "-c", f"cat {shlex.quote(str(model.directory / 'model.sha256'))}"],
+                           capture_output=True, text=True, check=True).stdout.rstrip("\n")
+    assert given.endswith("  model.skops")  # what the trainer writes: sha256sum's line
+    settings = load_settings(["--model-uri", str(model.directory), "--sha256", given])
+    assert settings.sha256 == model.sha256

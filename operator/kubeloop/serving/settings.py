@@ -180,10 +180,14 @@ class ServeSettings(BaseSettings):
     def _sha256_is_hex(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        digest = value.strip().lower().removeprefix("sha256:")
+        # The trainer's model.sha256 is a sha256sum line ("<hex>  model.skops"), so
+        # `--sha256 "$(cat model.sha256)"` works as written; the digest is its first word.
+        words = value.split()
+        digest = (words[0] if words else "").lower().removeprefix("sha256:")
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ValueError(
-                "sha256 must be 64 hexadecimal characters (the content of model.sha256)"
+                "sha256 must be 64 hexadecimal characters, alone or as the line of the "
+                "trainer's model.sha256 ('<hex>  model.skops')"
             )
         return digest
 
