@@ -200,7 +200,7 @@ def test_no_prometheus_url_says_which_setting() -> None:
     [
         ("errorRate", ['track="canary"', 'code=~"5.."', "or vector(0)", "[30s]", 'endpoint=~"infer|predict|grpc_infer"']),
         ("latencyP99", ["histogram_quantile(0.99", "kubeloop_serve_request_duration_seconds_bucket", "by (le)"]),
-        ("shadowAgreement", ['track="stable"', 'result="agree"', "kubeloop_serve_shadow_requests_total"]),
+        ("shadowAgreement", ['track="stable"', 'result="agree"', "kubeloop_serve_shadow_rows_total", "or vector(0)"]),
         ("predictionShift", ['feature="__prediction__"', "by (track, bin)", 'track=~"stable|canary"']),
     ],
 )
@@ -271,6 +271,7 @@ class ServerMetrics:
         )
         self.bins = Counter("kubeloop_serve_feature_bin", "b", [*base, "feature", "bin"], registry=self.registry)
         self.shadow = Counter("kubeloop_serve_shadow_requests", "s", [*base, "result"], registry=self.registry)
+        self.shadow_rows = Counter("kubeloop_serve_shadow_rows", "s", [*base, "result"], registry=self.registry)
 
     def serve(self, code: int, seconds: float, prediction_bin: str, n: int = 1) -> None:
         labels = ("churn", "abc", self.track)
@@ -302,15 +303,25 @@ def test_scrape_round_measures_increases_between_two_scrapes() -> None:
     canary.serve(200, 0.05, "0", n=45)
     canary.serve(500, 0.5, "1", n=5)
     canary.serve(200, 0.05, "1", n=50)
-    stable.shadow.labels("churn", "abc", "stable", "agree").inc(9)
-    stable.shadow.labels("churn", "abc", "stable", "disagree").inc(1)
+    # Mirrored by stable: 10 requests of 10 rows, 3 answered in full agreement, 7 with one
+    # disagreeing row each, and one request of 5 rows the canary failed to answer.
+    labels = ("churn", "abc", "stable")
+    stable.shadow.labels(*labels, "agree").inc(3)
+    stable.shadow.labels(*labels, "disagree").inc(7)
+    stable.shadow.labels(*labels, "error").inc(1)
+    stable.shadow_rows.labels(*labels, "agree").inc(3 * 10 + 7 * 9)
+    stable.shadow_rows.labels(*labels, "disagree").inc(7)
+    stable.shadow_rows.labels(*labels, "error").inc(5)
     second = provider.round(TARGET, targets, fetch)
 
     def value(builtin: str) -> float | None:
         return second.measure({"name": builtin, "provider": "builtin", "builtin": builtin}, TARGET).value
 
     assert value("errorRate") == pytest.approx(5 / 100)
-    assert value("shadowAgreement") == pytest.approx(0.9)
+    # The row share (93 of 105 rows), not the request share (3 of 11 requests).
+    assert value("shadowAgreement") == pytest.approx(93 / 105)
+    agreement = second.measure({"name": "a", "provider": "builtin", "builtin": "shadowAgreement"}, TARGET)
+    assert agreement.samples == 105
     # canary latency: 95 in (0.01, 0.1], 5 in (0.1, 1]; rank 99 -> 0.1 + 0.9 * 4/5
     assert value("latencyP99") == pytest.approx(0.1 + 0.9 * 4 / 5)
     expected_psi = psi_by_scipy(np.array([60.0, 40.0]), np.array([45.0, 55.0]))
@@ -366,6 +377,34 @@ def test_parse_scrape_query(query: str, parsed: tuple[str, dict[str, str]]) -> N
 def test_scrape_query_refuses_what_it_cannot_do(query: str) -> None:
     with pytest.raises(ValueError, match="scrape query"):
         parse_query(query)
+
+
+@pytest.mark.parametrize(
+    ("agree", "disagree", "error", "expected"),
+    [
+        (0, 0, 0, None),  # nothing mirrored: no data
+        (10, 0, 0, 1.0),
+        (9, 1, 0, 0.9),
+        (0, 0, 12, 0.0),  # a challenger that fails every mirror: 0, not no data
+        (9, 1, 10, 0.45),  # failed rows count against it
+    ],
+)
+def test_shadow_agreement_from_increases_is_agree_rows_over_all_rows(
+    agree: int, disagree: int, error: int, expected: float | None
+) -> None:
+    rows = "kubeloop_serve_shadow_rows_total"
+    found = Increases({
+        (rows, (("result", result), ("track", "stable"))): float(n)
+        for result, n in (("agree", agree), ("disagree", disagree), ("error", error))
+    })  # fmt: skip
+    # Requests say something else (one request that did not agree entirely): not read.
+    found.values[("kubeloop_serve_shadow_requests_total", (("result", "disagree"), ("track", "stable")))] = 1.0
+    measurement = from_increases("shadowAgreement", "a", found)
+    if expected is None:
+        assert measurement.value is None and "mirrored no row" in (measurement.message or "")
+    else:
+        assert measurement.value == pytest.approx(expected)
+        assert measurement.samples == agree + disagree + error
 
 
 def test_increases_select_matches_sets() -> None:

@@ -312,9 +312,10 @@ class _Traffic:
                 server.observe_request("/predict", 500, 0.02)
             server.predictions.inc(8)
             base = server.labels.values()
-            if track == "canary":
+            if track == "stable":  # the stable server mirrors, so it counts the rows
                 server.shadow_rows.labels(*base, "agree").inc(9)
                 server.shadow_rows.labels(*base, "disagree").inc(1)
+                server.shadow_rows.labels(*base, "error").inc(step % 2)
         operator_metrics.RETRAINS.labels(ns, "churn-daily", "drift").inc()
         operator_metrics.RECONCILES.labels("DriftPolicy", "ok").inc()
         operator_metrics.RECONCILE_SECONDS.labels("DriftPolicy").observe(0.01 * (1 + step % 3))

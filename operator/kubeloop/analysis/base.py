@@ -28,7 +28,7 @@ class Measurement:
     value: float | None
     message: str | None = None
     samples: float | None = None
-    """How many observations the value rests on (requests, mirrored requests, predictions),
+    """How many observations the value rests on (requests, mirrored rows, predictions),
     when the provider knows; a value resting on fewer than ``minSamples`` is inconclusive."""
     refusal: str | None = None
     """The condition reason when the operator refused to measure (e.g. a ``prometheusUrl`` it

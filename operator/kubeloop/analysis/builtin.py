@@ -15,8 +15,12 @@ The checks:
 * ``predictionShift``: PSI between the distributions of stable's and canary's predictions over
   the reference profile's prediction bins (``feature="__prediction__"``): how differently the
   new model answers the same kind of traffic. During a shadow step both saw the same requests.
-* ``shadowAgreement``: share of mirrored requests on which the canary gave stable's answer
-  (counted by the stable server, which does the mirroring).
+* ``shadowAgreement``: share of mirrored rows on which the canary gave stable's answer
+  (counted by the stable server, which does the mirroring): agree rows over agree, disagree
+  and error rows, the rows of a mirror the canary failed or timed out on counting as error
+  rows. A row share, not a request share: a batched request with one disagreeing row still
+  contributes its agreeing rows, and a canary that fails every mirror measures 0, not "no
+  data". Its samples (for ``minSamples``) are those rows.
 
 Series are selected by ``namespace`` (which Prometheus' Kubernetes discovery attaches), and by
 the ``model`` (the ModelDeployment's name, passed to the server as ``--model-name``) and
@@ -46,7 +50,7 @@ from kubeloop.trust.urls import PrometheusUrlPolicy, UrlNotAllowed
 REQUESTS = "kubeloop_serve_requests_total"
 DURATION_BUCKET = "kubeloop_serve_request_duration_seconds_bucket"
 FEATURE_BINS = "kubeloop_serve_feature_bin_total"
-SHADOW_REQUESTS = "kubeloop_serve_shadow_requests_total"
+SHADOW_ROWS = "kubeloop_serve_shadow_rows_total"
 INFERENCE_ENDPOINTS = ("infer", "predict", "grpc_infer")  # grpc_infer: gRPC ModelInfer
 LATENCY_QUANTILE = 0.99
 MIN_PREDICTIONS = 20
@@ -86,11 +90,12 @@ def promql(builtin: str, target: AnalysisTarget) -> str:
             f"sum by (le) (rate({DURATION_BUCKET}{buckets}{window})))"
         )
     if builtin == "shadowAgreement":
+        # Every result (agree, disagree, error) in the denominator: failed mirrors count.
         agreed = selector(target, STABLE, 'result="agree"')
         mirrored = selector(target, STABLE)
         return (
-            f"(sum(increase({SHADOW_REQUESTS}{agreed}{window})) or vector(0))"
-            f" / sum(increase({SHADOW_REQUESTS}{mirrored}{window}))"
+            f"(sum(increase({SHADOW_ROWS}{agreed}{window})) or vector(0))"
+            f" / sum(increase({SHADOW_ROWS}{mirrored}{window}))"
         )
     if builtin == "predictionShift":
         return shift_promql(target)
@@ -99,13 +104,14 @@ def promql(builtin: str, target: AnalysisTarget) -> str:
 
 def samples_promql(builtin: str, target: AnalysisTarget) -> str | None:
     """How many observations a scalar check rests on in the window: the canary's inference
-    requests (errorRate, latencyP99) or the requests stable mirrored (shadowAgreement)."""
+    requests (errorRate, latencyP99) or the rows stable mirrored, answered or not
+    (shadowAgreement): the denominator of the value."""
     window = f"[{target.window_seconds}s]"
     if builtin in ("errorRate", "latencyP99"):
         endpoints = f'endpoint=~"{"|".join(INFERENCE_ENDPOINTS)}"'
         return f"sum(increase({REQUESTS}{selector(target, CANARY, endpoints)}{window}))"
     if builtin == "shadowAgreement":
-        return f"sum(increase({SHADOW_REQUESTS}{selector(target, STABLE)}{window}))"
+        return f"sum(increase({SHADOW_ROWS}{selector(target, STABLE)}{window}))"
     return None
 
 
@@ -163,7 +169,7 @@ def measure_with_prometheus(
 
 def _no_data(builtin: str) -> str:
     if builtin == "shadowAgreement":
-        return "no data: the stable server mirrored no request in the window"
+        return "no data: the stable server mirrored no row in the window"
     return "no data: the canary answered no inference request in the window"
 
 
@@ -244,7 +250,7 @@ def from_increases(builtin: str, name: str, increases: Increases) -> Measurement
             return Measurement(name, None, _no_data(builtin))
         return Measurement(name, quantile, samples=buckets[math.inf])
     if builtin == "shadowAgreement":
-        mirrored = increases.select(SHADOW_REQUESTS, track=STABLE)
+        mirrored = increases.select(SHADOW_ROWS, track=STABLE)
         total = sum(v for _, v in mirrored)
         if total <= 0:
             return Measurement(name, None, _no_data(builtin))

@@ -150,13 +150,15 @@ class ServeMetrics:
         )
         self.shadow_requests = Counter(
             PREFIX + "shadow_requests",
-            "Mirrored requests by comparison result.",
+            "Mirrored requests by comparison result (agree: every row agreed; error: the "
+            "challenger did not answer).",
             [*BASE_LABELS, "result"],
             registry=reg,
         )
         self.shadow_rows = Counter(
             PREFIX + "shadow_rows",
-            "Mirrored rows by comparison result.",
+            "Mirrored rows by comparison result (error: rows of a mirror the challenger did "
+            "not answer); shadowAgreement is agree over all three.",
             [*BASE_LABELS, "result"],
             registry=reg,
         )

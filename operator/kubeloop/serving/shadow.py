@@ -4,6 +4,13 @@ The user's request only pays for a coin flip and a ``put_nowait`` into a bounded
 few background tasks send the mirrored rows and compare answers. When the queue is full the
 mirror is dropped (and counted), so a slow or dead challenger can never slow, block or fail
 the user's request.
+
+Agreement is counted per row, in ``kubeloop_serve_shadow_rows_total{result}``: ``agree`` and
+``disagree`` for the rows the challenger answered, ``error`` for every row of a mirror it did
+not answer (an HTTP error, a timeout, an answer that cannot be read). A challenger that fails
+therefore lowers the row share that the built-in ``shadowAgreement`` analysis gates on instead
+of leaving it out. ``kubeloop_serve_shadow_requests_total{result}`` counts the same mirrors per
+request (``agree`` only when every row agreed).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from kubeloop.serving.metrics import ServeMetrics
 
 log = logging.getLogger("kubeloop.serve.shadow")
 Array = npt.NDArray[Any]
+RESULTS = ("agree", "disagree", "error")
+"""The ``result`` label of the shadow counters, per row and per request."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +89,10 @@ class ShadowMirror:
         self._workers: list[asyncio.Task[None]] = []
         self._client: Any = None
         base = metrics.labels.values()
-        self._result = {
-            r: metrics.shadow_requests.labels(*base, r) for r in ("agree", "disagree", "error")
-        }
-        self._rows = {r: metrics.shadow_rows.labels(*base, r) for r in ("agree", "disagree")}
+        # Every series exists from the start (at 0), so a window with mirrors but no failure
+        # still has an error series and the agreement query sees all three.
+        self._result = {r: metrics.shadow_requests.labels(*base, r) for r in RESULTS}
+        self._rows = {r: metrics.shadow_rows.labels(*base, r) for r in RESULTS}
 
     def offer(self, rows: Array, predictions: Array) -> None:
         """Maybe mirror this request (never blocks, never raises)."""
@@ -127,13 +136,22 @@ class ShadowMirror:
                 raise
             except Exception as exc:
                 log.debug("shadow request to %s failed: %s", self.endpoint, exc)
-                self._result["error"].inc()
+                self._count_failure(mirror)
                 continue
-            agrees = agreement(mirror.predictions, answer, self.task, self.tolerance)
-            agreed = int(agrees.sum())
-            self._rows["agree"].inc(agreed)
-            self._rows["disagree"].inc(int(agrees.size - agreed))
-            self._result["agree" if agreed == agrees.size else "disagree"].inc()
+            self._count_answer(mirror, answer)
+
+    def _count_answer(self, mirror: _Mirror, answer: Array) -> None:
+        agrees = agreement(mirror.predictions, answer, self.task, self.tolerance)
+        agreed = int(agrees.sum())
+        self._rows["agree"].inc(agreed)
+        self._rows["disagree"].inc(int(agrees.size - agreed))
+        self._result["agree" if agreed == agrees.size else "disagree"].inc()
+
+    def _count_failure(self, mirror: _Mirror) -> None:
+        # The rows the challenger left unanswered count against it: a challenger that fails
+        # (or times out on) every mirror has an agreement of 0, not "no rows, no verdict".
+        self._rows["error"].inc(int(mirror.predictions.shape[0]))
+        self._result["error"].inc()
 
     async def _ask_challenger(self, rows: Array) -> Array:
         if self.v2:
