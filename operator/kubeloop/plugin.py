@@ -41,6 +41,7 @@ from kubeloop.api.modeldeployment import (
 )
 from kubeloop.controllers.kube import KINDS, Kube, NotFound
 from kubeloop.dashboard.views import performance_view
+from kubeloop.decide.model_source import describe_previous, undo_patch
 from kubeloop.registry import tags
 from kubeloop.resources.serving import OWNER_LABEL, SERVER_CONTAINER, TRACK_LABEL
 from kubeloop.resources.trainingjob import TRAINER_CONTAINER
@@ -352,9 +353,7 @@ def render_modeldeployment(kube: Kube, md: Mapping[str, Any]) -> Group:
         "artifact", f"{stable.get('uri', '-')}  sha256 {str(stable.get('sha256', '-'))[:16]}"
     )
     previous = status.get("previous") or {}
-    lineage.add_row(
-        "previous (undo)", previous.get("trainingRun") or str(previous.get("sha256", "-"))[:16]
-    )
+    lineage.add_row("previous (undo)", describe_previous(previous) or "-")
     parts.append(lineage)
     registry = registry_of_deployment(md)
     if registry is not None:
@@ -500,25 +499,11 @@ def annotate(kube: Kube, ref: ObjectRef, namespace: str, annotation: str) -> str
 
 def undo(kube: Kube, ref: ObjectRef, namespace: str) -> str:
     md = get_object(kube, ref, namespace)
-    previous = (md.get("status") or {}).get("previous") or {}
-    if previous.get("trainingRun"):
-        model: dict[str, Any] = {
-            "trainingRunRef": {"name": previous["trainingRun"]},
-            "storageUri": None,
-            "sha256": None,
-        }
-        what = f"TrainingRun {previous['trainingRun']}"
-    elif previous.get("uri") and previous.get("sha256"):
-        model = {
-            "trainingRunRef": None,
-            "storageUri": previous["uri"],
-            "sha256": previous["sha256"],
-        }
-        what = f"{previous['uri']} (sha256 {previous['sha256'][:12]})"
-    else:
+    found = undo_patch(md)
+    if found is None:
         raise CommandFailed(f"{ref} has no previous model in status.previous: nothing to undo to")
-    patch_object(kube, ref, namespace, {"spec": {"model": model}})
-    return what
+    patch_object(kube, ref, namespace, found.patch)
+    return found.what
 
 
 # --- list --------------------------------------------------------------------------------------

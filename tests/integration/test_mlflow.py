@@ -21,6 +21,7 @@ command and env). Given an operator configured with the MLflow URL:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -217,6 +218,7 @@ def deployment_args(apps: client.AppsV1Api, namespace: str, name: str) -> dict[s
 
 def test_runs_sweeps_registry_alias_and_promotion(
     kube_api: Any,
+    kubeconfig_path: str,
     namespace: str,
     mlflow_operator: OperatorProcess,
     kubelet: LocalKubelet,
@@ -370,6 +372,35 @@ def test_runs_sweeps_registry_alias_and_promotion(
     wait_for(
         lambda: alias_version(mlflow, "churn", "challenger") is None, 30, 1, "challenger alias gone"
     )
+
+    # When the user undoes the promotion, then the deployment goes back to version 1 by number:
+    # the alias it followed (prod) names version 2, the model being undone.
+    promoted = status_of(custom, namespace, "modeldeployments", "churn")
+    assert promoted["previous"]["registry"] == {"name": "churn", "version": int(v1)}
+    assert promoted["stable"]["registry"] == {"name": "churn", "version": int(v2)}
+    undone = subprocess.run(
+        [sys.executable, "-m", "kubeloop.plugin", "-n", namespace, "undo", "md/churn"],
+        env={**os.environ, "KUBECONFIG": kubeconfig_path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    assert f"MLflow registry churn version {v1}" in undone.stdout
+    spec = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "churn")
+    assert spec["spec"]["model"] == {"registry": {"name": "churn", "version": int(v1)}}
+    wait_for(
+        lambda: (
+            (status_of(custom, namespace, "modeldeployments", "churn").get("canary") or {}).get(
+                "sha256"
+            )
+            == first["model"]["sha256"]
+        ),
+        120,
+        1,
+        "canary of v1 after undo",
+    )
+    assert status_of(custom, namespace, "modeldeployments", "churn")["registry"]["version"] == v1
 
 
 def test_refused_versions_and_registry_down(
@@ -562,7 +593,12 @@ def test_retrain_is_judged_against_the_registry_champion(
                     "targetRef": {"name": "loan"},
                     "source": {"live": {"prometheusUrl": "http://127.0.0.1:9"}},
                     "interval": "1h",
-                    "retrain": {"template": {"spec": run_spec("loan", seed=7)}},
+                    # The champion's own data: the retrain scores what the champion
+                    # scores, which passes minImprovement 0, so autoPromote acts.
+                    "retrain": {
+                        "template": {"spec": run_spec("loan", seed=6)},
+                        "autoPromote": True,
+                    },
                 },
             },
         )
@@ -622,3 +658,20 @@ def test_retrain_is_judged_against_the_registry_champion(
     )
     # The trainer loaded that champion (its sha256 verified) and scored it on the same holdout.
     assert (finished.get("model") or {}).get("championMetrics", {}).get("accuracy") is not None
+    assert finished["phase"] == "Succeeded", finished
+
+    # autoPromote moves the deployment off the registry onto the run: one source, as the CRD
+    # demands (a patch that left spec.model.registry in place is refused by the API server).
+    promoted = wait_for(
+        lambda: (
+            lambda last: last if last.get("outcome") == "Promoted" else None
+        )(status_of(custom, namespace, "driftpolicies", "loan-drift").get("lastRetrain") or {}),
+        60,
+        1,
+        "retrain promoted",
+    )
+    assert "leaves its MLflow registry source loan@prod" in promoted["message"]
+    md = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "loan")
+    assert md["spec"]["model"] == {"trainingRunRef": {"name": retrain}}
+    policy = status_of(custom, namespace, "driftpolicies", "loan-drift")
+    assert (condition(policy, "Degraded") or {}).get("status") != "True", policy

@@ -42,6 +42,7 @@ class World:
         self.hpa: dict[str, Any] | None = None
         self.services: dict[str, dict[str, Any]] = {}
         self.training_run = training_run
+        self.registry: Any = None  # a kubeloop.registry.decide.Resolution, for registry sources
         self.kubelet_ready = True
         self.events: list[Any] = []
         self.decisions: list[Decision] = []
@@ -65,6 +66,7 @@ class World:
             hpa=self.hpa,
             route=copy.deepcopy(self.route),
             training_run=self.training_run,
+            registry=self.registry,
         )
 
     def plan(self) -> Any:

@@ -23,6 +23,18 @@ from kubeloop.drift.profile import build_profile
 from kubeloop.drift.report import counts_from_samples, drift_report
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+# The promotion sets trainingRunRef and deletes every other source (a merge patch keeps what
+# it does not name, and the CRD refuses two sources).
+PROMOTE_R1 = {
+    "spec": {
+        "model": {
+            "trainingRunRef": {"name": "cancer-drift-r1"},
+            "storageUri": None,
+            "sha256": None,
+            "registry": None,
+        }
+    }
+}
 RUN_SPEC = {
     "model": {"name": "cancer", "estimator": "sklearn.linear_model.LogisticRegression", "task": "classification"},
     "data": {"source": "sklearn://breast_cancer", "target": "target"},
@@ -187,7 +199,7 @@ def test_retrain_outcome(run_status: dict[str, Any], auto_promote: bool, outcome
     runs = {"cancer-drift-r1": {"metadata": {"name": "cancer-drift-r1"}, "spec": RUN_SPEC, "status": run_status}}
     decision = decide(policy(status=IN_FLIGHT, retrain=spec["retrain"]), NOW, None, runs)
     assert decision.status["lastRetrain"]["outcome"] == outcome
-    assert (decision.promote == {"spec": {"model": {"trainingRunRef": {"name": "cancer-drift-r1"}}}}) is promotes
+    assert (decision.promote == PROMOTE_R1) is promotes
     assert (event in {e.reason for e in decision.events}) if event else not decision.events
     if outcome == "Rejected":
         assert "champion stays" in decision.status["lastRetrain"]["message"]

@@ -205,7 +205,9 @@ def test_a_winning_retrain_is_promoted_and_performance_recovers() -> None:
         },
     }
     decision = decide(policy(status), NOW, reading(0.96), {"cancer-perf-r1": run})
-    assert decision.promote == {"spec": {"model": {"trainingRunRef": {"name": "cancer-perf-r1"}}}}
+    assert decision.promote == {
+        "spec": {"model": {"trainingRunRef": {"name": "cancer-perf-r1"}, "storageUri": None, "sha256": None, "registry": None}}
+    }
     assert decision.status["lastRetrain"]["outcome"] == "Promoted"
     assert decision.status["drifted"] is False
     assert "PerformanceHeld" in {e.reason for e in decision.events}

@@ -28,7 +28,8 @@ class ConditionType(StrEnum):
     PROGRESSING = "Progressing"
     """Work is under way: a run is training, a rollout is moving through its steps."""
     DEGRADED = "Degraded"
-    """Something failed and needs a person: an aborted rollout, an invalid spec."""
+    """Something failed and needs a person: an aborted rollout, an invalid spec, a retrain
+    promotion the API server refused."""
     STABLE_READY = "StableReady"
     """The stable model's pods are ready."""
     CANARY_READY = "CanaryReady"
@@ -96,6 +97,7 @@ class Reason(StrEnum):
     RETRAIN_SUCCEEDED = "RetrainSucceeded"
     RETRAIN_FAILED = "RetrainFailed"
     RETRAIN_REJECTED = "RetrainRejected"
+    PROMOTION_FAILED = "PromotionFailed"
     SCHEDULED_RETRAIN = "ScheduledRetrain"
     MANUAL_RETRAIN = "ManualRetrain"
     COOLDOWN_ACTIVE = "CooldownActive"

@@ -295,7 +295,8 @@ class AnalysisMetric(KubeModel):
     builtin: BuiltinMetric | None = None
     """With provider builtin: errorRate (share of failed requests), latencyP99 (seconds),
     predictionShift (distance between canary and stable prediction distributions) or
-    shadowAgreement (share of mirrored requests where the challenger agreed with stable)."""
+    shadowAgreement (share of mirrored rows where the challenger agreed with stable; the rows
+    of a mirror the challenger failed or timed out on count as not agreeing)."""
     query: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
     """For prometheus: a PromQL query returning one number; ``{{namespace}}``, ``{{name}}`` and
     ``{{track}}`` (stable or canary) are filled in. For scrape: a metric name on /metrics."""
@@ -352,7 +353,7 @@ class AnalysisSpec(KubeModel):
     analysis steps."""
     min_samples: Annotated[int, Field(ge=0, le=1_000_000)] = 10
     """Fewest observations a builtin measurement must rest on to count (the canary's inference
-    requests for errorRate and latencyP99, mirrored requests for shadowAgreement); fewer make
+    requests for errorRate and latencyP99, mirrored rows for shadowAgreement); fewer make
     the round inconclusive. predictionShift always needs 20 predictions per track."""
     metrics: Metrics | None = None
     """The measurements; also the default metrics of analysis steps. With background metrics,
@@ -362,7 +363,7 @@ class AnalysisSpec(KubeModel):
 
 class ShadowStep(KubeModel):
     """The challenger gets a mirrored sample of requests and answers no one; its agreement with
-    stable is recorded (use builtin shadowAgreement in analysis)."""
+    stable is recorded per row (use builtin shadowAgreement in analysis)."""
 
     percent: Annotated[int, Field(ge=1, le=100)] = 100
     """Share of requests mirrored to the canary, in percent."""
@@ -512,6 +513,15 @@ class ModelDeploymentSpec(KubeModel):
 # -- status -------------------------------------------------------------------------------------
 
 
+class RegistryVersion(KubeModel):
+    """A numbered version of a registered model in the MLflow registry."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    """The registered model."""
+    version: Annotated[int, Field(ge=1)]
+    """The version number."""
+
+
 class ServedModel(KubeModel):
     """A model being served, and its pods."""
 
@@ -521,6 +531,8 @@ class ServedModel(KubeModel):
     """Its SHA-256, verified by the server before loading."""
     training_run: Annotated[str, StringConstraints(max_length=253)] | None = None
     """The TrainingRun that produced it, when known."""
+    registry: RegistryVersion | None = None
+    """The MLflow registry version spec.model.registry resolved to, when it came from there."""
     revision: Annotated[str, StringConstraints(max_length=253)] | None = None
     """Short name for columns and events: the TrainingRun's name, or ``sha256:`` and the first
     12 hex digits."""
@@ -531,7 +543,10 @@ class ServedModel(KubeModel):
 
 
 class PreviousModel(KubeModel):
-    """The model served before the last promotion; copy it to spec.model to undo."""
+    """The model served before the last promotion; ``kubectl kubeloop undo`` copies it to
+    spec.model: ``registry`` as ``spec.model.registry {name, version}`` when the model came from
+    the MLflow registry, else ``trainingRun`` as trainingRunRef, else uri and sha256 as
+    storageUri and sha256."""
 
     uri: Annotated[str, StringConstraints(max_length=MAX_URI_LENGTH)] | None = None
     """URI of the model file."""
@@ -539,6 +554,8 @@ class PreviousModel(KubeModel):
     """Its SHA-256."""
     training_run: Annotated[str, StringConstraints(max_length=253)] | None = None
     """The TrainingRun that produced it, when known."""
+    registry: RegistryVersion | None = None
+    """The MLflow registry version it was served as (spec.model.registry), when it was."""
 
 
 class AnalysisRun(KubeModel):

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from kubeloop import API_GROUP, API_VERSION
 from kubeloop.analysis.base import AnalysisTarget
@@ -20,7 +21,7 @@ from kubeloop.api.conditions import Reason
 from kubeloop.api.driftpolicy import DEFAULT_PROMETHEUS_WINDOW, ignored_settings
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
-from kubeloop.controllers.kube import Conflict, KeyedLocks, Kube, post_event
+from kubeloop.controllers.kube import Conflict, JsonObject, KeyedLocks, Kube, NotFound, post_event
 from kubeloop.controllers.peering import always_active
 from kubeloop.controllers.profiles import (
     MAX_PROFILE_BYTES,
@@ -44,6 +45,7 @@ from kubeloop.decide.driftpolicy import (
     labelled_counts,
     live_counts_query,
     performance_reading,
+    promotion_refused,
     reference_value,
     verdict_from_check,
     verdict_from_report,
@@ -392,6 +394,21 @@ class DriftPolicyController:
             return None
         return registry_champion.resolve_champion(self.tracking.client(), source)
 
+    def promote(self, policy: Mapping[str, Any], patch: JsonObject) -> str | None:
+        """Point the target at the winning retrain; why the API server refused it for good
+        (None: done). A refusal that may pass later (the server unavailable, throttled, a
+        conflict) raises, and the next reconcile tries again (the status is not written)."""
+        namespace, target = policy["metadata"]["namespace"], policy["spec"]["targetRef"]["name"]
+        try:
+            self.kube.patch("ModelDeployment", namespace, target, patch)
+        except NotFound:
+            return f"it does not exist in namespace {namespace}"
+        except ApiException as error:
+            if error.status is None or not 400 <= error.status < 500 or error.status in (409, 429):
+                raise
+            return f"the API server answered {error.status}: {error.reason}"
+        return None
+
     # --- reconciling --------------------------------------------------------------------------
 
     def resync(self, namespace: str, name: str) -> float | None:
@@ -417,7 +434,21 @@ class DriftPolicyController:
                 source_run = self.kube.get_or_none("TrainingRun", namespace, source_ref)
                 source_run_spec = source_run["spec"] if source_run else None
             measurement = self.measure(policy) if check_due(policy, now) else None
-            decision = decide(policy, now, measurement, runs, source_run_spec, images=self.images)
+            # The target's spec.model: for the promotion's words, and to see a refused
+            # promotion done by hand (read from the watch cache: no request).
+            target = self.kube.get_or_none(
+                "ModelDeployment", namespace, policy["spec"]["targetRef"]["name"]
+            )
+            target_model = (target or {}).get("spec", {}).get("model")
+            decision = decide(
+                policy,
+                now,
+                measurement,
+                runs,
+                source_run_spec,
+                images=self.images,
+                target_model=target_model,
+            )
             if decision.create_run is not None:
                 # A target serving from the MLflow registry: the retrain is judged against the
                 # registry's champion; MLflow unreachable, it waits and nothing is created.
@@ -431,6 +462,7 @@ class DriftPolicyController:
                         source_run_spec,
                         images=self.images,
                         registry_champion=champion,
+                        target_model=target_model,
                     )
 
             if decision.create_run is not None:
@@ -444,11 +476,9 @@ class DriftPolicyController:
                     reason = decision.status["lastRetrain"]["reason"].lower()
                     metrics.RETRAINS.labels(namespace, name, reason).inc()
             if decision.promote is not None:
-                target = policy["spec"]["targetRef"]["name"]
-                patch = decision.promote
-                # The run replaces any directly pinned artifact (the two sources exclude each other).
-                patch["spec"]["model"].update({"storageUri": None, "sha256": None})
-                self.kube.patch("ModelDeployment", namespace, target, patch)
+                refusal = self.promote(policy, decision.promote)
+                if refusal is not None:
+                    decision = promotion_refused(decision, policy, refusal, now)
             if decision.status != (policy.get("status") or {}):
                 self.kube.patch_status(KIND, namespace, name, decision.status)
             retrain = runs.get(str((decision.status.get("lastRetrain") or {}).get("name")))

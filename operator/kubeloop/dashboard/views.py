@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from kubeloop.api.driftpolicy import DEFAULT_MIN_LABELS, DEFAULT_TOLERANCE
+from kubeloop.decide.model_source import describe_previous
 from kubeloop.drift.charts import FeatureVerdict, ScorePoint, feature_histogram, score_timeline
 from kubeloop.drift.performance import LOWER_IS_BETTER
 from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
@@ -184,7 +185,7 @@ def rollout_view(md: Mapping[str, Any], weights: Sequence[Mapping[str, Any]] = (
         "weights": list(weights),
         "analysis": analysis,
         "conditions": conditions,
-        "previous": previous.get("trainingRun") or (previous.get("sha256") or "")[:12],
+        "previous": describe_previous(previous),
     }
 
 

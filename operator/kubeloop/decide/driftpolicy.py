@@ -37,12 +37,13 @@ from kubeloop.api.driftpolicy import (
     ignored_settings,
 )
 from kubeloop.decide.common import Event, parse_wire_time, set_wire_condition, wire_time
+from kubeloop.decide.model_source import model_source_patch
 from kubeloop.drift import performance as perf
 from kubeloop.drift.defaults import DEFAULT_ALPHA, DISTANCE_TESTS, P_VALUE_TESTS
 from kubeloop.drift.profile import PREDICTION_FEATURE, Profile
 from kubeloop.drift.report import DriftConfig, DriftReport, FeatureSettings, unused_feature_settings
 from kubeloop.drift.result import DriftCheckResult
-from kubeloop.registry.decide import REGISTRY_UNAVAILABLE, Resolution
+from kubeloop.registry.decide import REGISTRY_UNAVAILABLE, Resolution, describe_source
 from kubeloop.resources.meta import child_name, labels_for, owner_reference
 from kubeloop.trust.images import IMAGE_NOT_ALLOWED, ImagePolicy
 
@@ -154,6 +155,76 @@ class Decision:
     promote: dict[str, Any] | None = None  # merge patch for the target ModelDeployment
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+
+
+# --- promotion --------------------------------------------------------------------------------
+
+
+def promotion_patch(run_name: str) -> dict[str, Any]:
+    """The merge patch that points the target ModelDeployment at a winning retrain: its
+    ``spec.model.trainingRunRef``, with every other source deleted - a pinned ``storageUri`` and
+    ``sha256``, and a ``registry`` source too (the deployment then follows the run, no longer an
+    MLflow alias; the CRD refuses two sources)."""
+    return model_source_patch({"trainingRunRef": {"name": run_name}})
+
+
+def _replaced_source(target_model: Mapping[str, Any] | None) -> str:
+    """Words for the source a promotion replaces ('' when it is another TrainingRun)."""
+    model = target_model or {}
+    if model.get("registry"):
+        return f" leaves its MLflow registry source {describe_source(model['registry'])} and"
+    if model.get("storageUri"):
+        return f" leaves its pinned storageUri {model['storageUri']} and"
+    return ""
+
+
+def promotion_refused(
+    decision: Decision, policy: Mapping[str, Any], error: str, now: datetime
+) -> Decision:
+    """The decision once the API server refused :attr:`Decision.promote` for good (the target
+    is gone, the patch is invalid or forbidden): the retrain stays Succeeded but not promoted,
+    ``Degraded=True`` (reason ``PromotionFailed``), ``lastFailure`` and a Warning Event say why,
+    and nothing is tried again - a person promotes it (or the next retrain supersedes it)."""
+    status = copy.deepcopy(decision.status)
+    generation = int(policy["metadata"].get("generation") or 1)
+    last = dict(status.get("lastRetrain") or {})
+    target = policy["spec"]["targetRef"]["name"]
+    run = last.get("name", "?")
+    message = (
+        f"retrain {run} succeeded but was not promoted: ModelDeployment {target} refused "
+        f"spec.model.trainingRunRef={run}: {error}; point spec.model at it by hand to roll it out"
+    )[:1024]
+    last["outcome"] = "Succeeded"
+    last["message"] = message
+    status["lastRetrain"] = last
+    status["lastFailure"] = {
+        "reason": Reason.PROMOTION_FAILED,
+        "message": message,
+        "time": wire_time(now),
+    }
+    status["conditions"] = set_wire_condition(
+        status.get("conditions") or [],
+        ConditionType.DEGRADED,
+        True,
+        Reason.PROMOTION_FAILED,
+        message,
+        now,
+        generation,
+    )
+    status["message"] = message
+    events = [
+        event
+        for event in decision.events
+        if not (event.reason == Reason.RETRAIN_SUCCEEDED and " promoted: " in event.message)
+    ]
+    events.append(Event("Warning", Reason.PROMOTION_FAILED, message))
+    return Decision(
+        status=status,
+        create_run=decision.create_run,
+        promote=None,
+        events=events,
+        requeue_after=decision.requeue_after,
+    )
 
 
 # --- configuration from the spec ------------------------------------------------------------
@@ -377,9 +448,14 @@ def decide(
     source_run_spec: Mapping[str, Any] | None = None,
     images: ImagePolicy | None = None,
     registry_champion: Resolution | None = None,
+    target_model: Mapping[str, Any] | None = None,
 ) -> Decision:
     """Next status of a DriftPolicy. ``runs`` are its retrain TrainingRuns by name; a retrain
     run is created only with an image ``images`` allows (None: no image may be named).
+
+    ``target_model``: the target ModelDeployment's spec.model when it was read (the promotion's
+    message says which source it replaces; a promotion refused before is cleared once the
+    target names that run).
 
     ``registry_champion``: when the target serves from ``spec.model.registry``, what the
     registry's ``champion`` alias resolved to (:mod:`kubeloop.registry.champion`), the model
@@ -402,6 +478,14 @@ def decide(
     def fail(reason: str, message: str) -> None:
         status["lastFailure"] = {"reason": reason, "message": message, "time": wire_time(now)}
 
+    def clear_refused_promotion(reason: str, message: str) -> None:
+        """Degraded (a promotion the API server refused, :func:`promotion_refused`) ends."""
+        if any(
+            c.get("type") == ConditionType.DEGRADED and c.get("status") == "True"
+            for c in conditions
+        ):
+            condition(ConditionType.DEGRADED, False, reason, message)
+
     # 1. Follow the retrain in flight to its end.
     last = dict(old.get("lastRetrain") or {})
     if last and last.get("outcome") in IN_FLIGHT:
@@ -409,9 +493,13 @@ def decide(
         if outcome != last["outcome"]:
             last["outcome"] = outcome
             if outcome == "Succeeded" and retrain.get("autoPromote"):
-                promote = {"spec": {"model": {"trainingRunRef": {"name": last["name"]}}}}
+                promote = promotion_patch(last["name"])
                 last["outcome"] = "Promoted"
-                message = f"{message}; ModelDeployment {spec['targetRef']['name']} now rolls it out as a canary"
+                message = (
+                    f"{message}; ModelDeployment {spec['targetRef']['name']}"
+                    f"{_replaced_source(target_model)} now rolls it out as a canary"
+                )
+                clear_refused_promotion(Reason.PROMOTED, f"retrain {last['name']} was promoted")
                 events.append(
                     Event(
                         "Normal",
@@ -442,6 +530,11 @@ def decide(
                 fail(Reason.RETRAIN_FAILED, message)
             last["message"] = message[:1024]
         status["lastRetrain"] = last
+    served_run = ((target_model or {}).get("trainingRunRef") or {}).get("name")
+    if last and served_run == last.get("name"):
+        clear_refused_promotion(
+            Reason.PROMOTED, f"ModelDeployment {spec['targetRef']['name']} serves {served_run}"
+        )
     in_flight = bool(last) and last.get("outcome") in IN_FLIGHT
     condition(
         ConditionType.RETRAIN_IN_FLIGHT,
@@ -638,6 +731,7 @@ def decide(
                 events.append(
                     Event("Normal", reason, f"created TrainingRun {name} ({wanted.lower()})")
                 )
+                clear_refused_promotion(Reason.RETRAIN_CREATED, f"retrain {name} was created")
                 condition(
                     ConditionType.RETRAIN_IN_FLIGHT,
                     True,

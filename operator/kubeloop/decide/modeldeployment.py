@@ -72,6 +72,7 @@ from kubeloop.registry.decide import REGISTRY_UNAVAILABLE, Resolution
 from kubeloop.resources.serving import (
     SHA_ANNOTATION,
     ModelRef,
+    RegistryVersion,
     ServingSettings,
     Shadow,
     build_hpa,
@@ -168,10 +169,27 @@ def _background(md: Mapping[str, Any]) -> dict[str, Any]:
     return dict(((md["spec"].get("rollout") or {}).get("analysis")) or {})
 
 
+def registry_version(block: Mapping[str, Any] | None) -> RegistryVersion | None:
+    """``{name, version}`` of a status block (or a resolution's source and version) as a
+    :class:`RegistryVersion`; None when either is missing or the version is not a number."""
+    if not block or not block.get("name"):
+        return None
+    try:
+        version = int(str(block.get("version")))
+    except ValueError:
+        return None
+    return RegistryVersion(str(block["name"]), version) if version >= 1 else None
+
+
 def _model_ref(block: Mapping[str, Any] | None) -> ModelRef | None:
     if not block or not block.get("uri") or not block.get("sha256"):
         return None
-    return ModelRef(str(block["uri"]), str(block["sha256"]), block.get("trainingRun"))
+    return ModelRef(
+        str(block["uri"]),
+        str(block["sha256"]),
+        block.get("trainingRun"),
+        registry_version(block.get("registry")),
+    )
 
 
 def _served_block(model: ModelRef, deployment: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -185,6 +203,8 @@ def _served_block(model: ModelRef, deployment: Mapping[str, Any] | None) -> dict
     }
     if model.training_run:
         block["trainingRun"] = model.training_run
+    if model.registry is not None:
+        block["registry"] = model.registry.wire()
     return block
 
 
@@ -205,7 +225,8 @@ def resolve_target(
                 str(registry.message or "spec.model.registry is not resolved yet"),
                 not registry.waiting,
             )
-        return ModelRef(registry.uri, registry.sha256), None
+        origin = registry_version({"name": source["registry"].get("name"), "version": registry.version})
+        return ModelRef(registry.uri, registry.sha256, registry=origin), None
     ref = (source.get("trainingRunRef") or {}).get("name")
     if not ref:
         return ModelRef(str(source["storageUri"]), str(source["sha256"])), None
@@ -538,6 +559,10 @@ def decide(
     if target is not None and stable is not None:
         previous = _model_ref(r.status.get("previous"))
         if target.same_artifact(stable):
+            if stable.registry is None and target.registry is not None:
+                # A stable model recorded before status kept registry versions: learn it now,
+                # so a later undo can pin it.
+                r.status["stable"] = {**r.status["stable"], "registry": target.registry.wire()}
             if canary is not None:
                 what = "rolled back" if not r.status.get("aborted") else "cleared"
                 r.event(
@@ -967,7 +992,8 @@ def _promote(r: _Rollout, observed: Observed, total: int, canary: ModelRef, stab
     if not deployment_rolled(observed.stable, canary.sha256, total):
         return False
     r.status["previous"] = {k: v for k, v in (("uri", stable.uri), ("sha256", stable.sha256),
-                                              ("trainingRun", stable.training_run)) if v}
+                                              ("trainingRun", stable.training_run),
+                                              ("registry", stable.registry and stable.registry.wire())) if v}
     r.status["stable"] = _served_block(canary, observed.stable)
     _end_rollout(r)
     r.condition(ConditionType.DEGRADED, False, Reason.PROMOTED, f"{canary.revision} promoted")

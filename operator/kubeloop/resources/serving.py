@@ -76,12 +76,26 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class RegistryVersion:
+    """A numbered version of a registered model in the MLflow registry."""
+
+    name: str
+    version: int
+
+    def wire(self) -> dict[str, Any]:
+        """As status and spec.model.registry spell it."""
+        return {"name": self.name, "version": self.version}
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """A model as a server pod needs it: where it is and the checksum it must have."""
 
     uri: str
     sha256: str
     training_run: str | None = None
+    registry: RegistryVersion | None = None
+    """The MLflow registry version it was resolved from (spec.model.registry), when it was."""
 
     @property
     def revision(self) -> str:
