@@ -343,6 +343,24 @@ def test_data_or_a_champion_out_of_reach_exits_5_to_be_retried(tmp_path: Path) -
     assert (code, result.reason) == (5, "ChampionUnavailable")
 
 
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("sklearn://no_such_dataset", "unknown bundled dataset sklearn://no_such_dataset"),
+        ("sklearn://synthetic?rows=100&colour=red", "unknown synthetic parameter 'colour'"),
+        ("sklearn://synthetic?rows=many", "synthetic parameter rows='many' is not a valid value"),
+        ("file:///data/table.bin", "set spec.data.format to csv or parquet"),
+        ("pvc://just-a-claim", "a pvc:// URI needs a claim and a path"),
+    ],
+)
+def test_data_named_wrongly_in_the_spec_exits_4_final_not_5(tmp_path: Path, source: str, says: str) -> None:
+    # A retry cannot make an unknown dataset exist: exit 4 fails the Job at once (its
+    # podFailurePolicy), where exit 5 would spend every backoffLimit retry on the same error.
+    code, result = _train(tmp_path, _spec(data={"source": source}), "run-spec-data")
+    assert (code, result.status, result.reason) == (4, "TrainingFailed", "SpecInvalid")
+    assert says in result.message
+
+
 def test_unwritable_storage_exits_5_to_be_retried_and_leaves_no_completion_marker(tmp_path: Path) -> None:
     blocker = tmp_path / "models"
     blocker.write_text("a file where the storage directory should be")

@@ -63,6 +63,12 @@ class DataSourceNotAllowed(DataError):
     """The source lies outside what this pod may read (:mod:`kubeloop.trust.data_paths`)."""
 
 
+class DataSpecError(DataError):
+    """The spec names data that cannot exist as written (an unknown bundled dataset, a bad
+    synthetic parameter, a format that cannot be told, a malformed pvc:// URI): unlike a file
+    that is missing or unreachable now, no retry can change the answer."""
+
+
 @dataclass(frozen=True)
 class LoadedData:
     """A table and where it came from."""
@@ -104,18 +110,18 @@ def make_synthetic(
     import pandas as pd
 
     if rows < 1 or features < 0 or categorical < 0 or features + categorical < 1:
-        raise DataError(
+        raise DataSpecError(
             "synthetic data needs rows >= 1 and at least one feature "
             f"(got rows={rows}, features={features}, categorical={categorical})"
         )
     if task == "classification" and classes < 2:
-        raise DataError(f"synthetic classification needs classes >= 2 (got {classes})")
+        raise DataSpecError(f"synthetic classification needs classes >= 2 (got {classes})")
     numeric_names = [f"x{i}" for i in range(features)]
     categorical_names = [f"c{i}" for i in range(categorical)]
     shifted = set(numeric_names if shifted_features is None else shifted_features)
     unknown = shifted - set(numeric_names) - set(categorical_names)
     if unknown and shift != 0.0:
-        raise DataError(
+        raise DataSpecError(
             f"shifted_features names unknown columns {sorted(unknown)}; "
             f"the synthetic columns are {numeric_names + categorical_names}"
         )
@@ -182,22 +188,22 @@ def parse_synthetic_query(query: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in converters:
-            raise DataError(
+            raise DataSpecError(
                 f"unknown synthetic parameter {key!r}; known: {', '.join(sorted(converters))}"
             )
         try:
             kwargs[key] = converters[key](value)
         except ValueError:
-            raise DataError(f"synthetic parameter {key}={value!r} is not a valid value") from None
+            raise DataSpecError(f"synthetic parameter {key}={value!r} is not a valid value") from None
     if kwargs.get("task", "classification") not in {"classification", "regression"}:
-        raise DataError(f"synthetic task {kwargs['task']!r}: use classification or regression")
+        raise DataSpecError(f"synthetic task {kwargs['task']!r}: use classification or regression")
     return kwargs
 
 
 def load_bundled(name: str) -> pd.DataFrame:
     """A dataset bundled with scikit-learn (no network), target in column ``target``."""
     if name not in BUNDLED_DATASETS:
-        raise DataError(
+        raise DataSpecError(
             f"unknown bundled dataset sklearn://{name}; "
             f"use one of {', '.join(sorted(BUNDLED_DATASETS))} or sklearn://synthetic?rows=..."
         )
@@ -219,7 +225,7 @@ def infer_format(uri: str, override: str | None = None) -> str:
         return "parquet"
     if path.endswith((".csv", ".tsv", ".txt")):
         return "csv"
-    raise DataError(
+    raise DataSpecError(
         f"cannot tell the format of {display_uri(uri)!r} from its extension; set spec.data.format to "
         "csv or parquet"
     )
@@ -230,7 +236,7 @@ def resolve_uri(uri: str, pvc_mount_root: str = DEFAULT_PVC_MOUNT_ROOT) -> str:
     if uri.startswith(PVC_SCHEME):
         rest = uri[len(PVC_SCHEME) :].lstrip("/")
         if "/" not in rest:
-            raise DataError(f"{display_uri(uri)!r}: a pvc:// URI needs a claim and a path, pvc://<claim>/<path>")
+            raise DataSpecError(f"{display_uri(uri)!r}: a pvc:// URI needs a claim and a path, pvc://<claim>/<path>")
         return os.path.join(pvc_mount_root, rest)
     return uri
 

@@ -14,11 +14,14 @@ code  status                 meaning
 2     DataValidationFailed   the data broke a validation rule; nothing was written
 3     GateFailed             artifact written as a record, but a gate refused it
 4     TrainingFailed         the run cannot succeed as written: ``SpecInvalid`` (a data
-                             source refused by policy included), ``EstimatorNotAllowed``,
+                             source refused by policy, an unknown ``sklearn://`` dataset,
+                             a bad synthetic parameter, a format that cannot be told,
+                             a malformed ``pvc://`` URI included), ``EstimatorNotAllowed``,
                              ``FitFailed``, ``ChampionUnavailable`` (the champion is
                              corrupt, untrusted or cannot score this holdout)
 5     TrainingFailed         something the run needs could not be reached:
-                             ``DataUnavailable``, ``StorageFailed``,
+                             ``DataUnavailable`` (missing, unreachable or unreadable
+                             now), ``StorageFailed``,
                              ``ChampionUnavailable`` (its storage); a retry may succeed
 ====  =====================  =========================================================
 

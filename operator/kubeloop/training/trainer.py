@@ -219,7 +219,9 @@ def _run(request: TrainingRequest, timings: dict[str, float]) -> TrainingOutcome
             loaded = data.load_table(
                 spec.data.source, spec.data.format, request.env, request.pvc_mount_root
             )
-        except data.DataSourceNotAllowed as exc:  # the spec names data this pod may not read
+        except (data.DataSourceNotAllowed, data.DataSpecError) as exc:
+            # The spec names data this pod may not read, or data that cannot exist as
+            # written: final, a retry would fail the same way.
             raise _failed(
                 request, "TrainingFailed", REASON_SPEC_INVALID, str(exc), params=params
             ) from None
