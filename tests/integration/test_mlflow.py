@@ -389,18 +389,20 @@ def test_runs_sweeps_registry_alias_and_promotion(
     assert f"MLflow registry churn version {v1}" in undone.stdout
     spec = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "churn")
     assert spec["spec"]["model"] == {"registry": {"name": "churn", "version": int(v1)}}
-    wait_for(
+    # Undo skips the steps (docs/modeldeployment.md): version 1 is stable again.
+    back = wait_for(
         lambda: (
-            (status_of(custom, namespace, "modeldeployments", "churn").get("canary") or {}).get(
-                "sha256"
-            )
-            == first["model"]["sha256"]
-        ),
+            lambda s: s
+            if s.get("phase") == "Healthy" and s["stable"]["sha256"] == first["model"]["sha256"]
+            else None
+        )(status_of(custom, namespace, "modeldeployments", "churn")),
         120,
         1,
-        "canary of v1 after undo",
+        "v1 stable again after undo",
     )
-    assert status_of(custom, namespace, "modeldeployments", "churn")["registry"]["version"] == v1
+    assert back["stable"]["registry"] == {"name": "churn", "version": int(v1)}
+    assert back["registry"]["version"] == v1
+    assert back["previous"]["registry"] == {"name": "churn", "version": int(v2)}
 
 
 def test_refused_versions_and_registry_down(

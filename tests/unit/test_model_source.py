@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 from modeldeployment_world import SHA_A, SHA_B, World, model, modeldeployment
+from status_schema_guard import status_problems
 
+from kubeloop.api.driftpolicy import DriftPolicyStatus
 from kubeloop.api.wire import InvalidResource, from_wire
 from kubeloop.decide.driftpolicy import decide as decide_policy
 from kubeloop.decide.driftpolicy import promotion_patch, promotion_refused
@@ -213,6 +215,7 @@ def test_a_refused_promotion_is_degraded_with_a_warning_and_is_not_retried() -> 
     decision = decide_policy(policy(IN_FLIGHT), NOW, None, RUNS, target_model=RUN)
     refused = promotion_refused(decision, policy(IN_FLIGHT), "it does not exist in namespace ml", NOW)
     assert refused.promote is None
+    assert status_problems(DriftPolicyStatus, refused.status) == []  # all of it is stored
     last = refused.status["lastRetrain"]
     assert last["outcome"] == "Succeeded"
     assert "was not promoted" in last["message"] and "it does not exist in namespace ml" in last["message"]

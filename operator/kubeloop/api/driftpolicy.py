@@ -544,6 +544,9 @@ class RetrainRecord(KubeModel):
     )
     """Where it stands: Promoted when the ModelDeployment was pointed at it, Rejected when it
     did not beat the champion."""
+    message: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    """How it ended, in words: its metric against the champion's, what the promotion replaced,
+    or why it failed or was not promoted."""
 
 
 class DriftCheck(KubeModel):
