@@ -3,7 +3,7 @@
 The API server prunes fields a structural schema does not declare, silently: a status field the
 decision writes but the schema lacks is lost on every write (and, since the next decision
 differs from what was stored, possibly rewritten on every reconcile). DriftPolicy's
-``status.lastRetrain.message`` was such a field, written for months and never stored. The CRDs
+``status.lastRetrain.message`` was such a field: written by every retrain, never stored. The CRDs
 are generated from the pydantic models, so validating against the status model is validating
 against what the API server keeps.
 

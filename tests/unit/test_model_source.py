@@ -146,6 +146,9 @@ def test_a_promoted_registry_model_leaves_its_version_in_status_previous_for_und
     # ...then status.previous pins version 1, and undo asks for it by number (the alias names 2).
     assert world.status["stable"]["registry"] == {"name": "churn", "version": 2}
     assert world.status["previous"]["registry"] == {"name": "churn", "version": 1}
+    # The Stable and Previous columns name the versions (not sha256:aaaa...).
+    assert (world.status["stable"]["revision"], world.status["previous"]["revision"]) == ("churn/2", "churn/1")
+    assert "churn/2 is now stable (previous: churn/1)" in [e.message for e in world.events]
     found = undo_patch(world.md)
     assert found is not None
     assert patched(world.md["spec"], found.patch)["model"] == {"registry": {"name": "churn", "version": 1}}

@@ -206,7 +206,7 @@ KIND_INFOS: tuple[KindInfo, ...] = (
             ),
             PrinterColumn(
                 "Previous",
-                ".status.previous.trainingRun",
+                ".status.previous.revision",
                 priority=1,
                 description="Model before the last promotion (for undo).",
             ),

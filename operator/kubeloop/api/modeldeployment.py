@@ -534,8 +534,8 @@ class ServedModel(KubeModel):
     registry: RegistryVersion | None = None
     """The MLflow registry version spec.model.registry resolved to, when it came from there."""
     revision: Annotated[str, StringConstraints(max_length=253)] | None = None
-    """Short name for columns and events: the TrainingRun's name, or ``sha256:`` and the first
-    12 hex digits."""
+    """Short name for columns and events: the TrainingRun's name, else the registry version as
+    ``name/version``, else ``sha256:`` and the first 12 hex digits."""
     replicas: Annotated[int, Field(ge=0)] | None = None
     """Pods created for it."""
     ready_replicas: Annotated[int, Field(ge=0)] | None = None
@@ -556,6 +556,8 @@ class PreviousModel(KubeModel):
     """The TrainingRun that produced it, when known."""
     registry: RegistryVersion | None = None
     """The MLflow registry version it was served as (spec.model.registry), when it was."""
+    revision: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """Short name, as status.stable.revision said while it was stable."""
 
 
 class AnalysisRun(KubeModel):

@@ -993,7 +993,8 @@ def _promote(r: _Rollout, observed: Observed, total: int, canary: ModelRef, stab
         return False
     r.status["previous"] = {k: v for k, v in (("uri", stable.uri), ("sha256", stable.sha256),
                                               ("trainingRun", stable.training_run),
-                                              ("registry", stable.registry and stable.registry.wire())) if v}
+                                              ("registry", stable.registry and stable.registry.wire()),
+                                              ("revision", stable.revision)) if v}
     r.status["stable"] = _served_block(canary, observed.stable)
     _end_rollout(r)
     r.condition(ConditionType.DEGRADED, False, Reason.PROMOTED, f"{canary.revision} promoted")

@@ -99,8 +99,13 @@ class ModelRef:
 
     @property
     def revision(self) -> str:
-        """Short name for columns and events: the TrainingRun, else ``sha256:`` + 12 hex."""
-        return self.training_run or f"sha256:{self.sha256[:12]}"
+        """Short name for columns and events: the TrainingRun, else the registry version
+        (``churn/3``, as spec.model.registry names it), else ``sha256:`` + 12 hex."""
+        if self.training_run:
+            return self.training_run
+        if self.registry is not None:
+            return f"{self.registry.name}/{self.registry.version}"
+        return f"sha256:{self.sha256[:12]}"
 
     def same_artifact(self, other: ModelRef | None) -> bool:
         """Whether ``other`` is the same file: the checksum decides, not where it came from."""
