@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import posixpath
 from collections.abc import Callable, Mapping
@@ -21,7 +22,15 @@ from kubeloop.api.conditions import Reason
 from kubeloop.api.driftpolicy import DEFAULT_PROMETHEUS_WINDOW, ignored_settings
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
-from kubeloop.controllers.kube import Conflict, JsonObject, KeyedLocks, Kube, NotFound, post_event
+from kubeloop.controllers.kube import (
+    Conflict,
+    JsonObject,
+    KeyedLocks,
+    Kube,
+    NotFound,
+    lasting_refusal,
+    post_event,
+)
 from kubeloop.controllers.peering import always_active
 from kubeloop.controllers.profiles import (
     MAX_PROFILE_BYTES,
@@ -401,12 +410,13 @@ class DriftPolicyController:
         namespace, target = policy["metadata"]["namespace"], policy["spec"]["targetRef"]["name"]
         try:
             self.kube.patch("ModelDeployment", namespace, target, patch)
-        except NotFound:
-            return f"it does not exist in namespace {namespace}"
-        except ApiException as error:
-            if error.status is None or not 400 <= error.status < 500 or error.status in (409, 429):
+        except (NotFound, ApiException) as error:
+            code = lasting_refusal(error)
+            if code is None:
                 raise
-            return f"the API server answered {error.status}: {error.reason}"
+            if isinstance(error, NotFound):
+                return f"it does not exist in namespace {namespace}"
+            return f"the API server answered {code}: {error.reason}"
         return None
 
     # --- reconciling --------------------------------------------------------------------------
@@ -440,7 +450,8 @@ class DriftPolicyController:
                 "ModelDeployment", namespace, policy["spec"]["targetRef"]["name"]
             )
             target_model = (target or {}).get("spec", {}).get("model")
-            decision = decide(
+            decide_now = functools.partial(
+                decide,
                 policy,
                 now,
                 measurement,
@@ -449,21 +460,13 @@ class DriftPolicyController:
                 images=self.images,
                 target_model=target_model,
             )
+            decision = decide_now()
             if decision.create_run is not None:
                 # A target serving from the MLflow registry: the retrain is judged against the
                 # registry's champion; MLflow unreachable, it waits and nothing is created.
                 champion = self.registry_champion(policy)
                 if champion is not None and champion.reason == REGISTRY_UNAVAILABLE:
-                    decision = decide(
-                        policy,
-                        now,
-                        measurement,
-                        runs,
-                        source_run_spec,
-                        images=self.images,
-                        registry_champion=champion,
-                        target_model=target_model,
-                    )
+                    decision = decide_now(registry_champion=champion)
 
             if decision.create_run is not None:
                 try:

@@ -121,6 +121,18 @@ class Conflict(RuntimeError):
     """The object exists already or changed under us (HTTP 409)."""
 
 
+def lasting_refusal(error: Exception) -> int | None:
+    """The HTTP status of a write the API server refused for good: 404 (:class:`NotFound`) or a
+    4xx other than 409 (a conflict) and 429 (throttled), which no retry of the same request
+    changes; None for what may pass later (5xx, throttling, a conflict, no status at all)."""
+    if isinstance(error, NotFound):
+        return 404
+    status = error.status if isinstance(error, ApiException) else None
+    if status is None or not 400 <= status < 500 or status in (409, 429):
+        return None
+    return int(status)
+
+
 class TooLarge(ValueError):
     """An answer longer than the caller's limit (read no further than the limit)."""
 

@@ -43,7 +43,7 @@ from kubeloop.analysis.prometheus import PrometheusProvider
 from kubeloop.analysis.scrape import ScrapeProvider, ScrapeRound
 from kubeloop.config import OperatorConfig
 from kubeloop.controllers import metrics
-from kubeloop.controllers.kube import Conflict, Kube, NotFound, post_event
+from kubeloop.controllers.kube import Conflict, Kube, NotFound, lasting_refusal, post_event
 from kubeloop.controllers.peering import always_active
 from kubeloop.controllers.scraping import scrape_round
 from kubeloop.controllers.wakeups import WakeUps
@@ -476,8 +476,8 @@ class ModelDeploymentController:
                 log.info("%s %s/%s changed under us; retrying", route.kind, namespace, route.name)
                 self.wake_up(namespace, md["metadata"]["name"], 1.0)
             except (NotFound, ApiException) as error:
-                code = 404 if isinstance(error, NotFound) else int(error.status or 0)
-                if code >= 500 or code in (0, 429):
+                code = lasting_refusal(error)
+                if code is None:
                     raise
                 said = " ".join(str(error.reason if isinstance(error, ApiException) else error).split())
                 refused = (

@@ -339,8 +339,17 @@ def tracks_to_inspect(md: Mapping[str, Any], observed: Observed, now: datetime) 
     return tracks
 
 
-def _refusal(observed: Observed, track: str, model: ModelRef) -> ServerRefusal | None:
-    return server_refusal(observed.server_pods.get(track) or (), model.sha256)
+def _track_ready_condition(
+    r: _Rollout, observed: Observed, track: str, model: ModelRef, ready: bool, counts: str
+) -> ServerRefusal | None:
+    """Set StableReady or CanaryReady; a track not ready whose server refused its model says
+    why (its reason, and what the pod wrote in the message). Returns that refusal."""
+    refusal = None if ready else server_refusal(observed.server_pods.get(track) or (), model.sha256)
+    reason = Reason.REPLICAS_READY if ready else refusal.reason if refusal else Reason.REPLICAS_NOT_READY
+    message = f"{model.revision}: {counts}" + (f"; {refusal.detail()}" if refusal else "")
+    condition_type = ConditionType.STABLE_READY if track == "stable" else ConditionType.CANARY_READY
+    r.condition(condition_type, ready, reason, message)
+    return refusal
 
 
 def _time(text: Any) -> datetime | None:
@@ -1100,22 +1109,14 @@ def _write_status(
     else:
         wanted = int(((observed.stable or {}).get("spec") or {}).get("replicas") or 0)
         all_ready = stable_ready and ready_replicas(observed.stable, stable.sha256) >= wanted
-        stable_refusal = None if all_ready else _refusal(observed, "stable", stable)
-        r.condition(ConditionType.STABLE_READY, all_ready,
-                    Reason.REPLICAS_READY if all_ready
-                    else stable_refusal.reason if stable_refusal else Reason.REPLICAS_NOT_READY,
-                    f"{stable.revision}: {status['readyReplicas']}/{wanted} ready"
-                    + (f"; {stable_refusal.detail()}" if stable_refusal else ""))
+        stable_refusal = _track_ready_condition(
+            r, observed, "stable", stable, all_ready, f"{status['readyReplicas']}/{wanted} ready"
+        )
     if canary is not None and active:
         canary_ready = ready_replicas(observed.canary, canary.sha256)
         wanted = int((observed.canary or {}).get("spec", {}).get("replicas") or 0)
         ok = canary_ready >= 1 and canary_ready >= wanted
-        canary_refusal = None if ok else _refusal(observed, "canary", canary)
-        r.condition(ConditionType.CANARY_READY, ok,
-                    Reason.REPLICAS_READY if ok
-                    else canary_refusal.reason if canary_refusal else Reason.REPLICAS_NOT_READY,
-                    f"{canary.revision}: {canary_ready} ready"
-                    + (f"; {canary_refusal.detail()}" if canary_refusal else ""))
+        canary_refusal = _track_ready_condition(r, observed, "canary", canary, ok, f"{canary_ready} ready")
     elif _condition(status, ConditionType.CANARY_READY) is not None:
         r.condition(ConditionType.CANARY_READY, False, Reason.REPLICAS_NOT_READY, "no canary running")
 
